@@ -1,0 +1,95 @@
+"""The project's own BPF C sources (network functions, replay harness) and their build.
+
+Objects are compiled with clang-16 into a build directory: `<repo>/build/bpf` when the package
+runs from a source checkout, otherwise `$XDG_CACHE_HOME/morpheus/bpf`. `MORPHEUS_BPF_DIR`
+overrides both. Compilation happens once; an object newer than its sources is reused.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sysconfig
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+SOURCE_DIR = Path(__file__).resolve().parent
+CLANG_CANDIDATES = ("clang-16", "clang")
+
+
+class BuildError(RuntimeError):
+    """A BPF C source failed to compile, or no suitable clang is installed."""
+
+
+def find_clang() -> str:
+    override = os.environ.get("MORPHEUS_CLANG")
+    for candidate in ((override,) if override else CLANG_CANDIDATES):
+        path = shutil.which(candidate)
+        if path:
+            return path
+    raise BuildError("clang-16 is not installed (apt-get install clang-16 libbpf-dev)")
+
+
+def _multiarch_include() -> list[str]:
+    # <linux/types.h> includes <asm/types.h>, which Debian keeps under the multiarch directory.
+    triplet = sysconfig.get_config_var("MULTIARCH")
+    if not triplet:
+        try:
+            triplet = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True,
+                                     check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return []
+    path = Path("/usr/include") / triplet
+    return [f"-I{path}"] if path.is_dir() else []
+
+
+def default_build_dir() -> Path:
+    override = os.environ.get("MORPHEUS_BPF_DIR")
+    if override:
+        return Path(override)
+    repo = SOURCE_DIR.parents[2]
+    if (repo / "pyproject.toml").is_file() and os.access(repo, os.W_OK):
+        return repo / "build" / "bpf"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "morpheus" / "bpf"
+
+
+def compile_object(source: Path, output: Path, *, cpu: str = "v3",
+                   extra_flags: Sequence[str] = (), force: bool = False) -> Path:
+    """Compile one BPF C file unless `output` is newer than it and its local headers."""
+    deps = [source, *source.parent.glob("*.h")]
+    if (not force and output.exists()
+            and output.stat().st_mtime >= max(d.stat().st_mtime for d in deps)):
+        return output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [find_clang(), "-O2", "-g", "-target", "bpf", f"-mcpu={cpu}", "-Wall",
+           "-Wno-unused-function", *_multiarch_include(), f"-I{source.parent}",
+           *extra_flags, "-c", str(source), "-o", str(output)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BuildError(f"compiling {source} failed:\n{result.stderr.strip()}")
+    return output
+
+
+def build_all(sources: Iterable[Path] | None = None, out_dir: Path | None = None,
+              *, cpu: str = "v3") -> list[Path]:
+    """Compile the package's BPF sources (or `sources`) into `out_dir`."""
+    out_dir = out_dir or default_build_dir()
+    sources = sorted(sources) if sources is not None else sorted(SOURCE_DIR.glob("*.bpf.c"))
+    return [compile_object(src, out_dir / (src.name.removesuffix(".bpf.c") + ".o"), cpu=cpu)
+            for src in sources]
+
+
+def object_path(name: str) -> Path:
+    """Path of the built object for the package source `<name>.bpf.c`, building it if needed."""
+    source = SOURCE_DIR / f"{name}.bpf.c"
+    if not source.is_file():
+        known = sorted(p.name.removesuffix(".bpf.c") for p in SOURCE_DIR.glob("*.bpf.c"))
+        raise FileNotFoundError(f"no BPF source named {name!r}; known: {', '.join(known)}")
+    return compile_object(source, default_build_dir() / f"{name}.o")
+
+
+if __name__ == "__main__":
+    for path in build_all():
+        print(path)

@@ -1,0 +1,224 @@
+"""The logical eBPF instruction.
+
+An `Instruction` is one logical instruction: a 64-bit immediate load is one instruction two
+slots wide. Jumps, calls to subprograms and map loads carry a `reference` (a label or a map
+name) instead of a numeric offset or file descriptor; the instruction a jump lands on carries
+a `label`. Offsets and fds are filled in only by `encode`, so passes insert and delete
+instructions freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .opcodes import (
+    CONDITIONAL_JUMPS,
+    LD_IMM64,
+    SIZE_BYTES,
+    AluOp,
+    CallSrc,
+    Class,
+    JmpOp,
+    Mode,
+    PseudoSrc,
+    Size,
+    Source,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LineInfo:
+    """A .BTF.ext line_info record. Offsets point into the object's BTF string table,
+    which is uploaded unchanged, so they stay valid for the kernel."""
+
+    file_name_off: int
+    line_off: int
+    line: int
+    col: int
+    file: str = ""
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """Per-instruction metadata; immutable, replaced as a whole (copy-on-write).
+
+    `func_btf_id` is set on the first instruction of a function that has BTF func_info.
+    `origin` is the index of the instruction in the program as it was read from the object
+    (provenance through passes); `note` says which pass produced a synthesized instruction.
+    """
+
+    line: LineInfo | None = None
+    func_btf_id: int | None = None
+    origin: int | None = None
+    note: str | None = None
+
+
+EMPTY_META = Meta()
+
+_U32 = 0xFFFFFFFF
+_U64 = 0xFFFFFFFFFFFFFFFF
+
+
+def s16(value: int) -> int:
+    value &= 0xFFFF
+    return value - 0x10000 if value & 0x8000 else value
+
+
+def s32(value: int) -> int:
+    value &= _U32
+    return value - 0x100000000 if value & 0x80000000 else value
+
+
+def s64(value: int) -> int:
+    value &= _U64
+    return value - 0x10000000000000000 if value & 0x8000000000000000 else value
+
+
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    """One logical eBPF instruction.
+
+    For a 64-bit immediate load without a reference, `imm` is the full 64-bit value (signed).
+    With a map reference (src MAP_FD / MAP_VALUE), `imm` is the offset into the map value and
+    the map fd is filled in at encode time. Jumps and pseudo calls with a reference get their
+    offset at encode time; without one, `off` (or `imm` for calls and `gotol`) is used as is.
+    """
+
+    opcode: int
+    dst: int = 0
+    src: int = 0
+    off: int = 0
+    imm: int = 0
+    reference: str | None = None
+    label: str | None = None
+    meta: Meta = EMPTY_META
+
+    # --- structure -------------------------------------------------------------------------
+
+    @property
+    def cls(self) -> Class:
+        return Class(self.opcode & 0x07)
+
+    @property
+    def width(self) -> int:
+        """Number of 8-byte slots the instruction occupies."""
+        return 2 if self.opcode == LD_IMM64 else 1
+
+    @property
+    def size(self) -> Size:
+        return Size(self.opcode & 0x18)
+
+    @property
+    def size_bytes(self) -> int:
+        return SIZE_BYTES[Size(self.opcode & 0x18)]
+
+    @property
+    def mode(self) -> Mode:
+        return Mode(self.opcode & 0xE0)
+
+    @property
+    def uses_reg_source(self) -> bool:
+        return bool(self.opcode & Source.X)
+
+    @property
+    def alu_op(self) -> AluOp:
+        return AluOp(self.opcode & 0xF0)
+
+    @property
+    def jmp_op(self) -> JmpOp:
+        return JmpOp(self.opcode & 0xF0)
+
+    @property
+    def is_alu(self) -> bool:
+        return self.cls in (Class.ALU, Class.ALU64)
+
+    @property
+    def is_alu64(self) -> bool:
+        return self.cls == Class.ALU64
+
+    @property
+    def is_jump_class(self) -> bool:
+        return self.cls in (Class.JMP, Class.JMP32)
+
+    @property
+    def is_ld_imm64(self) -> bool:
+        return self.opcode == LD_IMM64
+
+    @property
+    def is_call(self) -> bool:
+        return self.cls == Class.JMP and self.jmp_op == JmpOp.CALL
+
+    @property
+    def is_helper_call(self) -> bool:
+        return self.is_call and self.src == CallSrc.HELPER
+
+    @property
+    def is_pseudo_call(self) -> bool:
+        return self.is_call and self.src == CallSrc.PSEUDO_CALL
+
+    @property
+    def is_kfunc_call(self) -> bool:
+        return self.is_call and self.src == CallSrc.KFUNC
+
+    @property
+    def is_exit(self) -> bool:
+        return self.cls == Class.JMP and self.jmp_op == JmpOp.EXIT
+
+    @property
+    def is_unconditional_jump(self) -> bool:
+        return self.is_jump_class and self.jmp_op == JmpOp.JA
+
+    @property
+    def is_conditional_jump(self) -> bool:
+        return self.is_jump_class and self.jmp_op in CONDITIONAL_JUMPS
+
+    @property
+    def is_branch(self) -> bool:
+        """A jump to another instruction of the same function (not a call or exit)."""
+        return self.is_unconditional_jump or self.is_conditional_jump
+
+    @property
+    def is_load(self) -> bool:
+        return self.cls == Class.LDX and self.mode in (Mode.MEM, Mode.MEMSX)
+
+    @property
+    def is_store(self) -> bool:
+        return self.cls in (Class.ST, Class.STX) and self.mode == Mode.MEM
+
+    @property
+    def is_atomic(self) -> bool:
+        return self.cls == Class.STX and self.mode == Mode.ATOMIC
+
+    @property
+    def is_map_load(self) -> bool:
+        return self.is_ld_imm64 and self.src in (
+            PseudoSrc.MAP_FD, PseudoSrc.MAP_VALUE, PseudoSrc.MAP_IDX, PseudoSrc.MAP_IDX_VALUE
+        )
+
+    @property
+    def is_func_load(self) -> bool:
+        return self.is_ld_imm64 and self.src == PseudoSrc.FUNC
+
+    @property
+    def is_gotol(self) -> bool:
+        return self.cls == Class.JMP32 and self.jmp_op == JmpOp.JA
+
+    @property
+    def constant(self) -> int:
+        """The immediate as a value: 64-bit for ld_imm64, sign-extended 32-bit otherwise."""
+        return self.imm
+
+    # --- rewriting -------------------------------------------------------------------------
+
+    def with_label(self, label: str | None) -> Instruction:
+        return replace(self, label=label)
+
+    def with_reference(self, reference: str | None) -> Instruction:
+        return replace(self, reference=reference)
+
+    def with_meta(self, **changes: object) -> Instruction:
+        return replace(self, meta=replace(self.meta, **changes))  # type: ignore[arg-type]
+
+    def without_label(self) -> Instruction:
+        return self if self.label is None else replace(self, label=None)

@@ -1,0 +1,143 @@
+"""eBPF instruction set constants (see the kernel's Documentation/bpf/standardization).
+
+Only numbers live here; the meaning of an encoded instruction is built in `instruction.py`.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Class(IntEnum):
+    LD = 0x00
+    LDX = 0x01
+    ST = 0x02
+    STX = 0x03
+    ALU = 0x04
+    JMP = 0x05
+    JMP32 = 0x06
+    ALU64 = 0x07
+
+
+class Size(IntEnum):
+    W = 0x00
+    H = 0x08
+    B = 0x10
+    DW = 0x18
+
+
+SIZE_BYTES = {Size.W: 4, Size.H: 2, Size.B: 1, Size.DW: 8}
+BYTES_SIZE = {4: Size.W, 2: Size.H, 1: Size.B, 8: Size.DW}
+
+
+class Mode(IntEnum):
+    IMM = 0x00
+    ABS = 0x20
+    IND = 0x40
+    MEM = 0x60
+    MEMSX = 0x80
+    ATOMIC = 0xC0
+
+
+class Source(IntEnum):
+    K = 0x00
+    X = 0x08
+
+
+class AluOp(IntEnum):
+    ADD = 0x00
+    SUB = 0x10
+    MUL = 0x20
+    DIV = 0x30
+    OR = 0x40
+    AND = 0x50
+    LSH = 0x60
+    RSH = 0x70
+    NEG = 0x80
+    MOD = 0x90
+    XOR = 0xA0
+    MOV = 0xB0
+    ARSH = 0xC0
+    END = 0xD0
+
+
+class JmpOp(IntEnum):
+    JA = 0x00
+    JEQ = 0x10
+    JGT = 0x20
+    JGE = 0x30
+    JSET = 0x40
+    JNE = 0x50
+    JSGT = 0x60
+    JSGE = 0x70
+    CALL = 0x80
+    EXIT = 0x90
+    JLT = 0xA0
+    JLE = 0xB0
+    JSLT = 0xC0
+    JSLE = 0xD0
+
+
+CONDITIONAL_JUMPS = frozenset(
+    {
+        JmpOp.JEQ, JmpOp.JGT, JmpOp.JGE, JmpOp.JSET, JmpOp.JNE, JmpOp.JSGT,
+        JmpOp.JSGE, JmpOp.JLT, JmpOp.JLE, JmpOp.JSLT, JmpOp.JSLE,
+    }
+)
+
+# Opposite condition: used by passes that invert a branch.
+INVERTED_JUMP = {
+    JmpOp.JEQ: JmpOp.JNE,
+    JmpOp.JNE: JmpOp.JEQ,
+    JmpOp.JGT: JmpOp.JLE,
+    JmpOp.JLE: JmpOp.JGT,
+    JmpOp.JGE: JmpOp.JLT,
+    JmpOp.JLT: JmpOp.JGE,
+    JmpOp.JSGT: JmpOp.JSLE,
+    JmpOp.JSLE: JmpOp.JSGT,
+    JmpOp.JSGE: JmpOp.JSLT,
+    JmpOp.JSLT: JmpOp.JSGE,
+}
+
+
+class AtomicOp(IntEnum):
+    """Values of the immediate of a BPF_ATOMIC instruction."""
+
+    ADD = 0x00
+    OR = 0x40
+    AND = 0x50
+    XOR = 0xA0
+    FETCH = 0x01
+    XCHG = 0xE0 | 0x01
+    CMPXCHG = 0xF0 | 0x01
+    LOAD_ACQ = 0x100
+    STORE_REL = 0x110
+
+
+class PseudoSrc(IntEnum):
+    """src_reg values of a 64-bit immediate load (BPF_LD | BPF_IMM | BPF_DW)."""
+
+    NONE = 0
+    MAP_FD = 1
+    MAP_VALUE = 2
+    BTF_ID = 3
+    FUNC = 4
+    MAP_IDX = 5
+    MAP_IDX_VALUE = 6
+
+
+class CallSrc(IntEnum):
+    """src_reg values of BPF_JMP | BPF_CALL."""
+
+    HELPER = 0
+    PSEUDO_CALL = 1
+    KFUNC = 2
+
+
+LD_IMM64 = Class.LD | Size.DW | Mode.IMM  # 0x18
+CALL = Class.JMP | JmpOp.CALL  # 0x85
+EXIT = Class.JMP | JmpOp.EXIT  # 0x95
+
+INSN_SIZE = 8
+MAX_REG = 10  # r10 is the read-only frame pointer
+STACK_SIZE = 512

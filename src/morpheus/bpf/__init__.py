@@ -24,7 +24,7 @@ class BuildError(RuntimeError):
 
 def find_clang() -> str:
     override = os.environ.get("MORPHEUS_CLANG")
-    for candidate in ((override,) if override else CLANG_CANDIDATES):
+    for candidate in (override,) if override else CLANG_CANDIDATES:
         path = shutil.which(candidate)
         if path:
             return path
@@ -36,8 +36,9 @@ def _multiarch_include() -> list[str]:
     triplet = sysconfig.get_config_var("MULTIARCH")
     if not triplet:
         try:
-            triplet = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True,
-                                     check=True).stdout.strip()
+            triplet = subprocess.run(
+                ["gcc", "-dumpmachine"], capture_output=True, text=True, check=True
+            ).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return []
     path = Path("/usr/include") / triplet
@@ -55,30 +56,56 @@ def default_build_dir() -> Path:
     return cache / "morpheus" / "bpf"
 
 
-def compile_object(source: Path, output: Path, *, cpu: str = "v3",
-                   extra_flags: Sequence[str] = (), force: bool = False) -> Path:
+def compile_object(
+    source: Path,
+    output: Path,
+    *,
+    cpu: str = "v3",
+    extra_flags: Sequence[str] = (),
+    force: bool = False,
+) -> Path:
     """Compile one BPF C file unless `output` is newer than it and its local headers."""
     deps = [source, *source.parent.glob("*.h")]
-    if (not force and output.exists()
-            and output.stat().st_mtime >= max(d.stat().st_mtime for d in deps)):
+    if (
+        not force
+        and output.exists()
+        and output.stat().st_mtime >= max(d.stat().st_mtime for d in deps)
+    ):
         return output
     output.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [find_clang(), "-O2", "-g", "-target", "bpf", f"-mcpu={cpu}", "-Wall",
-           "-Wno-unused-function", *_multiarch_include(), f"-I{source.parent}",
-           *extra_flags, "-c", str(source), "-o", str(output)]
+    cmd = [
+        find_clang(),
+        "-O2",
+        "-g",
+        "-target",
+        "bpf",
+        f"-mcpu={cpu}",
+        "-Wall",
+        "-Wno-unused-function",
+        *_multiarch_include(),
+        f"-I{source.parent}",
+        *extra_flags,
+        "-c",
+        str(source),
+        "-o",
+        str(output),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise BuildError(f"compiling {source} failed:\n{result.stderr.strip()}")
     return output
 
 
-def build_all(sources: Iterable[Path] | None = None, out_dir: Path | None = None,
-              *, cpu: str = "v3") -> list[Path]:
+def build_all(
+    sources: Iterable[Path] | None = None, out_dir: Path | None = None, *, cpu: str = "v3"
+) -> list[Path]:
     """Compile the package's BPF sources (or `sources`) into `out_dir`."""
     out_dir = out_dir or default_build_dir()
     sources = sorted(sources) if sources is not None else sorted(SOURCE_DIR.glob("*.bpf.c"))
-    return [compile_object(src, out_dir / (src.name.removesuffix(".bpf.c") + ".o"), cpu=cpu)
-            for src in sources]
+    return [
+        compile_object(src, out_dir / (src.name.removesuffix(".bpf.c") + ".o"), cpu=cpu)
+        for src in sources
+    ]
 
 
 def object_path(name: str) -> Path:

@@ -46,10 +46,14 @@ def decode(data: bytes | memoryview, *, origin: int = 0) -> list[Instruction]:
                     f"its immediate (found opcode {op2:#x}, regs {regs2:#x}, off {off2})"
                 )
             value = s64(((imm2 & 0xFFFFFFFF) << 32) | (imm & 0xFFFFFFFF))
-            append(Instruction(opcode, regs & 0xF, regs >> 4, off, value, meta=Meta(origin=origin + i)))
+            append(
+                Instruction(opcode, regs & 0xF, regs >> 4, off, value, meta=Meta(origin=origin + i))
+            )
             i += 2
         else:
-            append(Instruction(opcode, regs & 0xF, regs >> 4, off, imm, meta=Meta(origin=origin + i)))
+            append(
+                Instruction(opcode, regs & 0xF, regs >> 4, off, imm, meta=Meta(origin=origin + i))
+            )
             i += 1
     return out
 
@@ -64,8 +68,9 @@ def pack_slot(opcode: int, dst: int, src: int, off: int, imm: int) -> bytes:
     return _SLOT.pack(opcode, (src << 4) | dst, off, s32(imm))
 
 
-def encode_instruction(insn: Instruction, *, off: int | None = None, imm: int | None = None,
-                       imm_hi: int | None = None) -> bytes:
+def encode_instruction(
+    insn: Instruction, *, off: int | None = None, imm: int | None = None, imm_hi: int | None = None
+) -> bytes:
     """Encode one instruction, with optional overrides for resolved offsets and immediates."""
     o = insn.off if off is None else off
     if insn.opcode == LD_IMM64:
@@ -74,7 +79,9 @@ def encode_instruction(insn: Instruction, *, off: int | None = None, imm: int | 
         else:
             lo = imm & 0xFFFFFFFF
             hi = (imm_hi if imm_hi is not None else 0) & 0xFFFFFFFF
-        return pack_slot(insn.opcode, insn.dst, insn.src, o, s32(lo)) + pack_slot(0, 0, 0, 0, s32(hi))
+        return pack_slot(insn.opcode, insn.dst, insn.src, o, s32(lo)) + pack_slot(
+            0, 0, 0, 0, s32(hi)
+        )
     return pack_slot(insn.opcode, insn.dst, insn.src, o, insn.imm if imm is None else imm)
 
 

@@ -205,9 +205,14 @@ def _format_atomic(insn: Instruction) -> str:
     inner = addr[1:-1]
     if imm in _ATOMIC_SYMBOL:
         return f"lock *(u64 *){addr} {_ATOMIC_SYMBOL[AtomicOp(imm)]} r{insn.src}"
-    if imm & AtomicOp.FETCH and (imm & ~AtomicOp.FETCH) in _ATOMIC_FETCH_NAME and imm not in (
-        AtomicOp.XCHG,
-        AtomicOp.CMPXCHG,
+    if (
+        imm & AtomicOp.FETCH
+        and (imm & ~AtomicOp.FETCH) in _ATOMIC_FETCH_NAME
+        and imm
+        not in (
+            AtomicOp.XCHG,
+            AtomicOp.CMPXCHG,
+        )
     ):
         name = _ATOMIC_FETCH_NAME[AtomicOp(imm & ~AtomicOp.FETCH)]
         return f"r{insn.src} = {name}((u64 *){addr}, r{insn.src})"
@@ -222,8 +227,9 @@ def _format_atomic(insn: Instruction) -> str:
     raise UnknownInstruction(f"unknown atomic operation {imm:#x}")
 
 
-def objdump_lines(insns: list[Instruction] | tuple[Instruction, ...],
-                  symbols: Mapping[int, str] | None = None) -> list[str]:
+def objdump_lines(
+    insns: list[Instruction] | tuple[Instruction, ...], symbols: Mapping[int, str] | None = None
+) -> list[str]:
     """Lines as llvm-objdump-16 -d --no-show-raw-insn prints them for a section.
 
     `symbols` maps slot offsets to symbol names; they are used for jump target annotations
@@ -256,5 +262,11 @@ def listing(program: Program) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["UnknownInstruction", "format_llvm", "format_symbolic", "listing", "objdump_lines",
-           "s32"]
+__all__ = [
+    "UnknownInstruction",
+    "format_llvm",
+    "format_symbolic",
+    "listing",
+    "objdump_lines",
+    "s32",
+]

@@ -193,7 +193,10 @@ class Instruction:
     @property
     def is_map_load(self) -> bool:
         return self.is_ld_imm64 and self.src in (
-            PseudoSrc.MAP_FD, PseudoSrc.MAP_VALUE, PseudoSrc.MAP_IDX, PseudoSrc.MAP_IDX_VALUE
+            PseudoSrc.MAP_FD,
+            PseudoSrc.MAP_VALUE,
+            PseudoSrc.MAP_IDX,
+            PseudoSrc.MAP_IDX_VALUE,
         )
 
     @property

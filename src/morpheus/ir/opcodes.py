@@ -80,8 +80,17 @@ class JmpOp(IntEnum):
 
 CONDITIONAL_JUMPS = frozenset(
     {
-        JmpOp.JEQ, JmpOp.JGT, JmpOp.JGE, JmpOp.JSET, JmpOp.JNE, JmpOp.JSGT,
-        JmpOp.JSGE, JmpOp.JLT, JmpOp.JLE, JmpOp.JSLT, JmpOp.JSLE,
+        JmpOp.JEQ,
+        JmpOp.JGT,
+        JmpOp.JGE,
+        JmpOp.JSET,
+        JmpOp.JNE,
+        JmpOp.JSGT,
+        JmpOp.JSGE,
+        JmpOp.JLT,
+        JmpOp.JLE,
+        JmpOp.JSLT,
+        JmpOp.JSLE,
     }
 )
 

@@ -229,13 +229,21 @@ def encode(program: Program, maps: Mapping[str, int] | None = None) -> EncodedPr
         line = insn.meta.line
         if line is not None:
             # The kernel wants a line_info record at the first instruction of every function.
-            line_info.append((slot, line.file_name_off, line.line_off, (line.line << 10) | line.col))
+            line_info.append(
+                (slot, line.file_name_off, line.line_off, (line.line << 10) | line.col)
+            )
             pending_line_for_function = False
         elif pending_line_for_function and index in function_starts:
             borrowed = _first_line(program.insns, index, function_starts)
             if borrowed is not None:
-                line_info.append((slot, borrowed.file_name_off, borrowed.line_off,
-                                  (borrowed.line << 10) | borrowed.col))
+                line_info.append(
+                    (
+                        slot,
+                        borrowed.file_name_off,
+                        borrowed.line_off,
+                        (borrowed.line << 10) | borrowed.col,
+                    )
+                )
                 pending_line_for_function = False
         try:
             parts.append(_encode_one(program, index, insn, slot, offsets, labels, maps))

@@ -191,12 +191,30 @@ def parse(frame: bytes) -> Parsed | None:
         return base
     l4_off = offset + ihl * 4
     sport = dport = flags = None
-    if not flags_frag & IP_OFFMASK:
-        if proto in (IPPROTO_TCP, IPPROTO_UDP) and len(frame) >= l4_off + (
-                20 if proto == IPPROTO_TCP else 8):
-            sport, dport = struct.unpack_from("!HH", frame, l4_off)
-            if proto == IPPROTO_TCP:
-                flags = frame[l4_off + 13]
+    l4_len = 20 if proto == IPPROTO_TCP else 8
+    if (not flags_frag & IP_OFFMASK and proto in (IPPROTO_TCP, IPPROTO_UDP)
+            and len(frame) >= l4_off + l4_len):
+        sport, dport = struct.unpack_from("!HH", frame, l4_off)
+        if proto == IPPROTO_TCP:
+            flags = frame[l4_off + 13]
     return Parsed(dst, src, ethertype, vlan, offset, ihl, tos, total, flags_frag, ttl, proto,
                   int.from_bytes(saddr, "big"), int.from_bytes(daddr, "big"), l4_off, sport,
                   dport, flags)
+
+
+ARPOP_REQUEST = 1
+ARPOP_REPLY = 2
+
+
+def arp(op: int, sender_mac: bytes, sender_ip: str | int, target_mac: bytes,
+        target_ip: str | int) -> bytes:
+    """An Ethernet/IPv4 ARP message: the payload of an ETH_P_ARP frame."""
+    return (struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, op) + sender_mac + ip4_bytes(sender_ip)
+            + target_mac + ip4_bytes(target_ip))
+
+
+def ipv6(src: bytes, dst: bytes, next_header: int, payload: bytes, *,
+         hop_limit: int = 64) -> bytes:
+    """A fixed IPv6 header (16-byte addresses, no extension headers) followed by `payload`."""
+    return struct.pack("!IHBB", 6 << 28, len(payload), next_header, hop_limit) + src + dst \
+        + payload

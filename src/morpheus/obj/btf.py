@@ -1,0 +1,377 @@
+"""BTF and BTF.ext parsing: the type information of a BPF object.
+
+Only what the loader needs is interpreted (type sizes, map definitions, datasecs, function
+and line info); the raw blob is kept so that it can be uploaded to the kernel after the
+fix-ups clang leaves to the loader (datasec sizes and variable offsets).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+
+from .errors import ObjectError
+
+BTF_MAGIC = 0xEB9F
+
+
+class Kind(IntEnum):
+    UNKN = 0
+    INT = 1
+    PTR = 2
+    ARRAY = 3
+    STRUCT = 4
+    UNION = 5
+    ENUM = 6
+    FWD = 7
+    TYPEDEF = 8
+    VOLATILE = 9
+    CONST = 10
+    RESTRICT = 11
+    FUNC = 12
+    FUNC_PROTO = 13
+    VAR = 14
+    DATASEC = 15
+    FLOAT = 16
+    DECL_TAG = 17
+    TYPE_TAG = 18
+    ENUM64 = 19
+
+
+# Kinds whose third header word is a size; the others carry a referenced type id there.
+_SIZED = frozenset(
+    {Kind.INT, Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.DATASEC, Kind.FLOAT, Kind.ENUM64}
+)
+_MODIFIERS = frozenset({Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG})
+
+VAR_STATIC = 0
+VAR_GLOBAL_ALLOCATED = 1
+VAR_GLOBAL_EXTERN = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    name: str
+    type: int
+    offset: int  # bits (struct/union members); value for enums; byte offset for datasec vars
+    size: int = 0  # datasec vars only
+
+
+@dataclass(frozen=True, slots=True)
+class BTFType:
+    """One BTF type. `ref` is the size for sized kinds and the referenced type otherwise."""
+
+    id: int
+    kind: Kind
+    name: str
+    ref: int
+    vlen: int
+    kind_flag: bool
+    members: tuple[Member, ...] = ()
+    array: tuple[int, int, int] | None = None  # (elem type, index type, nelems)
+    linkage: int = 0  # VAR and FUNC
+    byte_offset: int = 0  # where this type's record starts in the type section
+
+
+class BTF:
+    """Parsed BTF of an object; `blob()` returns the bytes to upload with fix-ups applied."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) < 24:
+            raise ObjectError("BTF section is shorter than its header")
+        magic, version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        if magic != BTF_MAGIC:
+            raise ObjectError(f"BTF magic is {magic:#x}, expected {BTF_MAGIC:#x}")
+        if version != 1:
+            raise ObjectError(f"unsupported BTF version {version}")
+        type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
+        self.hdr_len = hdr_len
+        self._data = bytearray(data)
+        self._type_start = hdr_len + type_off
+        self._strings = bytes(data[hdr_len + str_off : hdr_len + str_off + str_len])
+        self.types: list[BTFType] = [BTFType(0, Kind.UNKN, "", 0, 0, False)]  # id 0 is void
+        self._by_name: dict[tuple[Kind, str], int] | None = None
+        self._parse(bytes(data[self._type_start : self._type_start + type_len]))
+
+    # --- strings and lookup ----------------------------------------------------------------
+
+    def string(self, offset: int) -> str:
+        end = self._strings.find(b"\0", offset)
+        if end < 0 or offset >= len(self._strings):
+            raise ObjectError(f"BTF string offset {offset} is out of range")
+        return self._strings[offset:end].decode(errors="replace")
+
+    def __getitem__(self, type_id: int) -> BTFType:
+        try:
+            return self.types[type_id]
+        except IndexError:
+            raise ObjectError(f"BTF type id {type_id} does not exist") from None
+
+    def find(self, kind: Kind, name: str) -> BTFType | None:
+        if self._by_name is None:
+            self._by_name = {}
+            for t in self.types:
+                if t.name:
+                    self._by_name.setdefault((t.kind, t.name), t.id)
+        found = self._by_name.get((kind, name))
+        return None if found is None else self.types[found]
+
+    def skip_modifiers(self, type_id: int) -> BTFType:
+        t = self[type_id]
+        while t.kind in _MODIFIERS:
+            t = self[t.ref]
+        return t
+
+    def size_of(self, type_id: int) -> int:
+        """Size in bytes of a type, following typedefs, qualifiers and arrays."""
+        depth = 0
+        multiplier = 1
+        t = self[type_id]
+        while True:
+            depth += 1
+            if depth > 64:
+                raise ObjectError(f"BTF type {type_id}: reference loop")
+            if t.kind in _SIZED:
+                return t.ref * multiplier
+            if t.kind == Kind.PTR:
+                return 8 * multiplier
+            if t.kind == Kind.ARRAY:
+                assert t.array is not None
+                multiplier *= t.array[2]
+                t = self[t.array[0]]
+                continue
+            if t.kind in _MODIFIERS or t.kind == Kind.VAR:
+                t = self[t.ref]
+                continue
+            raise ObjectError(f"BTF type {type_id} ({t.kind.name} {t.name!r}) has no size")
+
+    def describe(self, type_id: int) -> str:
+        t = self[type_id]
+        if t.kind in (Kind.STRUCT, Kind.UNION, Kind.ENUM):
+            return f"{t.kind.name.lower()} {t.name}"
+        return t.name or t.kind.name.lower()
+
+    # --- parsing ---------------------------------------------------------------------------
+
+    def _parse(self, raw: bytes) -> None:
+        pos = 0
+        n = len(raw)
+        unpack = struct.unpack_from
+        string = self.string
+        append = self.types.append
+        tid = 1
+        while pos < n:
+            start = pos
+            name_off, info, ref = unpack("<III", raw, pos)
+            pos += 12
+            vlen = info & 0xFFFF
+            kind_raw = (info >> 24) & 0x1F
+            try:
+                kind = Kind(kind_raw)
+            except ValueError:
+                raise ObjectError(f"BTF type {tid}: unknown kind {kind_raw}") from None
+            kflag = bool(info >> 31)
+            name = string(name_off) if name_off else ""
+            members: tuple[Member, ...] = ()
+            array = None
+            linkage = 0
+            if kind == Kind.INT:
+                pos += 4
+            elif kind == Kind.ARRAY:
+                array = unpack("<III", raw, pos)
+                pos += 12
+            elif kind in (Kind.STRUCT, Kind.UNION):
+                members = tuple(
+                    Member(string(m_name) if m_name else "", m_type, m_off)
+                    for m_name, m_type, m_off in struct.iter_unpack(
+                        "<III", raw[pos : pos + 12 * vlen]
+                    )
+                )
+                pos += 12 * vlen
+            elif kind == Kind.ENUM:
+                members = tuple(
+                    Member(string(m_name), 0, m_val)
+                    for m_name, m_val in struct.iter_unpack("<Ii", raw[pos : pos + 8 * vlen])
+                )
+                pos += 8 * vlen
+            elif kind == Kind.ENUM64:
+                members = tuple(
+                    Member(string(m_name), 0, (hi << 32) | lo)
+                    for m_name, lo, hi in struct.iter_unpack("<III", raw[pos : pos + 12 * vlen])
+                )
+                pos += 12 * vlen
+            elif kind == Kind.FUNC_PROTO:
+                members = tuple(
+                    Member(string(p_name) if p_name else "", p_type, 0)
+                    for p_name, p_type in struct.iter_unpack("<II", raw[pos : pos + 8 * vlen])
+                )
+                pos += 8 * vlen
+            elif kind == Kind.VAR:
+                (linkage,) = unpack("<I", raw, pos)
+                pos += 4
+            elif kind == Kind.DATASEC:
+                members = tuple(
+                    Member("", v_type, v_off, v_size)
+                    for v_type, v_off, v_size in struct.iter_unpack(
+                        "<III", raw[pos : pos + 12 * vlen]
+                    )
+                )
+                pos += 12 * vlen
+            elif kind == Kind.DECL_TAG:
+                pos += 4
+            elif kind == Kind.FUNC:
+                linkage = vlen
+            if pos > n:
+                raise ObjectError(f"BTF type {tid} ({kind.name}) runs past the type section")
+            append(BTFType(tid, kind, name, ref, vlen, kflag, members, array, linkage, start))
+            tid += 1
+
+    # --- fix-ups before upload -------------------------------------------------------------
+
+    def fixup_datasecs(
+        self,
+        section_size: Callable[[str], int | None],
+        symbol: Callable[[str], tuple[int, bool] | None],
+    ) -> None:
+        """Fill in what clang leaves at zero: each datasec's size (the ELF section size) and
+        each variable's offset (the symbol's value), and mark hidden globals static, then
+        sort variables by offset, as the kernel requires.
+
+        `section_size(name)` gives an ELF section's size; `symbol(name)` gives a variable's
+        (offset, hidden) or None.
+        """
+        for t in self.types:
+            if t.kind != Kind.DATASEC:
+                continue
+            if t.name in (".kconfig", ".ksyms"):
+                continue
+            rec = self._type_start + t.byte_offset
+            size = t.ref
+            fix_offsets = False
+            if size == 0:
+                found = section_size(t.name)
+                if found is None:
+                    raise ObjectError(f"BTF datasec {t.name!r} has no ELF section")
+                size = found
+                fix_offsets = True
+                struct.pack_into("<I", self._data, rec + 8, size)
+            new_members = []
+            for m in t.members:
+                var = self[m.type]
+                offset = m.offset
+                sym = symbol(var.name)
+                if var.kind == Kind.VAR and sym is not None:
+                    sym_offset, hidden = sym
+                    if fix_offsets:
+                        offset = sym_offset
+                    if hidden and var.linkage == VAR_GLOBAL_ALLOCATED:
+                        struct.pack_into(
+                            "<I", self._data, self._type_start + var.byte_offset + 12, VAR_STATIC
+                        )
+                new_members.append(Member(m.name, m.type, offset, m.size))
+            new_members.sort(key=lambda m: m.offset)
+            for i, m in enumerate(new_members):
+                struct.pack_into("<III", self._data, rec + 12 + 12 * i, m.type, m.offset, m.size)
+            self.types[t.id] = BTFType(
+                t.id,
+                t.kind,
+                t.name,
+                size,
+                t.vlen,
+                t.kind_flag,
+                tuple(new_members),
+                t.array,
+                t.linkage,
+                t.byte_offset,
+            )
+
+    def blob(self) -> bytes:
+        """The BTF bytes to upload (after `fixup_datasecs`)."""
+        return bytes(self._data)
+
+
+@dataclass(frozen=True, slots=True)
+class ExtRecord:
+    """A .BTF.ext record: func_info (type_id) or line_info (file/line offsets, line, col)."""
+
+    insn_off: int  # bytes from the start of the section
+    type_id: int = 0
+    file_name_off: int = 0
+    line_off: int = 0
+    line: int = 0
+    col: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CoreRelo:
+    insn_off: int
+    type_id: int
+    access: str
+    kind: int
+
+
+class BTFExt:
+    """Parsed .BTF.ext: per ELF section, func_info, line_info and CO-RE relocations."""
+
+    def __init__(self, data: bytes, btf: BTF) -> None:
+        if len(data) < 24:
+            raise ObjectError(".BTF.ext section is shorter than its header")
+        magic, version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        if magic != BTF_MAGIC or version != 1:
+            raise ObjectError(f".BTF.ext has magic {magic:#x} version {version}")
+        fi_off, fi_len, li_off, li_len = struct.unpack_from("<IIII", data, 8)
+        core_off = core_len = 0
+        if hdr_len >= 32:
+            core_off, core_len = struct.unpack_from("<II", data, 24)
+        base = hdr_len
+        self.func_info: dict[str, list[ExtRecord]] = {}
+        self.line_info: dict[str, list[ExtRecord]] = {}
+        self.core_relos: dict[str, list[CoreRelo]] = {}
+        for sec, rec in self._sections(data, base + fi_off, fi_len, btf, 8):
+            off, type_id = struct.unpack_from("<II", rec)
+            self.func_info.setdefault(sec, []).append(ExtRecord(off, type_id=type_id))
+        for sec, rec in self._sections(data, base + li_off, li_len, btf, 16):
+            off, file_off, line_off, line_col = struct.unpack_from("<IIII", rec)
+            self.line_info.setdefault(sec, []).append(
+                ExtRecord(
+                    off,
+                    file_name_off=file_off,
+                    line_off=line_off,
+                    line=line_col >> 10,
+                    col=line_col & 0x3FF,
+                )
+            )
+        if core_len:
+            for sec, rec in self._sections(data, base + core_off, core_len, btf, 16):
+                off, type_id, access_off, kind = struct.unpack_from("<IIII", rec)
+                self.core_relos.setdefault(sec, []).append(
+                    CoreRelo(off, type_id, btf.string(access_off), kind)
+                )
+
+    @staticmethod
+    def _sections(data: bytes, start: int, length: int, btf: BTF, min_rec: int):
+        if not length:
+            return
+        end = start + length
+        (rec_size,) = struct.unpack_from("<I", data, start)
+        if rec_size < min_rec:
+            raise ObjectError(f".BTF.ext record size {rec_size} is smaller than {min_rec}")
+        pos = start + 4
+        while pos < end:
+            sec_off, count = struct.unpack_from("<II", data, pos)
+            pos += 8
+            sec = btf.string(sec_off)
+            for _ in range(count):
+                yield sec, data[pos : pos + rec_size]
+                pos += rec_size
+
+
+def resolve_strings(btf: BTF, records: Mapping[str, list[ExtRecord]]) -> None:
+    """Check that every string offset of the line records exists (fail early, not in the
+    kernel)."""
+    for recs in records.values():
+        for r in recs:
+            btf.string(r.file_name_off)
+            btf.string(r.line_off)

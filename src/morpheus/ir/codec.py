@@ -47,15 +47,30 @@ def decode(data: bytes | memoryview, *, origin: int = 0) -> list[Instruction]:
                 )
             value = s64(((imm2 & 0xFFFFFFFF) << 32) | (imm & 0xFFFFFFFF))
             append(
-                Instruction(opcode, regs & 0xF, regs >> 4, off, value, meta=Meta(origin=origin + i))
+                Instruction(
+                    opcode, regs & 0xF, regs >> 4, off, value, None, None, origin_meta(origin + i)
+                )
             )
             i += 2
         else:
             append(
-                Instruction(opcode, regs & 0xF, regs >> 4, off, imm, meta=Meta(origin=origin + i))
+                Instruction(
+                    opcode, regs & 0xF, regs >> 4, off, imm, None, None, origin_meta(origin + i)
+                )
             )
             i += 1
     return out
+
+
+_ORIGIN_METAS: list[Meta] = []
+
+
+def origin_meta(origin: int) -> Meta:
+    """The (shared, immutable) metadata that only records provenance `origin`."""
+    metas = _ORIGIN_METAS
+    if origin >= len(metas):
+        metas.extend(Meta(origin=n) for n in range(len(metas), max(origin + 1, 2 * len(metas))))
+    return metas[origin]
 
 
 def pack_slot(opcode: int, dst: int, src: int, off: int, imm: int) -> bytes:

@@ -9,12 +9,12 @@ instructions freely.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 
 from .opcodes import (
     CONDITIONAL_JUMPS,
     LD_IMM64,
-    SIZE_BYTES,
     AluOp,
     CallSrc,
     Class,
@@ -26,8 +26,7 @@ from .opcodes import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class LineInfo:
+class LineInfo(NamedTuple):
     """A .BTF.ext line_info record. Offsets point into the object's BTF string table,
     which is uploaded unchanged, so they stay valid for the kernel."""
 
@@ -35,12 +34,23 @@ class LineInfo:
     line_off: int
     line: int
     col: int
-    file: str = ""
-    text: str = ""
+    strings: StringTable | None = None
+
+    @property
+    def file(self) -> str:
+        return self.strings.string(self.file_name_off) if self.strings is not None else ""
+
+    @property
+    def text(self) -> str:
+        """The source line (clang stores it in BTF)."""
+        return self.strings.string(self.line_off) if self.strings is not None else ""
 
 
-@dataclass(frozen=True, slots=True)
-class Meta:
+class StringTable(Protocol):
+    def string(self, offset: int) -> str: ...
+
+
+class Meta(NamedTuple):
     """Per-instruction metadata; immutable, replaced as a whole (copy-on-write).
 
     `func_btf_id` is set on the first instruction of a function that has BTF func_info.
@@ -75,9 +85,31 @@ def s64(value: int) -> int:
     return value - 0x10000000000000000 if value & 0x8000000000000000 else value
 
 
-@dataclass(frozen=True, slots=True)
-class Instruction:
-    """One logical eBPF instruction.
+_CALL = Class.JMP | JmpOp.CALL
+_EXIT = Class.JMP | JmpOp.EXIT
+_GOTOL = Class.JMP32 | JmpOp.JA
+_JA_OPCODES = frozenset({Class.JMP | JmpOp.JA, _GOTOL})
+_MAP_PSEUDO = frozenset(
+    {PseudoSrc.MAP_FD, PseudoSrc.MAP_VALUE, PseudoSrc.MAP_IDX, PseudoSrc.MAP_IDX_VALUE}
+)
+_SIZE_OF = {0x00: 4, 0x08: 2, 0x10: 1, 0x18: 8}
+
+
+def _table(predicate: Callable[[int], bool]) -> tuple[bool, ...]:
+    return tuple(predicate(op) for op in range(256))
+
+
+_IS_COND = _table(
+    lambda op: (op & 0x07) in (Class.JMP, Class.JMP32) and (op & 0xF0) in CONDITIONAL_JUMPS
+)
+_IS_BRANCH = _table(lambda op: _IS_COND[op] or op in _JA_OPCODES)
+_IS_LOAD = _table(lambda op: (op & 0x07) == Class.LDX and (op & 0xE0) in (Mode.MEM, Mode.MEMSX))
+_IS_STORE = _table(lambda op: (op & 0x07) in (Class.ST, Class.STX) and (op & 0xE0) == Mode.MEM)
+
+
+class Instruction(NamedTuple):
+    """One logical eBPF instruction (immutable; a NamedTuple because passes create millions
+    and frozen dataclasses are four times slower to construct).
 
     For a 64-bit immediate load without a reference, `imm` is the full 64-bit value (signed).
     With a map reference (src MAP_FD / MAP_VALUE), `imm` is the offset into the map value and
@@ -95,6 +127,8 @@ class Instruction:
     meta: Meta = EMPTY_META
 
     # --- structure -------------------------------------------------------------------------
+    # Predicates index 256-entry tables built once from the opcode byte: they run for every
+    # instruction in every pass, so they must not construct enums.
 
     @property
     def cls(self) -> Class:
@@ -111,7 +145,7 @@ class Instruction:
 
     @property
     def size_bytes(self) -> int:
-        return SIZE_BYTES[Size(self.opcode & 0x18)]
+        return _SIZE_OF[self.opcode & 0x18]
 
     @property
     def mode(self) -> Mode:
@@ -131,15 +165,15 @@ class Instruction:
 
     @property
     def is_alu(self) -> bool:
-        return self.cls in (Class.ALU, Class.ALU64)
+        return (self.opcode & 0x07) in (0x04, 0x07)
 
     @property
     def is_alu64(self) -> bool:
-        return self.cls == Class.ALU64
+        return (self.opcode & 0x07) == 0x07
 
     @property
     def is_jump_class(self) -> bool:
-        return self.cls in (Class.JMP, Class.JMP32)
+        return (self.opcode & 0x07) in (0x05, 0x06)
 
     @property
     def is_ld_imm64(self) -> bool:
@@ -147,65 +181,60 @@ class Instruction:
 
     @property
     def is_call(self) -> bool:
-        return self.cls == Class.JMP and self.jmp_op == JmpOp.CALL
+        return self.opcode == _CALL
 
     @property
     def is_helper_call(self) -> bool:
-        return self.is_call and self.src == CallSrc.HELPER
+        return self.opcode == _CALL and self.src == CallSrc.HELPER
 
     @property
     def is_pseudo_call(self) -> bool:
-        return self.is_call and self.src == CallSrc.PSEUDO_CALL
+        return self.opcode == _CALL and self.src == CallSrc.PSEUDO_CALL
 
     @property
     def is_kfunc_call(self) -> bool:
-        return self.is_call and self.src == CallSrc.KFUNC
+        return self.opcode == _CALL and self.src == CallSrc.KFUNC
 
     @property
     def is_exit(self) -> bool:
-        return self.cls == Class.JMP and self.jmp_op == JmpOp.EXIT
+        return self.opcode == _EXIT
 
     @property
     def is_unconditional_jump(self) -> bool:
-        return self.is_jump_class and self.jmp_op == JmpOp.JA
+        return self.opcode in _JA_OPCODES
 
     @property
     def is_conditional_jump(self) -> bool:
-        return self.is_jump_class and self.jmp_op in CONDITIONAL_JUMPS
+        return _IS_COND[self.opcode]
 
     @property
     def is_branch(self) -> bool:
         """A jump to another instruction of the same function (not a call or exit)."""
-        return self.is_unconditional_jump or self.is_conditional_jump
+        return _IS_BRANCH[self.opcode]
 
     @property
     def is_load(self) -> bool:
-        return self.cls == Class.LDX and self.mode in (Mode.MEM, Mode.MEMSX)
+        return _IS_LOAD[self.opcode]
 
     @property
     def is_store(self) -> bool:
-        return self.cls in (Class.ST, Class.STX) and self.mode == Mode.MEM
+        return _IS_STORE[self.opcode]
 
     @property
     def is_atomic(self) -> bool:
-        return self.cls == Class.STX and self.mode == Mode.ATOMIC
+        return (self.opcode & 0xE7) == (Class.STX | Mode.ATOMIC)
 
     @property
     def is_map_load(self) -> bool:
-        return self.is_ld_imm64 and self.src in (
-            PseudoSrc.MAP_FD,
-            PseudoSrc.MAP_VALUE,
-            PseudoSrc.MAP_IDX,
-            PseudoSrc.MAP_IDX_VALUE,
-        )
+        return self.opcode == LD_IMM64 and self.src in _MAP_PSEUDO
 
     @property
     def is_func_load(self) -> bool:
-        return self.is_ld_imm64 and self.src == PseudoSrc.FUNC
+        return self.opcode == LD_IMM64 and self.src == PseudoSrc.FUNC
 
     @property
     def is_gotol(self) -> bool:
-        return self.cls == Class.JMP32 and self.jmp_op == JmpOp.JA
+        return self.opcode == _GOTOL
 
     @property
     def constant(self) -> int:
@@ -214,14 +243,30 @@ class Instruction:
 
     # --- rewriting -------------------------------------------------------------------------
 
+    # Direct construction: dataclasses.replace is several times slower and these run for
+    # every instruction of every object read.
     def with_label(self, label: str | None) -> Instruction:
-        return replace(self, label=label)
+        return Instruction(
+            self.opcode, self.dst, self.src, self.off, self.imm, self.reference, label, self.meta
+        )
 
     def with_reference(self, reference: str | None) -> Instruction:
-        return replace(self, reference=reference)
+        return Instruction(
+            self.opcode, self.dst, self.src, self.off, self.imm, reference, self.label, self.meta
+        )
+
+    def with_target(self, reference: str | None, label: str | None) -> Instruction:
+        return Instruction(
+            self.opcode, self.dst, self.src, self.off, self.imm, reference, label, self.meta
+        )
+
+    def with_meta_object(self, meta: Meta) -> Instruction:
+        return Instruction(
+            self.opcode, self.dst, self.src, self.off, self.imm, self.reference, self.label, meta
+        )
 
     def with_meta(self, **changes: object) -> Instruction:
-        return replace(self, meta=replace(self.meta, **changes))  # type: ignore[arg-type]
+        return self._replace(meta=self.meta._replace(**changes))  # type: ignore[arg-type]
 
     def without_label(self) -> Instruction:
-        return self if self.label is None else replace(self, label=None)
+        return self if self.label is None else self._replace(label=None)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .codec import EncodeError, encode_instruction
-from .instruction import Instruction
-from .opcodes import PseudoSrc
+from .instruction import _CALL, _GOTOL, _IS_BRANCH, Instruction
+from .opcodes import LD_IMM64, CallSrc, PseudoSrc
 
 
 class LinkError(ValueError):
@@ -150,59 +150,57 @@ def symbolize(
     slot_of: list[int] = []
     index_of: dict[int, int] = {}
     slot = 0
+    # (index, relative slot offset, is_branch) of every instruction that points somewhere
+    pointing: list[tuple[int, int, bool]] = []
     for index, insn in enumerate(insns):
         slot_of.append(slot)
         index_of[slot] = index
-        slot += insn.width
+        opcode = insn.opcode
+        if insn.reference is None:
+            if _IS_BRANCH[opcode]:
+                pointing.append((index, insn.imm if opcode == _GOTOL else insn.off, True))
+            elif (opcode == _CALL and insn.src == CallSrc.PSEUDO_CALL) or (
+                opcode == LD_IMM64 and insn.src == PseudoSrc.FUNC
+            ):
+                pointing.append((index, insn.imm, False))
+        slot += 2 if opcode == LD_IMM64 else 1
     total = slot
 
     targets: dict[int, int] = {}  # instruction index → target instruction index
-    for index, insn in enumerate(insns):
-        if insn.reference is not None:
-            continue
-        relative = _relative_target(insn)
-        if relative is None:
-            continue
+    for index, relative, is_branch in pointing:
         target_slot = slot_of[index] + 1 + relative
-        if target_slot not in index_of:
-            if insn.is_branch or not 0 <= target_slot < total:
-                if insn.is_branch:
-                    raise LinkError(
-                        f"instruction {index}: jump to slot {target_slot} is outside the "
-                        "function or into the middle of an instruction"
-                    )
-                continue
-            raise LinkError(f"instruction {index}: target slot {target_slot} is mid-instruction")
-        targets[index] = index_of[target_slot]
+        target = index_of.get(target_slot)
+        if target is None:
+            if is_branch:
+                raise LinkError(
+                    f"instruction {index}: jump to slot {target_slot} is outside the "
+                    "function or into the middle of an instruction"
+                )
+            if 0 <= target_slot < total:
+                raise LinkError(
+                    f"instruction {index}: target slot {target_slot} is mid-instruction"
+                )
+            continue
+        targets[index] = target
 
+    if not targets:
+        return list(insns)
     label_of: dict[int, str] = {}
     names = names or {}
-    for index, insn in enumerate(insns):
-        if insn.label is not None:
-            label_of[index] = insn.label
     for target in sorted(set(targets.values())):
-        if target not in label_of:
+        existing = insns[target].label
+        if existing is not None:
+            label_of[target] = existing
+        else:
             label_of[target] = names.get(slot_of[target]) or namer(slot_of[target])
 
-    out = []
-    for index, insn in enumerate(insns):
-        changes: dict[str, object] = {}
-        if index in label_of and insn.label != label_of[index]:
-            changes["label"] = label_of[index]
-        if index in targets:
-            changes["reference"] = label_of[targets[index]]
-        out.append(replace(insn, **changes) if changes else insn)  # type: ignore[arg-type]
+    out = list(insns)
+    for target, label in label_of.items():
+        if out[target].label != label:
+            out[target] = out[target].with_label(label)
+    for index, target in targets.items():
+        out[index] = out[index].with_reference(label_of[target])
     return out
-
-
-def _relative_target(insn: Instruction) -> int | None:
-    if insn.is_gotol:
-        return insn.imm
-    if insn.is_branch:
-        return insn.off
-    if insn.is_pseudo_call or insn.is_func_load:
-        return insn.imm
-    return None
 
 
 def encode(program: Program, maps: Mapping[str, int] | None = None) -> EncodedProgram:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from .errors import ObjectError
 
@@ -51,16 +51,14 @@ VAR_GLOBAL_ALLOCATED = 1
 VAR_GLOBAL_EXTERN = 2
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
+class Member(NamedTuple):
     name: str
     type: int
     offset: int  # bits (struct/union members); value for enums; byte offset for datasec vars
     size: int = 0  # datasec vars only
 
 
-@dataclass(frozen=True, slots=True)
-class BTFType:
+class BTFType(NamedTuple):
     """One BTF type. `ref` is the size for sized kinds and the referenced type otherwise."""
 
     id: int
@@ -91,6 +89,7 @@ class BTF:
         self._data = bytearray(data)
         self._type_start = hdr_len + type_off
         self._strings = bytes(data[hdr_len + str_off : hdr_len + str_off + str_len])
+        self._string_cache: dict[int, str] = {}
         self.types: list[BTFType] = [BTFType(0, Kind.UNKN, "", 0, 0, False)]  # id 0 is void
         self._by_name: dict[tuple[Kind, str], int] | None = None
         self._parse(bytes(data[self._type_start : self._type_start + type_len]))
@@ -98,10 +97,15 @@ class BTF:
     # --- strings and lookup ----------------------------------------------------------------
 
     def string(self, offset: int) -> str:
+        cached = self._string_cache.get(offset)
+        if cached is not None:
+            return cached
         end = self._strings.find(b"\0", offset)
         if end < 0 or offset >= len(self._strings):
             raise ObjectError(f"BTF string offset {offset} is out of range")
-        return self._strings[offset:end].decode(errors="replace")
+        text = self._strings[offset:end].decode(errors="replace")
+        self._string_cache[offset] = text
+        return text
 
     def __getitem__(self, type_id: int) -> BTFType:
         try:
@@ -292,8 +296,7 @@ class BTF:
         return bytes(self._data)
 
 
-@dataclass(frozen=True, slots=True)
-class ExtRecord:
+class ExtRecord(NamedTuple):
     """A .BTF.ext record: func_info (type_id) or line_info (file/line offsets, line, col)."""
 
     insn_off: int  # bytes from the start of the section
@@ -304,8 +307,7 @@ class ExtRecord:
     col: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class CoreRelo:
+class CoreRelo(NamedTuple):
     insn_off: int
     type_id: int
     access: str

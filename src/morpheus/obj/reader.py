@@ -12,8 +12,9 @@ import io
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from elftools.elf.elffile import ELFFile
 
@@ -87,8 +88,7 @@ class _Section:
         return self.type == SHT_PROGBITS and bool(self.flags & SHF_EXECINSTR) and self.size > 0
 
 
-@dataclass(frozen=True, slots=True)
-class _Symbol:
+class _Symbol(NamedTuple):
     name: str
     bind: int
     type: int
@@ -410,9 +410,9 @@ class _Reader:
             if not sec.flags & SHF_ALLOC or sec.flags & SHF_EXECINSTR:
                 continue
             base = sec.name.split(".")[1] if sec.name.startswith(".") else ""
-            if base in ("rodata", "data", "bss") and sec.type in (SHT_PROGBITS, SHT_NOBITS):
-                if sec.size:
-                    out.append(sec)
+            is_data = sec.type in (SHT_PROGBITS, SHT_NOBITS) and sec.size > 0
+            if base in ("rodata", "data", "bss") and is_data:
+                out.append(sec)
         return out
 
     def _data_map(self, sec: _Section) -> MapSpec:
@@ -467,9 +467,9 @@ class _Reader:
             if len(raw) % 8:
                 raise ObjectError(f"section {sec.name} size {len(raw)} is not a multiple of 8")
             insns = decode(raw)
-            insns = self._apply_btf_ext(sec.name, insns)
-            insns = self._apply_relocations(sec, insns, data_by_index, maps_index, maps)
             slot_index = _slot_index(insns)
+            insns = self._apply_btf_ext(sec.name, insns, slot_index)
+            insns = self._apply_relocations(sec, insns, slot_index, data_by_index, maps_index, maps)
             names = labels_by_section.get(sec.index, {})
             for n, sym in enumerate(syms):
                 start = sym.value
@@ -511,10 +511,12 @@ class _Reader:
                             f"of section {self.sections[int(shndx)].name}, which is not the "
                             "start of a function"
                         )
-                    body[index] = replace(insn, reference=callee, imm=-1 if insn.is_call else 0)
+                    body[index] = insn._replace(reference=callee, imm=-1 if insn.is_call else 0)
         return functions
 
-    def _apply_btf_ext(self, section: str, insns: list[Instruction]) -> list[Instruction]:
+    def _apply_btf_ext(
+        self, section: str, insns: list[Instruction], slot_index: dict[int, int]
+    ) -> list[Instruction]:
         ext = self.btf_ext
         if ext is None:
             return insns
@@ -522,7 +524,6 @@ class _Reader:
         line_recs = ext.line_info.get(section, ())
         if not func_recs and not line_recs:
             return insns
-        slot_index = _slot_index(insns)
         btf = self.btf
         assert btf is not None
         out = list(insns)
@@ -532,33 +533,32 @@ class _Reader:
                 raise ObjectError(
                     f"line_info for {section} points mid-instruction (offset {rec.insn_off})"
                 )
-            line = LineInfo(
-                rec.file_name_off,
-                rec.line_off,
-                rec.line,
-                rec.col,
-                btf.string(rec.file_name_off),
-                btf.string(rec.line_off),
+            line = LineInfo(rec.file_name_off, rec.line_off, rec.line, rec.col, btf)
+            meta = out[idx].meta
+            out[idx] = out[idx].with_meta_object(
+                Meta(line, meta.func_btf_id, meta.origin, meta.note)
             )
-            out[idx] = replace(out[idx], meta=replace(out[idx].meta, line=line))
         for rec in func_recs:
             idx = slot_index.get(rec.insn_off // 8)
             if idx is None:
                 raise ObjectError(f"func_info for {section} points mid-instruction")
-            out[idx] = replace(out[idx], meta=replace(out[idx].meta, func_btf_id=rec.type_id))
+            meta = out[idx].meta
+            out[idx] = out[idx].with_meta_object(
+                Meta(meta.line, rec.type_id, meta.origin, meta.note)
+            )
         return out
 
     def _apply_relocations(
         self,
         sec: _Section,
         insns: list[Instruction],
+        slot_index: dict[int, int],
         data_by_index: dict[int, str],
         maps_index: int,
         maps: dict[str, MapSpec],
     ) -> list[Instruction]:
         """Turn relocated instructions into references: maps by name, calls and function
         addresses by a "@section:offset" token that `_functions` resolves to a name."""
-        slot_index = _slot_index(insns)
         out = list(insns)
         relocated: set[int] = set()
         for r_offset, sym, rtype in self.relocations(sec):
@@ -592,7 +592,7 @@ class _Reader:
                         f"relocated call at {sec.name}+{r_offset} is not a BPF-to-BPF call"
                     )
                 target = sym.value + (insn.imm + 1) * 8
-                out[idx] = replace(insn, reference=_call_token(sym.shndx, target))
+                out[idx] = insn._replace(reference=_call_token(sym.shndx, target))
                 relocated.add(idx)
                 continue
             if not insn.is_ld_imm64:
@@ -603,8 +603,7 @@ class _Reader:
             lo = s32(insn.imm & 0xFFFFFFFF)
             if target_sec is not None and target_sec.executable:
                 # Address of a function (callbacks for bpf_loop and friends).
-                out[idx] = replace(
-                    insn,
+                out[idx] = insn._replace(
                     src=PseudoSrc.FUNC,
                     imm=0,
                     reference=_call_token(sym.shndx, sym.value + lo),
@@ -615,11 +614,11 @@ class _Reader:
                         f"{sec.name}+{r_offset} references map {sym.name!r}, "
                         "which is not defined in BTF"
                     )
-                out[idx] = replace(insn, src=PseudoSrc.MAP_FD, imm=0, reference=sym.name)
+                out[idx] = insn._replace(src=PseudoSrc.MAP_FD, imm=0, reference=sym.name)
             elif sym.shndx in data_by_index:
                 offset = lo + (sym.value if sym.type != STT_SECTION else 0)
-                out[idx] = replace(
-                    insn, src=PseudoSrc.MAP_VALUE, imm=offset, reference=data_by_index[sym.shndx]
+                out[idx] = insn._replace(
+                    src=PseudoSrc.MAP_VALUE, imm=offset, reference=data_by_index[sym.shndx]
                 )
             else:
                 tname = target_sec.name if target_sec else f"section {sym.shndx}"
@@ -633,8 +632,8 @@ class _Reader:
         slot = 0
         for idx, insn in enumerate(out):
             if idx not in relocated and (insn.is_pseudo_call or insn.is_func_load):
-                out[idx] = replace(
-                    insn, reference=_call_token(sec.index, (slot + 1 + insn.imm) * 8)
+                out[idx] = insn._replace(
+                    reference=_call_token(sec.index, (slot + 1 + insn.imm) * 8)
                 )
             slot += insn.width
         return out
@@ -714,6 +713,3 @@ def _sh_type(value: object) -> int:
 
 
 __all__ = ["read_object"]
-
-# Meta is re-exported for callers that build instructions next to read ones.
-_ = Meta

@@ -1,0 +1,1 @@
+"""The `morpheus` command line."""

@@ -167,11 +167,11 @@ class AttachType(IntEnum):
     MODIFY_RETURN = 26
     LSM_MAC = 27
     TRACE_ITER = 28
-    XDP_DEVMAP = 35
-    XDP_CPUMAP = 36
-    SK_LOOKUP = 37
-    XDP = 39
-    SK_SKB_VERDICT = 40
+    XDP_DEVMAP = 33
+    XDP_CPUMAP = 35
+    SK_LOOKUP = 36
+    XDP = 37
+    SK_SKB_VERDICT = 38
     TCX_INGRESS = 46
     TCX_EGRESS = 47
 

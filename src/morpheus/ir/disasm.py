@@ -115,7 +115,7 @@ def _format(insn: Instruction, *, symbolic: bool, maps: Mapping[int, str] | None
     if insn.mode == Mode.MEM:
         return f"*({_SIZE_NAME[insn.size]} *){_addr(insn.dst, insn.off)} = r{insn.src}"
     if insn.mode == Mode.ATOMIC:
-        return _format_atomic(insn)
+        return _format_atomic(insn, symbolic)
     raise UnknownInstruction(f"unknown store mode in opcode {insn.opcode:#x}")
 
 
@@ -189,41 +189,49 @@ def _format_ld(insn: Instruction, symbolic: bool) -> str:
     raise UnknownInstruction(f"unknown LD mode in opcode {insn.opcode:#x}")
 
 
-def _format_atomic(insn: Instruction) -> str:
+def _format_atomic(insn: Instruction, symbolic: bool) -> str:
     size = insn.size
     addr = _addr(insn.dst, insn.off)
     imm = insn.imm
     if size == Size.W:
-        # LLVM 16 without alu32 decodes every 32-bit atomic as the plain locked add.
-        return f"lock *(u32 *){addr} += r{insn.src}"
+        if imm in (AtomicOp.ADD, AtomicOp.ADD | AtomicOp.FETCH) and not symbolic:
+            # LLVM 16 without alu32 decodes both 32-bit adds as the plain locked add and
+            # knows no other 32-bit atomic.
+            return f"lock *(u32 *){addr} += r{insn.src}"
+        if not symbolic:
+            return "<unknown>"
+        return _format_atomic_wide(insn, "w", "u32", "32_32")
     if size != Size.DW:
         if imm == AtomicOp.LOAD_ACQ:
             return f"r{insn.dst} = load_acquire(({_SIZE_NAME[size]} *){_addr(insn.src, insn.off)})"
         if imm == AtomicOp.STORE_REL:
             return f"store_release(({_SIZE_NAME[size]} *){addr}, r{insn.src})"
         raise UnknownInstruction(f"atomic operation of size {size.name}")
+    return _format_atomic_wide(insn, "r", "u64", "_64")
+
+
+def _format_atomic_wide(insn: Instruction, r: str, size_name: str, suffix: str) -> str:
+    addr = _addr(insn.dst, insn.off)
     inner = addr[1:-1]
+    imm = insn.imm
+    src = f"{r}{insn.src}"
     if imm in _ATOMIC_SYMBOL:
-        return f"lock *(u64 *){addr} {_ATOMIC_SYMBOL[AtomicOp(imm)]} r{insn.src}"
-    if (
-        imm & AtomicOp.FETCH
-        and (imm & ~AtomicOp.FETCH) in _ATOMIC_FETCH_NAME
-        and imm
-        not in (
-            AtomicOp.XCHG,
-            AtomicOp.CMPXCHG,
-        )
+        return f"lock *({size_name} *){addr} {_ATOMIC_SYMBOL[AtomicOp(imm)]} {src}"
+    base = imm & ~AtomicOp.FETCH
+    if imm & AtomicOp.FETCH and base in _ATOMIC_FETCH_NAME and imm not in (
+        AtomicOp.XCHG,
+        AtomicOp.CMPXCHG,
     ):
-        name = _ATOMIC_FETCH_NAME[AtomicOp(imm & ~AtomicOp.FETCH)]
-        return f"r{insn.src} = {name}((u64 *){addr}, r{insn.src})"
+        name = _ATOMIC_FETCH_NAME[AtomicOp(base)]
+        return f"{src} = {name}(({size_name} *){addr}, {src})"
     if imm == AtomicOp.XCHG:
-        return f"r{insn.src} = xchg_64({inner}, r{insn.src})"
+        return f"{src} = xchg{suffix}({inner}, {src})"
     if imm == AtomicOp.CMPXCHG:
-        return f"r0 = cmpxchg_64({inner}, r0, r{insn.src})"
+        return f"{r}0 = cmpxchg{suffix}({inner}, {r}0, {src})"
     if imm == AtomicOp.LOAD_ACQ:
-        return f"r{insn.dst} = load_acquire((u64 *){_addr(insn.src, insn.off)})"
+        return f"{r}{insn.dst} = load_acquire(({size_name} *){_addr(insn.src, insn.off)})"
     if imm == AtomicOp.STORE_REL:
-        return f"store_release((u64 *){addr}, r{insn.src})"
+        return f"store_release(({size_name} *){addr}, {src})"
     raise UnknownInstruction(f"unknown atomic operation {imm:#x}")
 
 

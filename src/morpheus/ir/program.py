@@ -107,19 +107,23 @@ class Program:
         return offsets
 
     def functions(self) -> list[Function]:
-        """Functions in instruction order: the entry function and every called subprogram."""
+        """Functions in instruction order: the entry function and every called subprogram.
+
+        A function's BTF id is the first func_info found in its body, so that a pass may
+        insert instructions before a function's original first instruction.
+        """
         starts: dict[int, str] = {0: self.insns[0].label or self.name} if self.insns else {}
         for index, insn in enumerate(self.insns):
             if (insn.is_pseudo_call or insn.is_func_load) and insn.reference is not None:
                 target = self.target(index)
                 starts.setdefault(target, insn.reference)
-            elif insn.meta.func_btf_id is not None and index not in starts:
-                starts[index] = insn.label or f"{self.name}+{index}"
         ordered = sorted(starts)
         out = []
         for n, start in enumerate(ordered):
             end = ordered[n + 1] if n + 1 < len(ordered) else len(self.insns)
-            out.append(Function(starts[start], start, end, self.insns[start].meta.func_btf_id))
+            btf_id = next((i.meta.func_btf_id for i in self.insns[start:end]
+                           if i.meta.func_btf_id is not None), None)
+            out.append(Function(starts[start], start, end, btf_id))
         return out
 
     def fresh_label(self, prefix: str) -> str:

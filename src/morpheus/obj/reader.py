@@ -422,7 +422,8 @@ class _Reader:
             datasec = self.btf.find(Kind.DATASEC, sec.name)
             if datasec is not None:
                 value_id = datasec.id
-        flags = MapFlags.RDONLY_PROG if read_only else 0
+        # As libbpf does: mmap-able, so user space can read and write variables in place.
+        flags = MapFlags.MMAPABLE | (MapFlags.RDONLY_PROG if read_only else 0)
         return MapSpec(
             name=sec.name,
             type=MapType.ARRAY,

@@ -56,3 +56,24 @@ def no_fd_leaks() -> Iterator[None]:
     for fd in leaked:
         fd.close()
     assert not leaked, f"test leaked file descriptors: {leaked}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
+    """Skips are failures unless MORPHEUS_ALLOW_SKIPS=1: every feature a test needs exists on
+    the machines we run on, so a skip there means something is broken, not missing."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    terminalreporter.write_line(f"morpheus: {len(skipped)} test(s) skipped")
+    if skipped and os.environ.get("MORPHEUS_ALLOW_SKIPS") != "1":
+        terminalreporter.write_line(
+            "morpheus: unexpected skips count as failures (set MORPHEUS_ALLOW_SKIPS=1 on a "
+            "machine without BPF)", red=True)
+        config._morpheus_unexpected_skips = True  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped and os.environ.get("MORPHEUS_ALLOW_SKIPS") != "1" and exitstatus == 0:
+        session.exitstatus = 1

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from .ir import EncodedProgram, Program, encode
+from .ir import Program, encode
 from .kernel import FD, LoadedProgram, Map, load_btf, load_program
 from .obj import MapSpec, ObjectSpec, ProgramSpec
 from .uapi import BPF_OBJ_NAME_LEN
@@ -142,33 +142,33 @@ def create_map(spec: MapSpec, *, object_name: str = "", btf_fd: FD | None = None
     return m
 
 
-def encode_for(
-    spec: ProgramSpec, collection_maps: Mapping[str, Map], program: Program | None = None
-) -> EncodedProgram:
-    program = program or spec.program
-    return encode(program, {name: m.fd.number for name, m in collection_maps.items()})
-
-
 def load_program_spec(
     spec: ProgramSpec,
-    collection: Collection,
+    maps: Mapping[str, Map] | Collection,
     *,
     program: Program | None = None,
+    btf_fd: FD | None = None,
     name: str | None = None,
     log_level: int = 0,
 ) -> LoadedProgram:
-    """Encode `program` (default: the spec's) against the collection's maps and load it."""
-    encoded = encode_for(spec, collection.maps, program)
-    btf_fd = collection.btf_fd
+    """Encode `program` (default: the spec's) against `maps` (by name) and load it.
+
+    With a Collection, its maps and BTF are used. The caller owns the returned program.
+    """
+    if isinstance(maps, Collection):
+        btf_fd = btf_fd if btf_fd is not None else maps.btf_fd
+        maps = maps.maps
+    encoded = encode(program or spec.program, {n: m.fd.number for n, m in maps.items()})
+    with_btf = btf_fd is not None and bool(encoded.func_info)
     return load_program(
         encoded.bytecode,
         spec.type,
         name=(name or spec.name)[: BPF_OBJ_NAME_LEN - 1],
         license=spec.license or "GPL",
         expected_attach_type=spec.attach_type,
-        btf_fd=btf_fd if (btf_fd is not None and encoded.func_info) else None,
-        func_info=encoded.func_info,
-        line_info=encoded.line_info,
+        btf_fd=btf_fd if with_btf else None,
+        func_info=encoded.func_info if with_btf else (),
+        line_info=encoded.line_info if with_btf else (),
         prog_flags=spec.flags,
         kern_version=spec.kern_version,
         log_level=log_level,

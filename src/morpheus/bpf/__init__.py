@@ -115,8 +115,3 @@ def object_path(name: str) -> Path:
         known = sorted(p.name.removesuffix(".bpf.c") for p in SOURCE_DIR.glob("*.bpf.c"))
         raise FileNotFoundError(f"no BPF source named {name!r}; known: {', '.join(known)}")
     return compile_object(source, default_build_dir() / f"{name}.o")
-
-
-if __name__ == "__main__":
-    for path in build_all():
-        print(path)

@@ -295,6 +295,76 @@ class BTF:
         """The BTF bytes to upload (after `fixup_datasecs`)."""
         return bytes(self._data)
 
+    @property
+    def type_section(self) -> bytes:
+        type_off, type_len = struct.unpack_from("<II", self._data, 8)
+        start = self.hdr_len + type_off
+        return bytes(self._data[start : start + type_len])
+
+    @property
+    def string_section(self) -> bytes:
+        return self._strings
+
+    def rebased_types(self, id_shift: int, str_shift: int) -> bytes:
+        """This BTF's type records with every type id moved up by `id_shift` and every
+        string offset by `str_shift`, for appending after another BTF's types."""
+        raw = bytearray(self.type_section)
+
+        def name(pos: int) -> None:
+            (off,) = struct.unpack_from("<I", raw, pos)
+            if off:  # anonymous stays anonymous: the kernel refuses names on some kinds
+                struct.pack_into("<I", raw, pos, off + str_shift)
+
+        def ref(pos: int) -> None:
+            (tid,) = struct.unpack_from("<I", raw, pos)
+            if tid:  # void stays void
+                struct.pack_into("<I", raw, pos, tid + id_shift)
+
+        for t in self.types[1:]:
+            pos = t.byte_offset
+            name(pos)
+            body = pos + 12
+            kind = t.kind
+            if kind in _MODIFIERS or kind in (Kind.PTR, Kind.FUNC, Kind.VAR, Kind.DECL_TAG):
+                ref(pos + 8)
+            elif kind == Kind.ARRAY:
+                ref(body)
+                ref(body + 4)
+            elif kind in (Kind.STRUCT, Kind.UNION):
+                for i in range(t.vlen):
+                    name(body + 12 * i)
+                    ref(body + 12 * i + 4)
+            elif kind == Kind.ENUM:
+                for i in range(t.vlen):
+                    name(body + 8 * i)
+            elif kind == Kind.ENUM64:
+                for i in range(t.vlen):
+                    name(body + 12 * i)
+            elif kind == Kind.FUNC_PROTO:
+                ref(pos + 8)
+                for i in range(t.vlen):
+                    name(body + 8 * i)
+                    ref(body + 8 * i + 4)
+            elif kind == Kind.DATASEC:
+                for i in range(t.vlen):
+                    ref(body + 12 * i)
+        return bytes(raw)
+
+
+def merge_btf(base: BTF, extra: BTF) -> tuple[BTF, int, int]:
+    """One BTF holding `base`'s types followed by `extra`'s.
+
+    Returns the merged BTF and the shifts to apply to `extra`'s type ids and string offsets
+    (for func_info and line_info of code taken from the object `extra` came with).
+    """
+    id_shift = len(base.types) - 1
+    str_shift = len(base.string_section)
+    types = base.type_section + extra.rebased_types(id_shift, str_shift)
+    strings = base.string_section + extra.string_section
+    header = struct.pack("<HBBIIIII", BTF_MAGIC, 1, 0, 24, 0, len(types), len(types),
+                         len(strings))
+    return BTF(header + types + strings), id_shift, str_shift
+
 
 class ExtRecord(NamedTuple):
     """A .BTF.ext record: func_info (type_id) or line_info (file/line offsets, line, col)."""

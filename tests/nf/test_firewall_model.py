@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from morpheus.nf import firewall as fw
-from morpheus.nf._l4 import XDP_DROP, XDP_PASS, Flow, flow_frame
+from morpheus.nf._l4 import Flow, flow_frame
+from morpheus.nf.common import XDP_DROP, XDP_PASS
 from morpheus.traffic import packet as pkt
 
 TCP, UDP, ICMP = pkt.IPPROTO_TCP, pkt.IPPROTO_UDP, pkt.IPPROTO_ICMP
@@ -518,6 +519,28 @@ def test_conntrack_survives_config_change() -> None:
     ref.set_config(fw.FirewallConfig(config.rules[:1]))
     assert verdict(ref, frame(dport=443)) == XDP_PASS  # established
     assert verdict(ref, frame(dport=444)) == XDP_DROP
+
+
+def test_conntrack_entries_hold_what_the_map_holds() -> None:
+    """Each entry mirrors a fw_conntrack value: packet count, the accepting rule's rank at the
+    time of the opening packet (RULE_NONE for the default policy), and the direction."""
+    config = small_config(default_action=fw.Action.ACCEPT)
+    ref = fw.Reference(config)
+    key, rev = (A, B, 40000, 80, TCP), (B, A, 80, 40000, TCP)
+    assert verdict(ref, frame(flags=pkt.TCP_SYN)) == XDP_PASS  # rule 2, rank 1, accepts
+    assert ref.conntrack == {key: fw.CtEntry(1, 1, False), rev: fw.CtEntry(0, 1, True)}
+    verdict(ref, frame())
+    verdict(ref, frame(src=B, dst=A, sport=80, dport=40000))
+    assert (ref.conntrack[key].packets, ref.conntrack[rev].packets) == (2, 1)
+    # A rule change shifts ranks but leaves the stored ones alone, as the kernel does.
+    ref.set_config(fw.FirewallConfig((fw.Rule(9, 1, fw.Action.DROP, proto=ICMP),
+                                      *config.rules), default_action=fw.Action.ACCEPT))
+    assert ref.conntrack[key].rule == 1
+    udp = frame(src=pkt.ip4("172.16.0.1"), dst=pkt.ip4("8.8.8.8"), proto=UDP, sport=1234,
+                dport=4321)
+    assert verdict(ref, udp) == XDP_PASS
+    opened = ref.conntrack[pkt.ip4("172.16.0.1"), pkt.ip4("8.8.8.8"), 1234, 4321, UDP]
+    assert opened == fw.CtEntry(1, fw.RULE_NONE, False)
 
 
 def test_stats_follow_the_switch() -> None:

@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from morpheus.nf import lb
-from morpheus.nf._l4 import XDP_DROP, XDP_PASS, XDP_TX, Flow, flow_frame
+from morpheus.nf._l4 import Flow, flow_frame
+from morpheus.nf.common import XDP_DROP, XDP_PASS, XDP_TX
 from morpheus.traffic import packet as pkt
 
 TCP, UDP = pkt.IPPROTO_TCP, pkt.IPPROTO_UDP

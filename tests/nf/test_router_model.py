@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from morpheus import bpf
 from morpheus.nf import router as rt
-from morpheus.nf._l4 import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
+from morpheus.nf.common import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
 from morpheus.obj import read_object
 from morpheus.traffic import packet as pkt
 
@@ -369,6 +369,18 @@ def test_no_route_and_feature_flags() -> None:
     quiet = rt.Reference(small_config(stats=False))
     quiet.process(ip_frame("20.1.2.3"), IF_A)
     assert all(v == (0, 0) for v in quiet.stats.values())
+
+
+def test_set_config_keeps_counters_and_follows_new_routes() -> None:
+    ref = rt.Reference(small_config())
+    data = ip_frame("20.1.2.3")
+    assert ref.process(data, IF_A).redirect_ifindex == IF_B  # 20.1.2.0/24 via next hop 2
+    routes = tuple(r for r in small_config().routes if str(r) != "20.1.2.0/24 nh 2")
+    ref.set_config(small_config(routes=(*routes, rt.Route.parse("20.1.2.0/26", 1))))
+    assert ref.lookup(pkt.ip4("20.1.2.3")).length == 26
+    assert ref.process(data, IF_A).verdict == XDP_TX  # back out of IF_A through next hop 1
+    assert ref.lookup(pkt.ip4("20.1.2.64")).length == 16  # outside the /26: the /16 again
+    assert ref.stats["forward"] == (1, len(data)) and ref.stats["tx"] == (1, len(data))
 
 
 # --- traffic ---------------------------------------------------------------------------------

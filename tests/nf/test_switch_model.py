@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from morpheus import bpf
 from morpheus.nf import switch as sw
-from morpheus.nf._l4 import XDP_DROP, XDP_PASS, XDP_REDIRECT
+from morpheus.nf.common import XDP_DROP, XDP_PASS, XDP_REDIRECT
 from morpheus.obj import read_object
 from morpheus.traffic import packet as pkt
 
@@ -497,6 +497,41 @@ def datapath(maps: dict[str, FakeMap], data: bytes, ingress: int) -> tuple[int, 
     if maps[sw.MAP_TX].lookup(u32(egress)) is None:
         return XDP_DROP, data, 0
     return XDP_REDIRECT, data, egress
+
+
+def test_set_config_follows_apply_on_a_learned_table() -> None:
+    """Reference.set_config keeps exactly what ControlPlane.apply keeps in a MAC table the
+    data plane has filled: statics rewritten, a dropped static and a removed port's MACs gone,
+    learned MACs elsewhere kept."""
+    config = small_config()
+    maps = fake_maps()
+    cp = sw.ControlPlane(maps)
+    cp.apply(config)
+    ref = sw.Reference(config)
+
+    def both(data: bytes, ingress: int) -> None:
+        want = ref.process(data, ingress)
+        verdict, out, egress = datapath(maps, data, ingress)
+        assert (verdict, out, egress or None) == (want.verdict, want.frame,
+                                                  want.redirect_ifindex), data.hex()
+
+    both(frame(sw.BROADCAST, M["a"]), A1)
+    both(frame(sw.BROADCAST, M["b"], vlan=20), T1)
+    both(frame(sw.BROADCAST, M["c"]), A2)
+    ports = tuple(dataclasses.replace(p, pvid=20) if p.ifindex == A2 else p
+                  for p in config.ports if p.ifindex != T1)
+    new = dataclasses.replace(config, ports=ports, static_macs=(sw.StaticMac(M["a"], 10, T2),))
+    cp.apply(new)
+    ref.set_config(new)
+    assert ref.fdb == {(10, M["a"]): sw.FdbEntry(T2, True), (10, M["c"]): sw.FdbEntry(A2)}
+    assert ref.tx_ports == {A1, A2, T2, 30, 31}
+    assert cp.fdb() == ref.fdb
+    # Traffic goes on under the new configuration: A2's frames are now in VLAN 20 (where `a`
+    # is unknown), VLAN 10 reaches `a` through its static entry, T1 is no port any more.
+    both(frame(M["a"], M["c"]), A2)
+    both(frame(M["a"], M["d"]), A1)
+    both(frame(M["d"], M["e"], vlan=10), T1)
+    assert cp.fdb() == ref.fdb and (20, M["c"]) in ref.fdb
 
 
 @pytest.mark.parametrize("variant", ["default", "flat", "small"])

@@ -60,8 +60,16 @@ struct {
 	__type(value, struct harness_state);
 } hstate SEC(".maps");
 
-/* Set before loading: the frozen .rodata makes the verifier drop the unused branch. */
+/* Set before loading: the frozen .rodata makes the verifier drop the unused branches.
+ *   record_latency   time the call of the program under test with bpf_ktime_get_ns
+ *   redirect_ifindex generator mode: fill the frame and transmit it on this device
+ *                    (bpf_redirect) instead of calling the program under test
+ *   sink             sink mode: frames come from the wire, do not fill them; call the
+ *                    program under test and count
+ */
 const volatile __u32 record_latency = 0;
+const volatile __u32 redirect_ifindex = 0;
+const volatile __u32 sink = 0;
 
 /* Replaced by the program under test; this body only runs when nothing was linked in. */
 __attribute__((noinline)) int prog_under_test(struct xdp_md *ctx)
@@ -83,6 +91,9 @@ int replay(struct xdp_md *ctx)
 	st->next = idx + 1;
 	st->frames++;
 
+	if (sink)
+		goto call;
+
 	struct trace_pkt *pkt = bpf_map_lookup_elem(&trace, &idx);
 	if (!pkt)
 		return XDP_DROP;
@@ -101,7 +112,10 @@ int replay(struct xdp_md *ctx)
 		st->errors++;
 		return XDP_DROP;
 	}
+	if (redirect_ifindex)
+		return bpf_redirect(redirect_ifindex, 0);
 
+call:;
 	__u64 start = 0;
 	if (record_latency)
 		start = bpf_ktime_get_ns();

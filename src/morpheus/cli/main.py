@@ -12,6 +12,9 @@ COMMANDS = {
     "inspect": "inspect_cmd",
     "disasm": "disasm_cmd",
     "parse-bench": "parse_bench_cmd",
+    "nf": "nf_cmd",
+    "traffic": "traffic_cmd",
+    "bench": "bench_cmd",
 }
 
 

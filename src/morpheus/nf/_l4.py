@@ -1,50 +1,32 @@
 """Pieces shared by the L4 network functions (firewall, lb).
 
-XDP verdict codes, the `Outcome` a reference model returns, the `MapLike` protocol a control
-plane writes through, a shadowing table writer that turns a recompilation into the few map
-writes that really change something, and the `Flow` 5-tuple with its frame builder.
+A shadowing table writer that turns a recompilation into the few map writes that really change
+something, and the `Flow` 5-tuple with its frame builders. The types every NF shares (XDP
+verdicts, `Outcome`, `MapLike`) live in `common`; they are re-exported here for older imports.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from morpheus.traffic import packet as pkt
 
-XDP_ABORTED = 0
-XDP_DROP = 1
-XDP_PASS = 2
-XDP_TX = 3
-XDP_REDIRECT = 4
+from .common import (
+    XDP_ABORTED,
+    XDP_DROP,
+    XDP_PASS,
+    XDP_REDIRECT,
+    XDP_TX,
+    MapLike,
+    Outcome,
+)
 
 # Frames of the generated traffic come from this host and are addressed to the NF's interface.
 CLIENT_MAC = pkt.mac("02:00:00:00:10:01")
 NF_MAC = pkt.mac("02:00:00:00:00:01")
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What the program does with one frame: its XDP verdict and the bytes it leaves behind."""
-
-    verdict: int
-    frame: bytes
-    redirect_ifindex: int | None = None
-
-
-class MapLike(Protocol):
-    """The slice of a BPF map a control plane needs; a kernel map or an in-memory fake."""
-
-    def update(self, key: bytes, value: bytes, flags: int = 0) -> None: ...
-
-    def delete(self, key: bytes) -> None: ...
-
-    def lookup(self, key: bytes) -> bytes | list[bytes] | None: ...
-
-    def keys(self) -> Iterator[bytes]: ...
 
 
 _UNKNOWN = b""  # shadow value of an entry whose content is not known: never equal to a value
@@ -157,3 +139,10 @@ def ipv6_frame() -> bytes:
     header = bytes.fromhex("60000000000c1140") + b"\x20\x01\x0d\xb8" + b"\0" * 11 + b"\x01" \
         + b"\x20\x01\x0d\xb8" + b"\0" * 11 + b"\x02"
     return pkt.ethernet(NF_MAC, CLIENT_MAC, pkt.ETH_P_IPV6, header + bytes(12))
+
+
+__all__ = [
+    "CLIENT_MAC", "NF_MAC", "TCP_FLAG_CHOICES", "TCP_FLAG_WEIGHTS", "XDP_ABORTED", "XDP_DROP",
+    "XDP_PASS", "XDP_REDIRECT", "XDP_TX", "Flow", "MapLike", "Outcome", "TableWriter",
+    "arp_frame", "flow_frame", "ipv6_frame", "random_frame",
+]

@@ -54,17 +54,14 @@ from enum import IntEnum
 from morpheus.traffic import packet as pkt
 
 from ._l4 import (
-    XDP_DROP,
-    XDP_PASS,
     Flow,
-    MapLike,
-    Outcome,
     TableWriter,
     arp_frame,
     flow_frame,
     ipv6_frame,
     random_frame,
 )
+from .common import XDP_DROP, XDP_PASS, MapLike, Outcome
 
 NAME = "firewall"
 DESCRIPTION = ("ACL firewall in the style of bpf-iptables: prioritized 5-tuple rules compiled "
@@ -589,15 +586,29 @@ class _Headers:
     tcp_flags: int
 
 
+FlowTuple = tuple[int, int, int, int, int]  # (src, dst, sport, dport, proto), host order
+
+
+@dataclass(frozen=True, slots=True)
+class CtEntry:
+    """A fw_conntrack value as the data plane writes it."""
+
+    packets: int  # the opening packet counts on the forward entry; each hit adds one
+    rule: int  # rank of the rule that accepted the opening packet; RULE_NONE: default policy
+    reply: bool  # the entry of the reverse direction
+
+
 class Reference:
     """The firewall's expected behaviour, packet by packet, including conntrack state.
 
-    `stats` and `rule_stats` count (packets, bytes) as the program's per-CPU counters summed
-    over CPUs would, when the configuration enables statistics.
+    `conntrack` mirrors fw_conntrack entry by entry (5-tuple → `CtEntry`). `stats` and
+    `rule_stats` count (packets, bytes) as the program's per-CPU counters summed over CPUs
+    would, when the configuration enables statistics; `rule_stats` is keyed by rule id, while
+    fw_rule_stats is indexed by the rule's rank at the time of the packet.
     """
 
     def __init__(self, config: FirewallConfig) -> None:
-        self.conntrack: set[tuple[int, int, int, int, int]] = set()
+        self.conntrack: dict[FlowTuple, CtEntry] = {}
         self.stats: Counter[tuple[Stat, str]] = Counter()
         self.rule_stats: Counter[tuple[int, str]] = Counter()  # by rule_id
         self.set_config(config)
@@ -606,6 +617,7 @@ class Reference:
         """Follow a control-plane change; the connection table survives, as in the kernel."""
         self.config = config
         self._ordered = config.ordered()
+        self._rank = {rule.rule_id: rank for rank, rule in enumerate(self._ordered)}
 
     def classify(self, src: int, dst: int, proto: int, sport: int | None,
                  dport: int | None) -> Rule | None:
@@ -663,10 +675,12 @@ class Reference:
         tracked = self.config.conntrack and h.sport is not None and h.dport is not None
         key = (h.src, h.dst, h.sport or 0, h.dport or 0, h.proto)
         reverse = (h.dst, h.src, h.dport or 0, h.sport or 0, h.proto)
-        if tracked and key in self.conntrack:
+        entry = self.conntrack.get(key) if tracked else None
+        if entry is not None:
+            self.conntrack[key] = replace(entry, packets=entry.packets + 1)
             if h.proto == pkt.IPPROTO_TCP and h.tcp_flags & pkt.TCP_RST:
-                self.conntrack.discard(key)
-                self.conntrack.discard(reverse)
+                self.conntrack.pop(key, None)
+                self.conntrack.pop(reverse, None)
             self._count(Stat.CT_HIT, len(frame))
             return Outcome(XDP_PASS, frame)
         rule = self.classify(h.src, h.dst, h.proto, h.sport, h.dport)
@@ -684,8 +698,10 @@ class Reference:
         opens = (h.proto == pkt.IPPROTO_UDP or h.tcp_flags & (
             pkt.TCP_SYN | pkt.TCP_ACK | pkt.TCP_RST) == pkt.TCP_SYN)
         if tracked and opens:
-            self.conntrack.add(key)
-            self.conntrack.add(reverse)
+            rank = RULE_NONE if rule is None else self._rank[rule.rule_id]
+            # Forward, then reverse: a flow that is its own reverse ends as a reply entry.
+            self.conntrack[key] = CtEntry(1, rank, False)
+            self.conntrack[reverse] = CtEntry(0, rank, True)
             self._count(Stat.CT_NEW, len(frame))
         return Outcome(XDP_PASS, frame)
 
@@ -869,7 +885,7 @@ def edge_cases(config: FirewallConfig, rng: random.Random) -> list[tuple[bytes, 
 
 __all__ = [
     "ANY_PORT", "ANY_PREFIX", "DESCRIPTION", "NAME", "PROGRAM", "SOURCE", "Action", "Compiled",
-    "Config", "ControlPlane", "FirewallConfig", "Flow", "PortRange", "Prefix", "Reference",
-    "Rule", "Stat", "compile_rules", "default_config", "edge_cases", "flows", "generate_rules",
-    "packet",
+    "Config", "ControlPlane", "CtEntry", "FirewallConfig", "Flow", "PortRange", "Prefix",
+    "Reference", "Rule", "Stat", "compile_rules", "default_config", "edge_cases", "flows",
+    "generate_rules", "packet",
 ]

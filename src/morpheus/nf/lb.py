@@ -52,18 +52,14 @@ from morpheus.traffic import packet as pkt
 
 from ._l4 import (
     NF_MAC,
-    XDP_DROP,
-    XDP_PASS,
-    XDP_TX,
     Flow,
-    MapLike,
-    Outcome,
     TableWriter,
     arp_frame,
     flow_frame,
     ipv6_frame,
     random_frame,
 )
+from .common import XDP_DROP, XDP_PASS, XDP_TX, MapLike, Outcome
 
 NAME = "lb"
 DESCRIPTION = ("L4 load balancer in the style of Katran: VIP table, Maglev ring per VIP, LRU "

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from morpheus.traffic import packet as pkt
 
-from ._l4 import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, MapLike, Outcome
+from .common import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, MapLike, Outcome
 
 __all__ = [
     "DESCRIPTION", "NAME", "PROGRAM", "SOURCE", "STATS", "Config", "ControlPlane", "Flow",
@@ -597,12 +597,17 @@ class Reference:
     rt_stats map summed over CPUs."""
 
     def __init__(self, config: Config) -> None:
+        self.stats: dict[str, tuple[int, int]] = dict.fromkeys(STATS, (0, 0))
+        self.set_config(config)
+
+    def set_config(self, config: Config) -> None:
+        """Follow a control-plane change. The counters survive, as rt_stats does: the control
+        plane never writes it."""
         self.config = config
         self._by_length: dict[int, dict[int, Route]] = {}
         for r in config.routes:
             self._by_length.setdefault(r.length, {})[r.prefix] = r
         self._lengths = sorted(self._by_length, reverse=True)
-        self.stats: dict[str, tuple[int, int]] = dict.fromkeys(STATS, (0, 0))
 
     def lookup(self, addr: int) -> Route | None:
         """Longest-prefix match of host-order `addr`."""

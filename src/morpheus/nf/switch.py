@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from morpheus.traffic import packet as pkt
 
-from ._l4 import XDP_DROP, XDP_PASS, XDP_REDIRECT, MapLike, Outcome
+from .common import XDP_DROP, XDP_PASS, XDP_REDIRECT, MapLike, Outcome
 
 __all__ = [
     "DESCRIPTION", "NAME", "PROGRAM", "SOURCE", "STATS", "Config", "ControlPlane", "FdbEntry",
@@ -507,6 +507,24 @@ class Reference:
             (m.vlan, m.mac): FdbEntry(m.ifindex, True) for m in config.static_macs}
         self.tx_ports = {p.ifindex for p in config.ports}
         self.stats: dict[str, tuple[int, int]] = dict.fromkeys(STATS, (0, 0))
+
+    def set_config(self, config: Config) -> None:
+        """Follow `ControlPlane.apply(config)` on maps that already hold this model's state.
+
+        As `apply` does: every static entry of `config` is written (replacing a learned entry
+        with the same key), static entries `config` no longer names are deleted, ports that
+        disappear take every MAC behind them and their devmap entry along; learned MACs on the
+        remaining ports survive, also on a port that changed its VLANs (they age out in the
+        kernel; the model does not track time). The counters survive: `apply` never writes
+        sw_stats.
+        """
+        removed = {p.ifindex for p in self.config.ports} - {p.ifindex for p in config.ports}
+        static = {(m.vlan, m.mac): FdbEntry(m.ifindex, True) for m in config.static_macs}
+        self.fdb = {key: entry for key, entry in self.fdb.items()
+                    if entry.ifindex not in removed and not (entry.static and key not in static)}
+        self.fdb.update(static)
+        self.tx_ports = (self.tx_ports - removed) | {p.ifindex for p in config.ports}
+        self.config = config
 
     def process(self, frame: bytes, ingress_ifindex: int) -> Outcome:
         """The verdict, output bytes and redirect target for `frame` arriving on a port."""

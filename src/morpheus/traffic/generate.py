@@ -36,6 +36,14 @@ class Trace:
     profile: str = ""
     seed: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    # Frames (with their ingress ifindex) to process before the trace, e.g. the switch's
+    # gratuitous ARPs that teach it where the destinations are.
+    warmup: list[tuple[bytes, int]] = field(default_factory=list)
+
+    @property
+    def main_ingress(self) -> int:
+        """The ifindex most packets arrive on (replays use one ingress device)."""
+        return Counter(self.ingress).most_common(1)[0][0] if self.ingress else 0
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -47,7 +55,7 @@ class Trace:
 
     def segment(self, start: int, end: int) -> Trace:
         return Trace(self.frames[start:end], self.flow_ids[start:end], self.ingress[start:end],
-                     self.nf, self.profile, self.seed, dict(self.meta))
+                     self.nf, self.profile, self.seed, dict(self.meta), list(self.warmup))
 
 
 def summarize(flow_ids: list[int] | list[Any]) -> dict[str, float | int]:
@@ -92,9 +100,48 @@ def flow_sequence(profile: str, n_flows: int, packets: int, rng: random.Random) 
     raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
 
 
+def ingress_of(nf: NetworkFunction, flow: Any) -> int:
+    """The ifindex a flow's packets arrive on (a throwaway generator: packet contents vary,
+    the port does not)."""
+    return int(nf.module.packet(flow, random.Random(0))[1])
+
+
+def default_ingress(nf: NetworkFunction, config: Any = None) -> int:
+    """The interface most of the NF's flows arrive on under `config`."""
+    config = config if config is not None else nf.default_config()
+    candidates = nf.module.flows(config, 200, random.Random(0))
+    return Counter(ingress_of(nf, f) for f in candidates).most_common(1)[0][0]
+
+
+def flow_key(frame: bytes) -> tuple[object, ...]:
+    """A flow identity for frames of unknown origin: the 5-tuple for IPv4, else the MACs."""
+    from .packet import parse
+
+    p = parse(frame)
+    if p is None:
+        return ("short",)
+    if p.ip_proto is not None:
+        return (p.vlan, p.ip_src, p.ip_dst, p.ip_proto, p.sport, p.dport)
+    return (p.vlan, p.eth_src, p.eth_dst, p.ethertype)
+
+
+def from_frames(frames: list[bytes], ingress: int, *, name: str = "") -> Trace:
+    """A trace from captured frames (all arriving on `ingress`)."""
+    keys: dict[tuple[object, ...], int] = {}
+    flow_ids = [keys.setdefault(flow_key(f), len(keys)) for f in frames]
+    return Trace(list(frames), flow_ids, [ingress] * len(frames), profile=name)
+
+
 def generate(nf: NetworkFunction, profile: str, packets: int, seed: int, *,
-             config: Any = None, flows: int | None = None) -> Trace:
-    """A trace of `packets` valid packets for `nf` under its default configuration."""
+             config: Any = None, flows: int | None = None,
+             single_ingress: bool = True) -> Trace:
+    """A trace of `packets` valid packets for `nf` under its default configuration.
+
+    With `single_ingress` (the default) every flow arrives on the same interface, the one
+    most of the NF's flows use: a replay feeds all packets through one device, and a flow
+    arriving on the wrong port would measure a different code path (a router's "not for
+    me", a switch's MAC move) instead of the NF's work.
+    """
     if packets <= 0:
         raise ValueError("a trace needs at least one packet")
     if profile not in PROFILES:
@@ -102,7 +149,13 @@ def generate(nf: NetworkFunction, profile: str, packets: int, seed: int, *,
     rng = random.Random(f"{nf.name}/{profile}/{packets}/{seed}")
     config = config if config is not None else nf.default_config()
     n_flows = flows or max(1, packets // PACKETS_PER_FLOW)
-    universe = nf.module.flows(config, n_flows, rng)
+    if single_ingress:
+        candidates = nf.module.flows(config, n_flows * 4, rng)
+        ports = [ingress_of(nf, f) for f in candidates]
+        main = Counter(ports).most_common(1)[0][0]
+        universe = [f for f, p in zip(candidates, ports, strict=True) if p == main][:n_flows]
+    else:
+        universe = nf.module.flows(config, n_flows, rng)
     if not universe:
         raise ValueError(f"{nf.name}: the configuration yields no flows")
     rng.shuffle(universe)  # which flows are hot must not follow the NF's flow order
@@ -113,4 +166,5 @@ def generate(nf: NetworkFunction, profile: str, packets: int, seed: int, *,
         frame, ifindex = nf.module.packet(universe[rank], rng)
         frames.append(frame)
         ingress.append(ifindex)
-    return Trace(frames, seq, ingress, nf.name, profile, seed, {"universe": n_flows})
+    warmup = list(nf.module.warmup(config, universe)) if hasattr(nf.module, "warmup") else []
+    return Trace(frames, seq, ingress, nf.name, profile, seed, {"universe": n_flows}, warmup)

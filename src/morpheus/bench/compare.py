@@ -1,0 +1,314 @@
+"""Side-by-side benchmarks: programs A and B on the same trace, interleaved, as ratios.
+
+For each subject (a BPF object, optionally with replaced instructions) the NF's default
+configuration is applied to its own fresh maps, the trace's warm-up frames are processed,
+and then each round measures A and B (in alternating order) on:
+- ns per packet by in-kernel replay, net of the harness overhead measured in the same round;
+- latency percentiles (the harness times each call; a separate pass, the timing adds cost);
+- end-to-end Mpps over a veth pair (optional).
+
+Before the rounds, `verdicts_match` checks that a replay's per-packet verdicts equal those
+of running every packet individually through the program, from the same starting state.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..ir import Program
+from ..kernel import FD, Map
+from ..kernel.netns import NetNamespace
+from ..loader import Collection, load_collection
+from ..nf import NetworkFunction
+from ..nf.env import NFEnv, xdp_ctx
+from ..obj import ObjectSpec, ProgramSpec, read_object
+from ..traffic.generate import Trace
+from .replay import Replay, latency_percentiles
+from .throughput import Throughput
+
+SAMPLES = 3  # passes per program per round; the fastest counts
+
+
+@dataclass
+class Subject:
+    """A program to measure: an object file, the program in it, optionally other code."""
+
+    label: str
+    object_path: Path
+    program_name: str | None = None
+    program: Program | None = None  # replaces the object's instructions (a specialization)
+    spec: ObjectSpec | None = None
+
+    def load_spec(self) -> ObjectSpec:
+        if self.spec is None:
+            self.spec = read_object(self.object_path)
+        return self.spec
+
+    def program_spec(self) -> ProgramSpec:
+        return self.load_spec().program(self.program_name)
+
+
+@dataclass
+class Environment:
+    """Maps of one subject, configured, in a namespace: an NFEnv or a bare object."""
+
+    namespace: NetNamespace
+    maps: dict[str, Map]
+    spec: ObjectSpec
+    stack: ExitStack
+    btf_fd: FD | None
+    env: NFEnv | None = None
+
+    def run_one(self, program: Any, frame: bytes, ingress: int) -> int:
+        with self.namespace.entered():
+            ctx = xdp_ctx(ingress, len(frame)) if ingress else None
+            return program.test_run(frame, ctx=ctx).retval
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def open_environment(subject: Subject, nf: NetworkFunction | None) -> Environment:
+    """Fresh maps for `subject` (configured by `nf`'s default configuration if given)."""
+    spec = subject.load_spec()
+    stack = ExitStack()
+    try:
+        if nf is not None:
+            env = stack.enter_context(NFEnv.start(nf, object_path=subject.object_path))
+            return Environment(env.namespace, env.collection.maps, spec, stack,
+                               env.collection.btf_fd, env)
+        namespace = NetNamespace.create("morpheus-bench")
+        stack.callback(namespace.delete)
+        with namespace.entered():
+            coll: Collection = stack.enter_context(load_collection(spec, programs=[]))
+        return Environment(namespace, coll.maps, spec, stack, coll.btf_fd)
+    except BaseException:
+        stack.close()
+        raise
+
+
+def maps_compatible(a: Subject, b: Subject) -> bool:
+    """Whether B's program can run against A's maps: every map B uses exists in A with the
+    same type, sizes and flags."""
+    a_maps = a.load_spec().maps
+    b_spec = b.load_spec()
+    for name in b.program_spec().map_names:
+        mine, theirs = b_spec.maps[name], a_maps.get(name)
+        if theirs is None:
+            return False
+        if (mine.type, mine.key_size, mine.value_size, mine.max_entries, mine.flags,
+                mine.inner) != (theirs.type, theirs.key_size, theirs.value_size,
+                                theirs.max_entries, theirs.flags, theirs.inner):
+            return False
+    return True
+
+
+def _warm_up(environment: Environment, subject: Subject, trace: Trace) -> None:
+    """Process the trace's warm-up frames (e.g. a switch learning its stations) one by one."""
+    if not trace.warmup:
+        return
+    from ..loader import load_program_spec
+
+    with environment.namespace.entered():
+        prog = load_program_spec(subject.program_spec(), environment.maps,
+                                 program=subject.program, btf_fd=environment.btf_fd)
+    try:
+        for frame, ingress in trace.warmup:
+            environment.run_one(prog, frame, ingress)
+    finally:
+        prog.close()
+
+
+def _ingress(trace: Trace, nf: NetworkFunction | None) -> int:
+    main = trace.main_ingress
+    return main if nf is not None and main >= 2 else 0
+
+
+def check_verdicts(subject: Subject, trace: Trace, nf: NetworkFunction | None) -> dict[str, Any]:
+    """Replay once and run every packet individually, each from the same fresh state;
+    compare the per-packet verdicts."""
+    from ..loader import load_program_spec
+
+    ingress = _ingress(trace, nf)
+    pspec = subject.program_spec()
+    first = open_environment(subject, nf)
+    try:
+        _warm_up(first, subject, trace)
+        with Replay(pspec, first.spec.btf, first.maps, trace.frames, program=subject.program,
+                    ingress_ifindex=ingress, namespace=first.namespace) as replay:
+            replay.run()
+            replayed = replay.verdicts()
+    finally:
+        first.close()
+    second = open_environment(subject, nf)
+    try:
+        _warm_up(second, subject, trace)
+        with second.namespace.entered():
+            prog = load_program_spec(pspec, second.maps, program=subject.program,
+                                     btf_fd=second.btf_fd)
+        try:
+            individual = [second.run_one(prog, f, ingress) for f in trace.frames]
+        finally:
+            prog.close()
+    finally:
+        second.close()
+    mismatches = [i for i, (a, b) in enumerate(zip(replayed, individual, strict=True)) if a != b]
+    return {"match": not mismatches, "mismatches": len(mismatches),
+            "first_mismatch": mismatches[0] if mismatches else None,
+            "verdicts": _counts(individual)}
+
+
+def _counts(verdicts: Sequence[int]) -> dict[str, int]:
+    names = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
+    out: dict[str, int] = {}
+    for v in verdicts:
+        key = names.get(v, str(v))
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def spread(values: Sequence[float], digits: int = 3) -> dict[str, float]:
+    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
+            "max": round(max(values), digits)}
+
+
+@dataclass
+class _Runner:
+    subject: Subject
+    environment: Environment
+    replay: Replay
+    latency: Replay | None
+    throughput: Throughput | None
+    gross_ns: list[float] = field(default_factory=list)
+    net_ns: list[float] = field(default_factory=list)
+    mpps: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    latencies: list[int] = field(default_factory=list)
+
+
+def _throughput_devices(ingress: int) -> tuple[str, str]:
+    if ingress >= 2:
+        peer = ingress + 1 if ingress % 2 == 0 else ingress - 1
+        return f"port{ingress}", f"port{peer}"
+    return "port10", "port11"
+
+
+def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction | None = None,
+              rounds: int = 5, throughput: bool = True, latency: bool = True,
+              check: bool = True, cpu: int = 0) -> dict[str, Any]:
+    """Measure the subjects interleaved; returns the report as a JSON-ready dict."""
+    if not 1 <= len(subjects) <= 2:
+        raise ValueError("benchmark one program, or two side by side")
+    report: dict[str, Any] = {
+        "nf": nf.name if nf else None,
+        "trace": {"profile": trace.profile or None, **trace.summary()},
+        "rounds": rounds,
+    }
+    checks = [check_verdicts(s, trace, nf) for s in subjects] if check else []
+    ingress = _ingress(trace, nf)
+    shared = len(subjects) == 2 and maps_compatible(subjects[0], subjects[1])
+    report["shared_maps"] = shared
+    with ExitStack() as stack:
+        runners: list[_Runner] = []
+        first_replay: Replay | None = None
+        environment: Environment | None = None
+        for subject in subjects:
+            if environment is None or not shared:
+                # Programs with the same maps run against the same map instances, so that
+                # only their code differs (not where the kernel put their tables).
+                environment = open_environment(subject, nf)
+                stack.callback(environment.close)
+                _warm_up(environment, subject, trace)
+            pspec = subject.program_spec()
+            btf = subject.load_spec().btf
+            replay = stack.enter_context(Replay(
+                pspec, btf, environment.maps, trace.frames, program=subject.program,
+                ingress_ifindex=ingress, namespace=environment.namespace, cpu=cpu,
+                share_trace_with=first_replay))
+            first_replay = first_replay or replay
+            lat = stack.enter_context(Replay(
+                pspec, btf, environment.maps, trace.frames, program=subject.program,
+                ingress_ifindex=ingress, namespace=environment.namespace, cpu=cpu,
+                record_latency=True, share_trace_with=first_replay)) if latency else None
+            tput = None
+            if throughput and nf is not None:
+                rx, tx = _throughput_devices(ingress)
+                tput = stack.enter_context(Throughput(
+                    pspec, btf, environment.maps, trace.frames, environment.namespace, rx, tx,
+                    program=subject.program, cpu=cpu))
+            runners.append(_Runner(subject, environment, replay, lat, tput))
+        overhead = stack.enter_context(
+            Replay(None, None, {}, trace.frames, ingress_ifindex=0, cpu=cpu,
+                   namespace=runners[0].environment.namespace, share_trace_with=first_replay))
+        for runner in runners:  # one unmeasured pass: caches, branch predictors, lazy state
+            runner.replay.run()
+        overhead.run()
+        overheads = []
+        # Phases are separate (throughput leaves softirq and page-pool work behind that
+        # slows whatever runs next), the order alternates A B / B A between rounds, and each
+        # measured pass follows an unmeasured one of the same program.
+        # Within a round each program is measured SAMPLES times, alternating, and the
+        # fastest pass counts: interference from the rest of the machine only ever adds
+        # time, so the minimum of close-together passes is the most faithful.
+        for n in range(rounds):
+            order = runners if n % 2 == 0 else runners[::-1]
+            samples: dict[int, list[float]] = {id(r): [] for r in runners}
+            base_samples = []
+            for _ in range(SAMPLES):
+                overhead.run()
+                base_samples.append(overhead.run().ns_per_packet)
+                for runner in order:
+                    runner.replay.run()
+                    samples[id(runner)].append(runner.replay.run().ns_per_packet)
+            base = min(base_samples)
+            overheads.append(base)
+            for runner in runners:
+                gross = min(samples[id(runner)])
+                runner.gross_ns.append(gross)
+                runner.net_ns.append(max(gross - base, 0.1))
+        for n in range(rounds):
+            for runner in runners if n % 2 == 0 else runners[::-1]:
+                if runner.latency is not None:
+                    runner.latency.run()
+                    runner.latencies.extend(ns for _, ns in runner.latency.records())
+        for n in range(rounds):
+            for runner in runners if n % 2 == 0 else runners[::-1]:
+                if runner.throughput is not None:
+                    result = runner.throughput.run()
+                    runner.mpps.append(result.mpps)
+                    runner.loss.append(result.loss)
+        report["harness_overhead_ns"] = spread(overheads, 1)
+        for key, runner, chk in zip("AB", runners, checks or [None] * len(runners),
+                                    strict=False):
+            entry: dict[str, Any] = {
+                "object": str(runner.subject.object_path),
+                "label": runner.subject.label,
+                "program": runner.subject.program_spec().name,
+                "insns": runner.replay.instructions,
+                "ns_per_packet": spread(runner.net_ns, 1),
+                "ns_per_packet_with_harness": spread(runner.gross_ns, 1),
+            }
+            if runner.mpps:
+                entry["mpps"] = spread(runner.mpps, 3)
+                entry["loss"] = round(max(runner.loss), 6)
+            if runner.latencies:
+                entry["latency_ns"] = latency_percentiles(runner.latencies)
+                entry["p99_ns"] = entry["latency_ns"]["p99"]
+            if chk is not None:
+                entry["verdicts"] = chk["verdicts"]
+                entry["verdicts_match"] = chk["match"]
+            report[key] = entry
+        if len(runners) == 2:
+            a, b = runners
+            report["speedup"] = spread([x / y for x, y in zip(a.net_ns, b.net_ns, strict=True)])
+        if checks:
+            report["verdicts_match"] = all(c["match"] for c in checks)
+        report["_series"] = {key: {"net_ns": r.net_ns, "mpps": r.mpps,
+                                   "latencies": r.latencies}
+                             for key, r in zip("AB", runners, strict=False)}
+    return report

@@ -1,0 +1,92 @@
+"""`morpheus bench A.o [B.o] --nf NAME (--profile P | --trace FILE.pcap) --rounds N`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..bench.compare import Subject, run_bench
+from ..nf import NAMES, get
+from ..traffic.generate import PROFILES, default_ingress, from_frames, generate
+from ..traffic.pcap import read_pcap
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="benchmark one program, or two side by side")
+    p.add_argument("objects", nargs="+", metavar="OBJ", help="one or two BPF objects (A, B)")
+    p.add_argument("--nf", choices=NAMES, help="apply this NF's default configuration")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--profile", choices=PROFILES, help="generate a trace with this locality")
+    src.add_argument("--trace", help="replay this pcap file")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--packets", type=int, default=10_000, help="generated trace length")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--program", help="program name in the objects (default: the NF's)")
+    p.add_argument("--ingress", type=int, help="ingress ifindex the packets arrive on")
+    p.add_argument("--no-throughput", action="store_true", help="skip the veth measurement")
+    p.add_argument("--cpu", type=int, default=0, help="CPU to run on")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", metavar="DIR", help="write PNG plots into DIR")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if len(args.objects) > 2:
+        raise ValueError("give one object, or two to compare")
+    if args.profile and not args.nf:
+        raise ValueError("--profile generates traffic for a network function: add --nf")
+    nf = get(args.nf) if args.nf else None
+    if args.trace:
+        ingress = args.ingress if args.ingress is not None else (
+            default_ingress(nf) if nf else 0)
+        trace = from_frames(read_pcap(args.trace), ingress, name=Path(args.trace).name)
+    else:
+        assert nf is not None
+        trace = generate(nf, args.profile, args.packets, args.seed)
+    program = args.program or (nf.program if nf else None)
+    subjects = [Subject(label, Path(path), program)
+                for label, path in zip("AB", args.objects, strict=False)]
+    report = run_bench(subjects, trace, nf=nf, rounds=args.rounds,
+                       throughput=not args.no_throughput, cpu=args.cpu)
+    series = report.pop("_series")
+    if args.plot:
+        from ..bench.plots import plot_bench
+
+        report["plots"] = plot_bench(report, series, Path(args.plot))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+    return 0 if report.get("verdicts_match", True) else 2
+
+
+def format_report(report: dict[str, Any]) -> str:
+    t = report["trace"]
+    lines = [
+        f"nf {report['nf'] or '-'}   trace {t.get('profile') or '-'}: {t['packets']} packets, "
+        f"{t['flows']} flows, top 1% carry {t['top1_share']:.1%}   rounds {report['rounds']}",
+        f"harness overhead {report['harness_overhead_ns']['median']:.0f} ns/packet "
+        "(subtracted below)",
+        "",
+        f"{'':3}{'program':<28}{'ns/packet (min/med/max)':>26}{'Mpps':>8}{'p99 ns':>9}"
+        f"{'verdicts ok':>13}",
+    ]
+    for key in ("A", "B"):
+        if key not in report:
+            continue
+        e = report[key]
+        ns = e["ns_per_packet"]
+        mpps = f"{e['mpps']['median']:.2f}" if "mpps" in e else "-"
+        p99 = f"{e['p99_ns']:.0f}" if "p99_ns" in e else "-"
+        ok = {True: "yes", False: "NO", None: "-"}[e.get("verdicts_match")]
+        name = f"{Path(e['object']).name}:{e['program']}"
+        lines.append(f"{key:<3}{name:<28}{ns['min']:>8.1f} {ns['median']:>8.1f} "
+                     f"{ns['max']:>8.1f}{mpps:>8}{p99:>9}{ok:>13}")
+    if "speedup" in report:
+        s = report["speedup"]
+        lines.append("")
+        lines.append(f"speedup A/B: min {s['min']:.3f}  median {s['median']:.3f}  "
+                     f"max {s['max']:.3f}")
+    return "\n".join(lines)

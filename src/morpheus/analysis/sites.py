@@ -1,0 +1,316 @@
+"""Map access sites and per-map facts, from the abstract interpretation.
+
+An access site is a helper call on a map (lookup, update, delete). For each lookup the
+analysis records where the key is and which of its bytes are constants or come from the
+packet, and every instruction that reads, writes or leaks the value pointer it returns.
+Per map it records whether the data plane writes it (update/delete helpers, stores or
+atomics through value pointers, value pointers handed to helpers or subprograms) or only
+the control plane does. `Site.specializable` and `Site.reason` say whether the optimizer may
+inline the site and, if not, why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..ir import Program
+from ..ir.helpers import helper_name
+from ..ir.opcodes import Class, Mode, Source
+from ..obj import MapSpec
+from ..uapi import MapType, ProgType
+from .values import (
+    DELETE,
+    LOOKUP,
+    LOOKUP_AND_DELETE,
+    MAP_HELPERS_READ,
+    MAP_HELPERS_WRITE,
+    READ_ONLY_MEMORY_HELPERS,
+    UPDATE,
+    Analysis,
+    Kind,
+    State,
+    Value,
+    analyze_values,
+    map_name,
+)
+
+MAX_KEY_SIZE = 64  # keys compared inline; larger ones are not worth a comparison tree
+
+INLINABLE_TYPES = frozenset({MapType.ARRAY, MapType.HASH, MapType.LPM_TRIE})
+
+
+@dataclass(frozen=True)
+class KeyByte:
+    """Where one byte of a key comes from: a constant, a packet/context/value field, or
+    unknown."""
+
+    kind: str  # "const", "pkt", "ctx", "value", "unknown"
+    value: int | None = None  # the byte, for constants
+    field: tuple[object, ...] | None = None  # origin of the scalar the byte belongs to
+
+
+@dataclass
+class ValueUse:
+    index: int
+    kind: str  # "read", "write", "atomic", "helper", "escape", "call"
+    offset: int | None
+    size: int
+    detail: str = ""
+
+
+@dataclass
+class Site:
+    """A helper call on a map."""
+
+    index: int  # instruction index of the call
+    function: str
+    helper: int
+    map: str
+    key: Value | None = None  # the key pointer (r2)
+    key_bytes: tuple[KeyByte, ...] | None = None  # when the key is on the stack
+    uses: list[ValueUse] = field(default_factory=list)
+    specializable: bool = False
+    guarded: bool = False  # the map may change under the site: needs a version guard
+    reason: str = ""
+
+    @property
+    def is_lookup(self) -> bool:
+        return self.helper == LOOKUP
+
+    @property
+    def kind(self) -> str:
+        return {LOOKUP: "lookup", UPDATE: "update", DELETE: "delete",
+                LOOKUP_AND_DELETE: "lookup_and_delete"}.get(self.helper,
+                                                            helper_name(self.helper))
+
+    @property
+    def constant_key(self) -> bytes | None:
+        """The key, when every byte of it is a known constant."""
+        if not self.key_bytes or any(b.kind != "const" for b in self.key_bytes):
+            return None
+        return bytes(b.value for b in self.key_bytes)  # type: ignore[misc]
+
+    @property
+    def value_writes(self) -> list[ValueUse]:
+        return [u for u in self.uses if u.kind in ("write", "atomic", "helper", "escape",
+                                                   "call")]
+
+    @property
+    def value_reads(self) -> list[ValueUse]:
+        return [u for u in self.uses if u.kind == "read"]
+
+    @property
+    def key_source(self) -> str:
+        """A short description of where the key comes from."""
+        if self.key is None:
+            return "unknown"
+        if self.key.kind == Kind.PKT:
+            return "packet"
+        if self.key.kind == Kind.VALUE:
+            return "map value"
+        if not self.key_bytes:
+            return {Kind.STACK: "stack"}.get(self.key.kind, "unknown")
+        kinds = {b.kind for b in self.key_bytes}
+        if kinds == {"const"}:
+            return "constant"
+        parts = sorted(kinds - {"const"})
+        return "+".join(parts) + (" (+ constants)" if "const" in kinds else "")
+
+
+@dataclass
+class MapFacts:
+    name: str
+    spec: MapSpec | None
+    lookups: list[int] = field(default_factory=list)
+    data_plane_writes: list[str] = field(default_factory=list)
+    # Byte ranges of the value the data plane may change through pointers (None: anywhere)
+    written_ranges: list[tuple[int, int] | None] = field(default_factory=list)
+    helper_writes: bool = False  # update / delete helpers change which keys exist
+
+    @property
+    def written_by_data_plane(self) -> bool:
+        return bool(self.data_plane_writes)
+
+
+@dataclass
+class ProgramFacts:
+    program: Program
+    analysis: Analysis
+    sites: dict[int, Site]
+    maps: dict[str, MapFacts]
+
+    def lookups(self) -> list[Site]:
+        return [s for s in self.sites.values() if s.is_lookup]
+
+
+def analyze(program: Program, maps: Mapping[str, MapSpec], *,
+            prog_type: int = ProgType.XDP) -> ProgramFacts:
+    """Find every map access site of `program` and what the data plane does to each map."""
+    analysis = analyze_values(program, prog_type)
+    sites: dict[int, Site] = {}
+    facts: dict[str, MapFacts] = {name: MapFacts(name, spec) for name, spec in maps.items()}
+    function_of = {}
+    for fn in program.functions():
+        for i in range(fn.start, fn.end):
+            function_of[i] = fn.name
+
+    def facts_for(name: str) -> MapFacts:
+        if name not in facts:
+            facts[name] = MapFacts(name, maps.get(name))
+        return facts[name]
+
+    for index, insn in enumerate(program.insns):
+        state = analysis.states[index]
+        if state is None or not insn.is_helper_call:
+            continue
+        helper = insn.imm
+        if helper in (LOOKUP, UPDATE, DELETE, LOOKUP_AND_DELETE) or helper in MAP_HELPERS_WRITE:
+            name = map_name(state.regs[1])
+            site = Site(index, function_of.get(index, "?"), helper, name, state.regs[2])
+            site.key_bytes = _key_bytes(state, state.regs[2], maps.get(name))
+            sites[index] = site
+            mf = facts_for(name)
+            if helper == LOOKUP:
+                mf.lookups.append(index)
+            else:
+                mf.data_plane_writes.append(f"{site.kind} helper at instruction {index}")
+                mf.helper_writes = True
+                mf.written_ranges.append(None)
+
+    _collect_value_uses(program, analysis, sites, facts_for)
+    for site in sites.values():
+        _judge(site, facts.get(site.map), maps.get(site.map))
+    return ProgramFacts(program, analysis, sites, facts)
+
+
+def _key_bytes(state: State, key: Value, spec: MapSpec | None) -> tuple[KeyByte, ...] | None:
+    if spec is None or key.kind != Kind.STACK or key.const is None:
+        return None
+    out = []
+    base = key.const
+    for i in range(spec.key_size):
+        off = base + i
+        found = None
+        for slot_off, (size, value) in state.stack.items():
+            if slot_off <= off < slot_off + size:
+                found = (slot_off, size, value)
+                break
+        if found is None:
+            out.append(KeyByte("unknown"))
+            continue
+        slot_off, size, value = found
+        if value.kind == Kind.SCALAR and value.const is not None:
+            byte = (value.const >> (8 * (off - slot_off))) & 0xFF
+            out.append(KeyByte("const", byte))
+        elif value.kind == Kind.SCALAR and value.origin:
+            out.append(KeyByte(str(value.origin[0]), None, value.origin))
+        else:
+            out.append(KeyByte("unknown"))
+    return tuple(out)
+
+
+def _collect_value_uses(program: Program, analysis: Analysis, sites: dict[int, Site],
+                        facts_for: object) -> None:
+    """Attribute every dereference or leak of a map value pointer to its lookup site."""
+    get_facts = facts_for  # type: ignore[assignment]
+    for index, insn in enumerate(program.insns):
+        state = analysis.states[index]
+        if state is None:
+            continue
+        cls = insn.opcode & 0x07
+        regs = state.regs
+
+        def record(value: Value, kind: str, size: int, detail: str = "", *,
+                   extra_off: int = 0, index: int = index) -> None:
+            if value.kind not in (Kind.VALUE, Kind.VALUE_OR_NULL, Kind.DIRECT):
+                return
+            if value.kind == Kind.DIRECT:
+                name = str(value.ref)
+                site = None
+            else:
+                name, site_index = value.ref  # type: ignore[misc]
+                site = sites.get(site_index)
+            offset = None if value.const is None else value.const + extra_off
+            use = ValueUse(index, kind, offset, size, detail)
+            if site is not None:
+                site.uses.append(use)
+            if kind != "read":
+                mf = get_facts(name)  # type: ignore[operator]
+                where = f"{kind} through a value pointer at instruction {index}"
+                if detail:
+                    where += f" ({detail})"
+                mf.data_plane_writes.append(where)
+                mf.written_ranges.append(None if offset is None or kind in ("helper", "escape",
+                                                                              "call")
+                                         else (offset, offset + size))
+
+        if cls == Class.LDX and insn.mode in (Mode.MEM, Mode.MEMSX):
+            record(regs[insn.src], "read", insn.size_bytes, extra_off=insn.off)
+        elif cls in (Class.ST, Class.STX) and insn.mode == Mode.MEM:
+            record(regs[insn.dst], "write", insn.size_bytes, extra_off=insn.off)
+            if cls == Class.STX:
+                stored = regs[insn.src]
+                if stored.kind in (Kind.VALUE, Kind.VALUE_OR_NULL) and \
+                        regs[insn.dst].kind != Kind.STACK:
+                    record(stored, "escape", 0, "pointer stored in memory")
+        elif insn.is_atomic:
+            record(regs[insn.dst], "atomic", insn.size_bytes, extra_off=insn.off)
+        elif insn.is_helper_call:
+            helper = insn.imm
+            for r in range(1, 6):
+                arg = regs[r]
+                if arg.kind not in (Kind.VALUE, Kind.VALUE_OR_NULL):
+                    continue
+                if helper in (LOOKUP, UPDATE, DELETE) and r in (1, 2, 3):
+                    if r == 1:
+                        continue  # an inner map taken out of a map of maps
+                    record(arg, "read", 0, f"passed to {helper_name(helper)}")
+                elif helper in READ_ONLY_MEMORY_HELPERS or helper in MAP_HELPERS_READ:
+                    record(arg, "read", 0, f"passed to {helper_name(helper)}")
+                else:
+                    record(arg, "helper", 0, f"passed to {helper_name(helper)}")
+        elif insn.is_pseudo_call:
+            for r in range(1, 6):
+                record(regs[r], "call", 0, f"passed to {insn.reference}")
+        elif insn.is_exit:
+            record(regs[0], "escape", 0, "returned")
+        elif insn.is_alu and insn.opcode & Source.X and insn.opcode & 0xF0 not in (0xB0,):
+            pass
+
+
+def _judge(site: Site, facts: MapFacts | None, spec: MapSpec | None) -> None:
+    if not site.is_lookup:
+        site.reason = f"{site.kind} helper: writes the map"
+        return
+    if site.map == "?" or spec is None:
+        site.reason = ("map of maps: inner maps are not inlined" if site.map.endswith("[inner]")
+                       else "map not identified (passed in a register the analysis lost)")
+        return
+    if spec.type == MapType.LRU_HASH or spec.type == MapType.LRU_PERCPU_HASH:
+        site.reason = "LRU map: the kernel evicts entries behind the program's back"
+        return
+    if spec.type.is_per_cpu:
+        site.reason = "per-CPU map: each CPU sees its own value"
+        return
+    if spec.type not in INLINABLE_TYPES:
+        site.reason = f"{spec.type.name.lower()} maps are not inlined"
+        return
+    if site.key is None or site.key.kind not in (Kind.STACK, Kind.PKT, Kind.VALUE):
+        site.reason = "key pointer not followed"
+        return
+    if spec.key_size > MAX_KEY_SIZE:
+        site.reason = f"key of {spec.key_size} bytes is too large to compare inline"
+        return
+    if site.value_writes:
+        first = site.value_writes[0]
+        site.reason = (f"value {first.kind} at instruction {first.index}"
+                       f"{' (' + first.detail + ')' if first.detail else ''}: the pointer must "
+                       "stay into the real map")
+        return
+    site.specializable = True
+    if facts is not None and facts.written_by_data_plane:
+        site.guarded = True
+        site.reason = "map written by the data plane: specialized behind a version guard"
+    else:
+        site.reason = "read-only in the data plane"

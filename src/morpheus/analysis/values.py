@@ -1,0 +1,458 @@
+"""Abstract interpretation of registers and stack slots.
+
+Each register holds an abstract `Value`: a scalar (constant or unknown, with where it came
+from), or a pointer to the stack, the context, the packet, a map, or a map value (with the
+lookup site that produced it). Stack slots remember what was stored in them, so keys built
+on the stack and spilled pointers are followed. The fixed point is computed per function
+over its CFG with a worklist; the result is the abstract state before every instruction.
+
+It is precise enough for what specialization needs: which map each helper call touches,
+where its key is and which bytes of it are constants, and every instruction that reads or
+writes through the value pointer a lookup returned. Anything it cannot follow becomes an
+unknown scalar, which only ever makes later decisions more conservative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
+
+from ..ir import Instruction, Program
+from ..ir.helpers import HELPER_IDS
+from ..ir.instruction import s32
+from ..ir.opcodes import AluOp, Class, JmpOp, Mode, PseudoSrc, Source
+from ..uapi import ProgType
+from . import alu
+from .cfg import CFG, build_cfg
+
+
+class Kind(IntEnum):
+    UNINIT = 0
+    SCALAR = 1
+    STACK = 2  # pointer into this function's stack frame; off relative to r10
+    CTX = 3
+    PKT = 4  # packet data pointer; off from ctx->data when known
+    PKT_END = 5
+    MAP = 6  # a map (ld_imm64 pseudo map fd); ref = map name
+    VALUE = 7  # pointer into a map value; ref = (map name, site index)
+    VALUE_OR_NULL = 8  # what a lookup returns before the NULL check
+    DIRECT = 9  # ld_imm64 pseudo map value: ref = map name, off = offset in the value
+
+
+class Value(NamedTuple):
+    """An abstract register or stack-slot value.
+
+    For scalars `const` is the value (unsigned 64-bit) or None; for pointers it is the
+    offset, or None when unknown. `origin` says where an unknown scalar was loaded from:
+    ("pkt", off, size), ("ctx", off, size), ("value", map, off, size) or ("stack", off, size).
+    """
+
+    kind: Kind
+    const: int | None = None
+    ref: object = None
+    origin: tuple[object, ...] | None = None
+
+    @property
+    def is_pointer(self) -> bool:
+        return self.kind not in (Kind.SCALAR, Kind.UNINIT)
+
+    def shifted(self, delta: int | None) -> Value:
+        if self.const is None or delta is None:
+            return Value(self.kind, None, self.ref)
+        return Value(self.kind, self.const + delta, self.ref)
+
+
+UNINIT = Value(Kind.UNINIT)
+UNKNOWN = Value(Kind.SCALAR)
+
+
+def const(value: int) -> Value:
+    return Value(Kind.SCALAR, alu.u64(value))
+
+
+# Stack memory: offset (negative, from r10) → (size, value stored there).
+Stack = dict[int, tuple[int, Value]]
+
+
+@dataclass
+class State:
+    regs: list[Value]
+    stack: Stack
+
+    def copy(self) -> State:
+        return State(list(self.regs), dict(self.stack))
+
+    def key(self) -> tuple[object, ...]:
+        return (tuple(self.regs), tuple(sorted(self.stack.items())))
+
+
+def join_values(a: Value, b: Value) -> Value:
+    if a == b:
+        return a
+    if a.kind == b.kind:
+        if a.kind == Kind.SCALAR:
+            return Value(Kind.SCALAR, None, None, a.origin if a.origin == b.origin else None)
+        if a.ref == b.ref:
+            return Value(a.kind, None, a.ref)
+    kinds = {a.kind, b.kind}
+    if kinds == {Kind.VALUE, Kind.VALUE_OR_NULL} and a.ref == b.ref:
+        return Value(Kind.VALUE_OR_NULL, a.const if a.const == b.const else None, a.ref)
+    if Kind.VALUE_OR_NULL in kinds and (a.kind == Kind.SCALAR or b.kind == Kind.SCALAR):
+        nullish = a if a.kind == Kind.SCALAR else b
+        other = b if nullish is a else a
+        if nullish.const == 0:
+            return other
+    return UNKNOWN
+
+
+def join_states(a: State, b: State) -> State:
+    regs = [join_values(x, y) for x, y in zip(a.regs, b.regs, strict=True)]
+    stack: Stack = {}
+    for off, (size, value) in a.stack.items():
+        other = b.stack.get(off)
+        if other is not None and other[0] == size:
+            stack[off] = (size, join_values(value, other[1]))
+    return State(regs, stack)
+
+
+# Context layouts: offset → what a load of that field yields.
+_XDP_CTX = {0: Kind.PKT, 4: Kind.PKT_END}
+_SKB_CTX = {76: Kind.PKT, 80: Kind.PKT_END}
+
+LOOKUP = HELPER_IDS["map_lookup_elem"]
+UPDATE = HELPER_IDS["map_update_elem"]
+DELETE = HELPER_IDS["map_delete_elem"]
+LOOKUP_AND_DELETE = -1  # not a helper (a syscall command); kept for symmetry
+MAP_HELPERS_WRITE = {UPDATE, DELETE, HELPER_IDS["map_push_elem"],
+                     HELPER_IDS["map_pop_elem"]}
+# Helpers that take a map in r1 without changing its contents.
+MAP_HELPERS_READ = {LOOKUP, HELPER_IDS["map_peek_elem"], HELPER_IDS["redirect_map"],
+                    HELPER_IDS["perf_event_output"], HELPER_IDS["ringbuf_output"],
+                    HELPER_IDS["ringbuf_reserve"], HELPER_IDS["for_each_map_elem"]}
+TAIL_CALL = HELPER_IDS["tail_call"]
+# Helpers that only read memory they are given (pointer arguments are inputs).
+READ_ONLY_MEMORY_HELPERS = {
+    LOOKUP, UPDATE, DELETE, HELPER_IDS["csum_diff"], HELPER_IDS["xdp_store_bytes"],
+    HELPER_IDS["ringbuf_output"], HELPER_IDS["perf_event_output"], HELPER_IDS["trace_printk"],
+    HELPER_IDS["fib_lookup"], HELPER_IDS["skb_store_bytes"],
+}
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Abstract state before each instruction of the program (None where unreachable)."""
+
+    program: Program
+    states: list[State | None]
+    cfgs: dict[str, CFG]
+
+    def state(self, index: int) -> State | None:
+        return self.states[index]
+
+
+def analyze_values(program: Program, prog_type: int = ProgType.XDP,
+                   map_types: Mapping[str, int] | None = None) -> Analysis:
+    """Run the abstract interpretation over every function of the program."""
+    states: list[State | None] = [None] * len(program.insns)
+    cfgs: dict[str, CFG] = {}
+    ctx_layout = _XDP_CTX if prog_type == ProgType.XDP else _SKB_CTX
+    for n, function in enumerate(program.functions()):
+        cfg = build_cfg(program, function)
+        cfgs[function.name] = cfg
+        entry = State([UNINIT] * 11, {})
+        entry.regs[10] = Value(Kind.STACK, 0)
+        # The entry function gets the context; subprograms get unknown arguments.
+        entry.regs[1] = Value(Kind.CTX, 0) if n == 0 else UNKNOWN
+        for r in range(2, 6):
+            if n:
+                entry.regs[r] = UNKNOWN
+        _fixpoint(program, cfg, entry, states, ctx_layout)
+    return Analysis(program, states, cfgs)
+
+
+def _fixpoint(program: Program, cfg: CFG, entry: State, states: list[State | None],
+              ctx_layout: Mapping[int, Kind]) -> None:
+    block_in: dict[int, State] = {cfg.entry: entry}
+    order = {b: i for i, b in enumerate(cfg.reverse_postorder())}
+    work = {cfg.entry}
+    visits: dict[int, int] = {}
+    while work:
+        start = min(work, key=lambda b: order.get(b, 1 << 30))
+        work.discard(start)
+        visits[start] = visits.get(start, 0) + 1
+        block = cfg.blocks[start]
+        state = block_in[start].copy()
+        out: dict[int, State] = {}
+        for index in range(block.start, block.end):
+            states[index] = state.copy()
+            insn = program.insns[index]
+            if index == block.last and insn.is_branch:
+                taken, fallthrough = _branch(insn, state)
+                target = program.labels[insn.reference]  # type: ignore[index]
+                if taken is not None:
+                    out[target] = taken
+                if insn.is_conditional_jump and fallthrough is not None:
+                    out[block.end] = fallthrough
+                break
+            _step(insn, state, index, ctx_layout)
+            if insn.is_exit:
+                break
+        else:
+            if block.succs:
+                out[block.succs[0]] = state
+        for succ, succ_state in out.items():
+            if succ not in cfg.blocks:
+                continue
+            old = block_in.get(succ)
+            if old is None:
+                block_in[succ] = succ_state.copy()
+                work.add(succ)
+                continue
+            joined = join_states(old, succ_state)
+            if visits.get(succ, 0) > 8:
+                joined = _widen(joined)
+            if joined.key() != old.key():
+                block_in[succ] = joined
+                work.add(succ)
+
+
+def _widen(state: State) -> State:
+    regs = [Value(v.kind, None, v.ref) if v.kind != Kind.UNINIT else v for v in state.regs]
+    regs[10] = Value(Kind.STACK, 0)
+    return State(regs, {o: (s, Value(v.kind, None, v.ref)) for o, (s, v) in state.stack.items()})
+
+
+# --- transfer functions -------------------------------------------------------------------
+
+
+def _operand(insn: Instruction, state: State) -> Value:
+    if insn.opcode & Source.X:
+        return state.regs[insn.src]
+    return const(insn.imm)
+
+
+def _step(insn: Instruction, state: State, index: int, ctx_layout: Mapping[int, Kind]) -> None:
+    cls = insn.opcode & 0x07
+    regs = state.regs
+    if cls in (Class.ALU, Class.ALU64):
+        _step_alu(insn, state)
+    elif insn.is_ld_imm64:
+        regs[insn.dst] = _ld_imm64(insn)
+    elif cls == Class.LD:
+        # Legacy packet loads (socket filters): r0 = packet data, r1-r5 clobbered.
+        regs[0] = UNKNOWN
+        for r in range(1, 6):
+            regs[r] = UNINIT
+    elif cls == Class.LDX:
+        regs[insn.dst] = _load(insn, state, ctx_layout)
+    elif cls in (Class.ST, Class.STX):
+        _store(insn, state)
+    elif insn.is_call:
+        _call(insn, state, index)
+
+
+def _step_alu(insn: Instruction, state: State) -> None:
+    regs = state.regs
+    wide = (insn.opcode & 0x07) == Class.ALU64
+    op = insn.opcode & 0xF0
+    dst = regs[insn.dst]
+    if op == AluOp.END:
+        if dst.kind == Kind.SCALAR and dst.const is not None:
+            regs[insn.dst] = const(alu.endian(dst.const, insn.imm,
+                                              to_be=bool(insn.opcode & Source.X), bswap=wide))
+        else:
+            regs[insn.dst] = Value(Kind.SCALAR, None, None, dst.origin)
+        return
+    src = _operand(insn, state)
+    if op == AluOp.MOV:
+        if wide and insn.off == 0:
+            regs[insn.dst] = src
+        elif src.kind == Kind.SCALAR and src.const is not None:
+            regs[insn.dst] = const(alu.alu(op, 0, src.const, wide=wide, off=insn.off))
+        else:
+            origin = src.origin if src.kind == Kind.SCALAR else None
+            regs[insn.dst] = Value(Kind.SCALAR, None, None, origin)
+        return
+    if op == AluOp.NEG:
+        regs[insn.dst] = (const(alu.alu(op, dst.const, 0, wide=wide))
+                          if dst.kind == Kind.SCALAR and dst.const is not None else UNKNOWN)
+        return
+    if dst.is_pointer and wide and op in (AluOp.ADD, AluOp.SUB):
+        if src.kind == Kind.SCALAR:
+            delta = None if src.const is None else alu.signed(src.const, 64)
+            if delta is not None and op == AluOp.SUB:
+                delta = -delta
+            regs[insn.dst] = dst.shifted(delta)
+        elif op == AluOp.SUB and src.kind == dst.kind:
+            regs[insn.dst] = UNKNOWN  # pointer difference (e.g. data_end - data)
+        else:
+            regs[insn.dst] = UNKNOWN
+        return
+    if dst.kind == Kind.SCALAR and src.kind == Kind.SCALAR and dst.const is not None \
+            and src.const is not None:
+        try:
+            regs[insn.dst] = const(alu.alu(op, dst.const, src.const, wide=wide, off=insn.off))
+            return
+        except ValueError:
+            pass
+    if dst.is_pointer and src.kind == Kind.SCALAR and op in (AluOp.ADD,) and not wide:
+        regs[insn.dst] = UNKNOWN
+        return
+    regs[insn.dst] = UNKNOWN
+
+
+def _ld_imm64(insn: Instruction) -> Value:
+    if insn.src == PseudoSrc.MAP_FD:
+        return Value(Kind.MAP, None, insn.reference)
+    if insn.src == PseudoSrc.MAP_VALUE:
+        return Value(Kind.DIRECT, insn.imm, insn.reference)
+    if insn.src == PseudoSrc.NONE:
+        return const(insn.imm)
+    return UNKNOWN
+
+
+def _load(insn: Instruction, state: State, ctx_layout: Mapping[int, Kind]) -> Value:
+    base = state.regs[insn.src]
+    size = insn.size_bytes
+    off = None if base.const is None else base.const + insn.off
+    if base.kind == Kind.CTX:
+        kind = ctx_layout.get(off) if off is not None else None
+        if kind is not None:
+            return Value(kind, 0)
+        return Value(Kind.SCALAR, None, None, ("ctx", off, size))
+    if base.kind == Kind.STACK:
+        if off is None:
+            return UNKNOWN
+        slot = state.stack.get(off)
+        if slot is not None and slot[0] == size:
+            value = slot[1]
+            if value.kind == Kind.SCALAR and value.const is not None and size < 8:
+                return const(value.const & ((1 << (8 * size)) - 1))
+            return value if (size == 8 or value.kind == Kind.SCALAR) else UNKNOWN
+        return Value(Kind.SCALAR, None, None, ("stack", off, size))
+    if base.kind == Kind.PKT:
+        return Value(Kind.SCALAR, None, None, ("pkt", off, size))
+    if base.kind == Kind.VALUE:
+        return Value(Kind.SCALAR, None, None, ("value", base.ref, off, size))
+    if base.kind == Kind.DIRECT:
+        return Value(Kind.SCALAR, None, None, ("direct", base.ref, off, size))
+    return UNKNOWN
+
+
+def _store(insn: Instruction, state: State) -> None:
+    base = state.regs[insn.dst]
+    if base.kind != Kind.STACK:
+        return
+    size = insn.size_bytes
+    if base.const is None:
+        state.stack.clear()  # a store at an unknown stack offset may hit anything
+        return
+    off = base.const + insn.off
+    _invalidate(state.stack, off, size)
+    if insn.is_atomic:
+        return
+    if insn.opcode & 0x07 == Class.ST:
+        value = const(insn.imm & ((1 << (8 * size)) - 1)) if size < 8 else const(insn.imm)
+    else:
+        value = state.regs[insn.src]
+        if size < 8:
+            if value.kind == Kind.SCALAR and value.const is not None:
+                value = const(value.const & ((1 << (8 * size)) - 1))
+            elif value.kind != Kind.SCALAR:
+                value = UNKNOWN
+    state.stack[off] = (size, value)
+
+
+def _invalidate(stack: Stack, off: int, size: int) -> None:
+    for other in [o for o, (s, _) in stack.items() if o < off + size and off < o + s]:
+        del stack[other]
+
+
+def _call(insn: Instruction, state: State, index: int) -> None:
+    regs = state.regs
+    if insn.is_helper_call:
+        helper = insn.imm
+        if helper == LOOKUP:
+            regs[0] = Value(Kind.VALUE_OR_NULL, 0, (map_name(regs[1]), index))
+        else:
+            regs[0] = UNKNOWN
+        _clobber_escaped_stack(insn, state)
+    else:
+        regs[0] = UNKNOWN
+        _clobber_escaped_stack(insn, state)
+    for r in range(1, 6):
+        regs[r] = UNINIT
+
+
+def map_name(value: Value) -> str:
+    """The map a register designates: a map name, `outer[inner]` for a map taken out of a
+    map of maps (a lookup result of the outer map), or "?" when unknown."""
+    if value.kind == Kind.MAP:
+        return str(value.ref)
+    if value.kind == Kind.VALUE and isinstance(value.ref, tuple):
+        return f"{value.ref[0]}[inner]"
+    return "?"
+
+
+def _clobber_escaped_stack(insn: Instruction, state: State) -> None:
+    """A helper or subprogram given a stack pointer may write through it."""
+    if insn.is_helper_call and insn.imm in READ_ONLY_MEMORY_HELPERS:
+        return
+    for r in range(1, 6):
+        arg = state.regs[r]
+        if arg.kind == Kind.STACK:
+            if arg.const is None:
+                state.stack.clear()
+                return
+            # Unknown extent: forget everything at or above the pointer in this frame.
+            for off in [o for o in state.stack if o + state.stack[o][0] > arg.const]:
+                del state.stack[off]
+
+
+def _branch(insn: Instruction, state: State) -> tuple[State | None, State | None]:
+    """States on the taken and the fall-through edge; None for an edge that cannot happen."""
+    if insn.is_unconditional_jump:
+        return state.copy(), None
+    op = insn.opcode & 0xF0
+    wide = (insn.opcode & 0x07) == Class.JMP
+    a = state.regs[insn.dst]
+    b = _operand(insn, state)
+    if a.kind == Kind.SCALAR and b.kind == Kind.SCALAR and a.const is not None \
+            and b.const is not None:
+        taken = alu.compare(op, a.const, b.const, wide=wide)
+        return (state.copy(), None) if taken else (None, state.copy())
+    taken_state, fall_state = state.copy(), state.copy()
+    # NULL checks on lookup results: refine every copy of the pointer.
+    if a.kind == Kind.VALUE_OR_NULL and b.kind == Kind.SCALAR and b.const == 0 and wide:
+        if op == JmpOp.JEQ:
+            _refine_null(taken_state, a, null=True)
+            _refine_null(fall_state, a, null=False)
+        elif op == JmpOp.JNE:
+            _refine_null(taken_state, a, null=False)
+            _refine_null(fall_state, a, null=True)
+    elif b.kind == Kind.SCALAR and b.const is not None and a.kind == Kind.SCALAR and \
+            op in (JmpOp.JEQ, JmpOp.JNE) and a.const is None:
+        # Equality learns the constant on one edge: `if r1 == 5` gives r1 = 5 when taken.
+        learned = const(b.const if wide else b.const & alu.M32)
+        target = taken_state if op == JmpOp.JEQ else fall_state
+        if wide:
+            target.regs[insn.dst] = learned
+    return taken_state, fall_state
+
+
+def _refine_null(state: State, value: Value, *, null: bool) -> None:
+    replacement = const(0) if null else Value(Kind.VALUE, value.const, value.ref)
+    for r, v in enumerate(state.regs):
+        if v.kind == Kind.VALUE_OR_NULL and v.ref == value.ref:
+            state.regs[r] = replacement
+    for off, (size, v) in list(state.stack.items()):
+        if v.kind == Kind.VALUE_OR_NULL and v.ref == value.ref:
+            state.stack[off] = (size, replacement)
+
+
+__all__ = ["UNINIT", "UNKNOWN", "Analysis", "Kind", "State", "Value", "analyze_values",
+           "const", "join_states", "join_values", "s32"]
+
+_ = Mode  # re-exported for users of the module's constants

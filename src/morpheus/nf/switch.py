@@ -232,14 +232,15 @@ DEFAULT_IFINDEXES = tuple(range(2, 10))
 
 
 def default_config(seed: int = 1, ifindexes: Sequence[int] | None = None) -> Config:
-    """An 8-port switch: 2 trunks, 5 access ports in 5 VLANs, 1 port shut; 72 static MACs.
+    """An 8-port switch: 2 trunks, 5 access ports in 4 VLANs, 1 port shut; 69 static MACs.
 
     Ports 0 and 1 are trunks (native VLAN 1, tagged 10/20/30/40; port 1 does not learn,
     like an uplink to a router whose MACs are pinned statically). Ports 2-6 are access ports in
     VLANs 1, 10, 10, 20, 30; port 7 is an access port in VLAN 40 that is administratively
-    down. Static entries: a gateway MAC per VLAN on trunk 1, and 64 "servers" on access ports
-    and trunk 0 (two of them behind the shut port). `ifindexes` (8 values, default 2..9)
-    places the ports on real interfaces; kernel tests need interfaces with these indexes.
+    down. Static entries: a gateway MAC per VLAN on trunk 1, and 64 "servers" dealt in turn to
+    ports 2-7 and to trunk 0's four tagged VLANs (six of them behind the shut port).
+    `ifindexes` (8 values, default 2..9) places the ports on real interfaces; kernel tests
+    need interfaces with these indexes.
     """
     ifx = tuple(ifindexes) if ifindexes is not None else DEFAULT_IFINDEXES
     if len(ifx) != 8:

@@ -26,7 +26,7 @@ from ..kernel.netns import NetNamespace
 from ..loader import Collection, load_collection
 from ..nf import NetworkFunction
 from ..nf.env import NFEnv, xdp_ctx
-from ..obj import ObjectSpec, ProgramSpec, read_object
+from ..obj import MapSpec, ObjectSpec, ProgramSpec, read_object
 from ..traffic.generate import Trace
 from .replay import Replay, latency_percentiles
 from .throughput import Throughput
@@ -43,6 +43,8 @@ class Subject:
     program_name: str | None = None
     program: Program | None = None  # replaces the object's instructions (a specialization)
     spec: ObjectSpec | None = None
+    # Maps the replacement program needs besides the object's (e.g. inlined values).
+    extra_maps: dict[str, MapSpec] = field(default_factory=dict)
 
     def load_spec(self) -> ObjectSpec:
         if self.spec is None:
@@ -80,16 +82,31 @@ def open_environment(subject: Subject, nf: NetworkFunction | None) -> Environmen
     try:
         if nf is not None:
             env = stack.enter_context(NFEnv.start(nf, object_path=subject.object_path))
-            return Environment(env.namespace, env.collection.maps, spec, stack,
-                               env.collection.btf_fd, env)
-        namespace = NetNamespace.create("morpheus-bench")
-        stack.callback(namespace.delete)
-        with namespace.entered():
-            coll: Collection = stack.enter_context(load_collection(spec, programs=[]))
-        return Environment(namespace, coll.maps, spec, stack, coll.btf_fd)
+            environment = Environment(env.namespace, dict(env.collection.maps), spec, stack,
+                                      env.collection.btf_fd, env)
+        else:
+            namespace = NetNamespace.create("morpheus-bench")
+            stack.callback(namespace.delete)
+            with namespace.entered():
+                coll: Collection = stack.enter_context(load_collection(spec, programs=[]))
+            environment = Environment(namespace, dict(coll.maps), spec, stack, coll.btf_fd)
+        add_extra_maps(environment, subject)
+        return environment
     except BaseException:
         stack.close()
         raise
+
+
+def add_extra_maps(environment: Environment, subject: Subject) -> None:
+    """Create the maps a subject's replacement program needs, owned by the environment."""
+    from ..loader import create_map
+
+    for name, mspec in subject.extra_maps.items():
+        if name in environment.maps:
+            continue
+        m = create_map(mspec, object_name=environment.spec.name)
+        environment.stack.callback(m.close)
+        environment.maps[name] = m
 
 
 def maps_compatible(a: Subject, b: Subject) -> bool:
@@ -97,8 +114,12 @@ def maps_compatible(a: Subject, b: Subject) -> bool:
     same type, sizes and flags."""
     a_maps = a.load_spec().maps
     b_spec = b.load_spec()
-    for name in b.program_spec().map_names:
-        mine, theirs = b_spec.maps[name], a_maps.get(name)
+    program = b.program or b.program_spec().program
+    used = {i.reference for i in program.insns if i.is_map_load} - set(b.extra_maps)
+    for name in used:
+        if name not in b_spec.maps:
+            return False
+        mine, theirs = b_spec.maps[name], a_maps.get(str(name))
         if theirs is None:
             return False
         if (mine.type, mine.key_size, mine.value_size, mine.max_entries, mine.flags,
@@ -224,6 +245,8 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
                 environment = open_environment(subject, nf)
                 stack.callback(environment.close)
                 _warm_up(environment, subject, trace)
+            else:
+                add_extra_maps(environment, subject)
             pspec = subject.program_spec()
             btf = subject.load_spec().btf
             replay = stack.enter_context(Replay(

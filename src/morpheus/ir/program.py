@@ -299,3 +299,29 @@ def _encode_one(
             raise EncodeError(f"jump to {ref!r} spans {relative} slots, more than 16 bits allow")
         return encode_instruction(insn, off=relative)
     raise EncodeError(f"instruction with opcode {insn.opcode:#x} cannot carry reference {ref!r}")
+
+
+def with_origins(program: Program) -> Program:
+    """The program with each instruction's provenance set to its current index.
+
+    Passes locate instructions (lookup sites) by provenance, which survives the insertion
+    and removal of other instructions; call this on the program a pipeline starts from.
+    """
+    from .codec import origin_meta
+    from .instruction import Meta
+
+    insns = []
+    for index, insn in enumerate(program.insns):
+        meta = insn.meta
+        if meta.line is None and meta.func_btf_id is None and meta.note is None:
+            new_meta = origin_meta(index)
+        else:
+            new_meta = Meta(meta.line, meta.func_btf_id, index, meta.note)
+        insns.append(insn.with_meta_object(new_meta))
+    return Program(program.name, tuple(insns))
+
+
+def index_by_origin(program: Program) -> dict[int, int]:
+    """Provenance → current index, for instructions that have one."""
+    return {insn.meta.origin: i for i, insn in enumerate(program.insns)
+            if insn.meta.origin is not None}

@@ -1,0 +1,199 @@
+"""One optimization cycle, offline: profile → snapshot → plan → specialize → verify.
+
+The pieces are shared with the runtime agent; `optimize_nf` chains them on a built-in
+network function and a generated trace, and `morpheus optimize` prints its report.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .analysis import ProgramFacts, analyze
+from .bench.replay import Replay
+from .ir import Program
+from .ir.program import index_by_origin, with_origins
+from .kernel import Map
+from .obj import MapSpec, ObjectSpec, ProgramSpec
+from .passes.guards import GuardBumps
+from .passes.inline import GUARD_MAP, InlinePlan, InlineTables
+from .passes.instrument import Instrument, SampledSite, SamplingLayout, layout_for
+from .passes.pipeline import Pass, PassContext, Pipeline
+from .runtime.heat import HeatReader, SiteHeat
+from .runtime.plan import MapSnapshot, PlanOptions, SiteDecision, plan_sites
+from .uapi import MapType
+
+
+def cleanup_passes() -> list[Pass]:
+    """Constant propagation and dead-code elimination, when available."""
+    from .passes import pipeline as registry
+
+    try:
+        from .passes import constprop, dce  # noqa: F401  (registers the passes)
+    except ImportError:
+        return []
+    names = [n for n in ("constprop", "dce") if n in registry.REGISTRY]
+    return registry.build(names)
+
+
+@dataclass
+class Specialization:
+    """A specialized program with what it needs and how it was decided."""
+
+    program: Program
+    extra_maps: dict[str, MapSpec]
+    decisions: list[SiteDecision]
+    plan: InlinePlan
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def sampled_sites(facts: ProgramFacts, maps: Mapping[str, MapSpec],
+                  options: PlanOptions) -> list[SampledSite]:
+    """Sites worth watching: specializable lookups with a variable key on a map too large
+    to inline whole."""
+    out = []
+    for site in facts.lookups():
+        spec = maps.get(site.map)
+        if not site.specializable or spec is None or site.constant_key is not None:
+            continue
+        if spec.max_entries <= options.whole_max:
+            continue
+        out.append(SampledSite(site.index, site.map, spec.key_size))
+    return out
+
+
+def instrument(program: Program, spec: ObjectSpec, prog: ProgramSpec, sites: Sequence[SampledSite],
+               *, rate: int = 16, slots: int = 256) -> tuple[Program, dict[str, MapSpec],
+                                                              SamplingLayout]:
+    layout = layout_for(sites, slots=slots, rate=rate)
+    ctx = PassContext(dict(spec.maps), prog.type)
+    out = Instrument(layout).run(program, ctx)
+    extra = {k: v for k, v in ctx.maps.items() if k not in spec.maps}
+    return out, extra, layout
+
+
+def snapshot_maps(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[str, MapSpec],
+                  heat: Mapping[int, SiteHeat], options: PlanOptions) -> dict[str, MapSnapshot]:
+    """Read what the plan needs: small tables whole, large ones at their hot keys."""
+    wanted: dict[str, set[bytes]] = {}
+    for site in facts.lookups():
+        if not site.specializable or site.map not in maps:
+            continue
+        keys = wanted.setdefault(site.map, set())
+        if site.constant_key is not None:
+            keys.add(site.constant_key)
+        h = heat.get(site.index)
+        if h is not None:
+            keys.update(k for k, _ in h.hottest(options.hot_max, cover=options.hot_cover))
+    out: dict[str, MapSnapshot] = {}
+    for name, keys in wanted.items():
+        live, spec = maps[name], specs[name]
+        snap = MapSnapshot(spec)
+        small = spec.max_entries <= options.whole_max
+        if small:
+            if spec.type == MapType.ARRAY:
+                for index in range(spec.max_entries):
+                    raw = struct.pack("<I", index)
+                    snap.entries[raw] = live.lookup(raw)  # type: ignore[assignment]
+            else:
+                for k, v in live.items():
+                    snap.entries[k] = v  # type: ignore[assignment]
+            snap.complete = True
+        elif spec.type != MapType.ARRAY:
+            # A hash map may hold few entries although it could hold many.
+            count = 0
+            for k in live.keys():
+                count += 1
+                if count > options.whole_max:
+                    break
+            if count <= options.whole_max and spec.type == MapType.HASH:
+                for k, v in live.items():
+                    snap.entries[k] = v  # type: ignore[assignment]
+                snap.complete = True
+        for key in keys:
+            if key not in snap.entries:
+                snap.entries[key] = live.lookup(key)  # type: ignore[assignment]
+        out[name] = snap
+    return out
+
+
+def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: ProgramFacts,
+               snapshots: Mapping[str, MapSnapshot], heat: Mapping[int, SiteHeat],
+               options: PlanOptions = PlanOptions(), *, guard_versions: Mapping[str, int]
+               | None = None, passes: Sequence[Pass] | None = None,
+               validate: bool = False) -> Specialization:
+    """Plan and apply inlining plus cleanup. `program` must carry provenance
+    (`with_origins`) matching `facts`' instruction indices."""
+    start = time.perf_counter()
+    guarded = sorted({s.map for s in facts.lookups() if s.specializable and s.guarded})
+    guard_slots = {name: n for n, name in enumerate(guarded)}
+    plan, decisions = plan_sites(facts, snapshots, heat, options, guard_slots=guard_slots,
+                                 guard_versions=guard_versions)
+    ctx = PassContext(dict(spec.maps), prog.type)
+    pipeline_passes: list[Pass] = []
+    used_guards = {p.map for p in plan.sites if p.guard_slot is not None}
+    if used_guards:
+        read_ranges = _read_ranges(facts, plan)
+        pipeline_passes.append(GuardBumps({m: guard_slots[m] for m in used_guards},
+                                          read_ranges))
+    pipeline_passes.append(InlineTables(plan))
+    pipeline_passes += list(passes) if passes is not None else cleanup_passes()
+    pipeline = Pipeline(pipeline_passes, validate=validate)
+    out = pipeline.run(program, ctx)
+    extra = {k: v for k, v in ctx.maps.items() if k not in spec.maps}
+    if used_guards and GUARD_MAP not in extra:
+        extra[GUARD_MAP] = ctx.maps[GUARD_MAP]
+    result = Specialization(out, extra, decisions, plan,
+                            {t.name: round(t.ms, 3) for t in pipeline.timings}, dict(ctx.stats))
+    result.timings_ms["total"] = round((time.perf_counter() - start) * 1000, 3)
+    return result
+
+
+def _read_ranges(facts: ProgramFacts, plan: InlinePlan
+                 ) -> dict[str, tuple[tuple[int, int], ...] | None]:
+    """Value bytes the planned sites read, per map (None when a read has an unknown
+    offset or size)."""
+    out: dict[str, list[tuple[int, int]] | None] = {}
+    for p in plan.sites:
+        site = facts.sites.get(p.site)
+        if site is None:
+            out[p.map] = None
+            continue
+        ranges = out.setdefault(p.map, [])
+        for use in site.uses:
+            if ranges is None:
+                break
+            if use.kind == "read" and use.offset is not None and use.size:
+                ranges.append((use.offset, use.offset + use.size))
+            elif use.kind == "read":
+                out[p.map] = None
+                ranges = None
+    return {k: (tuple(v) if v is not None else None) for k, v in out.items()}
+
+
+def profile(prog: ProgramSpec, btf: object, maps: Mapping[str, Map], frames: Sequence[bytes],
+            program: Program, extra_maps: Mapping[str, Map], layout: SamplingLayout, *,
+            ingress: int = 0, namespace: Any = None, passes: int = 1) -> dict[int, SiteHeat]:
+    """Replay the trace through the instrumented program and read the sampled keys."""
+    all_maps = {**maps, **extra_maps}
+    with Replay(prog, btf, all_maps, frames, program=program, ingress_ifindex=ingress,
+                namespace=namespace) as replay:
+        replay.run(passes)
+    reader = HeatReader(layout, all_maps, decay=1.0)
+    return reader.read()
+
+
+def prepare(program: Program) -> tuple[Program, dict[int, int]]:
+    """Give every instruction provenance; returns the program and index → provenance."""
+    prepared = with_origins(program)
+    return prepared, {i: o for o, i in index_by_origin(prepared).items()}
+
+
+def analyze_program(prog: ProgramSpec, maps: Mapping[str, MapSpec]) -> tuple[Program,
+                                                                               ProgramFacts]:
+    program, _ = prepare(prog.program)
+    return program, analyze(program, maps, prog_type=prog.type)

@@ -1,0 +1,106 @@
+"""Version bumps where the data plane writes a map that specialized code depends on.
+
+Every specialized site on such a map checks a version (one load and one compare, see
+`inline`); this pass makes every data-plane write to the map change that version first:
+update and delete helper calls, and stores or atomics through a value pointer that touch
+bytes some specialized site reads. The bump happens before the write, so once the writing
+instruction has completed no specialized site can still use the old value.
+
+Writes through a value pointer to bytes no specialized site reads (a "last seen" timestamp
+next to the forwarding decision) need no bump: the inlined bytes stay true.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ..analysis.sites import analyze
+from ..analysis.values import DELETE, UPDATE, Kind
+from ..ir import Instruction, Program, asm
+from ..ir.asm import FP, R0, R1, R3, R5
+from ..ir.edit import rewrite
+from ..ir.opcodes import AtomicOp, Class, Mode
+from .inline import GUARD_MAP
+from .instrument import _frame_floors, _function_of
+from .pipeline import PassContext, register
+
+
+@register
+@dataclass(frozen=True)
+class GuardBumps:
+    """`slots` maps each guarded map to its version slot; `read_ranges` gives, per map, the
+    value byte ranges specialized sites read (None: unknown, bump on every write)."""
+
+    name: ClassVar[str] = "guard-bumps"
+    slots: Mapping[str, int] = field(default_factory=dict)
+    read_ranges: Mapping[str, tuple[tuple[int, int], ...] | None] = field(default_factory=dict)
+    guard_map: str = GUARD_MAP
+
+    def run(self, program: Program, ctx: PassContext) -> Program:
+        if not self.slots:
+            return program
+        facts = analyze(program, ctx.maps, prog_type=ctx.prog_type)
+        floors = _frame_floors(program, facts.analysis)
+        edits: dict[int, list[Instruction]] = {}
+        bumps = 0
+        for index, insn in enumerate(program.insns):
+            state = facts.analysis.states[index]
+            if state is None:
+                continue
+            target = None
+            if insn.is_helper_call and insn.imm in (UPDATE, DELETE):
+                reg = state.regs[1]
+                if reg.kind == Kind.MAP and reg.ref in self.slots:
+                    target = str(reg.ref)
+                    scratch = R5 if insn.imm == UPDATE else R3
+                    edits[index] = [*self._bump_at_call(target, scratch), insn]
+                    bumps += 1
+                continue
+            cls = insn.opcode & 0x07
+            if cls in (Class.ST, Class.STX) and insn.mode in (Mode.MEM, Mode.ATOMIC):
+                base = state.regs[insn.dst]
+                if base.kind == Kind.VALUE and isinstance(base.ref, tuple) and \
+                        base.ref[0] in self.slots:
+                    target = str(base.ref[0])
+                    offset = None if base.const is None else base.const + insn.off
+                    if self._touches_read_bytes(target, offset, insn.size_bytes):
+                        floor = floors[_function_of(program, index)]
+                        free = [r for r in range(6) if state.regs[r].kind == Kind.UNINIT]
+                        edits[index] = [*self._bump_anywhere(target, floor, free), insn]
+                        bumps += 1
+        ctx.stats["guard_bumps"] = bumps
+        return rewrite(program, edits) if edits else program
+
+    def _touches_read_bytes(self, map_name: str, offset: int | None, size: int) -> bool:
+        ranges = self.read_ranges.get(map_name)
+        if ranges is None or offset is None:
+            return True
+        return any(offset < hi and lo < offset + size for lo, hi in ranges)
+
+    def _bump_at_call(self, map_name: str, scratch: int) -> list[Instruction]:
+        # r0 is dead before a helper call (the call overwrites it) and `scratch` is not an
+        # argument of the helper.
+        slot = 8 * self.slots[map_name]
+        return [asm.ld_map_value(R0, self.guard_map, slot, note="guard bump"),
+                asm.mov64(scratch, 1, note="guard bump"),  # type: ignore[arg-type]
+                asm.atomic(8, AtomicOp.ADD, R0, 0, scratch, note="guard bump")]  # type: ignore[arg-type]
+
+    def _bump_anywhere(self, map_name: str, floor: int, free: list[int]) -> list[Instruction]:
+        # Uninitialized registers are dead and free to use; otherwise borrow r0/r1 through
+        # stack slots below the function's frame (8-byte spills keep pointer types).
+        slot = 8 * self.slots[map_name]
+        regs = [asm.Reg(r) for r in free[:2]]
+        saved: list[tuple[asm.Reg, int]] = []
+        for n, reg in enumerate((R0, R1)):
+            if len(regs) < 2 and reg not in regs:
+                regs.append(reg)
+                saved.append((reg, floor - 32 - 8 * n))
+        a, b = regs[0], regs[1]
+        code = [asm.stx(8, FP, off, reg, note="guard bump") for reg, off in saved]
+        code += [asm.ld_map_value(a, self.guard_map, slot, note="guard bump"),
+                 asm.mov64(b, 1, note="guard bump"),
+                 asm.atomic(8, AtomicOp.ADD, a, 0, b, note="guard bump")]
+        code += [asm.ldx(8, reg, FP, off, note="guard bump") for reg, off in reversed(saved)]
+        return code

@@ -1,0 +1,260 @@
+"""Table inlining: map lookups answered by the code itself.
+
+For each planned lookup site the helper call is replaced by a comparison tree over the
+inlined keys, compared exactly on every key byte (never a hash), in O(log K) comparisons.
+A hit points r0 into a frozen, read-only, single-entry array holding the inlined values
+(direct value access), so that code which keeps using the pointer still works and the
+verifier (and `constprop`) see the values as constants. A miss calls the original helper,
+unless the plan covers every key the map holds (a complete table), in which case a miss is
+NULL. A site whose map can change under it gets a version guard first: one load and one
+compare against the version the snapshot was taken at; a changed version takes the miss path.
+
+Constant-key sites (for example configuration arrays read at index 0) need no comparison:
+r0 is set to the value directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ..ir import Instruction, Program, asm
+from ..ir.asm import R0, R2, R3, R4
+from ..ir.edit import rewrite
+from ..ir.opcodes import JmpOp
+from ..ir.program import index_by_origin
+from ..obj import MapSpec
+from ..uapi import MapFlags, MapType
+from .pipeline import PassContext, register
+
+VALUES_MAP = "mph_values"
+GUARD_MAP = "mph_guard"
+LINEAR_LIMIT = 3  # up to this many candidates, a chain of equality tests beats a search
+
+
+@dataclass(frozen=True)
+class InlineEntry:
+    key: bytes
+    value: bytes | None  # None: the lookup returns NULL for this key
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """What to inline at the lookup call at instruction `site`.
+
+    `complete` says the entries are every key the lookup can succeed on, so a key that is
+    not among them is a miss without asking the map. `constant_key` says the program always
+    looks up `entries[0].key` here. With `guard_slot`, the site first checks that slot of
+    the guard map still holds `guard_version`.
+    """
+
+    site: int  # provenance (meta.origin) of the lookup call
+    map: str
+    entries: tuple[InlineEntry, ...]
+    complete: bool = False
+    constant_key: bool = False
+    guard_slot: int | None = None
+    guard_version: int = 0
+
+
+@dataclass(frozen=True)
+class InlinePlan:
+    sites: tuple[SitePlan, ...]
+    guard_slots: int = 0  # size of the guard map, in u64 versions
+
+
+@register
+@dataclass(frozen=True)
+class InlineTables:
+    """Replace planned lookups by comparison trees over inlined entries."""
+
+    name: ClassVar[str] = "inline"
+    plan: InlinePlan = field(default_factory=lambda: InlinePlan(()))
+    values_map: str = VALUES_MAP
+    guard_map: str = GUARD_MAP
+
+    def run(self, program: Program, ctx: PassContext) -> Program:
+        if not self.plan.sites:
+            return program
+        blob = bytearray()
+        offsets: dict[bytes, int] = {}
+
+        def place(value: bytes) -> int:
+            # Identical values (many routes share a next hop) are stored once.
+            if value not in offsets:
+                while len(blob) % 8:
+                    blob.append(0)
+                offsets[value] = len(blob)
+                blob.extend(value)
+            return offsets[value]
+
+        edits: dict[int, list[Instruction]] = {}
+        where = index_by_origin(program)
+        index_of: dict[int, int] = {}
+        for plan in self.plan.sites:
+            if plan.site not in where:
+                raise ValueError(f"no instruction comes from lookup site {plan.site}")
+            index = index_of[plan.site] = where[plan.site]
+            call = program.insns[index]
+            if not call.is_helper_call or call.imm != 1:
+                raise ValueError(f"site {plan.site} (instruction {index}) is not a map lookup")
+            spec = ctx.maps.get(plan.map)
+            if spec is None:
+                raise ValueError(f"site {plan.site}: map {plan.map!r} is unknown")
+            for entry in plan.entries:
+                if len(entry.key) != spec.key_size:
+                    raise ValueError(f"site {plan.site}: key of {len(entry.key)} bytes for map "
+                                     f"{plan.map!r} with {spec.key_size}-byte keys")
+                if entry.value is not None and len(entry.value) != spec.value_size:
+                    raise ValueError(f"site {plan.site}: value of {len(entry.value)} bytes for "
+                                     f"map {plan.map!r} with {spec.value_size}-byte values")
+            edits[index] = _site_code(program, plan, call, place, self.values_map,
+                                      self.guard_map)
+        if not blob:
+            blob.extend(bytes(8))
+        # Continuation labels are attached in the same rewrite: the instruction after each
+        # call gets a label the site's code jumps to.
+        for plan in self.plan.sites:
+            index = index_of[plan.site]
+            after = index + 1
+            nxt = program.insns[after]
+            label = _cont_label(plan.site)
+            if after in edits:
+                raise ValueError(f"lookup sites at instructions {index} and {after} are adjacent")
+            if nxt.label is not None:
+                edits[index] = [i.with_reference(nxt.label) if i.reference == label else i
+                                for i in edits[index]]
+            else:
+                edits[after] = [nxt.with_label(label)]
+        out = rewrite(program, edits)
+        value_bytes = bytes(blob)
+        ctx.maps[self.values_map] = MapSpec(
+            name=self.values_map, type=MapType.ARRAY, key_size=4, value_size=len(value_bytes),
+            max_entries=1, flags=int(MapFlags.RDONLY_PROG), data=value_bytes, freeze=True)
+        ctx.known_values[self.values_map] = value_bytes
+        if any(p.guard_slot is not None for p in self.plan.sites):
+            slots = max(self.plan.guard_slots,
+                        1 + max(p.guard_slot for p in self.plan.sites
+                                if p.guard_slot is not None))
+            ctx.maps.setdefault(self.guard_map, MapSpec(
+                name=self.guard_map, type=MapType.ARRAY, key_size=4, value_size=8 * slots,
+                max_entries=1))
+        ctx.stats["inlined_sites"] = len(self.plan.sites)
+        ctx.stats["inlined_entries"] = sum(len(p.entries) for p in self.plan.sites)
+        ctx.stats["inline_value_bytes"] = len(value_bytes)
+        return out
+
+
+def _cont_label(site: int) -> str:
+    return f"mph{site}.cont"
+
+
+def _chunks(size: int) -> list[tuple[int, int]]:
+    """(offset, width) loads covering a key of `size` bytes."""
+    out = []
+    off = 0
+    for width in (8, 4, 2, 1):
+        while size - off >= width:
+            out.append((off, width))
+            off += width
+    return out
+
+
+def _site_code(program: Program, plan: SitePlan, call: Instruction, place: object,
+               values_map: str, guard_map: str) -> list[Instruction]:
+    base = f"mph{plan.site}"
+    cont = _cont_label(plan.site)
+    miss = f"{base}.miss"
+    code: list[Instruction] = []
+    if plan.guard_slot is not None:
+        code += [
+            asm.ld_map_value(R0, guard_map, 8 * plan.guard_slot, note="guard"),
+            asm.ldx(8, R0, R0, 0, note="guard"),
+            asm.ld_imm64(R4, plan.guard_version, note="guard"),
+            asm.jne(R0, R4, miss, note="guard"),
+        ]
+
+    def leaf(entry: InlineEntry) -> list[Instruction]:
+        if entry.value is None:
+            return [asm.mov64(R0, 0, note="inlined: absent"), asm.ja(cont)]
+        offset = place(entry.value)  # type: ignore[operator]
+        return [asm.ld_map_value(R0, values_map, offset, note=f"inlined {plan.map}"),
+                asm.ja(cont)]
+
+    needs_call = plan.guard_slot is not None or not plan.complete
+    if plan.constant_key:
+        code += leaf(plan.entries[0])
+    else:
+        counter = iter(range(1 << 30))
+
+        def fresh() -> str:
+            return f"{base}.{next(counter)}"
+
+        absent = miss if not plan.complete else f"{base}.none"
+        chunks = _chunks(len(plan.entries[0].key)) if plan.entries else []
+        items = [(tuple(int.from_bytes(e.key[o:o + w], "little") for o, w in chunks), e)
+                 for e in plan.entries]
+        code += _tree(items, 0, chunks, absent, leaf, fresh)
+        if plan.complete:
+            code += [asm.mov64(R0, 0, label=f"{base}.none", note="not in the table"),
+                     asm.ja(cont)]
+    if needs_call:
+        code.append(call.with_label(miss).with_reference(None))
+    elif code and any(i.reference == miss for i in code):
+        code += [asm.mov64(R0, 0, label=miss), asm.ja(cont)]
+    if not needs_call:
+        # Without a fallback call the site's code always jumps to the continuation.
+        pass
+    return code
+
+
+def _tree(items: Sequence[tuple[tuple[int, ...], InlineEntry]], chunk: int,
+          chunks: Sequence[tuple[int, int]], absent: str, leaf: object,
+          fresh: object) -> list[Instruction]:
+    """Code that finds the entry whose key chunks equal the key's, or jumps to `absent`."""
+    if not items:
+        return [asm.ja(absent)]
+    if chunk == len(chunks):
+        return leaf(items[0][1])  # type: ignore[operator]
+    offset, width = chunks[chunk]
+    code = [asm.ldx(width, R3, R2, offset)]
+    groups: dict[int, list[tuple[tuple[int, ...], InlineEntry]]] = {}
+    for item in items:
+        groups.setdefault(item[0][chunk], []).append(item)
+    ordered = sorted(groups.items())
+    code += _search(ordered, chunk, chunks, width, absent, leaf, fresh)
+    return code
+
+
+def _compare(op: JmpOp, value: int, width: int, target: str) -> list[Instruction]:
+    """`if r3 <op> value goto target` for a chunk of `width` bytes (unsigned)."""
+    if width <= 4:
+        # 32-bit jumps compare the low halves; the immediate is taken as 32 bits.
+        return [asm.jmp(op, R3, value, target, wide=False)]
+    if value < 1 << 31:
+        return [asm.jmp(op, R3, value, target)]
+    return [asm.ld_imm64(R4, value), asm.jmp(op, R3, R4, target)]
+
+
+def _search(groups: Sequence[tuple[int, list[tuple[tuple[int, ...], InlineEntry]]]], chunk: int,
+            chunks: Sequence[tuple[int, int]], width: int, absent: str, leaf: object,
+            fresh: object) -> list[Instruction]:
+    if len(groups) <= LINEAR_LIMIT:
+        code: list[Instruction] = []
+        later: list[Instruction] = []
+        for value, members in groups[:-1]:
+            label = fresh()  # type: ignore[operator]
+            code += _compare(JmpOp.JEQ, value, width, label)
+            sub = _tree(members, chunk + 1, chunks, absent, leaf, fresh)
+            later += [sub[0].with_label(label), *sub[1:]]
+        value, members = groups[-1]
+        code += _compare(JmpOp.JNE, value, width, absent)
+        code += _tree(members, chunk + 1, chunks, absent, leaf, fresh)
+        return code + later
+    mid = len(groups) // 2
+    right = fresh()  # type: ignore[operator]
+    code = _compare(JmpOp.JGE, groups[mid][0], width, right)
+    code += _search(groups[:mid], chunk, chunks, width, absent, leaf, fresh)
+    sub = _search(groups[mid:], chunk, chunks, width, absent, leaf, fresh)
+    return [*code, sub[0].with_label(right), *sub[1:]]

@@ -6,6 +6,7 @@ network function and a generated trace, and `morpheus optimize` prints its repor
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import time
 from collections.abc import Mapping, Sequence
@@ -106,7 +107,7 @@ def snapshot_maps(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[s
         elif spec.type != MapType.ARRAY:
             # A hash map may hold few entries although it could hold many.
             count = 0
-            for k in live.keys():
+            for _ in live:
                 count += 1
                 if count > options.whole_max:
                     break
@@ -123,16 +124,27 @@ def snapshot_maps(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[s
 
 def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: ProgramFacts,
                snapshots: Mapping[str, MapSnapshot], heat: Mapping[int, SiteHeat],
-               options: PlanOptions = PlanOptions(), *, guard_versions: Mapping[str, int]
+               options: PlanOptions | None = None, *, guard_versions: Mapping[str, int]
                | None = None, passes: Sequence[Pass] | None = None,
-               validate: bool = False) -> Specialization:
+               validate: bool = False, converge: frozenset[int] = frozenset(),
+               drop: frozenset[int] = frozenset()) -> Specialization:
     """Plan and apply inlining plus cleanup. `program` must carry provenance
     (`with_origins`) matching `facts`' instruction indices."""
     start = time.perf_counter()
+    options = options or PlanOptions()
     guarded = sorted({s.map for s in facts.lookups() if s.specializable and s.guarded})
     guard_slots = {name: n for n, name in enumerate(guarded)}
     plan, decisions = plan_sites(facts, snapshots, heat, options, guard_slots=guard_slots,
                                  guard_versions=guard_versions)
+    if converge or drop:
+        plan = InlinePlan(tuple(dataclasses.replace(p, converge=p.site in converge)
+                                for p in plan.sites if p.site not in drop), plan.guard_slots)
+        for d in decisions:
+            if d.plan is not None and d.plan.site in drop:
+                d.plan, d.mode = None, "none"
+                d.reason = "dropped: the verifier could not cope with the specialized program"
+            elif d.plan is not None and d.plan.site in converge:
+                d.reason += " (converging hits, for the verifier)"
     ctx = PassContext(dict(spec.maps), prog.type)
     pipeline_passes: list[Pass] = []
     used_guards = {p.map for p in plan.sites if p.guard_slot is not None}
@@ -151,6 +163,27 @@ def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: Pro
                             {t.name: round(t.ms, 3) for t in pipeline.timings}, dict(ctx.stats))
     result.timings_ms["total"] = round((time.perf_counter() - start) * 1000, 3)
     return result
+
+
+def is_complexity_error(message: str) -> bool:
+    """The verifier gave up on the program's size or path count (not a safety violation)."""
+    return any(text in message for text in ("too large", "E2BIG", "too complex",
+                                            "Argument list too long", "states"))
+
+
+def next_relief(spec: Specialization, converged: frozenset[int], dropped: frozenset[int]
+                ) -> tuple[frozenset[int], frozenset[int]] | None:
+    """After a complexity failure: converge the largest site not yet converged, or when all
+    are, drop the largest one. None when nothing is left to give up."""
+    sites = sorted((p for p in spec.plan.sites if not p.constant_key),
+                   key=lambda p: -len(p.entries))
+    for p in sites:
+        if p.site not in converged and len(p.entries) > 1:
+            return converged | {p.site}, dropped
+    for p in sites:
+        if p.site not in dropped:
+            return converged, dropped | {p.site}
+    return None
 
 
 def _read_ranges(facts: ProgramFacts, plan: InlinePlan

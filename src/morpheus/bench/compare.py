@@ -14,7 +14,7 @@ of running every packet individually through the program, from the same starting
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +150,11 @@ def _ingress(trace: Trace, nf: NetworkFunction | None) -> int:
     return main if nf is not None and main >= 2 else 0
 
 
-def check_verdicts(subject: Subject, trace: Trace, nf: NetworkFunction | None) -> dict[str, Any]:
+Prepare = Callable[[Environment], None]
+
+
+def check_verdicts(subject: Subject, trace: Trace, nf: NetworkFunction | None, *,
+                   prepare: Prepare | None = None) -> dict[str, Any]:
     """Replay once and run every packet individually, each from the same fresh state;
     compare the per-packet verdicts."""
     from ..loader import load_program_spec
@@ -160,6 +164,8 @@ def check_verdicts(subject: Subject, trace: Trace, nf: NetworkFunction | None) -
     first = open_environment(subject, nf)
     try:
         _warm_up(first, subject, trace)
+        if prepare is not None:
+            prepare(first)
         with Replay(pspec, first.spec.btf, first.maps, trace.frames, program=subject.program,
                     ingress_ifindex=ingress, namespace=first.namespace) as replay:
             replay.run()
@@ -169,6 +175,8 @@ def check_verdicts(subject: Subject, trace: Trace, nf: NetworkFunction | None) -
     second = open_environment(subject, nf)
     try:
         _warm_up(second, subject, trace)
+        if prepare is not None:
+            prepare(second)
         with second.namespace.entered():
             prog = load_program_spec(pspec, second.maps, program=subject.program,
                                      btf_fd=second.btf_fd)
@@ -221,7 +229,8 @@ def _throughput_devices(ingress: int) -> tuple[str, str]:
 
 def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction | None = None,
               rounds: int = 5, throughput: bool = True, latency: bool = True,
-              check: bool = True, cpu: int = 0) -> dict[str, Any]:
+              check: bool = True, cpu: int = 0, prepare: Prepare | None = None
+              ) -> dict[str, Any]:
     """Measure the subjects interleaved; returns the report as a JSON-ready dict."""
     if not 1 <= len(subjects) <= 2:
         raise ValueError("benchmark one program, or two side by side")
@@ -230,7 +239,7 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
         "trace": {"profile": trace.profile or None, **trace.summary()},
         "rounds": rounds,
     }
-    checks = [check_verdicts(s, trace, nf) for s in subjects] if check else []
+    checks = [check_verdicts(s, trace, nf, prepare=prepare) for s in subjects] if check else []
     ingress = _ingress(trace, nf)
     shared = len(subjects) == 2 and maps_compatible(subjects[0], subjects[1])
     report["shared_maps"] = shared
@@ -245,8 +254,12 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
                 environment = open_environment(subject, nf)
                 stack.callback(environment.close)
                 _warm_up(environment, subject, trace)
+                if prepare is not None:
+                    prepare(environment)
             else:
                 add_extra_maps(environment, subject)
+                if prepare is not None:
+                    prepare(environment)
             pspec = subject.program_spec()
             btf = subject.load_spec().btf
             replay = stack.enter_context(Replay(

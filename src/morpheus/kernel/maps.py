@@ -423,6 +423,25 @@ class Map:
         attr = Attr().u32(0, self.fd.number)
         bpf(Cmd.MAP_FREEZE, attr, f"freeze map {self.name!r}")
 
+    def copy_from(self, other: Map) -> None:
+        """Make this map's contents equal to `other`'s (same type and sizes). Maps of file
+        descriptors are skipped: their values read back as ids, not fds."""
+        if (other.type, other.key_size, other.value_size) != (self.type, self.key_size,
+                                                              self.value_size):
+            raise ValueError(f"cannot copy map {other.name!r} into {self.name!r}: "
+                             "different type or sizes")
+        if self.type.holds_fds and self.type not in (MapType.DEVMAP, MapType.DEVMAP_HASH):
+            return
+        items = list(other.items())
+        if not self.type.is_array:
+            wanted = {k for k, _ in items}
+            for key in list(self.keys()):
+                if key not in wanted:
+                    with contextlib.suppress(KeyError):
+                        self.delete(key)
+        for key, value in items:
+            self.update(key, value)
+
     def clear(self) -> None:
         """Delete every key (arrays cannot be cleared: their elements always exist)."""
         for key in list(self.keys()):

@@ -30,13 +30,16 @@ from .pipeline import PassContext, register
 
 VALUES_MAP = "mph_values"
 GUARD_MAP = "mph_guard"
+OFFSETS_MAP = "mph_offsets"
 LINEAR_LIMIT = 3  # up to this many candidates, a chain of equality tests beats a search
+_CONVERGE_MASK_PLACEHOLDER = 0x7FFFFFFF  # replaced once the values' total size is known
 
 
 @dataclass(frozen=True)
 class InlineEntry:
     key: bytes
     value: bytes | None  # None: the lookup returns NULL for this key
+    weight: float = 0.0  # how often the key is looked up (shapes the comparison tree)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,11 @@ class SitePlan:
     constant_key: bool = False
     guard_slot: int | None = None
     guard_version: int = 0
+    # All hits leave the site with the same verifier state (a pointer with a variable
+    # offset loaded from a map the verifier cannot read ahead): the verifier then explores
+    # the code after the site once instead of once per key. Slower by three instructions,
+    # needed when several large sites follow each other.
+    converge: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,7 @@ class InlineTables:
                 blob.extend(value)
             return offsets[value]
 
+        offsets_table: list[int] = []  # converging sites: entry slot → value offset
         edits: dict[int, list[Instruction]] = {}
         where = index_by_origin(program)
         index_of: dict[int, int] = {}
@@ -110,7 +119,7 @@ class InlineTables:
                     raise ValueError(f"site {plan.site}: value of {len(entry.value)} bytes for "
                                      f"map {plan.map!r} with {spec.value_size}-byte values")
             edits[index] = _site_code(program, plan, call, place, self.values_map,
-                                      self.guard_map)
+                                      self.guard_map, offsets_table)
         if not blob:
             blob.extend(bytes(8))
         # Continuation labels are attached in the same rewrite: the instruction after each
@@ -128,6 +137,19 @@ class InlineTables:
             else:
                 edits[after] = [nxt.with_label(label)]
         out = rewrite(program, edits)
+        if offsets_table:
+            # Converged pointers carry an offset masked to a power of two: pad the values so
+            # every offset under the mask plus the largest value stays inside.
+            mask = _mask_for(len(blob))
+            widest = max((ctx.maps[p.map].value_size for p in self.plan.sites), default=8)
+            blob.extend(bytes(mask + 1 + widest - len(blob)))
+            table = b"".join(o.to_bytes(4, "little") for o in offsets_table)
+            out = out.with_insns(
+                i._replace(imm=mask) if i.imm == _CONVERGE_MASK_PLACEHOLDER
+                and i.meta.note == "converge" else i for i in out.insns)
+            ctx.maps[OFFSETS_MAP] = MapSpec(
+                name=OFFSETS_MAP, type=MapType.ARRAY, key_size=4, value_size=len(table),
+                max_entries=1, flags=int(MapFlags.RDONLY_PROG), data=table, freeze=False)
         value_bytes = bytes(blob)
         ctx.maps[self.values_map] = MapSpec(
             name=self.values_map, type=MapType.ARRAY, key_size=4, value_size=len(value_bytes),
@@ -161,8 +183,15 @@ def _chunks(size: int) -> list[tuple[int, int]]:
     return out
 
 
+def _mask_for(size: int) -> int:
+    mask = 1
+    while mask < size:
+        mask <<= 1
+    return mask - 1
+
+
 def _site_code(program: Program, plan: SitePlan, call: Instruction, place: object,
-               values_map: str, guard_map: str) -> list[Instruction]:
+               values_map: str, guard_map: str, offsets_table: list[int]) -> list[Instruction]:
     base = f"mph{plan.site}"
     cont = _cont_label(plan.site)
     miss = f"{base}.miss"
@@ -175,10 +204,16 @@ def _site_code(program: Program, plan: SitePlan, call: Instruction, place: objec
             asm.jne(R0, R4, miss, note="guard"),
         ]
 
+    tail = f"{base}.tail"
+
     def leaf(entry: InlineEntry) -> list[Instruction]:
         if entry.value is None:
             return [asm.mov64(R0, 0, note="inlined: absent"), asm.ja(cont)]
         offset = place(entry.value)  # type: ignore[operator]
+        if plan.converge:
+            offsets_table.append(offset)
+            return [asm.mov64(R0, len(offsets_table) - 1, note=f"inlined {plan.map}"),
+                    asm.ja(tail)]
         return [asm.ld_map_value(R0, values_map, offset, note=f"inlined {plan.map}"),
                 asm.ja(cont)]
 
@@ -199,13 +234,21 @@ def _site_code(program: Program, plan: SitePlan, call: Instruction, place: objec
         if plan.complete:
             code += [asm.mov64(R0, 0, label=f"{base}.none", note="not in the table"),
                      asm.ja(cont)]
+    if plan.converge and any(i.reference == tail for i in code):
+        code += [
+            asm.lsh64(R0, 2, label=tail, note="converge"),
+            asm.ld_map_value(R3, OFFSETS_MAP, 0, note="converge"),
+            asm.add64(R3, R0, note="converge"),
+            asm.ldx(4, R0, R3, 0, note="converge"),
+            asm.and64(R0, _CONVERGE_MASK_PLACEHOLDER, note="converge"),
+            asm.ld_map_value(R3, values_map, 0, note="converge"),
+            asm.add64(R0, R3, note="converge"),
+            asm.ja(cont),
+        ]
     if needs_call:
         code.append(call.with_label(miss).with_reference(None))
     elif code and any(i.reference == miss for i in code):
         code += [asm.mov64(R0, 0, label=miss), asm.ja(cont)]
-    if not needs_call:
-        # Without a fallback call the site's code always jumps to the continuation.
-        pass
     return code
 
 
@@ -237,10 +280,29 @@ def _compare(op: JmpOp, value: int, width: int, target: str) -> list[Instruction
     return [asm.ld_imm64(R4, value), asm.jmp(op, R3, R4, target)]
 
 
+def _weighted_middle(groups: Sequence[tuple[int, list[tuple[tuple[int, ...], InlineEntry]]]]
+                     ) -> int:
+    """Where to split a sorted run of candidates: at half of the lookup weight, so that
+    frequent keys sit near the root (fewer comparisons, better predicted branches); at half
+    of the count when nothing is known."""
+    weights = [sum(e.weight for _, e in members) for _, members in groups]
+    total = sum(weights)
+    if total <= 0:
+        return len(groups) // 2
+    acc = 0.0
+    for i, w in enumerate(weights):
+        if acc + w / 2 >= total / 2:
+            return min(max(i, 1), len(groups) - 1)
+        acc += w
+    return len(groups) // 2
+
+
 def _search(groups: Sequence[tuple[int, list[tuple[tuple[int, ...], InlineEntry]]]], chunk: int,
             chunks: Sequence[tuple[int, int]], width: int, absent: str, leaf: object,
             fresh: object) -> list[Instruction]:
     if len(groups) <= LINEAR_LIMIT:
+        # Hottest first: the common keys are found after the fewest tests.
+        groups = sorted(groups, key=lambda g: -sum(e.weight for _, e in g[1]))
         code: list[Instruction] = []
         later: list[Instruction] = []
         for value, members in groups[:-1]:
@@ -252,7 +314,7 @@ def _search(groups: Sequence[tuple[int, list[tuple[tuple[int, ...], InlineEntry]
         code += _compare(JmpOp.JNE, value, width, absent)
         code += _tree(members, chunk + 1, chunks, absent, leaf, fresh)
         return code + later
-    mid = len(groups) // 2
+    mid = _weighted_middle(groups)
     right = fresh()  # type: ignore[operator]
     code = _compare(JmpOp.JGE, groups[mid][0], width, right)
     code += _search(groups[:mid], chunk, chunks, width, absent, leaf, fresh)

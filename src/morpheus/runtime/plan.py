@@ -100,9 +100,17 @@ def plan_sites(facts: ProgramFacts, snapshots: Mapping[str, MapSnapshot],
             plans.append(plan)
             decisions.append(SiteDecision(site, plan, "constant", "constant key", 1, 1.0))
             continue
+        if snap.spec.type == MapType.ARRAY:
+            # The verifier already turns an array lookup into a bounds check and an address
+            # computation: a comparison tree would be slower. Only constant indices pay.
+            decisions.append(SiteDecision(site, None, "none",
+                                          "array lookup with a variable index (already cheap)"))
+            continue
         if snap.complete and len(snap.entries) <= options.whole_max:
-            entries = tuple(InlineEntry(k, v) for k, v in sorted(snap.entries.items())
-                            if v is not None)
+            site_heat = heat.get(origin)
+            weights = dict(site_heat.keys) if site_heat is not None else {}
+            entries = tuple(InlineEntry(k, v, weights.get(k, 0.0))
+                            for k, v in sorted(snap.entries.items()) if v is not None)
             plan = SitePlan(entries=entries, complete=True, **common)  # type: ignore[arg-type]
             plans.append(plan)
             decisions.append(SiteDecision(site, plan, "table",
@@ -120,11 +128,11 @@ def plan_sites(facts: ProgramFacts, snapshots: Mapping[str, MapSnapshot],
             continue
         hot = site_heat.hottest(options.hot_max, cover=options.hot_cover)
         entries_list = []
-        for k, _share in hot:
+        for k, share in hot:
             value = _value_of(snap, k)
             if value is _UNKNOWN:
                 continue
-            entries_list.append(InlineEntry(k, value))
+            entries_list.append(InlineEntry(k, value, share))
         if not entries_list:
             decisions.append(SiteDecision(site, None, "none", "hot keys not in the snapshot"))
             continue

@@ -1,0 +1,296 @@
+"""`morpheus optimize`: one full optimization cycle on a built-in NF and a generated trace.
+
+1. Load the NF with its default configuration in a namespace; process the trace's warm-up.
+2. Analyse the program; instrument the sites worth watching (and add version bumps where
+   the data plane writes maps that specialized sites may read); replay the trace through
+   that version to sample keys.
+3. Snapshot the maps (small tables whole, large ones at their hot keys) and the versions.
+4. Plan, inline, clean up.
+5. Load the specialized program (the verifier is the judge) and check it against the
+   original on every packet of the trace, from the same state: verdicts, output bytes,
+   and the data-plane-written tables at the end.
+6. Benchmark original and specialized side by side (interleaved rounds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .analysis import ProgramFacts
+from .bench.compare import Environment, Subject, _warm_up, open_environment, run_bench
+from .kernel import Map, VerifierError
+from .loader import create_map, load_program_spec
+from .nf import NetworkFunction
+from .nf.env import NFEnv, xdp_ctx
+from .obj import MapSpec, ObjectSpec, read_object
+from .optimizer import (
+    analyze_program,
+    instrument,
+    is_complexity_error,
+    next_relief,
+    profile,
+    sampled_sites,
+    snapshot_maps,
+    specialize,
+)
+from .passes.guards import GuardBumps
+from .passes.inline import GUARD_MAP
+from .passes.pipeline import PassContext
+from .runtime.plan import PlanOptions
+from .traffic.generate import Trace, generate
+from .uapi import MapType
+
+
+def _guarded_maps(facts: ProgramFacts) -> list[str]:
+    return sorted({s.map for s in facts.lookups() if s.specializable and s.guarded})
+
+
+def _all_read_ranges(facts: ProgramFacts, maps: list[str]
+                     ) -> dict[str, tuple[tuple[int, int], ...] | None]:
+    """Bytes any specializable site of each map reads (a superset of any plan's)."""
+    out: dict[str, list[tuple[int, int]] | None] = {m: [] for m in maps}
+    for site in facts.lookups():
+        if site.map not in out or not site.specializable:
+            continue
+        for use in site.uses:
+            ranges = out[site.map]
+            if ranges is None or use.kind != "read":
+                continue
+            if use.offset is None or not use.size:
+                out[site.map] = None
+            else:
+                ranges.append((use.offset, use.offset + use.size))
+    return {k: (tuple(v) if v is not None else None) for k, v in out.items()}
+
+
+def state_copier(source: Mapping[str, Map], names: list[str]):  # type: ignore[no-untyped-def]
+    """A `prepare` hook copying the named maps' contents from `source` into an environment."""
+    def prepare(environment: Environment) -> None:
+        with environment.namespace.entered():
+            for name in names:
+                if name in environment.maps and name in source:
+                    environment.maps[name].copy_from(source[name])
+    return prepare
+
+
+def run_individually(environment: Environment, spec: Any, program: Any, trace: Trace,
+                     ingress: int) -> list[tuple[int, bytes]]:
+    with environment.namespace.entered():
+        prog = load_program_spec(spec, environment.maps, program=program,
+                                 btf_fd=environment.btf_fd)
+    try:
+        out = []
+        with environment.namespace.entered():
+            for frame in trace.frames:
+                ctx = xdp_ctx(ingress, len(frame)) if ingress else None
+                result = prog.test_run(frame, ctx=ctx)
+                out.append((result.retval, result.data or b""))
+        return out
+    finally:
+        prog.close()
+
+
+def _table_state(m: Map) -> object:
+    if m.type.is_per_cpu and m.type.is_array:
+        return {k: _sum_percpu(v) for k, v in m.items()}  # type: ignore[arg-type]
+    if m.type in (MapType.HASH, MapType.LRU_HASH, MapType.LPM_TRIE):
+        return sorted(m.keys())
+    return None
+
+
+def _sum_percpu(values: list[bytes]) -> tuple[int, ...]:
+    import struct
+
+    width = len(values[0]) // 8
+    totals = [0] * width
+    for v in values:
+        for i, x in enumerate(struct.unpack(f"<{width}Q", v[: 8 * width])):
+            totals[i] += x
+    return tuple(totals)
+
+
+def check_equivalence(nf: NetworkFunction, original: Subject, specialized: Subject,
+                      trace: Trace, prepare: Any, written: list[str]) -> dict[str, Any]:
+    """Run every packet through both programs from the same state; compare verdicts,
+    output bytes and the data-plane-written tables at the end."""
+    ingress = trace.main_ingress if trace.main_ingress >= 2 else 0
+    results = []
+    tables = []
+    for subject in (original, specialized):
+        environment = open_environment(subject, nf)
+        try:
+            _warm_up(environment, subject, trace)
+            prepare(environment)
+            results.append(run_individually(environment, subject.program_spec(),
+                                            subject.program, trace, ingress))
+            tables.append({n: _table_state(environment.maps[n]) for n in written
+                           if n in environment.maps})
+        finally:
+            environment.close()
+    mismatches = [i for i, (a, b) in enumerate(zip(*results, strict=True)) if a != b]
+    table_diff = [n for n in tables[0] if tables[0][n] != tables[1].get(n)]
+    return {"equivalent": not mismatches and not table_diff, "packets_checked": len(trace),
+            "mismatches": len(mismatches),
+            "first_mismatch": mismatches[0] if mismatches else None,
+            "tables_differing": table_diff}
+
+
+def optimize_nf(nf: NetworkFunction, profile_name: str, *, packets: int = 10_000,
+                seed: int = 1, rounds: int = 5, options: PlanOptions | None = None,
+                throughput: bool = False) -> dict[str, Any]:
+    options = options or PlanOptions()
+    trace = generate(nf, profile_name, packets, seed)
+    spec: ObjectSpec = read_object(nf.object_path)
+    prog = spec.program(nf.program)
+    t0 = time.perf_counter()
+    program, facts = analyze_program(prog, spec.maps)
+    analysis_ms = (time.perf_counter() - t0) * 1000
+    guarded = _guarded_maps(facts)
+    guard_slots = {name: n for n, name in enumerate(guarded)}
+    read_ranges = _all_read_ranges(facts, guarded)
+    written = sorted(m.name for m in facts.maps.values()
+                     if m.written_by_data_plane and m.name in spec.maps)
+
+    with NFEnv.start(nf) as env:
+        env_maps: dict[str, Map] = dict(env.collection.maps)
+        base = program
+        extra_specs: dict[str, MapSpec] = {}
+        if guarded:
+            ctx = PassContext(dict(spec.maps), prog.type)
+            ctx.maps[GUARD_MAP] = MapSpec(GUARD_MAP, MapType.ARRAY, 4, 8 * len(guarded), 1)
+            base = GuardBumps(guard_slots, read_ranges).run(program, ctx)
+            extra_specs[GUARD_MAP] = ctx.maps[GUARD_MAP]
+        sites = sampled_sites(facts, spec.maps, options)
+        instrumented, inst_specs, layout = instrument(base, spec, prog, sites)
+        extra_specs.update(inst_specs)
+        owned: list[Map] = []
+        try:
+            with env.entered():
+                for name, mspec in extra_specs.items():
+                    owned.append(create_map(mspec, object_name=spec.name))
+                    env_maps[name] = owned[-1]
+                frames_warm = [(f, i) for f, i in trace.warmup]
+                warm_prog = load_program_spec(prog, env_maps, program=base,
+                                              btf_fd=env.collection.btf_fd)
+                try:
+                    for frame, ingress in frames_warm:
+                        warm_prog.test_run(frame, ctx=xdp_ctx(ingress, len(frame)))
+                finally:
+                    warm_prog.close()
+            ingress = trace.main_ingress if trace.main_ingress >= 2 else 0
+            t1 = time.perf_counter()
+            heat = profile(prog, spec.btf, env.collection.maps, trace.frames, instrumented,
+                           {n: env_maps[n] for n in extra_specs}, layout, ingress=ingress,
+                           namespace=env.namespace)
+            profile_ms = (time.perf_counter() - t1) * 1000
+            versions: dict[str, int] = {}
+            if guarded:
+                raw = env_maps[GUARD_MAP].lookup(0)
+                assert isinstance(raw, bytes)
+                versions = {name: int.from_bytes(raw[8 * n: 8 * n + 8], "little")
+                            for name, n in guard_slots.items()}
+            snapshots = snapshot_maps(env_maps, facts, spec.maps, heat, options)
+            t2 = time.perf_counter()
+            result = specialize(program, spec, prog, facts, snapshots, heat, options,
+                                guard_versions=versions)
+            specialize_ms = (time.perf_counter() - t2) * 1000
+            args = (program, spec, prog, facts, snapshots, heat, options)
+            # The state every comparison starts from: what the profiling run left behind.
+            copy_names = written + ([GUARD_MAP] if guarded else [])
+            saved = {n: _clone(env_maps[n], env) for n in copy_names}
+        finally:
+            for m in owned:
+                m.close()
+    try:
+        prepare = state_copier(saved, copy_names)
+        original = Subject("original", nf.object_path, nf.program)
+        special = Subject("specialized", nf.object_path, nf.program, program=result.program,
+                          extra_maps=result.extra_maps)
+        report: dict[str, Any] = {"nf": nf.name, "profile": profile_name}
+        verify_ms, verify_error = _verify(special, nf)
+        converged: frozenset[int] = frozenset()
+        dropped: frozenset[int] = frozenset()
+        attempts = 1
+        while verify_error is not None and is_complexity_error(verify_error) and attempts < 12:
+            relief = next_relief(result, converged, dropped)
+            if relief is None:
+                break
+            converged, dropped = relief
+            result = specialize(*args, guard_versions=versions, converge=converged,
+                                drop=dropped)
+            special = Subject("specialized", nf.object_path, nf.program,
+                              program=result.program, extra_maps=result.extra_maps)
+            verify_ms, verify_error = _verify(special, nf)
+            attempts += 1
+        report["verify_attempts"] = attempts
+        report.update({"equivalent": False, "packets_checked": 0,
+                       "speedup": None, "analysis_ms": round(analysis_ms, 2),
+                       "specialize_ms": round(specialize_ms, 2),
+                       "verify_ms": round(verify_ms, 2)})
+        report["sites"] = [
+            {"map": d.site.map, "kind": d.site.kind, "specialized": d.plan is not None,
+             "reason": d.reason, "instruction": d.site.index, "mode": d.mode,
+             "keys": d.keys, "coverage": d.coverage}
+            for d in result.decisions]
+        report["insns"] = {"original": prog.insn_count,
+                           "specialized": sum(i.width for i in result.program.insns)}
+        report["passes_ms"] = result.timings_ms
+        report["profile_ms"] = round(profile_ms, 2)
+        if verify_error is not None:
+            report["error"] = verify_error
+            return report
+        eq = check_equivalence(nf, original, special, trace, prepare, written)
+        report["equivalent"] = eq["equivalent"]
+        report["packets_checked"] = eq["packets_checked"]
+        if not eq["equivalent"]:
+            report["mismatch"] = eq
+            return report
+        bench = run_bench([original, special], trace, nf=nf, rounds=rounds,
+                          throughput=throughput, prepare=prepare, check=False)
+        bench.pop("_series", None)
+        report["speedup"] = bench["speedup"]
+        report["ns_per_packet"] = {"original": bench["A"]["ns_per_packet"],
+                                   "specialized": bench["B"]["ns_per_packet"]}
+        if "p99_ns" in bench["A"]:
+            report["p99_ns"] = {"original": bench["A"]["p99_ns"],
+                                "specialized": bench["B"]["p99_ns"]}
+        if throughput:
+            report["mpps"] = {"original": bench["A"]["mpps"], "specialized": bench["B"]["mpps"]}
+        return report
+    finally:
+        for m in saved.values():
+            m.close()
+
+
+def _clone(m: Map, env: NFEnv) -> Map:
+    """A private copy of a map's contents (taken inside the NF's namespace)."""
+    copy = Map.create(m.type, m.key_size, m.value_size, m.max_entries, flags=m.flags,
+                      name=m.name[:15])
+    try:
+        with env.entered():
+            copy.copy_from(m)
+    except BaseException:
+        copy.close()
+        raise
+    copy.name = m.name
+    return copy
+
+
+def _verify(subject: Subject, nf: NetworkFunction) -> tuple[float, str | None]:
+    """Load the specialized program once; the verifier's verdict and the time it took."""
+    environment = open_environment(subject, nf)
+    try:
+        start = time.perf_counter()
+        try:
+            with environment.namespace.entered():
+                prog = load_program_spec(subject.program_spec(), environment.maps,
+                                         program=subject.program, btf_fd=environment.btf_fd)
+        except VerifierError as exc:
+            return (time.perf_counter() - start) * 1000, str(exc)
+        elapsed = (time.perf_counter() - start) * 1000
+        prog.close()
+        return elapsed, None
+    finally:
+        environment.close()

@@ -23,8 +23,8 @@ from .bench.compare import Environment, Subject, _warm_up, open_environment, run
 from .kernel import Map, VerifierError
 from .loader import create_map, load_program_spec
 from .nf import NetworkFunction
-from .nf.env import NFEnv, xdp_ctx
-from .obj import MapSpec, ObjectSpec, read_object
+from .nf.env import xdp_ctx
+from .obj import MapSpec, ObjectSpec
 from .optimizer import (
     analyze_program,
     instrument,
@@ -111,7 +111,7 @@ def _sum_percpu(values: list[bytes]) -> tuple[int, ...]:
     return tuple(totals)
 
 
-def check_equivalence(nf: NetworkFunction, original: Subject, specialized: Subject,
+def check_equivalence(nf: NetworkFunction | None, original: Subject, specialized: Subject,
                       trace: Trace, prepare: Any, written: list[str]) -> dict[str, Any]:
     """Run every packet through both programs from the same state; compare verdicts,
     output bytes and the data-plane-written tables at the end."""
@@ -139,11 +139,27 @@ def check_equivalence(nf: NetworkFunction, original: Subject, specialized: Subje
 
 def optimize_nf(nf: NetworkFunction, profile_name: str, *, packets: int = 10_000,
                 seed: int = 1, rounds: int = 5, options: PlanOptions | None = None,
-                throughput: bool = False) -> dict[str, Any]:
-    options = options or PlanOptions()
+                throughput: bool = False, cleanup: bool = True) -> dict[str, Any]:
+    """The offline cycle on a built-in NF with its default configuration."""
     trace = generate(nf, profile_name, packets, seed)
-    spec: ObjectSpec = read_object(nf.object_path)
-    prog = spec.program(nf.program)
+    subject = Subject("original", nf.object_path, nf.program)
+    report = optimize_program(subject, trace, nf=nf, options=options, rounds=rounds,
+                              throughput=throughput, cleanup=cleanup)
+    return {"nf": nf.name, "profile": profile_name, **report}
+
+
+def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | None = None,
+                     source_maps: Mapping[str, Map] | None = None,
+                     options: PlanOptions | None = None, rounds: int = 5,
+                     throughput: bool = False, cleanup: bool = True) -> dict[str, Any]:
+    """Profile, specialize, verify, check and benchmark one program on `trace`.
+
+    The maps start as `nf`'s default configuration, or as copies of `source_maps` (a
+    user's live maps, which are only read).
+    """
+    options = options or PlanOptions()
+    spec: ObjectSpec = subject.load_spec()
+    prog = subject.program_spec()
     t0 = time.perf_counter()
     program, facts = analyze_program(prog, spec.maps)
     analysis_ms = (time.perf_counter() - t0) * 1000
@@ -152,9 +168,17 @@ def optimize_nf(nf: NetworkFunction, profile_name: str, *, packets: int = 10_000
     read_ranges = _all_read_ranges(facts, guarded)
     written = sorted(m.name for m in facts.maps.values()
                      if m.written_by_data_plane and m.name in spec.maps)
+    # Maps holding fds (prog arrays, maps of maps) cannot be copied by value.
+    copy_names = list(written) if source_maps is None else sorted(
+        n for n, m in spec.maps.items() if not m.type.holds_fds or m.type in (
+            MapType.DEVMAP, MapType.DEVMAP_HASH))
+    ingress = trace.main_ingress if trace.main_ingress >= 2 else 0
 
-    with NFEnv.start(nf) as env:
-        env_maps: dict[str, Map] = dict(env.collection.maps)
+    environment = open_environment(subject, nf)
+    try:
+        if source_maps is not None:
+            state_copier(source_maps, copy_names)(environment)
+        env_maps: dict[str, Map] = dict(environment.maps)
         base = program
         extra_specs: dict[str, MapSpec] = {}
         if guarded:
@@ -165,50 +189,51 @@ def optimize_nf(nf: NetworkFunction, profile_name: str, *, packets: int = 10_000
         sites = sampled_sites(facts, spec.maps, options)
         instrumented, inst_specs, layout = instrument(base, spec, prog, sites)
         extra_specs.update(inst_specs)
-        owned: list[Map] = []
-        try:
-            with env.entered():
-                for name, mspec in extra_specs.items():
-                    owned.append(create_map(mspec, object_name=spec.name))
-                    env_maps[name] = owned[-1]
-                frames_warm = [(f, i) for f, i in trace.warmup]
-                warm_prog = load_program_spec(prog, env_maps, program=base,
-                                              btf_fd=env.collection.btf_fd)
-                try:
-                    for frame, ingress in frames_warm:
-                        warm_prog.test_run(frame, ctx=xdp_ctx(ingress, len(frame)))
-                finally:
-                    warm_prog.close()
-            ingress = trace.main_ingress if trace.main_ingress >= 2 else 0
-            t1 = time.perf_counter()
-            heat = profile(prog, spec.btf, env.collection.maps, trace.frames, instrumented,
-                           {n: env_maps[n] for n in extra_specs}, layout, ingress=ingress,
-                           namespace=env.namespace)
-            profile_ms = (time.perf_counter() - t1) * 1000
-            versions: dict[str, int] = {}
-            if guarded:
-                raw = env_maps[GUARD_MAP].lookup(0)
-                assert isinstance(raw, bytes)
-                versions = {name: int.from_bytes(raw[8 * n: 8 * n + 8], "little")
-                            for name, n in guard_slots.items()}
-            snapshots = snapshot_maps(env_maps, facts, spec.maps, heat, options)
-            t2 = time.perf_counter()
-            result = specialize(program, spec, prog, facts, snapshots, heat, options,
-                                guard_versions=versions)
-            specialize_ms = (time.perf_counter() - t2) * 1000
-            args = (program, spec, prog, facts, snapshots, heat, options)
-            # The state every comparison starts from: what the profiling run left behind.
-            copy_names = written + ([GUARD_MAP] if guarded else [])
-            saved = {n: _clone(env_maps[n], env) for n in copy_names}
-        finally:
-            for m in owned:
-                m.close()
+        with environment.namespace.entered():
+            for name, mspec in extra_specs.items():
+                m = create_map(mspec, object_name=spec.name)
+                environment.stack.callback(m.close)
+                env_maps[name] = m
+            original_prog = load_program_spec(prog, environment.maps,
+                                              btf_fd=environment.btf_fd)
+            base_cost = original_prog.info().verified_insns
+            original_prog.close()
+            warm_prog = load_program_spec(prog, env_maps, program=base,
+                                          btf_fd=environment.btf_fd)
+            try:
+                for frame, port in trace.warmup:
+                    warm_prog.test_run(frame, ctx=xdp_ctx(port, len(frame)))
+            finally:
+                warm_prog.close()
+        t1 = time.perf_counter()
+        heat = profile(prog, spec.btf, environment.maps, trace.frames, instrumented,
+                       {n: env_maps[n] for n in extra_specs}, layout, ingress=ingress,
+                       namespace=environment.namespace)
+        profile_ms = (time.perf_counter() - t1) * 1000
+        versions: dict[str, int] = {}
+        if guarded:
+            raw = env_maps[GUARD_MAP].lookup(0)
+            assert isinstance(raw, bytes)
+            versions = {name: int.from_bytes(raw[8 * n: 8 * n + 8], "little")
+                        for name, n in guard_slots.items()}
+        snapshots = snapshot_maps(env_maps, facts, spec.maps, heat, options)
+        passes = None if cleanup else []
+        t2 = time.perf_counter()
+        result = specialize(program, spec, prog, facts, snapshots, heat, options,
+                            guard_versions=versions, verifier_base=base_cost, passes=passes)
+        specialize_ms = (time.perf_counter() - t2) * 1000
+        args = (program, spec, prog, facts, snapshots, heat, options)
+        # Every comparison starts from the state the profiling run left behind.
+        copy_names += [GUARD_MAP] if guarded else []
+        saved = {n: _clone(env_maps[n], environment) for n in copy_names}
+    finally:
+        environment.close()
     try:
         prepare = state_copier(saved, copy_names)
-        original = Subject("original", nf.object_path, nf.program)
-        special = Subject("specialized", nf.object_path, nf.program, program=result.program,
-                          extra_maps=result.extra_maps)
-        report: dict[str, Any] = {"nf": nf.name, "profile": profile_name}
+        original = subject
+        special = Subject("specialized", subject.object_path, subject.program_name,
+                          program=result.program, extra_maps=result.extra_maps)
+        report: dict[str, Any] = {}
         verify_ms, verify_error = _verify(special, nf)
         converged: frozenset[int] = frozenset()
         dropped: frozenset[int] = frozenset()
@@ -219,16 +244,15 @@ def optimize_nf(nf: NetworkFunction, profile_name: str, *, packets: int = 10_000
                 break
             converged, dropped = relief
             result = specialize(*args, guard_versions=versions, converge=converged,
-                                drop=dropped)
-            special = Subject("specialized", nf.object_path, nf.program,
+                                drop=dropped, verifier_base=base_cost, passes=passes)
+            special = Subject("specialized", subject.object_path, subject.program_name,
                               program=result.program, extra_maps=result.extra_maps)
             verify_ms, verify_error = _verify(special, nf)
             attempts += 1
-        report["verify_attempts"] = attempts
-        report.update({"equivalent": False, "packets_checked": 0,
-                       "speedup": None, "analysis_ms": round(analysis_ms, 2),
+        report.update({"equivalent": False, "packets_checked": 0, "speedup": None,
+                       "analysis_ms": round(analysis_ms, 2),
                        "specialize_ms": round(specialize_ms, 2),
-                       "verify_ms": round(verify_ms, 2)})
+                       "verify_ms": round(verify_ms, 2), "verify_attempts": attempts})
         report["sites"] = [
             {"map": d.site.map, "kind": d.site.kind, "specialized": d.plan is not None,
              "reason": d.reason, "instruction": d.site.index, "mode": d.mode,
@@ -248,7 +272,8 @@ def optimize_nf(nf: NetworkFunction, profile_name: str, *, packets: int = 10_000
             report["mismatch"] = eq
             return report
         bench = run_bench([original, special], trace, nf=nf, rounds=rounds,
-                          throughput=throughput, prepare=prepare, check=False)
+                          throughput=throughput and nf is not None, prepare=prepare,
+                          check=False)
         bench.pop("_series", None)
         report["speedup"] = bench["speedup"]
         report["ns_per_packet"] = {"original": bench["A"]["ns_per_packet"],
@@ -256,7 +281,7 @@ def optimize_nf(nf: NetworkFunction, profile_name: str, *, packets: int = 10_000
         if "p99_ns" in bench["A"]:
             report["p99_ns"] = {"original": bench["A"]["p99_ns"],
                                 "specialized": bench["B"]["p99_ns"]}
-        if throughput:
+        if "mpps" in bench["A"]:
             report["mpps"] = {"original": bench["A"]["mpps"], "specialized": bench["B"]["mpps"]}
         return report
     finally:
@@ -264,12 +289,12 @@ def optimize_nf(nf: NetworkFunction, profile_name: str, *, packets: int = 10_000
             m.close()
 
 
-def _clone(m: Map, env: NFEnv) -> Map:
-    """A private copy of a map's contents (taken inside the NF's namespace)."""
+def _clone(m: Map, environment: Environment) -> Map:
+    """A private copy of a map's contents (taken inside the environment's namespace)."""
     copy = Map.create(m.type, m.key_size, m.value_size, m.max_entries, flags=m.flags,
                       name=m.name[:15])
     try:
-        with env.entered():
+        with environment.namespace.entered():
             copy.copy_from(m)
     except BaseException:
         copy.close()
@@ -278,7 +303,7 @@ def _clone(m: Map, env: NFEnv) -> Map:
     return copy
 
 
-def _verify(subject: Subject, nf: NetworkFunction) -> tuple[float, str | None]:
+def _verify(subject: Subject, nf: NetworkFunction | None) -> tuple[float, str | None]:
     """Load the specialized program once; the verifier's verdict and the time it took."""
     environment = open_environment(subject, nf)
     try:

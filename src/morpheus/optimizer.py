@@ -127,7 +127,8 @@ def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: Pro
                options: PlanOptions | None = None, *, guard_versions: Mapping[str, int]
                | None = None, passes: Sequence[Pass] | None = None,
                validate: bool = False, converge: frozenset[int] = frozenset(),
-               drop: frozenset[int] = frozenset()) -> Specialization:
+               drop: frozenset[int] = frozenset(), verifier_base: int | None = None
+               ) -> Specialization:
     """Plan and apply inlining plus cleanup. `program` must carry provenance
     (`with_origins`) matching `facts`' instruction indices."""
     start = time.perf_counter()
@@ -136,6 +137,13 @@ def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: Pro
     guard_slots = {name: n for n, name in enumerate(guarded)}
     plan, decisions = plan_sites(facts, snapshots, heat, options, guard_slots=guard_slots,
                                  guard_versions=guard_versions)
+    if verifier_base is not None:
+        costs = {name: (3.0 if m.type == MapType.LPM_TRIE else 1.0)
+                 for name, m in spec.maps.items()}
+        extra_converge, extra_drop = relieve_for_budget(plan, verifier_base,
+                                                        options.verifier_budget,
+                                                        lookup_costs=costs)
+        converge, drop = converge | extra_converge, drop | extra_drop
     if converge or drop:
         plan = InlinePlan(tuple(dataclasses.replace(p, converge=p.site in converge)
                                 for p in plan.sites if p.site not in drop), plan.guard_slots)
@@ -163,6 +171,33 @@ def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: Pro
                             {t.name: round(t.ms, 3) for t in pipeline.timings}, dict(ctx.stats))
     result.timings_ms["total"] = round((time.perf_counter() - start) * 1000, 3)
     return result
+
+
+def relieve_for_budget(plan: InlinePlan, base_cost: int, budget: int,
+                       heavy: int = 20_000, lookup_costs: Mapping[str, float] | None = None
+                       ) -> tuple[frozenset[int], frozenset[int]]:
+    """Sites to converge, then to drop, so that the verifier's work stays under `budget`
+    processed instructions.
+
+    The verifier walks the code after a site once per distinct state leaving it. Normally
+    the constants it learns from the frozen inlined values prune most of those walks (a hit
+    fixes the next lookup's key, and so on), so programs that verify cheaply
+    (`base_cost`, prog_info.verified_insns of the original, under `heavy`) are left alone.
+    A heavy program (bounded loops over looked-up values) pays for every distinct state:
+    there, every site converges (two states: the inlined pointer and the map's own) and
+    the least used sites are dropped until base_cost * 2^sites fits the budget.
+    """
+    if base_cost < heavy:
+        return frozenset(), frozenset()
+    sites = [p for p in plan.sites if not p.constant_key and len(p.entries) > 1]
+    # Keep the sites that save the most: traffic covered times what a lookup there costs
+    # (a trie walk costs several hash lookups).
+    keep = sorted(sites, key=lambda p: -sum(e.weight for e in p.entries)
+                  * (lookup_costs or {}).get(p.map, 1.0))
+    drop: set[int] = set()
+    while keep and base_cost * 2 ** len(keep) > budget:
+        drop.add(keep.pop().site)
+    return frozenset(p.site for p in keep), frozenset(drop)
 
 
 def is_complexity_error(message: str) -> bool:

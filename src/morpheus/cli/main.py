@@ -15,6 +15,8 @@ COMMANDS = {
     "nf": "nf_cmd",
     "traffic": "traffic_cmd",
     "bench": "bench_cmd",
+    "optimize": "optimize_cmd",
+    "load": "load_cmd",
 }
 
 

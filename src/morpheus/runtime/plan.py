@@ -27,6 +27,9 @@ class PlanOptions:
     hot_max: int = 64  # hot keys inlined per site
     hot_cover: float = 0.99  # stop adding hot keys once they cover this share of samples
     min_samples: int = 32  # below this, a site's heat is noise
+    # Estimated instructions the verifier processes (see optimizer.relieve_for_budget);
+    # above it the largest sites converge their hits, then the least used are dropped.
+    verifier_budget: int = 800_000
 
 
 @dataclass

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .analysis import ProgramFacts
@@ -37,7 +37,7 @@ from .optimizer import (
 )
 from .passes.guards import GuardBumps
 from .passes.inline import GUARD_MAP
-from .passes.pipeline import PassContext
+from .passes.pipeline import Pass, PassContext
 from .runtime.plan import PlanOptions
 from .traffic.generate import Trace, generate
 from .uapi import MapType
@@ -151,7 +151,9 @@ def optimize_nf(nf: NetworkFunction, profile_name: str, *, packets: int = 10_000
 def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | None = None,
                      source_maps: Mapping[str, Map] | None = None,
                      options: PlanOptions | None = None, rounds: int = 5,
-                     throughput: bool = False, cleanup: bool = True) -> dict[str, Any]:
+                     throughput: bool = False, cleanup: bool = True,
+                     passes: Sequence[Pass] | None = None, bench: bool = True
+                     ) -> dict[str, Any]:
     """Profile, specialize, verify, check and benchmark one program on `trace`.
 
     The maps start as `nf`'s default configuration, or as copies of `source_maps` (a
@@ -217,7 +219,8 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
             versions = {name: int.from_bytes(raw[8 * n: 8 * n + 8], "little")
                         for name, n in guard_slots.items()}
         snapshots = snapshot_maps(env_maps, facts, spec.maps, heat, options)
-        passes = None if cleanup else []
+        if passes is None and not cleanup:
+            passes = []
         t2 = time.perf_counter()
         result = specialize(program, spec, prog, facts, snapshots, heat, options,
                             guard_versions=versions, verifier_base=base_cost, passes=passes)
@@ -271,18 +274,22 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         if not eq["equivalent"]:
             report["mismatch"] = eq
             return report
-        bench = run_bench([original, special], trace, nf=nf, rounds=rounds,
+        report["specialization"] = result
+        if not bench:
+            return report
+        measured = run_bench([original, special], trace, nf=nf, rounds=rounds,
                           throughput=throughput and nf is not None, prepare=prepare,
                           check=False)
-        bench.pop("_series", None)
-        report["speedup"] = bench["speedup"]
-        report["ns_per_packet"] = {"original": bench["A"]["ns_per_packet"],
-                                   "specialized": bench["B"]["ns_per_packet"]}
-        if "p99_ns" in bench["A"]:
-            report["p99_ns"] = {"original": bench["A"]["p99_ns"],
-                                "specialized": bench["B"]["p99_ns"]}
-        if "mpps" in bench["A"]:
-            report["mpps"] = {"original": bench["A"]["mpps"], "specialized": bench["B"]["mpps"]}
+        measured.pop("_series", None)
+        report["speedup"] = measured["speedup"]
+        report["ns_per_packet"] = {"original": measured["A"]["ns_per_packet"],
+                                   "specialized": measured["B"]["ns_per_packet"]}
+        if "p99_ns" in measured["A"]:
+            report["p99_ns"] = {"original": measured["A"]["p99_ns"],
+                                "specialized": measured["B"]["p99_ns"]}
+        if "mpps" in measured["A"]:
+            report["mpps"] = {"original": measured["A"]["mpps"],
+                              "specialized": measured["B"]["mpps"]}
         return report
     finally:
         for m in saved.values():

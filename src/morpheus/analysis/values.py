@@ -297,10 +297,20 @@ def _step_alu(insn: Instruction, state: State) -> None:
             return
         except ValueError:
             pass
-    if dst.is_pointer and src.kind == Kind.SCALAR and op in (AluOp.ADD,) and not wide:
-        regs[insn.dst] = UNKNOWN
+    if dst.kind == Kind.SCALAR and src.kind == Kind.SCALAR:
+        # Arithmetic on packet fields is still "from the packet" (a MAC assembled from
+        # byte loads); the exact field is lost.
+        origin = _derived_origin(dst, src)
+        regs[insn.dst] = Value(Kind.SCALAR, None, None, origin) if origin else UNKNOWN
         return
     regs[insn.dst] = UNKNOWN
+
+
+def _derived_origin(a: Value, b: Value) -> tuple[object, ...] | None:
+    kinds = {v.origin[0] for v in (a, b) if v.origin}
+    if len(kinds) == 1:
+        return (kinds.pop(), None, 0)
+    return None
 
 
 def _ld_imm64(insn: Instruction) -> Value:

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
         report = optimize_nf(get(args.nf), args.profile, packets=args.packets, seed=args.seed,
                              rounds=args.rounds, options=options, throughput=args.throughput)
+    report.pop("specialization", None)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

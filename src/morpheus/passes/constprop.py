@@ -1,0 +1,407 @@
+"""Constant propagation and folding: the first half of the cleanup after table inlining.
+
+The abstract interpretation (`analysis.values`) gives the state before every instruction.
+Where it proves a value, this pass writes it into the code:
+
+- an ALU operation (or register move) whose result is a known constant becomes a constant
+  move: `r = imm` (mov64) when the value is a sign-extended 32-bit immediate, `w = imm`
+  (mov32, zero-extending) when it fits in 32 unsigned bits, a 64-bit immediate load otherwise;
+- a load through a direct map-value pointer (`ld_imm64` BPF_PSEUDO_MAP_VALUE, offset known)
+  into a map whose bytes are in `ctx.known_values` becomes a constant move of the bytes it
+  reads (zero-extended, or sign-extended for BPF_MEMSX loads);
+- a conditional jump whose outcome is known becomes `goto` (always taken) or disappears
+  (never taken); the code this makes unreachable is removed at once, because the verifier
+  refuses unreachable instructions;
+- with `immediates`, a register operand holding a known constant becomes an immediate
+  (`r1 += r2` → `r1 += 5`, `if r1 > r2` → `if r1 > 5`) where the K form means the same thing.
+
+Nothing that involves a pointer is folded: no pointer arithmetic, no comparison of pointers
+(packet bounds checks, NULL checks on lookup results), no load through a pointer, except
+loads through direct map-value pointers into `known_values` maps and NULL checks on such
+pointers (never NULL, and the verifier knows it too). Register operands become immediates
+only when the other operand is a scalar.
+
+Folding a direct load creates a constant the analysis did not see, so the pass analyses
+again while that happens (bounded by `max_rounds`). No other fold teaches the analysis
+anything new (it already pruned the edges of decided branches), so in the common case one
+analysis suffices: loads through a map-value pointer set up in the same straight-line run
+are even folded into the analysed program beforehand.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Final
+
+from ..analysis import alu
+from ..analysis.values import Kind, State, Value, analyze_values
+from ..ir import Instruction, Meta, Program
+from ..ir.edit import rewrite
+from ..ir.helpers import HELPER_IDS
+from ..ir.instruction import EMPTY_META, s32, s64
+from ..ir.opcodes import LD_IMM64, AluOp, CallSrc, Class, JmpOp, Mode, PseudoSrc, Source
+from .dce import apply_edits, register_effects, remove_unreachable
+from .pipeline import PassContext, register
+
+_ALU_CLASSES = (Class.ALU, Class.ALU64)
+_JMP_CLASSES = (Class.JMP, Class.JMP32)
+_JA: Final = Class.JMP | JmpOp.JA
+_CALL: Final = Class.JMP | JmpOp.CALL
+_CALLX: Final = Class.JMP | JmpOp.CALL | Source.X
+_SHIFTS = (AluOp.LSH, AluOp.RSH, AluOp.ARSH)
+# `if a op b` ⇔ `if b op' a`: used to put a known constant on the right.
+_SWAPPED = {
+    JmpOp.JEQ: JmpOp.JEQ, JmpOp.JNE: JmpOp.JNE, JmpOp.JSET: JmpOp.JSET,
+    JmpOp.JGT: JmpOp.JLT, JmpOp.JLT: JmpOp.JGT, JmpOp.JGE: JmpOp.JLE, JmpOp.JLE: JmpOp.JGE,
+    JmpOp.JSGT: JmpOp.JSLT, JmpOp.JSLT: JmpOp.JSGT, JmpOp.JSGE: JmpOp.JSLE,
+    JmpOp.JSLE: JmpOp.JSGE,
+}
+_FIB_LOOKUP: Final = HELPER_IDS["fib_lookup"]
+_WRITES_MEMORY: Final = HELPER_IDS["probe_read_kernel"]  # a helper that writes its buffer
+
+
+@register
+@dataclass(frozen=True)
+class ConstantPropagation:
+    """Fold what the abstract interpretation proves constant (see the module docstring)."""
+
+    name: ClassVar[str] = "constprop"
+    max_rounds: int = 8
+    immediates: bool = True
+
+    def run(self, program: Program, ctx: PassContext) -> Program:
+        out, counts = propagate_constants(program, prog_type=ctx.prog_type,
+                                          known_values=ctx.known_values,
+                                          max_rounds=self.max_rounds,
+                                          immediates=self.immediates)
+        stats = ctx.stats.setdefault(self.name, {})
+        for key, value in counts.items():
+            stats[key] = stats.get(key, 0) + value
+        return out
+
+
+def propagate_constants(program: Program, *, prog_type: int,
+                        known_values: Mapping[str, bytes] | None = None, max_rounds: int = 8,
+                        immediates: bool = True) -> tuple[Program, dict[str, int]]:
+    """The constprop pass as a function: the new program and how many instructions each
+    rule changed (`alu`, `loads`, `taken`, `not_taken`, `immediates`) or removed as
+    unreachable (`unreachable`)."""
+    known = dict(known_values or {})
+    counts = {"alu": 0, "loads": 0, "taken": 0, "not_taken": 0, "immediates": 0,
+              "unreachable": 0}
+    for _ in range(max_rounds):
+        edits, again = _fold_round(program, prog_type, known, immediates, counts)
+        if not edits:
+            break
+        program = apply_edits(program, edits)
+        if not again:
+            break
+    if counts["taken"] or counts["not_taken"]:
+        before = len(program.insns)
+        program = remove_unreachable(program)
+        counts["unreachable"] += before - len(program.insns)
+    return program, counts
+
+
+# --- one round ------------------------------------------------------------------------------
+
+
+def _fold_round(program: Program, prog_type: int, known: Mapping[str, bytes], immediates: bool,
+                counts: dict[str, int]) -> tuple[dict[int, Sequence[Instruction]], bool]:
+    """Edits for one analysis of `program`, and whether another analysis may find more."""
+    insns = program.insns
+    prefolded = _local_direct_loads(program, known)
+    view, positions = _analysis_view(program, prefolded)
+    states = analyze_values(view, prog_type).states
+    if positions is not None:
+        states = [states[p] for p in positions]
+    skip = _unfollowed_functions(program, states)
+    edits: dict[int, Sequence[Instruction]] = {}
+    again = False
+    for i, insn in enumerate(insns):
+        state = states[i]
+        if state is None or (skip is not None and skip[i]):
+            continue
+        regs = state.regs
+        op = insn.opcode
+        cls = op & 0x07
+        if cls in _ALU_CLASSES:
+            if _is_constant_move(insn):
+                continue
+            value = _alu_result(insn, regs)
+            if value is not None:
+                edits[i] = (constant_move(insn.dst, value, insn.meta),)
+                counts["alu"] += 1
+            elif immediates:
+                new = _alu_immediate_form(insn, regs)
+                if new is not None:
+                    edits[i] = (new,)
+                    counts["immediates"] += 1
+        elif cls == Class.LDX and insn.is_load:
+            value = _direct_load(insn, regs, known)
+            if value is not None:
+                edits[i] = (constant_move(insn.dst, value, insn.meta),)
+                counts["loads"] += 1
+                again = again or i not in prefolded
+        elif insn.is_conditional_jump:
+            taken = _branch_outcome(insn, regs)
+            if taken is True:
+                edits[i] = (Instruction(_JA, reference=insn.reference, meta=insn.meta),)
+                counts["taken"] += 1
+            elif taken is False:
+                edits[i] = ()
+                counts["not_taken"] += 1
+            elif immediates:
+                new = _jump_immediate_form(insn, regs)
+                if new is not None:
+                    edits[i] = (new,)
+                    counts["immediates"] += 1
+    return edits, again
+
+
+def _const(value: Value) -> int | None:
+    """The value of a known scalar (unsigned 64-bit), None for anything else."""
+    return value.const if value.kind == Kind.SCALAR else None
+
+
+def _is_constant_move(insn: Instruction) -> bool:
+    return insn.opcode & 0xF8 == AluOp.MOV | Source.K and insn.off == 0
+
+
+def constant_move(dst: int, value: int, meta: Meta = EMPTY_META) -> Instruction:
+    """The shortest instruction that sets `dst` to the 64-bit `value`."""
+    value = alu.u64(value)
+    if _fits_imm64(value):
+        return Instruction(Class.ALU64 | AluOp.MOV | Source.K, dst, 0, 0, s32(value), meta=meta)
+    if value < 1 << 32:  # mov32 zero-extends
+        return Instruction(Class.ALU | AluOp.MOV | Source.K, dst, 0, 0, s32(value), meta=meta)
+    return Instruction(LD_IMM64, dst, 0, 0, s64(value), meta=meta)
+
+
+def _alu_result(insn: Instruction, regs: list[Value]) -> int | None:
+    """The value an ALU instruction leaves in its destination, when constant."""
+    op = insn.opcode
+    wide = op & 0x07 == Class.ALU64
+    aop = op & 0xF0
+    dst = _const(regs[insn.dst])
+    if aop == AluOp.END:
+        if dst is None or insn.imm not in (16, 32, 64):
+            return None
+        return alu.endian(dst, insn.imm, to_be=bool(op & Source.X), bswap=wide)
+    if aop == AluOp.NEG:
+        return None if dst is None else alu.alu(aop, dst, 0, wide=wide)
+    operand = _const(regs[insn.src]) if op & Source.X else alu.u64(insn.imm)
+    if operand is None:
+        return None
+    try:
+        if aop == AluOp.MOV:
+            return alu.alu(aop, 0, operand, wide=wide, off=insn.off)
+        return None if dst is None else alu.alu(aop, dst, operand, wide=wide, off=insn.off)
+    except ValueError:  # an operation without constant semantics
+        return None
+
+
+def _fits_imm64(value: int) -> bool:
+    """Whether a sign-extended 32-bit immediate can stand for the 64-bit `value`."""
+    return value < 1 << 31 or value >= (1 << 64) - (1 << 31)
+
+
+def _alu_immediate_form(insn: Instruction, regs: list[Value]) -> Instruction | None:
+    """`dst op= src` with src a known constant, as `dst op= imm`, when that means the same.
+
+    ALU64 sign-extends its immediate, so the constant must be a sign-extended 32-bit value;
+    ALU32 uses the low 32 bits either way. The verifier refuses immediate shifts by the
+    width or more and immediate divisions by zero, which the register forms define (shift
+    amounts are masked, x / 0 = 0): shifts take the masked amount, divisions keep their
+    register."""
+    op = insn.opcode
+    aop = op & 0xF0
+    if not op & Source.X or aop in (AluOp.MOV, AluOp.NEG, AluOp.END):
+        return None
+    value = _const(regs[insn.src])
+    if value is None or regs[insn.dst].kind != Kind.SCALAR:
+        return None
+    wide = op & 0x07 == Class.ALU64
+    if aop in _SHIFTS:
+        imm = value & (63 if wide else 31)
+    else:
+        if not wide:
+            value &= alu.M32
+        elif not _fits_imm64(value):
+            return None
+        if aop in (AluOp.DIV, AluOp.MOD) and value == 0:
+            return None
+        imm = s32(value)
+    return Instruction(op & ~Source.X, insn.dst, 0, insn.off, imm, None, None, insn.meta)
+
+
+def _jump_immediate_form(insn: Instruction, regs: list[Value]) -> Instruction | None:
+    """`if a op b` with one side a known constant and the other an unknown scalar, as a
+    comparison of the unknown register with an immediate (swapping the sides if needed)."""
+    op = insn.opcode
+    if not op & Source.X:
+        return None
+    wide = op & 0x07 == Class.JMP
+    a, b = regs[insn.dst], regs[insn.src]
+    ca, cb = _const(a), _const(b)
+    if cb is not None and a.kind == Kind.SCALAR and ca is None:
+        reg, value, jop = insn.dst, cb, op & 0xF0
+    elif ca is not None and b.kind == Kind.SCALAR and cb is None:
+        reg, value, jop = insn.src, ca, _SWAPPED[JmpOp(op & 0xF0)]
+    else:
+        return None
+    if wide and not _fits_imm64(value):
+        return None
+    return Instruction((op & 0x07) | jop | Source.K, reg, 0, 0, s32(value), insn.reference,
+                       None, insn.meta)
+
+
+def _branch_outcome(insn: Instruction, regs: list[Value]) -> bool | None:
+    """Whether a conditional jump is always (True) or never (False) taken, if known."""
+    op = insn.opcode
+    wide = op & 0x07 == Class.JMP
+    jop = op & 0xF0
+    a = regs[insn.dst]
+    b = regs[insn.src] if op & Source.X else Value(Kind.SCALAR, alu.u64(insn.imm))
+    ca, cb = _const(a), _const(b)
+    if ca is not None and cb is not None:
+        return alu.compare(jop, ca, cb, wide=wide)
+    # A direct map-value pointer is never NULL (the verifier knows this too).
+    if wide and jop in (JmpOp.JEQ, JmpOp.JNE) and (
+            (a.kind == Kind.DIRECT and cb == 0) or (b.kind == Kind.DIRECT and ca == 0)):
+        return jop == JmpOp.JNE
+    return None
+
+
+def _read_known(data: bytes | None, offset: int, size: int, signed: bool) -> int | None:
+    if data is None or offset < 0 or offset + size > len(data):
+        return None
+    value = int.from_bytes(data[offset:offset + size], sys.byteorder)  # the kernel's order
+    return alu.u64(alu.signed(value, 8 * size)) if signed else value
+
+
+def _direct_load(insn: Instruction, regs: list[Value], known: Mapping[str, bytes]
+                 ) -> int | None:
+    base = regs[insn.src]
+    if base.kind != Kind.DIRECT or base.const is None or not isinstance(base.ref, str):
+        return None
+    return _read_known(known.get(base.ref), base.const + insn.off, insn.size_bytes,
+                       insn.opcode & 0xE0 == Mode.MEMSX)
+
+
+# --- what the analysis is given ------------------------------------------------------------
+
+
+def _local_direct_loads(program: Program, known: Mapping[str, bytes]) -> dict[int, int]:
+    """Loads through a map-value pointer set up earlier in the same straight-line run, with
+    the value they read: folded before the analysis, so that one analysis sees them.
+
+    An instruction without a label is reached only from the one before it, so following
+    registers from the last label on is exact."""
+    out: dict[int, int] = {}
+    if not known:
+        return out
+    pointers: dict[int, tuple[str, int]] = {}  # register → (map, offset)
+    for i, insn in enumerate(program.insns):
+        if insn.label is not None:
+            pointers.clear()
+        if not pointers and not insn.is_map_load:
+            continue
+        op = insn.opcode
+        if insn.is_load and insn.src in pointers:
+            name, offset = pointers[insn.src]
+            value = _read_known(known[name], offset + insn.off, insn.size_bytes,
+                                op & 0xE0 == Mode.MEMSX)
+            if value is not None:
+                out[i] = value
+        if op == LD_IMM64 and insn.src == PseudoSrc.MAP_VALUE and insn.reference is not None \
+                and insn.reference in known:
+            pointers[insn.dst] = (insn.reference, insn.imm)
+        elif op == Class.ALU64 | AluOp.MOV | Source.X and insn.off == 0:
+            if insn.src in pointers:
+                pointers[insn.dst] = pointers[insn.src]
+            else:
+                pointers.pop(insn.dst, None)
+        elif op in (Class.ALU64 | AluOp.ADD, Class.ALU64 | AluOp.SUB) and insn.dst in pointers:
+            name, offset = pointers[insn.dst]
+            delta = insn.imm if op & 0xF0 == AluOp.ADD else -insn.imm
+            pointers[insn.dst] = (name, offset + delta)
+        elif insn.is_unconditional_jump or insn.is_exit:
+            pointers.clear()
+        else:
+            _, defs = register_effects(insn)
+            for r in list(pointers):
+                if defs >> r & 1:
+                    del pointers[r]
+    return out
+
+
+def _analysis_view(program: Program, prefolded: Mapping[int, int]
+                   ) -> tuple[Program, list[int] | None]:
+    """The program the analysis runs on, and where each instruction of `program` is in it
+    (None: the program itself).
+
+    Besides the prefolded direct loads, it works around what `analysis.values` does not
+    model, so that no wrong constant reaches a fold:
+    - BPF_MEMSX loads from the stack return the stored constant zero-extended: a
+      `r = (sN) r` after each sign-extending load fixes that;
+    - atomic fetch, xchg, cmpxchg and load-acquire leave the analysis's old value in the
+      register they write: a definition of an unknown value follows each;
+    - `bpf_fib_lookup` is counted as reading its parameters only, but it writes results
+      into them: it is analysed as a helper that writes its buffer;
+    - `callx` is not recognised as a call at all.
+    """
+    fixes: dict[int, tuple[Instruction, ...]] = {}
+    for i, insn in enumerate(program.insns):
+        if i in prefolded:
+            fixes[i] = (constant_move(insn.dst, prefolded[i]),)
+            continue
+        op = insn.opcode
+        if insn.is_load and op & 0xE0 == Mode.MEMSX:
+            fixes[i] = (insn, Instruction(Class.ALU64 | AluOp.MOV | Source.X, insn.dst,
+                                          insn.dst, 8 * insn.size_bytes))
+        elif insn.is_atomic:
+            _, defs = register_effects(insn)
+            unknown = tuple(Instruction(LD_IMM64, r, PseudoSrc.BTF_ID)
+                            for r in range(11) if defs >> r & 1)
+            if unknown:
+                fixes[i] = (insn, *unknown)
+        elif op == _CALL and insn.src == CallSrc.HELPER and insn.imm == _FIB_LOOKUP:
+            fixes[i] = (insn._replace(imm=_WRITES_MEMORY),)
+        elif op == _CALLX:
+            fixes[i] = (Instruction(_CALL, 0, CallSrc.HELPER, 0, _WRITES_MEMORY),)
+    if not fixes:
+        return program, None
+    positions = []
+    position = 0
+    for i in range(len(program.insns)):
+        positions.append(position)
+        position += len(fixes[i]) if i in fixes else 1
+    return rewrite(program, fixes), positions
+
+
+def _unfollowed_functions(program: Program, states: Sequence[State | None]
+                          ) -> bytearray | None:
+    """Instructions of functions where the analysis loses track of a stack pointer: it
+    takes `scalar += stack pointer` for a scalar, so stores through the result would not
+    update its stack slots. Nothing is folded there (None: no such function)."""
+    flagged = []
+    add_x = Class.ALU64 | AluOp.ADD | Source.X
+    for i, insn in enumerate(program.insns):
+        state = states[i]
+        if insn.opcode == add_x and state is not None \
+                and state.regs[insn.src].kind == Kind.STACK \
+                and state.regs[insn.dst].kind != Kind.STACK:
+            flagged.append(i)
+    if not flagged:
+        return None
+    skip = bytearray(len(program.insns))
+    for fn in program.functions():
+        if any(fn.start <= i < fn.end for i in flagged):
+            skip[fn.start:fn.end] = b"\x01" * (fn.end - fn.start)
+    return skip
+
+
+__all__ = ["ConstantPropagation", "constant_move", "propagate_constants"]

@@ -26,6 +26,9 @@ from .nf import NetworkFunction
 from .nf.env import xdp_ctx
 from .obj import MapSpec, ObjectSpec
 from .optimizer import (
+    all_read_ranges as _all_read_ranges,
+)
+from .optimizer import (
     analyze_program,
     instrument,
     is_complexity_error,
@@ -45,24 +48,6 @@ from .uapi import MapType
 
 def _guarded_maps(facts: ProgramFacts) -> list[str]:
     return sorted({s.map for s in facts.lookups() if s.specializable and s.guarded})
-
-
-def _all_read_ranges(facts: ProgramFacts, maps: list[str]
-                     ) -> dict[str, tuple[tuple[int, int], ...] | None]:
-    """Bytes any specializable site of each map reads (a superset of any plan's)."""
-    out: dict[str, list[tuple[int, int]] | None] = {m: [] for m in maps}
-    for site in facts.lookups():
-        if site.map not in out or not site.specializable:
-            continue
-        for use in site.uses:
-            ranges = out[site.map]
-            if ranges is None or use.kind != "read":
-                continue
-            if use.offset is None or not use.size:
-                out[site.map] = None
-            else:
-                ranges.append((use.offset, use.offset + use.size))
-    return {k: (tuple(v) if v is not None else None) for k, v in out.items()}
 
 
 def state_copier(source: Mapping[str, Map], names: list[str]):  # type: ignore[no-untyped-def]

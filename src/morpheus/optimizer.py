@@ -127,16 +127,26 @@ def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: Pro
                options: PlanOptions | None = None, *, guard_versions: Mapping[str, int]
                | None = None, passes: Sequence[Pass] | None = None,
                validate: bool = False, converge: frozenset[int] = frozenset(),
-               drop: frozenset[int] = frozenset(), verifier_base: int | None = None
-               ) -> Specialization:
+               drop: frozenset[int] = frozenset(), verifier_base: int | None = None,
+               guard_slots: Mapping[str, int] | None = None,
+               bump_slots: Mapping[str, int] | None = None,
+               sampling: SamplingLayout | None = None) -> Specialization:
     """Plan and apply inlining plus cleanup. `program` must carry provenance
-    (`with_origins`) matching `facts`' instruction indices."""
+    (`with_origins`) matching `facts`' instruction indices.
+
+    Offline, only maps the data plane writes are guarded. The agent passes `guard_slots`
+    for every map it may inline (the control plane and outside writers change them too) and
+    `bump_slots` for the maps the data plane writes (which get version bumps).
+    """
     start = time.perf_counter()
     options = options or PlanOptions()
-    guarded = sorted({s.map for s in facts.lookups() if s.specializable and s.guarded})
-    guard_slots = {name: n for n, name in enumerate(guarded)}
+    data_plane = sorted({s.map for s in facts.lookups() if s.specializable and s.guarded})
+    if guard_slots is None:
+        guard_slots = {name: n for n, name in enumerate(data_plane)}
+    if bump_slots is None:
+        bump_slots = {m: guard_slots[m] for m in data_plane if m in guard_slots}
     plan, decisions = plan_sites(facts, snapshots, heat, options, guard_slots=guard_slots,
-                                 guard_versions=guard_versions)
+                                 guard_versions=guard_versions, guard_all=True)
     if verifier_base is not None:
         costs = {name: (3.0 if m.type == MapType.LPM_TRIE else 1.0)
                  for name, m in spec.maps.items()}
@@ -156,10 +166,14 @@ def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: Pro
     ctx = PassContext(dict(spec.maps), prog.type)
     pipeline_passes: list[Pass] = []
     used_guards = {p.map for p in plan.sites if p.guard_slot is not None}
-    if used_guards:
+    bumped = {m: bump_slots[m] for m in used_guards if m in bump_slots}
+    if bumped:
         read_ranges = _read_ranges(facts, plan)
-        pipeline_passes.append(GuardBumps({m: guard_slots[m] for m in used_guards},
-                                          read_ranges))
+        pipeline_passes.append(GuardBumps(bumped, read_ranges))
+    if sampling is not None and sampling.sites:
+        # Sampling goes before the comparison tree, so it sees every lookup, not only the
+        # misses (which would make the next plan chase the keys it does not inline).
+        pipeline_passes.append(Instrument(sampling))
     pipeline_passes.append(InlineTables(plan))
     pipeline_passes += list(passes) if passes is not None else cleanup_passes()
     pipeline = Pipeline(pipeline_passes, validate=validate)
@@ -265,3 +279,21 @@ def analyze_program(prog: ProgramSpec, maps: Mapping[str, MapSpec]) -> tuple[Pro
                                                                                ProgramFacts]:
     program, _ = prepare(prog.program)
     return program, analyze(program, maps, prog_type=prog.type)
+
+
+def all_read_ranges(facts: ProgramFacts, maps: list[str]
+                     ) -> dict[str, tuple[tuple[int, int], ...] | None]:
+    """Bytes any specializable site of each map reads (a superset of any plan's)."""
+    out: dict[str, list[tuple[int, int]] | None] = {m: [] for m in maps}
+    for site in facts.lookups():
+        if site.map not in out or not site.specializable:
+            continue
+        for use in site.uses:
+            ranges = out[site.map]
+            if ranges is None or use.kind != "read":
+                continue
+            if use.offset is None or not use.size:
+                out[site.map] = None
+            else:
+                ranges.append((use.offset, use.offset + use.size))
+    return {k: (tuple(v) if v is not None else None) for k, v in out.items()}

@@ -34,6 +34,7 @@ class Cmd(IntEnum):
     LINK_UPDATE = 29
     LINK_GET_FD_BY_ID = 30
     LINK_GET_NEXT_ID = 31
+    ENABLE_STATS = 32
     LINK_DETACH = 34
 
 

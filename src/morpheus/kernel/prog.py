@@ -78,6 +78,13 @@ def _address(buf: object) -> int:
     return ctypes.addressof(buf)  # type: ignore[arg-type]
 
 
+def enable_run_stats() -> FD:
+    """Turn on run-time statistics (prog_info run_cnt / run_time_ns) while the returned fd
+    is open (BPF_ENABLE_STATS, BPF_STATS_RUN_TIME)."""
+    return FD(bpf(Cmd.ENABLE_STATS, Attr().u32(0, 0), "enable program run-time statistics"),
+              "stats")
+
+
 def xlated_instructions(fd: FD) -> bytes:
     """The program as the kernel rewrote it (after verification), as raw bytecode."""
     info = prog_info(fd, with_map_ids=False)

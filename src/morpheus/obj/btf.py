@@ -40,6 +40,13 @@ class Kind(IntEnum):
     ENUM64 = 19
 
 
+# Kind by its 5-bit number (None where the number is not a kind), faster than Kind(n).
+_KIND_BY_NUMBER: tuple[Kind | None, ...] = tuple(
+    Kind(n) if n in Kind._value2member_map_ else None for n in range(32)
+)
+_K_INT, _K_ARRAY, _K_STRUCT, _K_UNION, _K_ENUM = 1, 3, 4, 5, 6
+_K_FUNC, _K_FUNC_PROTO, _K_VAR, _K_DATASEC, _K_DECL_TAG, _K_ENUM64 = 12, 13, 14, 15, 17, 19
+
 # Kinds whose third header word is a size; the others carry a referenced type id there.
 _SIZED = frozenset(
     {Kind.INT, Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.DATASEC, Kind.FLOAT, Kind.ENUM64}
@@ -160,11 +167,20 @@ class BTF:
     # --- parsing ---------------------------------------------------------------------------
 
     def _parse(self, raw: bytes) -> None:
+        # Hot loop: the kernel's own BTF (/sys/kernel/btf/vmlinux) has over 100,000 types, so
+        # per-type enum construction and method calls are avoided: kinds come from a table,
+        # dispatch is on the raw kind number, and every string is decoded once up front.
+        names = self._string_table()
+        get = names.get
+        string = self.string
         pos = 0
         n = len(raw)
         unpack = struct.unpack_from
-        string = self.string
+        iter_unpack = struct.iter_unpack
         append = self.types.append
+        kinds = _KIND_BY_NUMBER
+        # tuple.__new__ builds the named tuples without their Python-level __new__.
+        new = tuple.__new__
         tid = 1
         while pos < n:
             start = pos
@@ -172,65 +188,87 @@ class BTF:
             pos += 12
             vlen = info & 0xFFFF
             kind_raw = (info >> 24) & 0x1F
-            try:
-                kind = Kind(kind_raw)
-            except ValueError:
-                raise ObjectError(f"BTF type {tid}: unknown kind {kind_raw}") from None
+            kind = kinds[kind_raw]
+            if kind is None:
+                raise ObjectError(f"BTF type {tid}: unknown kind {kind_raw}")
             kflag = bool(info >> 31)
-            name = string(name_off) if name_off else ""
+            name = get(name_off)
+            if name is None:
+                name = string(name_off)
             members: tuple[Member, ...] = ()
             array = None
             linkage = 0
-            if kind == Kind.INT:
+            if kind_raw == _K_FUNC:
+                linkage = vlen
+            elif kind_raw == _K_FUNC_PROTO:
+                end = pos + 8 * vlen
+                members = tuple(
+                    [
+                        new(Member, (get(p_name) or string(p_name), p_type, 0, 0))
+                        for p_name, p_type in iter_unpack("<II", raw[pos:end])
+                    ]
+                )
+                pos = end
+            elif kind_raw == _K_STRUCT or kind_raw == _K_UNION:
+                end = pos + 12 * vlen
+                members = tuple(
+                    [
+                        new(Member, (get(m_name) or string(m_name), m_type, m_off, 0))
+                        for m_name, m_type, m_off in iter_unpack("<III", raw[pos:end])
+                    ]
+                )
+                pos = end
+            elif kind_raw == _K_INT:
                 pos += 4
-            elif kind == Kind.ARRAY:
+            elif kind_raw == _K_ARRAY:
                 array = unpack("<III", raw, pos)
                 pos += 12
-            elif kind in (Kind.STRUCT, Kind.UNION):
+            elif kind_raw == _K_ENUM:
+                end = pos + 8 * vlen
                 members = tuple(
-                    Member(string(m_name) if m_name else "", m_type, m_off)
-                    for m_name, m_type, m_off in struct.iter_unpack(
-                        "<III", raw[pos : pos + 12 * vlen]
-                    )
+                    [
+                        Member(string(m_name), 0, m_val)
+                        for m_name, m_val in iter_unpack("<Ii", raw[pos:end])
+                    ]
                 )
-                pos += 12 * vlen
-            elif kind == Kind.ENUM:
+                pos = end
+            elif kind_raw == _K_ENUM64:
+                end = pos + 12 * vlen
                 members = tuple(
-                    Member(string(m_name), 0, m_val)
-                    for m_name, m_val in struct.iter_unpack("<Ii", raw[pos : pos + 8 * vlen])
+                    [
+                        Member(string(m_name), 0, (hi << 32) | lo)
+                        for m_name, lo, hi in iter_unpack("<III", raw[pos:end])
+                    ]
                 )
-                pos += 8 * vlen
-            elif kind == Kind.ENUM64:
-                members = tuple(
-                    Member(string(m_name), 0, (hi << 32) | lo)
-                    for m_name, lo, hi in struct.iter_unpack("<III", raw[pos : pos + 12 * vlen])
-                )
-                pos += 12 * vlen
-            elif kind == Kind.FUNC_PROTO:
-                members = tuple(
-                    Member(string(p_name) if p_name else "", p_type, 0)
-                    for p_name, p_type in struct.iter_unpack("<II", raw[pos : pos + 8 * vlen])
-                )
-                pos += 8 * vlen
-            elif kind == Kind.VAR:
+                pos = end
+            elif kind_raw == _K_VAR:
                 (linkage,) = unpack("<I", raw, pos)
                 pos += 4
-            elif kind == Kind.DATASEC:
+            elif kind_raw == _K_DATASEC:
+                end = pos + 12 * vlen
                 members = tuple(
-                    Member("", v_type, v_off, v_size)
-                    for v_type, v_off, v_size in struct.iter_unpack(
-                        "<III", raw[pos : pos + 12 * vlen]
-                    )
+                    [
+                        Member("", v_type, v_off, v_size)
+                        for v_type, v_off, v_size in iter_unpack("<III", raw[pos:end])
+                    ]
                 )
-                pos += 12 * vlen
-            elif kind == Kind.DECL_TAG:
+                pos = end
+            elif kind_raw == _K_DECL_TAG:
                 pos += 4
-            elif kind == Kind.FUNC:
-                linkage = vlen
             if pos > n:
                 raise ObjectError(f"BTF type {tid} ({kind.name}) runs past the type section")
-            append(BTFType(tid, kind, name, ref, vlen, kflag, members, array, linkage, start))
+            append(new(BTFType, (tid, kind, name, ref, vlen, kflag, members, array, linkage, start)))
             tid += 1
+
+    def _string_table(self) -> dict[int, str]:
+        """Offset → string for every string of the section (shared with `string()`'s cache;
+        offsets pointing into the middle of a string are decoded on demand there)."""
+        table = self._string_cache
+        offset = 0
+        for part in self._strings.split(b"\0"):
+            table[offset] = part.decode(errors="replace")
+            offset += len(part) + 1
+        return table
 
     # --- fix-ups before upload -------------------------------------------------------------
 

@@ -60,7 +60,7 @@ def plan_sites(facts: ProgramFacts, snapshots: Mapping[str, MapSnapshot],
                heat: Mapping[int, SiteHeat], options: PlanOptions = PlanOptions(),
                *, origin_of: Mapping[int, int] | None = None,
                guard_slots: Mapping[str, int] | None = None,
-               guard_versions: Mapping[str, int] | None = None
+               guard_versions: Mapping[str, int] | None = None, guard_all: bool = False
                ) -> tuple[InlinePlan, list[SiteDecision]]:
     """The inline plan and, for every lookup site, what was decided and why.
 
@@ -83,7 +83,10 @@ def plan_sites(facts: ProgramFacts, snapshots: Mapping[str, MapSnapshot],
             decisions.append(SiteDecision(site, None, "none", "no snapshot of the map"))
             continue
         guard_slot = guard_version = None
-        if site.guarded:
+        if guard_all and site.map in guard_slots:
+            guard_slot = guard_slots[site.map]
+            guard_version = guard_versions.get(site.map, 0)
+        elif site.guarded:
             if site.map not in guard_slots:
                 decisions.append(SiteDecision(site, None, "none",
                                               "map written by the data plane and no guard slot"))

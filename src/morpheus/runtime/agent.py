@@ -1,0 +1,605 @@
+"""The runtime agent: adapt a running XDP program to its maps and traffic, continuously.
+
+Loop: profile (sampled keys, decayed) → plan → specialize → load and verify → swap
+atomically (BPF link update) → observe. The program the agent runs is never the object's
+original bytecode: every version carries version bumps at the data plane's own writes to
+maps that specialized code may read, so that a snapshot can always be checked against the
+map's version.
+
+Consistency. Every inlined site is guarded by its map's version. A write through the agent
+(Python API, CLI, socket) bumps the version before the write, so once the call returns no
+packet is served from the old inlined value; the next cycle re-specializes. Writes that
+bypass the agent are seen by a tracing program on the bpf() syscall that bumps the version
+at entry and exit (`runtime.watch`). Snapshots are taken between two reads of the versions
+and retried if they moved.
+
+Failure. A pass that raises, a verifier rejection or a failed check leaves the running
+version in place; the cause is logged and reported by `status()`. Maps, the guard and the
+link are pinned, so the agent can stop and a new one adopt the running program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..ir import Program
+from ..kernel import FD, KernelError, Link, LoadedProgram, Map, VerifierError
+from ..kernel.netns import NetNamespace
+from ..kernel.prog import enable_run_stats
+from ..loader import create_map, load_collection, load_program_spec
+from ..obj import MapSpec, ObjectSpec, ProgramSpec, read_object
+from ..optimizer import (
+    all_read_ranges,
+    analyze_program,
+    is_complexity_error,
+    next_relief,
+    sampled_sites,
+    snapshot_maps,
+    specialize,
+)
+from ..passes.guards import GuardBumps
+from ..passes.inline import GUARD_MAP
+from ..passes.instrument import CTL_MAP, SAMPLES_MAP, Instrument, layout_for
+from ..passes.pipeline import PassContext
+from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
+from .guard import GuardMap
+from .heat import HeatReader
+from .plan import PlanOptions
+
+log = logging.getLogger("morpheus.agent")
+STATE_DIR = Path("/run/morpheus/agents")
+DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/morpheus")
+
+
+class AgentError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    interval: float = 0.5  # seconds between cycles
+    sample_rate: int = 16  # one lookup in `sample_rate` is sampled
+    sample_slots: int = 256
+    decay: float = 0.5
+    plan: PlanOptions = field(default_factory=PlanOptions)
+    min_change: float = 0.05  # re-specialize when coverage of the inlined keys drops this much
+    xdp_mode: str = "native"  # or "generic"
+    check: Callable[[LoadedProgram], str | None] | None = None  # extra check before a swap
+    watch_external: bool = True
+
+
+@dataclass
+class Version:
+    number: int
+    program: LoadedProgram
+    kind: str  # "base" or "specialized"
+    created: float
+    signature: tuple[object, ...] = ()
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    insns: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    stats_at_swap: tuple[int, int] = (0, 0)  # run_cnt, run_time_ns when swapped in
+
+
+@dataclass
+class CycleReport:
+    started: float
+    outcome: str  # "swapped", "unchanged", "failed", "no-traffic"
+    reason: str = ""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Agent:
+    """Runs one XDP program on one interface and keeps it specialized.
+
+    Use as a context manager or call `start()` / `stop()`. `run_forever()` loops until
+    `stop()`; `cycle()` runs one optimization cycle (tests and demos drive it directly).
+    """
+
+    def __init__(self, object_path: str | Path, *, iface: str, program: str | None = None,
+                 netns: str | None = None, name: str | None = None,
+                 pin_root: str | Path = DEFAULT_PIN_ROOT,
+                 options: AgentOptions | None = None) -> None:
+        self.object_path = Path(object_path)
+        self.iface = iface
+        self.program_name = program
+        self.netns = NetNamespace(netns) if netns else None
+        self.options = options or AgentOptions()
+        self.spec: ObjectSpec = read_object(self.object_path)
+        self.prog: ProgramSpec = self.spec.program(program)
+        self.name = name or self.prog.name
+        self.pin_dir = Path(pin_root) / self.name
+        self.state_file = STATE_DIR / f"{self.name}.json"
+        self.maps: dict[str, Map] = {}
+        self.guard: GuardMap | None = None
+        self.link: Link | None = None
+        self.current: Version | None = None
+        self.history: deque[CycleReport] = deque(maxlen=50)
+        self.errors: deque[str] = deque(maxlen=20)
+        self.lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._owned: list[Any] = []
+        self._version_counter = 0
+        self._stats_fd: FD | None = None
+        self._watcher: Any = None
+        self._dirty = True
+        self._last_coverage: dict[int, float] = {}
+
+    # --- set-up -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _in_netns(self):  # type: ignore[no-untyped-def]
+        if self.netns is None:
+            yield
+        else:
+            with self.netns.entered():
+                yield
+
+    def start(self) -> Agent:
+        """Load and attach (or adopt a pinned running instance), then analyse."""
+        t0 = time.perf_counter()
+        self.program, self.facts = analyze_program(self.prog, self.spec.maps)
+        self.analysis_ms = (time.perf_counter() - t0) * 1000
+        candidates = sorted({s.map for s in self.facts.lookups() if s.specializable})
+        self.guard_slots = {name: n for n, name in enumerate(candidates)}
+        data_plane = sorted({s.map for s in self.facts.lookups()
+                             if s.specializable and s.guarded})
+        self.bump_slots = {m: self.guard_slots[m] for m in data_plane}
+        self.sites = sampled_sites(self.facts, self.spec.maps, self.options.plan)
+        self.layout = layout_for(self.sites, slots=self.options.sample_slots,
+                                 rate=self.options.sample_rate)
+        with contextlib.suppress(KernelError, OSError):
+            self._stats_fd = enable_run_stats()
+        if (self.pin_dir / "link").exists():
+            self._adopt()
+        else:
+            self._load_fresh()
+        self.reader = HeatReader(self.layout, self.maps, decay=self.options.decay)
+        if self.options.watch_external:
+            self._start_watcher()
+        log.info(json.dumps({"event": "started", "program": self.prog.name,
+                             "iface": self.iface, "version": self.current.number
+                             if self.current else None,
+                             "analysis_ms": round(self.analysis_ms, 2)}))
+        return self
+
+    def _start_watcher(self) -> None:
+        try:
+            from .watch import WriteWatcher
+        except ImportError:
+            self.errors.append("external write watcher unavailable: module missing")
+            return
+        try:
+            watcher = WriteWatcher(self.guard.map)  # type: ignore[union-attr]
+            watcher.start()
+            for name, slot in self.guard_slots.items():
+                watcher.watch(self.maps[name], slot)
+            self._watcher = watcher
+        except Exception as exc:  # the agent still works; writes must go through it
+            self.errors.append(f"external write watcher unavailable: {exc}")
+            log.warning(json.dumps({"event": "watcher-unavailable", "error": str(exc)}))
+
+    def _load_fresh(self) -> None:
+        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        (self.pin_dir / "maps").mkdir(exist_ok=True)
+        with self._in_netns():
+            coll = load_collection(self.spec, programs=[])
+        self._owned.append(coll)
+        self.btf_fd = coll.btf_fd
+        self.maps = dict(coll.maps)
+        for name, m in self.maps.items():
+            m.pin(self.pin_dir / "maps" / _pin_name(name))
+        self.guard = GuardMap(len(self.guard_slots))
+        self.guard.map.pin(self.pin_dir / "guard")
+        self.maps[GUARD_MAP] = self.guard.map
+        for name, mspec in self._sampling_specs().items():
+            m = create_map(mspec)
+            m.pin(self.pin_dir / name)
+            self.maps[name] = m
+            self._owned.append(m)
+        base = self._base_program(instrumented=True)
+        version = self._load_version(base, "base", self.layout.sites)
+        ifindex = self._ifindex()
+        flags = XDP_FLAGS_DRV_MODE if self.options.xdp_mode == "native" else XDP_FLAGS_SKB_MODE
+        with self._in_netns():
+            self.link = Link.xdp(version.program, ifindex, flags)
+        self.link.pin(self.pin_dir / "link")
+        self._set_current(version)
+        self._write_state()
+
+    def _adopt(self) -> None:
+        state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        if state.get("object") and Path(state["object"]) != self.object_path.resolve():
+            raise AgentError(f"{self.pin_dir} runs {state['object']}, not {self.object_path}")
+        for name in self.spec.maps:
+            m = Map.from_pin(self.pin_dir / "maps" / _pin_name(name))
+            m.name = name
+            self.maps[name] = m
+            self._owned.append(m)
+        guard_map = Map.from_pin(self.pin_dir / "guard")
+        self.guard = GuardMap(len(self.guard_slots), existing=guard_map)
+        self.maps[GUARD_MAP] = self.guard.map
+        for name in (CTL_MAP, SAMPLES_MAP):
+            if (self.pin_dir / name).exists():
+                m = Map.from_pin(self.pin_dir / name)
+                m.name = name
+                self.maps[name] = m
+                self._owned.append(m)
+        self.link = Link.from_pin(self.pin_dir / "link")
+        running = LoadedProgram.from_id(self.link.info().prog_id)
+        self.btf_fd = None
+        if self.spec.btf is not None:
+            from ..kernel import load_btf
+
+            self.btf_fd = load_btf(self.spec.btf.blob())
+            self._owned.append(self.btf_fd)
+        self._version_counter = int(state.get("version", 0))
+        self._set_current(Version(self._version_counter, running, "adopted", time.time()))
+        self._dirty = True
+
+    def _sampling_specs(self) -> dict[str, MapSpec]:
+        ctx = PassContext(dict(self.spec.maps), self.prog.type)
+        Instrument(self.layout).run(self.program, ctx)
+        return {k: v for k, v in ctx.maps.items() if k in (CTL_MAP, SAMPLES_MAP)}
+
+    def _ifindex(self) -> int:
+        import socket
+
+        with self._in_netns():
+            try:
+                return socket.if_nametoindex(self.iface)
+            except OSError:
+                where = f" in netns {self.netns.name}" if self.netns else ""
+                raise AgentError(f"no interface {self.iface!r}{where}") from None
+
+    def _base_program(self, *, instrumented: bool) -> Program:
+        ctx = PassContext(dict(self.spec.maps), self.prog.type)
+        program = self.program
+        if self.bump_slots:
+            ranges = all_read_ranges(self.facts, list(self.bump_slots))
+            program = GuardBumps(self.bump_slots, ranges).run(program, ctx)
+        if instrumented and self.layout.sites:
+            program = Instrument(self.layout).run(program, ctx)
+        return program
+
+    def _load_version(self, program: Program, kind: str, sampled: tuple[Any, ...],
+                      **extra: Any) -> Version:
+        with self._in_netns():
+            loaded = load_program_spec(self.prog, self.maps, program=program,
+                                       btf_fd=self.btf_fd)
+        self._version_counter += 1
+        return Version(self._version_counter, loaded, kind, time.time(),
+                       insns=sum(i.width for i in program.insns), **extra)
+
+    def _set_current(self, version: Version) -> None:
+        with contextlib.suppress(KernelError):
+            info = version.program.info()
+            version.stats_at_swap = (info.run_cnt, info.run_time_ns)
+        old, self.current = self.current, version
+        if old is not None and old.program is not version.program:
+            old.program.close()
+
+    def _write_state(self) -> None:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        state = {"object": str(self.object_path.resolve()), "program": self.prog.name,
+                 "iface": self.iface, "netns": self.netns.name if self.netns else None,
+                 "pin_dir": str(self.pin_dir), "pid": os.getpid(),
+                 "version": self._version_counter}
+        self.state_file.write_text(json.dumps(state))
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def cycle(self) -> CycleReport:
+        """One optimization cycle. Never raises for a failed specialization: the running
+        version stays and the report says why."""
+        report = CycleReport(time.time(), "unchanged")
+        t0 = time.perf_counter()
+        try:
+            heat = self.reader.read()
+            report.timings_ms["profile"] = _ms(t0)
+            if not any(h.keys for h in heat.values()) and self.current is not None \
+                    and self.current.kind == "specialized" and not self._dirty:
+                report.outcome, report.reason = "no-traffic", "no samples since last cycle"
+                return self._finish(report)
+            t1 = time.perf_counter()
+            snapshots, versions = self._consistent_snapshot(heat)
+            report.timings_ms["snapshot"] = _ms(t1)
+            t2 = time.perf_counter()
+            result = specialize(self.program, self.spec, self.prog, self.facts, snapshots,
+                                heat, self.options.plan, guard_versions=versions,
+                                guard_slots=self.guard_slots, bump_slots=self.bump_slots,
+                                sampling=self.layout)
+            report.timings_ms["specialize"] = _ms(t2)
+            signature = _signature(result)
+            if not self._dirty and self.current is not None and \
+                    self.current.kind == "specialized":
+                gain = _coverage_gain(self.current.decisions, result.decisions, heat)
+                if self.current.signature == signature or gain < self.options.min_change:
+                    report.reason = (f"running version still fits the traffic "
+                                     f"(coverage gain {gain:.1%})")
+                    return self._finish(report)
+            program = result.program
+            self._ensure_extra_maps(result.extra_maps)
+            t3 = time.perf_counter()
+            version = self._load_with_relief(program, result, snapshots, heat, versions,
+                                             signature)
+            report.timings_ms["verify"] = _ms(t3)
+            if self.options.check is not None:
+                problem = self.options.check(version.program)
+                if problem:
+                    version.program.close()
+                    raise AgentError(f"check failed: {problem}")
+            t4 = time.perf_counter()
+            self._swap(version)
+            report.timings_ms["swap"] = _ms(t4)
+            report.outcome = "swapped"
+            report.reason = f"version {version.number}: " + ", ".join(
+                f"{d['map']}:{d['mode']}" for d in version.decisions if d["specialized"])
+            self._dirty = False
+        except Exception as exc:
+            report.outcome = "failed"
+            report.reason = f"{type(exc).__name__}: {exc}"
+            self.errors.append(report.reason)
+            log.error(json.dumps({"event": "cycle-failed", "error": report.reason,
+                                  "trace": traceback.format_exc(limit=3)}))
+        return self._finish(report)
+
+    def _finish(self, report: CycleReport) -> CycleReport:
+        report.timings_ms["total"] = round((time.time() - report.started) * 1000, 3)
+        self.history.append(report)
+        log.info(json.dumps({"event": "cycle", "outcome": report.outcome,
+                             "reason": report.reason, "ms": report.timings_ms}))
+        return report
+
+    def _consistent_snapshot(self, heat: Mapping[int, Any]):  # type: ignore[no-untyped-def]
+        """Map contents and the versions they belong to: versions read before and after the
+        snapshot must agree, else a write happened in between and the snapshot is retaken."""
+        assert self.guard is not None
+        for _ in range(5):
+            before = self.guard.versions()
+            snapshots = snapshot_maps(self.maps, self.facts, self.spec.maps, heat,
+                                      self.options.plan)
+            after = self.guard.versions()
+            if before == after and all(v % 2 == 0 for v in before):
+                return snapshots, {m: before[s] for m, s in self.guard_slots.items()}
+            time.sleep(0.001)
+        raise AgentError("maps kept changing while taking a snapshot")
+
+    def _ensure_extra_maps(self, specs: Mapping[str, MapSpec]) -> None:
+        for name, mspec in specs.items():
+            if name in (GUARD_MAP, CTL_MAP, SAMPLES_MAP):
+                continue
+            old = self.maps.get(name)
+            # Inlined values are frozen: every version gets fresh ones.
+            m = create_map(mspec)
+            self.maps[name] = m
+            self._owned.append(m)
+            if old is not None:
+                self._owned.remove(old)
+                old.close()
+
+    def _load_with_relief(self, program: Program, result: Any, snapshots: Any, heat: Any,
+                          versions: Mapping[str, int], signature: tuple[object, ...]
+                          ) -> Version:
+        converged: frozenset[int] = frozenset()
+        dropped: frozenset[int] = frozenset()
+        for _attempt in range(8):
+            try:
+                return self._load_version(
+                    program, "specialized", self.layout.sites, signature=signature,
+                    decisions=[_decision(d) for d in result.decisions],
+                    timings_ms=dict(result.timings_ms))
+            except VerifierError as exc:
+                if not is_complexity_error(str(exc)):
+                    raise
+                relief = next_relief(result, converged, dropped)
+                if relief is None:
+                    raise
+                converged, dropped = relief
+                result = specialize(self.program, self.spec, self.prog, self.facts, snapshots,
+                                    heat, self.options.plan, guard_versions=versions,
+                                    guard_slots=self.guard_slots, bump_slots=self.bump_slots,
+                                    converge=converged, drop=dropped, sampling=self.layout)
+                program = result.program
+                self._ensure_extra_maps(result.extra_maps)
+        raise AgentError("the verifier refused every relieved version")
+
+    def _swap(self, version: Version) -> None:
+        assert self.link is not None and self.current is not None
+        with self.lock:
+            self.link.update(version.program, expected_old=self.current.program)
+            self._set_current(version)
+            self._write_state()
+
+    def run_forever(self) -> None:
+        while not self._stop.is_set():
+            self.cycle()
+            self._stop.wait(self.options.interval)
+
+    def start_background(self) -> None:
+        self._thread = threading.Thread(target=self.run_forever, name="morpheus-agent",
+                                        daemon=True)
+        self._thread.start()
+
+    # --- control plane ------------------------------------------------------------------
+
+    def _bump(self, map_name: str) -> None:
+        slot = self.guard_slots.get(map_name)
+        if slot is not None and self.guard is not None:
+            self.guard.bump(slot)
+
+    def update(self, map_name: str, key: bytes | int, value: Any, flags: int = 0) -> None:
+        """Write an entry. Once this returns, every packet sees the new value."""
+        m = self._map(map_name)
+        with self.lock:
+            self._bump(map_name)
+            with self._in_netns():
+                m.update(key, value, flags)
+            self._bump(map_name)
+            self._dirty = True
+
+    def delete(self, map_name: str, key: bytes | int) -> None:
+        m = self._map(map_name)
+        with self.lock:
+            self._bump(map_name)
+            try:
+                m.delete(key)
+            finally:
+                self._bump(map_name)
+                self._dirty = True
+
+    def update_batch(self, map_name: str, entries: list[tuple[bytes | int, Any]]) -> int:
+        m = self._map(map_name)
+        with self.lock:
+            self._bump(map_name)
+            try:
+                with self._in_netns():
+                    return m.update_batch(entries)
+            finally:
+                self._bump(map_name)
+                self._dirty = True
+
+    def lookup(self, map_name: str, key: bytes | int) -> Any:
+        return self._map(map_name).lookup(key)
+
+    def _map(self, name: str) -> Map:
+        if name not in self.spec.maps:
+            raise KeyError(f"program {self.prog.name} has no map {name!r}; maps: "
+                           f"{', '.join(self.spec.maps)}")
+        return self.maps[name]
+
+    # --- observability ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        current = self.current
+        out: dict[str, Any] = {
+            "program": self.prog.name, "iface": self.iface, "pin_dir": str(self.pin_dir),
+            "version": None, "errors": list(self.errors),
+            "cycles": [{"at": round(c.started, 3), "outcome": c.outcome, "reason": c.reason,
+                        "ms": c.timings_ms} for c in list(self.history)[-10:]],
+        }
+        if current is not None:
+            info = None
+            with contextlib.suppress(KernelError):
+                info = current.program.info()
+            out["version"] = {"number": current.number, "kind": current.kind,
+                              "insns": current.insns, "since": round(current.created, 3),
+                              "sites": current.decisions, "passes_ms": current.timings_ms}
+            if info is not None and info.run_cnt >= current.stats_at_swap[0]:
+                packets = info.run_cnt - current.stats_at_swap[0]
+                ns = info.run_time_ns - current.stats_at_swap[1]
+                out["version"]["packets"] = packets
+                out["version"]["ns_per_packet"] = round(ns / packets, 1) if packets else None
+        heat = getattr(self.reader, "heat", {}) if hasattr(self, "reader") else {}
+        out["sampling"] = {"rate": self.layout.rate, "sites": [
+            {"instruction": s.site, "map": s.map, "lookups": heat[s.site].lookups
+             if s.site in heat else 0, "samples": heat[s.site].samples if s.site in heat
+             else 0} for s in self.layout.sites]} if hasattr(self, "layout") else {}
+        if current is not None and current.decisions and heat:
+            for d in current.decisions:
+                h = heat.get(d["instruction"])
+                if h is not None and d.get("keys_inlined"):
+                    d["hit_rate"] = round(h.share(set(bytes.fromhex(k)
+                                                      for k in d["keys_inlined"])), 4)
+        return out
+
+    # --- teardown -----------------------------------------------------------------------
+
+    def stop(self, *, detach: bool = False) -> None:
+        """Stop adapting. The program keeps running (pinned) unless `detach`."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+        if detach:
+            if self.link is not None:
+                with contextlib.suppress(KernelError):
+                    self.link.detach()
+            import shutil
+
+            shutil.rmtree(self.pin_dir, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.state_file.unlink()
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+        if self.current is not None:
+            self.current.program.close()
+            self.current = None
+        if self.guard is not None:
+            self.guard.close()
+            self.guard = None
+        for obj in reversed(self._owned):
+            with contextlib.suppress(Exception):
+                obj.close()
+        self._owned.clear()
+        if self._stats_fd is not None:
+            self._stats_fd.close()
+            self._stats_fd = None
+
+    def __enter__(self) -> Agent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+def _pin_name(name: str) -> str:
+    return name.lstrip(".") if name.startswith(".") else name
+
+
+def _decision(d: Any) -> dict[str, Any]:
+    out = {"instruction": d.site.index, "map": d.site.map, "mode": d.mode,
+           "specialized": d.plan is not None, "reason": d.reason, "keys": d.keys,
+           "coverage": d.coverage}
+    if d.plan is not None and not d.plan.constant_key:
+        out["keys_inlined"] = [e.key.hex() for e in d.plan.entries]
+    return out
+
+
+def _coverage_gain(running: list[dict[str, Any]], planned: Any, heat: Mapping[int, Any]
+                   ) -> float:
+    """How much more of the sampled lookups the new plan would answer inline than the
+    running version, at the site where it gains most (0 when nothing changes)."""
+    running_keys = {d["instruction"]: {bytes.fromhex(k) for k in d.get("keys_inlined", ())}
+                    for d in running}
+    best = 0.0
+    for d in planned:
+        if d.plan is None or d.plan.constant_key:
+            continue
+        h = heat.get(d.site.index)
+        if h is None:
+            continue
+        new = h.share({e.key for e in d.plan.entries})
+        old = h.share(running_keys.get(d.site.index, set()))
+        if d.site.index not in running_keys:
+            return 1.0  # a site that was not specialized before
+        best = max(best, new - old)
+    return best
+
+
+def _signature(result: Any) -> tuple[object, ...]:
+    """What a version inlines: sites and their keys (not the values: a value change moves
+    the map's version, which marks the agent dirty anyway)."""
+    return tuple((p.site, p.converge, tuple(sorted(e.key for e in p.entries)))
+                 for p in result.plan.sites)
+
+

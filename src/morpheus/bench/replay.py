@@ -97,7 +97,8 @@ class Replay:
                  ingress_ifindex: int = 0, cpu: int = 0,
                  namespace: NetNamespace | None = None, redirect_ifindex: int = 0,
                  sink: bool = False, attach: bool = True,
-                 share_trace_with: Replay | None = None) -> None:
+                 share_trace_with: Replay | None = None, batch_size: int | None = None
+                 ) -> None:
         if not sink:
             if not frames:
                 raise ReplayError("the trace is empty")
@@ -108,6 +109,9 @@ class Replay:
             if min(len(f) for f in frames) < 14:
                 raise ReplayError("packets shorter than an Ethernet header cannot be replayed")
         self.frames = list(frames) if not sink else []
+        # A generator feeding a veth must not outrun the peer's 256-frame ring: smaller
+        # batches let the receiving side drain between flushes.
+        self.batch_size = batch_size or (64 if redirect_ifindex else BATCH_SIZE)
         self.frame_len = max((len(f) for f in self.frames), default=0)
         self.cpu = cpu
         self.ingress_ifindex = ingress_ifindex
@@ -208,7 +212,7 @@ class Replay:
             for _ in range(passes):
                 result = test_run(self.program.fd, bytes(self.frame_len), repeat=count,
                                   ctx=ctx, ctx_out_size=0, data_out_size=0,
-                                  flags=F_TEST_XDP_LIVE_FRAMES, batch_size=BATCH_SIZE)
+                                  flags=F_TEST_XDP_LIVE_FRAMES, batch_size=self.batch_size)
                 total_ns += result.duration_ns
         st = self.state()
         if st["errors"]:

@@ -17,6 +17,10 @@ COMMANDS = {
     "bench": "bench_cmd",
     "optimize": "optimize_cmd",
     "load": "load_cmd",
+    "run": "run_cmd",
+    "status": "status_cmd",
+    "map": "map_cmd",
+    "demo": "demo_cmd",
 }
 
 

@@ -1,0 +1,53 @@
+"""What the agent's additions cost a program: sampling instrumentation and version guards.
+
+`instrumentation_cost(nf)` benchmarks, interleaved on the same trace and maps:
+A = the original program, B = the version the agent starts with (version bumps where the
+data plane writes inlinable maps, plus key sampling at every watched site).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..nf import NetworkFunction
+from ..obj import MapSpec
+from ..optimizer import all_read_ranges, analyze_program, instrument, sampled_sites
+from ..passes.guards import GuardBumps
+from ..passes.inline import GUARD_MAP
+from ..passes.pipeline import PassContext
+from ..runtime.plan import PlanOptions
+from ..traffic.generate import generate
+from ..uapi import MapType
+from .compare import Subject, run_bench
+
+
+def instrumentation_cost(nf: NetworkFunction, *, profile: str = "high", packets: int = 10_000,
+                         rounds: int = 5, rate: int = 16) -> dict[str, Any]:
+    trace = generate(nf, profile, packets, seed=1)
+    original = Subject("original", nf.object_path, nf.program)
+    spec = original.load_spec()
+    prog = original.program_spec()
+    program, facts = analyze_program(prog, spec.maps)
+    options = PlanOptions()
+    sites = sampled_sites(facts, spec.maps, options)
+    extra: dict[str, MapSpec] = {}
+    data_plane = sorted({s.map for s in facts.lookups() if s.specializable and s.guarded})
+    base = program
+    if data_plane:
+        slots = {m: n for n, m in enumerate(data_plane)}
+        ctx = PassContext(dict(spec.maps), prog.type)
+        ctx.maps[GUARD_MAP] = MapSpec(GUARD_MAP, MapType.ARRAY, 4, 8 * len(slots), 1)
+        base = GuardBumps(slots, all_read_ranges(facts, data_plane)).run(program, ctx)
+        extra[GUARD_MAP] = ctx.maps[GUARD_MAP]
+    instrumented, inst_maps, _layout = instrument(base, spec, prog, sites, rate=rate)
+    extra.update(inst_maps)
+    subject = Subject("instrumented", nf.object_path, nf.program, program=instrumented,
+                      extra_maps=extra)
+    report = run_bench([original, subject], trace, nf=nf, rounds=rounds, throughput=False,
+                       latency=False)
+    report.pop("_series", None)
+    a, b = report["A"]["ns_per_packet"]["median"], report["B"]["ns_per_packet"]["median"]
+    return {"nf": nf.name, "sites": [f"{s.map}@{s.site}" for s in sites],
+            "rate": rate, "original_ns": a, "instrumented_ns": b,
+            "cost_ns": round(b - a, 1), "cost_ratio": round(b / a, 3) if a else None,
+            "verdicts_match": report.get("verdicts_match")}

@@ -1,0 +1,69 @@
+"""`morpheus run OBJ --iface IF`: attach a program and keep it specialized."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="run a program on an interface under the agent")
+    p.add_argument("object")
+    p.add_argument("--iface", required=True, help="interface to attach to (XDP)")
+    p.add_argument("--netns", help="network namespace the interface lives in (ip netns name)")
+    p.add_argument("--program", help="program in the object (default: the only one)")
+    p.add_argument("--name", help="agent name (default: the program name)")
+    p.add_argument("--interval", type=float, default=0.5, help="seconds between cycles")
+    p.add_argument("--sample-rate", type=int, default=16, help="sample 1 lookup in N")
+    p.add_argument("--xdp-mode", choices=["native", "generic"], default="native")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1")
+    p.add_argument("--detach-on-exit", action="store_true",
+                   help="remove the program when the agent stops (default: keep it running)")
+    p.add_argument("--no-watch", action="store_true",
+                   help="do not watch for map writes that bypass the agent")
+    p.add_argument("--run-stats", action="store_true",
+                   help="enable BPF run-time statistics (ns/packet in status; costs ~35 ns "
+                        "per packet)")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..runtime.agent import Agent, AgentOptions
+    from ..runtime.server import ControlServer, MetricsServer, prometheus_text, socket_path
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(message)s")
+    options = AgentOptions(interval=args.interval, sample_rate=args.sample_rate,
+                           xdp_mode=args.xdp_mode, watch_external=not args.no_watch,
+                           run_stats=args.run_stats)
+    agent = Agent(args.object, iface=args.iface, program=args.program, netns=args.netns,
+                  name=args.name, options=options)
+    agent.start()
+    control = ControlServer(agent, socket_path(agent.name))
+    control.start()
+    metrics = None
+    if args.metrics_port is not None:
+        metrics = MetricsServer(lambda: prometheus_text(agent.status(), control.stats()),
+                                args.metrics_port)
+        metrics.start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(json.dumps({"event": "running", "name": agent.name, "socket":
+                      str(socket_path(agent.name)), "metrics_port": metrics.port if metrics
+                      else None}), flush=True)
+    try:
+        while not stop.is_set():
+            agent.cycle()
+            stop.wait(args.interval)
+    finally:
+        control.close()
+        if metrics is not None:
+            metrics.close()
+        agent.stop(detach=args.detach_on_exit)
+    return 0

@@ -1,0 +1,388 @@
+"""`morpheus demo`: the router under changing traffic, without and with Morpheus.
+
+A namespace with veth pairs; the router (default configuration: 5,000 routes) runs in
+native XDP on one veth; a traffic generator (the replay harness in generator mode, live
+frames) transmits trace packets into its peer on the same core. Three phases: no locality,
+high locality, and high locality with a new hot set, like the dynamic-traffic experiment of
+the Morpheus paper. The unoptimized router runs the phases first; then the same router under
+the agent. Along the way the demo checks the consistency guarantees on the live program: a
+route changed through the agent is honoured by every packet after the call returns (probed
+packet by packet), and every packet sent is processed (swaps lose nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .bench.replay import Replay, pinned_cpu
+from .ir import Program, asm, encode
+from .ir.asm import R0
+from .kernel import KernelError, Link, LoadedProgram, Map, ProgType, load_program
+from .nf import get
+from .nf.env import NFEnv, xdp_ctx
+from .runtime.agent import DEFAULT_PIN_ROOT
+from .runtime.server import request, socket_path
+from .traffic import packet as pkt
+from .traffic.generate import generate
+from .uapi import XDP_FLAGS_DRV_MODE
+
+PHASES = (("no locality", "none"), ("high locality", "high"), ("new hot set", "shift"))
+
+
+@dataclass
+class Sample:
+    t: float
+    mpps: float
+    phase: str
+
+
+@dataclass
+class RunResult:
+    samples: list[Sample] = field(default_factory=list)
+    sent: int = 0
+    processed: int = 0
+    phase_start: dict[str, float] = field(default_factory=dict)
+    swaps: list[tuple[float, str]] = field(default_factory=list)
+    ns_per_packet: float = 0.0  # BPF run-time statistics of the attached program
+
+
+def _drop_program() -> LoadedProgram:
+    code = encode(Program("sink", (asm.mov64(R0, 1), asm.exit_()))).bytecode
+    return load_program(code, ProgType.XDP, name="mph_sink")
+
+
+def _router_packets_processed(maps: Any) -> int:
+    total = 0
+    stats = maps["rt_stats"]
+    for _key, values in stats.items():
+        for v in values:
+            total += int.from_bytes(v[:8], "little")
+    return total
+
+
+# Router interfaces on the even ports: their veth peers (odd) take redirected packets off
+# the wire, and no route can send a packet back into the router's own ingress.
+ROUTER_PORTS = (2, 4, 6, 8, 10)
+
+
+def run_demo(*, seconds_per_phase: float = 4.0, packets: int = 20_000,
+             progress: Any = None, plot: str | None = None) -> dict[str, Any]:
+    nf = get("router")
+    config = nf.module.default_config(1, ROUTER_PORTS)
+    traces = {}
+    for name, profile in PHASES:
+        trace = generate(nf, profile, packets, seed=7, config=config)
+        if profile == "shift":
+            trace = trace.segment(len(trace) // 2, len(trace))  # only the new hot set
+        traces[name] = trace
+    ingress = traces["no locality"].main_ingress
+    report: dict[str, Any] = {"phases": []}
+    with NFEnv.start(nf, config=config, configure=False) as env:
+        rx = f"port{ingress}"
+        tx = f"port{ingress + 1 if ingress % 2 == 0 else ingress - 1}"
+        with env.entered():
+            tx_ifindex = socket.if_nametoindex(tx)
+        sinks = _attach_sinks(env, exclude={rx, tx})
+        try:
+            generators = {name: Replay(None, None, {}, t.frames, namespace=env.namespace,
+                                       redirect_ifindex=tx_ifindex)
+                          for name, t in traces.items()}
+            try:
+                baseline = _baseline_run(env, nf, rx, generators, seconds_per_phase, progress)
+                morpheus, checks = _morpheus_run(env, nf, rx, generators, traces,
+                                                 seconds_per_phase, progress)
+            finally:
+                for g in generators.values():
+                    g.close()
+        finally:
+            for link, prog in sinks:
+                link.close()
+                prog.close()
+    for name, _ in PHASES:
+        report["phases"].append({
+            "name": name,
+            "baseline_mpps": round(_phase_mpps(baseline, name), 3),
+            "morpheus_mpps": round(_phase_mpps(morpheus, name), 3),
+        })
+    report["adaptation_s"] = checks["adaptation_s"]
+    report["stale_verdicts"] = checks["stale"]
+    report["probes"] = checks["probes"]
+    report["lost_packets"] = morpheus.sent - morpheus.processed
+    report["sent_packets"] = morpheus.sent
+    report["baseline_lost_packets"] = baseline.sent - baseline.processed
+    report["swaps"] = len(morpheus.swaps)
+    report["cycle_ms"] = checks["cycle_ms"]
+    report["ns_per_packet"] = {"baseline": round(baseline.ns_per_packet, 1),
+                               "morpheus": round(morpheus.ns_per_packet, 1)}
+    report["plot"] = None
+    if plot:
+        report["plot"] = _plot(baseline, morpheus, Path(plot))
+    return report
+
+
+def _attach_sinks(env: NFEnv, exclude: set[str]) -> list[tuple[Link, LoadedProgram]]:
+    """A dropping XDP program on every other port's peer, so that redirected packets are
+    taken off the wire (veth needs an XDP program on the receiving side)."""
+    out = []
+    with env.entered():
+        for index in range(2, 12):
+            dev = f"port{index}"
+            if dev in exclude:
+                continue
+            prog = _drop_program()
+            try:
+                out.append((Link.xdp(prog, socket.if_nametoindex(dev), XDP_FLAGS_DRV_MODE),
+                            prog))
+            except Exception:
+                prog.close()
+                raise
+    return out
+
+
+def _drive(generators: dict[str, Replay], seconds: float, result: RunResult, progress: Any,
+           label: str, on_tick: Any = None) -> None:
+    """Send each phase's trace for `seconds`, sampling throughput every ~0.25 s."""
+    t_start = time.perf_counter()
+    for name, gen in generators.items():
+        result.phase_start[name] = time.perf_counter() - t_start
+        phase_end = time.perf_counter() + seconds
+        while time.perf_counter() < phase_end:
+            sent = 0
+            t0 = time.perf_counter()
+            with pinned_cpu(0):
+                while time.perf_counter() - t0 < 0.25:
+                    gen.run()
+                    sent += len(gen.frames)
+            elapsed = time.perf_counter() - t0
+            result.sent += sent
+            sample = Sample(time.perf_counter() - t_start, sent / elapsed / 1e6, name)
+            result.samples.append(sample)
+            if progress is not None:
+                progress(f"{label:<9} {name:<14} t={sample.t:5.1f}s  {sample.mpps:6.2f} Mpps")
+            if on_tick is not None:
+                on_tick(name, sample.t)
+
+
+def _baseline_run(env: NFEnv, nf: Any, rx: str, generators: dict[str, Replay],
+                  seconds: float, progress: Any) -> RunResult:
+    """The unoptimized router, configured the same way."""
+    from .loader import load_collection
+    from .obj import read_object
+
+    result = RunResult()
+    spec = read_object(nf.object_path)
+    with env.entered(), load_collection(spec) as coll:
+        nf.control_plane(coll.maps).apply(env.config)
+        link = Link.xdp(coll.programs[nf.program], socket.if_nametoindex(rx),
+                        XDP_FLAGS_DRV_MODE)
+        try:
+            before = _router_packets_processed(coll.maps)
+            info0 = coll.programs[nf.program].info()
+            _drive(generators, seconds, result, progress, "baseline")
+            time.sleep(0.05)
+            info1 = coll.programs[nf.program].info()
+            result.processed = _router_packets_processed(coll.maps) - before
+            runs = info1.run_cnt - info0.run_cnt
+            result.ns_per_packet = (info1.run_time_ns - info0.run_time_ns) / runs if runs else 0
+        finally:
+            link.close()
+    return result
+
+
+class SocketMap:
+    """A map of the agent process, reached through its control socket."""
+
+    def __init__(self, path: Path, name: str, pinned: Map) -> None:
+        self.path, self.name, self.pinned = path, name, pinned
+
+    def _call(self, payload: dict[str, Any]) -> dict[str, Any]:
+        reply = request(self.path, {**payload, "map": self.name})
+        if not reply.get("ok"):
+            raise RuntimeError(reply.get("error"))
+        return reply
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
+        self._call({"op": "update", "key": bytes(key).hex(), "value": bytes(value).hex(),
+                    "flags": flags})
+
+    def delete(self, key: bytes) -> None:
+        self._call({"op": "delete", "key": bytes(key).hex()})
+
+    def lookup(self, key: bytes) -> Any:
+        return self.pinned.lookup(key)
+
+    def keys(self) -> Any:
+        return self.pinned.keys()
+
+
+def _morpheus_run(env: NFEnv, nf: Any, rx: str, generators: dict[str, Replay],
+                  traces: dict[str, Any], seconds: float, progress: Any
+                  ) -> tuple[RunResult, dict[str, Any]]:
+    """The router under the agent, which runs as its own process (`morpheus run`) on the
+    other core, as in production: its Python work must not steal the data path's core."""
+    result = RunResult()
+    name = f"demo{os.getpid()}"
+    pins = DEFAULT_PIN_ROOT / name
+    cmd = [sys.executable, "-m", "morpheus.cli.main", "run", str(nf.object_path),
+           "--iface", rx, "--netns", env.namespace.name, "--name", name,
+           "--interval", "0.2", "--detach-on-exit", "--log-level", "WARNING"]
+    cpus = sorted(os.sched_getaffinity(0))
+    agent_cpu = {cpus[-1]} if len(cpus) > 1 else set(cpus)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: os.sched_setaffinity(0, agent_cpu))
+    checks: dict[str, Any] = {"stale": 0, "probes": 0, "adaptation_s": None, "cycle_ms": None}
+    maps: dict[str, Map] = {}
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""  # {"event": "running", ...}
+        if not line:
+            error = proc.stderr.read() if proc.stderr else ""
+            raise RuntimeError(f"the agent did not start: {error}")
+        path = socket_path(name)
+        for map_name in ("rt_config", "rt_ifaces", "rt_routes", "rt_nexthops", "rt_stats"):
+            maps[map_name] = Map.from_pin(pins / "maps" / map_name)
+        cp = nf.control_plane({n: SocketMap(path, n, m) for n, m in maps.items()})
+        cp.apply(env.config)
+        time.sleep(0.5)  # a cycle or two: specialized to the configuration
+        before = _router_packets_processed(maps)
+        state = {"route_changed": False}
+
+        def on_tick(phase: str, t: float) -> None:
+            # Half way through the high-locality phase, move the hottest destination to
+            # another next hop through the agent, then probe the live program.
+            if phase == "high locality" and not state["route_changed"] and \
+                    t - result.phase_start[phase] > seconds / 2:
+                state["route_changed"] = True
+                stale, probes = _route_change_check(env, cp, traces[phase], rx, pins)
+                checks["stale"] += stale
+                checks["probes"] += probes
+
+        wall_origin = time.time()
+        _drive(generators, seconds, result, progress, "morpheus", on_tick)
+        time.sleep(0.1)
+        result.processed = _router_packets_processed(maps) - before - checks["probes"]
+        status = request(path, {"op": "status"})["status"]
+        result.ns_per_packet = float((status.get("version") or {}).get("ns_per_packet") or 0)
+        cycles = status.get("cycles", [])
+        for c in cycles:
+            if c["outcome"] == "swapped" and c["at"] >= wall_origin:
+                result.swaps.append((c["at"] - wall_origin, c["reason"]))
+        checks["adaptation_s"] = _adaptation(result)
+        totals = [c["ms"].get("total", 0) for c in cycles if c["outcome"] == "swapped"]
+        checks["cycle_ms"] = round(sorted(totals)[len(totals) // 2], 1) if totals else None
+    finally:
+        for m in maps.values():
+            m.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return result, checks
+
+
+def _route_change_check(env: NFEnv, cp: Any, trace: Any, rx: str, pins: Path
+                        ) -> tuple[int, int]:
+    """Re-route the hottest destination to a new next hop through the agent; every probe
+    of the live program made after the call returned must carry the new next hop's MAC."""
+    from collections import Counter
+
+    from .nf.router import NextHop, Route
+
+    hottest = Counter(trace.flow_ids).most_common(1)[0][0]
+    frame = trace.frames[trace.flow_ids.index(hottest)]
+    parsed = pkt.parse(frame)
+    assert parsed is not None and parsed.ip_dst is not None
+    new_mac = bytes.fromhex("02aa00000001")
+    egress = env.config.interfaces[0].ifindex
+    cp.set_nexthop(NextHop(900, egress, new_mac))
+    cp.add_route(Route(parsed.ip_dst, 32, 900))  # once this returns, no packet may be stale
+    stale = probes = 0
+    ingress = int(rx.removeprefix("port"))
+    deadline = time.perf_counter() + 0.5
+    with Link.from_pin(pins / "link") as link:
+        while time.perf_counter() < deadline:
+            try:
+                prog = LoadedProgram.from_id(link.info().prog_id)
+            except KernelError:
+                continue  # swapped and freed between the two calls: ask again
+            try:
+                with env.entered():
+                    out = prog.test_run(frame, ctx=xdp_ctx(ingress, len(frame)))
+            finally:
+                prog.close()
+            probes += 1
+            if out.data is None or out.data[:6] != new_mac:
+                stale += 1
+    return stale, probes
+
+
+def _adaptation(result: RunResult) -> float | None:
+    """Seconds from the start of the last phase (a new hot set) to the first swap after it."""
+    start = result.phase_start.get("new hot set")
+    if start is None:
+        return None
+    after = [t for t, _ in result.swaps if t >= start]
+    return round(after[0] - start, 3) if after else None
+
+
+def _phase_mpps(result: RunResult, phase: str) -> float:
+    values = [s.mpps for s in result.samples if s.phase == phase]
+    if not values:
+        return 0.0
+    tail = values[len(values) // 2:]  # the settled half of the phase
+    return sorted(tail)[len(tail) // 2]
+
+
+def _plot(baseline: RunResult, morpheus: RunResult, path: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot([s.t for s in baseline.samples], [s.mpps for s in baseline.samples],
+            label="unoptimized router", color="tab:gray")
+    ax.plot([s.t for s in morpheus.samples], [s.mpps for s in morpheus.samples],
+            label="router under Morpheus", color="tab:blue")
+    for name, start in morpheus.phase_start.items():
+        ax.axvline(start, color="black", linestyle=":", linewidth=0.8)
+        ax.text(start + 0.05, ax.get_ylim()[1] * 0.02 if ax.get_ylim()[1] else 0, name,
+                fontsize=8)
+    for t, _ in morpheus.swaps:
+        ax.plot([t], [0], marker="|", color="tab:red", markersize=8)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("Mpps (one core, veth, native XDP)")
+    ax.set_title("Router throughput under changing traffic")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = [f"{'phase':<16}{'unoptimized':>14}{'Morpheus':>12}{'ratio':>8}"]
+    for p in report["phases"]:
+        ratio = p["morpheus_mpps"] / p["baseline_mpps"] if p["baseline_mpps"] else 0
+        lines.append(f"{p['name']:<16}{p['baseline_mpps']:>10.2f} Mpps{p['morpheus_mpps']:>8.2f}"
+                     f" Mpps{ratio:>7.2f}x")
+    lines.append("")
+    lines.append(f"adaptation to the new hot set: {report['adaptation_s']} s; "
+                 f"{report['swaps']} swaps, median cycle {report['cycle_ms']} ms")
+    lines.append(f"route changed through the agent mid-run: {report['stale_verdicts']} stale "
+                 f"answers in {report['probes']} probes of the live program")
+    lines.append(f"packets sent {report['sent_packets']}, lost {report['lost_packets']}")
+    if report.get("plot"):
+        lines.append(f"plot: {report['plot']}")
+    return "\n".join(lines)

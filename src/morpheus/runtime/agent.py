@@ -42,6 +42,7 @@ from ..obj import MapSpec, ObjectSpec, ProgramSpec, read_object
 from ..optimizer import (
     all_read_ranges,
     analyze_program,
+    cleanup_passes,
     is_complexity_error,
     next_relief,
     sampled_sites,
@@ -80,6 +81,8 @@ class AgentOptions:
     # BPF run-time statistics give ns/packet per version in `status`, but cost every packet
     # two clock reads (about 30-40 ns): off unless asked for.
     run_stats: bool = False
+    # Passes appended after the cleanup passes (custom pipelines; tests inject failures).
+    extra_passes: tuple[Any, ...] = ()
 
 
 @dataclass
@@ -324,7 +327,7 @@ class Agent:
             result = specialize(self.program, self.spec, self.prog, self.facts, snapshots,
                                 heat, self.options.plan, guard_versions=versions,
                                 guard_slots=self.guard_slots, bump_slots=self.bump_slots,
-                                sampling=self.layout)
+                                sampling=self.layout, passes=self._passes())
             report.timings_ms["specialize"] = _ms(t2)
             signature = _signature(result)
             if not self._dirty and self.current is not None and \
@@ -415,10 +418,16 @@ class Agent:
                 result = specialize(self.program, self.spec, self.prog, self.facts, snapshots,
                                     heat, self.options.plan, guard_versions=versions,
                                     guard_slots=self.guard_slots, bump_slots=self.bump_slots,
-                                    converge=converged, drop=dropped, sampling=self.layout)
+                                    converge=converged, drop=dropped, sampling=self.layout,
+                                    passes=self._passes())
                 program = result.program
                 self._ensure_extra_maps(result.extra_maps)
         raise AgentError("the verifier refused every relieved version")
+
+    def _passes(self) -> list[Any] | None:
+        if not self.options.extra_passes:
+            return None
+        return [*cleanup_passes(), *self.options.extra_passes]
 
     def _swap(self, version: Version) -> None:
         assert self.link is not None and self.current is not None

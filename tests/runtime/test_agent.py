@@ -1,0 +1,264 @@
+"""The agent end to end, on live frames over veth: the router specialized under traffic,
+control-plane writes through the agent and from outside, lossless swaps, failures that
+leave the running version alone, and re-adoption after a restart."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pytest
+
+from morpheus.bench.replay import Replay
+from morpheus.ir import Program, asm, encode
+from morpheus.ir.asm import R0, R1, R2, R3
+from morpheus.ir.opcodes import AtomicOp
+from morpheus.kernel import Link, LoadedProgram, Map, MapType, ProgType, load_program
+from morpheus.nf import get
+from morpheus.nf.env import NFEnv
+from morpheus.nf.router import STATS, NextHop, Route, encode_lpm_key, encode_route
+from morpheus.passes.pipeline import PassContext
+from morpheus.runtime.agent import Agent, AgentOptions
+from morpheus.traffic import packet as pkt
+from morpheus.traffic.generate import Trace, generate
+from morpheus.uapi import XDP_FLAGS_DRV_MODE
+
+pytestmark = pytest.mark.kernel
+
+PORTS = (2, 4, 6, 8, 10)  # router interfaces; their odd peers count what is forwarded
+
+
+@dataclass
+class Bed:
+    env: NFEnv
+    agent: Agent
+    generator: Replay
+    trace: Trace
+    counters: Map  # packets arriving at each odd port (index = ifindex)
+
+    def forwarded(self) -> Counter[int]:
+        out: Counter[int] = Counter()
+        for key, value in self.counters.items():
+            out[struct.unpack("<I", key)[0]] = struct.unpack("<Q", value)[0]  # type: ignore[arg-type]
+        return out
+
+    def processed(self) -> int:
+        """IPv4 packets the router handled (the veths' own IPv6 chatter is not counted)."""
+        not_ip = struct.pack("<I", STATS.index("not_ip"))
+        total = 0
+        for key, values in self.agent.maps["rt_stats"].items():
+            if key != not_ip:
+                total += sum(int.from_bytes(v[:8], "little") for v in values)  # type: ignore[union-attr]
+        return total
+
+    def send(self, frames: list[bytes], passes: int = 1) -> int:
+        with Replay(None, None, {}, frames, namespace=self.env.namespace,
+                    redirect_ifindex=self.tx) as gen:
+            gen.run(passes)
+        return len(frames) * passes
+
+    @property
+    def tx(self) -> int:
+        with self.env.entered():
+            return socket.if_nametoindex(f"port{self.trace.main_ingress + 1}")
+
+
+def _counting_sink(counters: Map, port: int) -> LoadedProgram:
+    """XDP program for the peer of a router port: count IPv4 packets under `port` (not the
+    kernel's own IPv6 chatter on the veths), drop everything."""
+    program = Program("count", (
+        asm.ldx(4, R2, R1, 0),
+        asm.ldx(4, R3, R1, 4),
+        asm.mov64(R1, R2),
+        asm.add64(R1, 14),
+        asm.jgt(R1, R3, "out"),
+        asm.ldx(2, R1, R2, 12),
+        asm.jne(R1, 0x0008, "out"),  # ethertype 0x0800, as a little-endian load
+        asm.ld_map_value(R1, "counters", 8 * port),
+        asm.mov64(R2, 1),
+        asm.atomic(8, AtomicOp.ADD, R1, 0, R2),
+        asm.mov64(R0, 1, label="out"),
+        asm.exit_(),
+    ))
+    return load_program(encode(program, {"counters": counters.fd.number}).bytecode,
+                        ProgType.XDP, name="mph_count")
+
+
+@pytest.fixture
+def testbed() -> Iterator[Bed]:
+    nf = get("router")
+    config = nf.module.default_config(1, PORTS)
+    trace = generate(nf, "high", 4000, seed=5, config=config)
+    ingress = trace.main_ingress
+    assert ingress in PORTS
+    with NFEnv.start(nf, config=config, configure=False) as env:
+        counters = Map.create(MapType.ARRAY, 4, 8 * 16, 1, name="counters")
+        sinks = []
+        try:
+            with env.entered():
+                for port in (p + 1 for p in PORTS if p != ingress):
+                    prog = _counting_sink(counters, port)
+                    sinks.append((Link.xdp(prog, socket.if_nametoindex(f"port{port}"),
+                                           XDP_FLAGS_DRV_MODE), prog))
+            agent = Agent(nf.object_path, iface=f"port{ingress}", netns=env.namespace.name,
+                          name=f"t{env.namespace.name[-8:]}", options=AgentOptions())
+            agent.start()
+            bed = Bed(env, agent, None, trace, counters)  # type: ignore[arg-type]
+            try:
+                with env.entered():
+                    nf.control_plane(agent.control_maps()).apply(config)
+                yield bed
+            finally:
+                bed.agent.stop(detach=True)  # a test may have replaced the agent
+        finally:
+            for link, prog in sinks:
+                link.close()
+                prog.close()
+            counters.close()
+
+
+def _per_packet_counts(counters: Map) -> dict[int, int]:
+    raw = counters.lookup(0)
+    assert isinstance(raw, bytes)
+    values = struct.unpack("<16Q", raw)
+    return {i: v for i, v in enumerate(values) if v}
+
+
+def _hottest(trace: Trace) -> tuple[bytes, int]:
+    flow = Counter(trace.flow_ids).most_common(1)[0][0]
+    frame = trace.frames[trace.flow_ids.index(flow)]
+    parsed = pkt.parse(frame)
+    assert parsed is not None and parsed.ip_dst is not None
+    return frame, parsed.ip_dst
+
+
+def _specialize(bed: Bed) -> None:
+    bed.send(bed.trace.frames)
+    report = bed.agent.cycle()
+    assert report.outcome == "swapped", report.reason
+    sites = {d["map"]: d for d in bed.agent.current.decisions}  # type: ignore[union-attr]
+    assert sites["rt_routes"]["mode"] == "hot", sites["rt_routes"]
+
+
+def test_route_update_through_the_agent_is_never_stale(testbed: Bed) -> None:
+    bed = testbed
+    _specialize(bed)
+    frame, dst = _hottest(bed.trace)
+    egress = _other_port(bed, frame)
+    before = _per_packet_counts(bed.counters)
+    cp = get("router").control_plane(bed.agent.control_maps())
+    with bed.env.entered():
+        cp.set_nexthop(NextHop(900, egress, bytes.fromhex("02aa00000001")))
+        cp.add_route(Route(dst, 32, 900))
+    # Every packet for that destination from now on must leave through `egress`.
+    sent = bed.send([frame] * 2000, passes=3)
+    after = _per_packet_counts(bed.counters)
+    assert after.get(egress + 1, 0) - before.get(egress + 1, 0) == sent  # zero stale
+    # and the next cycle re-specializes with the new route inlined
+    assert bed.agent.cycle().outcome == "swapped"
+    sent = bed.send([frame] * 1000)
+    assert _per_packet_counts(bed.counters).get(egress + 1, 0) - after.get(egress + 1, 0) == sent
+
+
+def _other_port(bed: Bed, frame: bytes) -> int:
+    """A router port that is neither the ingress nor where `frame` goes now."""
+    before = _per_packet_counts(bed.counters)
+    bed.send([frame] * 10)
+    after = _per_packet_counts(bed.counters)
+    current = {port - 1 for port in after if after[port] != before.get(port, 0)}
+    return next(p for p in PORTS if p != bed.trace.main_ingress and p not in current)
+
+
+def test_an_outside_write_is_detected_and_honoured(testbed: Bed) -> None:
+    bed = testbed
+    if bed.agent._watcher is None:
+        pytest.fail(f"the write watcher did not start: {list(bed.agent.errors)}")
+    _specialize(bed)
+    frame, dst = _hottest(bed.trace)
+    egress = _other_port(bed, frame)
+    cp = get("router").control_plane(bed.agent.control_maps())
+    with bed.env.entered():
+        cp.set_nexthop(NextHop(901, egress, bytes.fromhex("02aa00000002")))
+    assert bed.agent.cycle().outcome == "swapped"  # respecialized: nothing dirty any more
+    before = _per_packet_counts(bed.counters)
+    pin = bed.agent.pin_dir / "maps" / "rt_routes"
+    key = encode_lpm_key(dst, 32).hex(" ").split()
+    value = encode_route(Route(dst, 32, 901)).hex(" ").split()
+    subprocess.run(["bpftool", "map", "update", "pinned", str(pin), "key", "hex", *key,
+                    "value", "hex", *value], check=True, capture_output=True)
+    sent = bed.send([frame] * 2000)
+    assert _per_packet_counts(bed.counters).get(egress + 1, 0) - before.get(egress + 1, 0) == sent
+
+
+def test_swaps_lose_no_packets(testbed: Bed) -> None:
+    bed = testbed
+    start = bed.processed()
+    sent = 0
+    swaps = 0
+    other = generate(get("router"), "shift", 4000, seed=9,
+                     config=get("router").module.default_config(1, PORTS))
+    for n in range(6):
+        trace = bed.trace if n % 2 == 0 else other
+        sent += bed.send(trace.frames)
+        bed.agent._dirty = True  # force a new version every cycle
+        swaps += bed.agent.cycle().outcome == "swapped"
+        sent += bed.send(trace.frames)
+    assert swaps >= 5
+    assert bed.processed() - start == sent
+
+
+@dataclass(frozen=True)
+class BreakTheProgram:
+    name: ClassVar[str] = "break"
+
+    def run(self, program: Program, ctx: PassContext) -> Program:
+        return program.with_insns((asm.ldx(8, R0, R2, 0), *program.insns))
+
+
+def test_a_verifier_failure_keeps_the_running_version(testbed: Bed) -> None:
+    bed = testbed
+    _specialize(bed)
+    running = bed.agent.current
+    assert running is not None
+    prog_id = running.program.id
+    bed.agent.options = AgentOptions(extra_passes=(BreakTheProgram(),))
+    bed.agent._dirty = True
+    report = bed.agent.cycle()
+    assert report.outcome == "failed"
+    assert "R2 !read_ok" in report.reason
+    assert bed.agent.current is running
+    with Link.from_pin(bed.agent.pin_dir / "link") as link:
+        assert link.info().prog_id == prog_id
+    start = bed.processed()
+    sent = bed.send(bed.trace.frames)
+    assert bed.processed() - start == sent  # still forwarding
+
+
+def test_stop_and_restart_adopts_the_running_program(testbed: Bed) -> None:
+    bed = testbed
+    _specialize(bed)
+    prog_id = bed.agent.current.program.id  # type: ignore[union-attr]
+    name, netns = bed.agent.name, bed.env.namespace.name
+    bed.agent.stop()  # keeps the pinned link: the data plane keeps running
+    start_counts = _per_packet_counts(bed.counters)
+    sent = bed.send(bed.trace.frames)
+    forwarded = sum(_per_packet_counts(bed.counters).values()) - sum(start_counts.values())
+    assert 0 < forwarded <= sent
+    again = Agent(get("router").object_path, iface=f"port{bed.trace.main_ingress}", netns=netns,
+                  name=name)
+    again.start()
+    try:
+        assert again.current is not None and again.current.program.id == prog_id
+        bed.send(bed.trace.frames)
+        assert again.cycle().outcome == "swapped"
+    finally:
+        bed.agent = again  # the fixture detaches it
+
+
+def _unused(*_: Any) -> None:
+    pass

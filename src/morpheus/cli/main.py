@@ -21,6 +21,7 @@ COMMANDS = {
     "status": "status_cmd",
     "map": "map_cmd",
     "demo": "demo_cmd",
+    "report": "report_cmd",
 }
 
 

@@ -54,7 +54,7 @@ def test_data_plane_write_invalidates_inlined_entries(test_objects: dict[str, Pa
                 assert table.lookup(3) == struct.pack("<I", 2)
                 assert special.test_run(frame(0, 3)).retval == 1  # DROP: the new value
                 version = struct.unpack("<Q", extras[GUARD_MAP].lookup(0)[:8])[0]
-                assert version == 1
+                assert version == 2  # bumped before and after the write
         finally:
             for m in extras.values():
                 m.close()

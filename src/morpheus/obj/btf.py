@@ -7,6 +7,7 @@ fix-ups clang leaves to the loader (datasec sizes and variable offsets).
 
 from __future__ import annotations
 
+import gc
 import struct
 from collections.abc import Callable, Mapping
 from enum import IntEnum
@@ -99,7 +100,15 @@ class BTF:
         self._string_cache: dict[int, str] = {}
         self.types: list[BTFType] = [BTFType(0, Kind.UNKN, "", 0, 0, False)]  # id 0 is void
         self._by_name: dict[tuple[Kind, str], int] | None = None
-        self._parse(bytes(data[self._type_start : self._type_start + type_len]))
+        # Parsing the kernel's BTF allocates some 400,000 small tuples, none of them part of a
+        # reference cycle; the cyclic collector's passes over them would double the time.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._parse(bytes(data[self._type_start : self._type_start + type_len]))
+        finally:
+            if collecting:
+                gc.enable()
 
     # --- strings and lookup ----------------------------------------------------------------
 
@@ -209,7 +218,7 @@ class BTF:
                     ]
                 )
                 pos = end
-            elif kind_raw == _K_STRUCT or kind_raw == _K_UNION:
+            elif kind_raw in (_K_STRUCT, _K_UNION):
                 end = pos + 12 * vlen
                 members = tuple(
                     [
@@ -257,7 +266,8 @@ class BTF:
                 pos += 4
             if pos > n:
                 raise ObjectError(f"BTF type {tid} ({kind.name}) runs past the type section")
-            append(new(BTFType, (tid, kind, name, ref, vlen, kflag, members, array, linkage, start)))
+            record = (tid, kind, name, ref, vlen, kflag, members, array, linkage, start)
+            append(new(BTFType, record))
             tid += 1
 
     def _string_table(self) -> dict[int, str]:

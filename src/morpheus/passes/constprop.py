@@ -24,8 +24,8 @@ only when the other operand is a scalar.
 Folding a direct load creates a constant the analysis did not see, so the pass analyses
 again while that happens (bounded by `max_rounds`). No other fold teaches the analysis
 anything new (it already pruned the edges of decided branches), so in the common case one
-analysis suffices: loads through a map-value pointer set up in the same straight-line run
-are even folded into the analysed program beforehand.
+analysis suffices: loads through map-value pointers that a cheap register-only dataflow
+can follow are even folded into the analysed program beforehand.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from .dce import apply_edits, register_effects, remove_unreachable
 from .pipeline import PassContext, register
 
 _ALU_CLASSES = (Class.ALU, Class.ALU64)
-_JMP_CLASSES = (Class.JMP, Class.JMP32)
 _JA: Final = Class.JMP | JmpOp.JA
 _CALL: Final = Class.JMP | JmpOp.CALL
 _CALLX: Final = Class.JMP | JmpOp.CALL | Source.X
@@ -87,11 +86,12 @@ def propagate_constants(program: Program, *, prog_type: int,
                         immediates: bool = True) -> tuple[Program, dict[str, int]]:
     """The constprop pass as a function: the new program and how many instructions each
     rule changed (`alu`, `loads`, `taken`, `not_taken`, `immediates`) or removed as
-    unreachable (`unreachable`)."""
+    unreachable (`unreachable`), and how many times the program was analysed."""
     known = dict(known_values or {})
     counts = {"alu": 0, "loads": 0, "taken": 0, "not_taken": 0, "immediates": 0,
-              "unreachable": 0}
+              "unreachable": 0, "analyses": 0}
     for _ in range(max_rounds):
+        counts["analyses"] += 1
         edits, again = _fold_round(program, prog_type, known, immediates, counts)
         if not edits:
             break
@@ -112,7 +112,7 @@ def _fold_round(program: Program, prog_type: int, known: Mapping[str, bytes], im
                 counts: dict[str, int]) -> tuple[dict[int, Sequence[Instruction]], bool]:
     """Edits for one analysis of `program`, and whether another analysis may find more."""
     insns = program.insns
-    prefolded = _local_direct_loads(program, known)
+    prefolded = _known_direct_loads(program, known)
     view, positions = _analysis_view(program, prefolded)
     states = analyze_values(view, prog_type).states
     if positions is not None:
@@ -294,48 +294,99 @@ def _direct_load(insn: Instruction, regs: list[Value], known: Mapping[str, bytes
 # --- what the analysis is given ------------------------------------------------------------
 
 
-def _local_direct_loads(program: Program, known: Mapping[str, bytes]) -> dict[int, int]:
-    """Loads through a map-value pointer set up earlier in the same straight-line run, with
-    the value they read: folded before the analysis, so that one analysis sees them.
+Pointers = dict[int, tuple[str, int]]  # register → (map, offset into its value)
 
-    An instruction without a label is reached only from the one before it, so following
-    registers from the last label on is exact."""
-    out: dict[int, int] = {}
-    if not known:
-        return out
-    pointers: dict[int, tuple[str, int]] = {}  # register → (map, offset)
-    for i, insn in enumerate(program.insns):
-        if insn.label is not None:
-            pointers.clear()
-        if not pointers and not insn.is_map_load:
-            continue
-        op = insn.opcode
-        if insn.is_load and insn.src in pointers:
-            name, offset = pointers[insn.src]
-            value = _read_known(known[name], offset + insn.off, insn.size_bytes,
-                                op & 0xE0 == Mode.MEMSX)
-            if value is not None:
-                out[i] = value
-        if op == LD_IMM64 and insn.src == PseudoSrc.MAP_VALUE and insn.reference is not None \
-                and insn.reference in known:
-            pointers[insn.dst] = (insn.reference, insn.imm)
-        elif op == Class.ALU64 | AluOp.MOV | Source.X and insn.off == 0:
-            if insn.src in pointers:
-                pointers[insn.dst] = pointers[insn.src]
+
+def _known_direct_loads(program: Program, known: Mapping[str, bytes]) -> dict[int, int]:
+    """Loads through a map-value pointer into a `known` map, with the value they read:
+    folded into what the analysis sees, so that one analysis suffices.
+
+    A small dataflow over "register → (map, offset)", in passes over the program in order:
+    a labelled instruction starts with what the fall-through and every jump to it agree on
+    (jumps from further down as of the previous pass; a function entry starts empty). It
+    repeats until the states at the jumps stop changing. It sees less than the analysis (no
+    stack, no pruned edges): what it misses, the analysis finds and the next round folds."""
+    insns = program.insns
+    if not known or not any(insn.opcode == LD_IMM64 and insn.src == PseudoSrc.MAP_VALUE
+                            and insn.reference in known for insn in insns):
+        return {}
+    jumps_to: dict[str, list[int]] = {}
+    entries: set[str] = set()  # labels also reached by calls or function pointers
+    for i, insn in enumerate(insns):
+        if insn.reference is not None and not insn.is_map_load:
+            if insn.is_branch:
+                jumps_to.setdefault(insn.reference, []).append(i)
             else:
-                pointers.pop(insn.dst, None)
-        elif op in (Class.ALU64 | AluOp.ADD, Class.ALU64 | AluOp.SUB) and insn.dst in pointers:
-            name, offset = pointers[insn.dst]
-            delta = insn.imm if op & 0xF0 == AluOp.ADD else -insn.imm
-            pointers[insn.dst] = (name, offset + delta)
-        elif insn.is_unconditional_jump or insn.is_exit:
-            pointers.clear()
+                entries.add(insn.reference)
+    at_jump: dict[int, Pointers] = {}
+    for _ in range(_PREFOLD_PASSES):
+        out: dict[int, int] = {}
+        changed = False
+        pointers: Pointers = {}
+        falls_in = False
+        for i, insn in enumerate(insns):
+            label = insn.label
+            if label is not None:
+                if label in entries:
+                    pointers = {}
+                else:
+                    # Jumps not seen yet (further down, first pass) are left out: the passes
+                    # repeat until that makes no difference.
+                    incoming = [at_jump[j] for j in jumps_to.get(label, ()) if j in at_jump]
+                    if falls_in:
+                        incoming.append(pointers)
+                    pointers = _meet(incoming)
+            op = insn.opcode
+            if insn.is_branch and insn.reference is not None and at_jump.get(i) != pointers:
+                at_jump[i] = dict(pointers)
+                changed = True
+            falls_in = not (insn.is_unconditional_jump or insn.is_exit)
+            if not falls_in:
+                pointers = {}
+                continue
+            if not pointers and op != LD_IMM64:
+                continue
+            if insn.is_load and insn.src in pointers:
+                name, offset = pointers[insn.src]
+                value = _read_known(known[name], offset + insn.off, insn.size_bytes,
+                                    op & 0xE0 == Mode.MEMSX)
+                if value is not None:
+                    out[i] = value
+            _follow_pointers(insn, pointers, known)
+        if not changed:
+            return out
+    return {}  # no fixed point in time: fold nothing early (the analysis still will)
+
+
+_PREFOLD_PASSES = 6
+
+
+def _meet(states: Sequence[Pointers]) -> Pointers:
+    if not states:
+        return {}
+    first, *rest = states
+    return {r: v for r, v in first.items() if all(s.get(r) == v for s in rest)}
+
+
+def _follow_pointers(insn: Instruction, pointers: dict[int, tuple[str, int]],
+                     known: Mapping[str, bytes]) -> None:
+    op = insn.opcode
+    if op == LD_IMM64 and insn.src == PseudoSrc.MAP_VALUE and insn.reference is not None \
+            and insn.reference in known:
+        pointers[insn.dst] = (insn.reference, insn.imm)
+    elif op == Class.ALU64 | AluOp.MOV | Source.X and insn.off == 0:
+        if insn.src in pointers:
+            pointers[insn.dst] = pointers[insn.src]
         else:
-            _, defs = register_effects(insn)
-            for r in list(pointers):
-                if defs >> r & 1:
-                    del pointers[r]
-    return out
+            pointers.pop(insn.dst, None)
+    elif op in (Class.ALU64 | AluOp.ADD, Class.ALU64 | AluOp.SUB) and insn.dst in pointers:
+        name, offset = pointers[insn.dst]
+        pointers[insn.dst] = (name, offset + (insn.imm if op == Class.ALU64 | AluOp.ADD
+                                              else -insn.imm))
+    else:
+        _, defs = register_effects(insn)
+        for r in [r for r in pointers if defs >> r & 1]:
+            del pointers[r]
 
 
 def _analysis_view(program: Program, prefolded: Mapping[int, int]
@@ -351,15 +402,22 @@ def _analysis_view(program: Program, prefolded: Mapping[int, int]
       register they write: a definition of an unknown value follows each;
     - `bpf_fib_lookup` is counted as reading its parameters only, but it writes results
       into them: it is analysed as a helper that writes its buffer;
-    - `callx` is not recognised as a call at all.
+    - `callx` is not recognised as a call at all;
+    - a conditional jump to the next instruction sends both edges to the same block, and
+      the state of one replaces the other's instead of joining it (`if r0 != 0` would leave
+      r0 = 0 for the next instruction): it is analysed as the `goto` it amounts to.
     """
     fixes: dict[int, tuple[Instruction, ...]] = {}
+    labels = program.labels
     for i, insn in enumerate(program.insns):
         if i in prefolded:
             fixes[i] = (constant_move(insn.dst, prefolded[i]),)
             continue
         op = insn.opcode
-        if insn.is_load and op & 0xE0 == Mode.MEMSX:
+        if insn.is_conditional_jump and insn.reference is not None \
+                and labels.get(insn.reference) == i + 1:
+            fixes[i] = (Instruction(_JA, reference=insn.reference),)
+        elif insn.is_load and op & 0xE0 == Mode.MEMSX:
             fixes[i] = (insn, Instruction(Class.ALU64 | AluOp.MOV | Source.X, insn.dst,
                                           insn.dst, 8 * insn.size_bytes))
         elif insn.is_atomic:

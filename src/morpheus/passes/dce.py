@@ -507,24 +507,26 @@ def _round(program: Program, dead_stores: bool, counts: dict[str, int]
     """Threaded jumps, then deletions for one round, and whether another round may find
     more.
 
-    Strong liveness finds every dead definition and store of the current CFG at once, and
-    removing unreachable code or a `goto` changes no liveness. Only a removed conditional
-    jump (its registers may now be dead), a removed function reference (the function is
-    then unreachable) or a jump target moving onto a `goto` gives the next round work.
+    Jumps made redundant by unreachable code go before liveness is computed (a jump whose
+    edges both lead to the same place changes no path, only what it reads), so the
+    registers they compared die in the same round. Strong liveness finds every dead
+    definition and store of the CFG at once. Only a conditional jump made redundant by a
+    dead definition, a removed function reference (the function is then unreachable) or a
+    jump target moving onto a `goto` gives the next round work.
     """
     program = _thread_jumps(program, counts)
     insns = program.insns
     n = len(insns)
-    labels = program.labels
     reachable, cfgs = _reachability(program)
     edits: dict[int, Sequence[Instruction]] = {}
     for i in range(n):
         if not reachable[i]:
             edits[i] = ()
     counts["unreachable"] += len(edits)
+    _redundant_jumps(program, edits, counts)  # liveness below ignores what they read
     effects: list[tuple[int, int, bool]] = [(0, 0, False)] * n
     for i, insn in enumerate(insns):
-        if reachable[i]:
+        if reachable[i] and i not in edits:
             uses, defs = register_effects(insn)
             effects[i] = (uses, defs, is_pure(insn))
     again = False
@@ -533,9 +535,30 @@ def _round(program: Program, dead_stores: bool, counts: dict[str, int]
             edits[i] = ()
             counts["dead_stores" if insns[i].is_store else "dead_defs"] += 1
             again = again or insns[i].is_func_load
-    # Jumps to where execution goes anyway, from the last to the first so that a removed
-    # jump can make the one before it redundant too. next_alive[k]: the first instruction
-    # at or after k that survives.
+    more, next_alive = _redundant_jumps(program, edits, counts)
+    again = again or more
+    if not again:
+        # A deleted jump target passes its label on: if that lands on a `goto`, the next
+        # round threads the jumps to it.
+        labels = program.labels
+        again = any(insn.is_branch and insn.reference is not None
+                    and labels[insn.reference] in edits
+                    and insns[next_alive[labels[insn.reference]]].opcode == _JA
+                    for k, insn in enumerate(insns) if k not in edits)
+    return program, edits, again
+
+
+def _redundant_jumps(program: Program, edits: dict[int, Sequence[Instruction]],
+                     counts: dict[str, int]) -> tuple[bool, list[int]]:
+    """Delete (in `edits`) jumps to where execution goes anyway once the instructions
+    already in `edits` are gone. Works from the last instruction to the first, so that a
+    removed jump can make the one before it redundant too. Returns whether a conditional
+    jump went, and next_alive: next_alive[k] is the first surviving instruction at or
+    after k."""
+    insns = program.insns
+    labels = program.labels
+    n = len(insns)
+    conditional = False
     next_alive = list(range(n + 1))
     for k in range(n - 1, -1, -1):
         insn = insns[k]
@@ -544,17 +567,10 @@ def _round(program: Program, dead_stores: bool, counts: dict[str, int]
             if target > k and next_alive[k + 1] == next_alive[target]:
                 edits[k] = ()
                 counts["jumps"] += 1
-                again = again or insn.is_conditional_jump
+                conditional = conditional or insn.is_conditional_jump
         if k in edits:
             next_alive[k] = next_alive[k + 1]
-    if not again:
-        # A deleted jump target passes its label on: if that lands on a `goto`, the next
-        # round threads the jumps to it.
-        again = any(insn.is_branch and insn.reference is not None
-                    and labels[insn.reference] in edits
-                    and insns[next_alive[labels[insn.reference]]].opcode == _JA
-                    for k, insn in enumerate(insns) if k not in edits)
-    return program, edits, again
+    return conditional, next_alive
 
 
 __all__ = ["ALL_STACK", "DeadCodeElimination", "apply_edits", "eliminate_dead_code", "is_pure",

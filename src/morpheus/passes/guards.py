@@ -1,10 +1,11 @@
 """Version bumps where the data plane writes a map that specialized code depends on.
 
 Every specialized site on such a map checks a version (one load and one compare, see
-`inline`); this pass makes every data-plane write to the map change that version first:
-update and delete helper calls, and stores or atomics through a value pointer that touch
-bytes some specialized site reads. The bump happens before the write, so once the writing
-instruction has completed no specialized site can still use the old value.
+`inline`); this pass makes every data-plane write to the map move that version before and
+after the write: update and delete helper calls, and stores or atomics through a value
+pointer that touch bytes some specialized site reads. The bump before means no specialized
+site uses the old value once the new one can be seen; the bump after means a snapshot taken
+while the write was in flight can never match the version that follows it.
 
 Writes through a value pointer to bytes no specialized site reads (a "last seen" timestamp
 next to the forwarding decision) need no bump: the inlined bytes stay true.
@@ -19,7 +20,7 @@ from typing import ClassVar
 from ..analysis.sites import analyze
 from ..analysis.values import DELETE, UPDATE, Kind
 from ..ir import Instruction, Program, asm
-from ..ir.asm import FP, R0, R1, R3, R5
+from ..ir.asm import FP, R0, R1, R2, R3, R5
 from ..ir.edit import rewrite
 from ..ir.opcodes import AtomicOp, Class, Mode
 from .inline import GUARD_MAP
@@ -55,7 +56,10 @@ class GuardBumps:
                 if reg.kind == Kind.MAP and reg.ref in self.slots:
                     target = str(reg.ref)
                     scratch = R5 if insn.imm == UPDATE else R3
-                    edits[index] = [*self._bump_at_call(target, scratch), insn]
+                    # After the call r1-r5 are dead (the call clobbered them); r0 is the
+                    # helper's result and must survive.
+                    edits[index] = [*self._bump_at_call(target, R0, scratch), insn,
+                                    *self._bump_at_call(target, R1, R2)]
                     bumps += 1
                 continue
             cls = insn.opcode & 0x07
@@ -67,8 +71,10 @@ class GuardBumps:
                     offset = None if base.const is None else base.const + insn.off
                     if self._touches_read_bytes(target, offset, insn.size_bytes):
                         floor = floors[_function_of(program, index)]
-                        free = [r for r in range(6) if state.regs[r].kind == Kind.UNINIT]
-                        edits[index] = [*self._bump_anywhere(target, floor, free), insn]
+                        free = [r for r in range(6) if state.regs[r].kind == Kind.UNINIT
+                                and r not in (insn.dst, insn.src)]
+                        bump = self._bump_anywhere(target, floor, free)
+                        edits[index] = [*bump, insn, *bump]
                         bumps += 1
         ctx.stats["guard_bumps"] = bumps
         return rewrite(program, edits) if edits else program
@@ -79,13 +85,14 @@ class GuardBumps:
             return True
         return any(offset < hi and lo < offset + size for lo, hi in ranges)
 
-    def _bump_at_call(self, map_name: str, scratch: int) -> list[Instruction]:
-        # r0 is dead before a helper call (the call overwrites it) and `scratch` is not an
-        # argument of the helper.
+    def _bump_at_call(self, map_name: str, base: int, scratch: int) -> list[Instruction]:
+        # Before a helper call r0 is dead (the call overwrites it) and `scratch` is not an
+        # argument of the helper; after it, r1-r5 are dead.
         slot = 8 * self.slots[map_name]
-        return [asm.ld_map_value(R0, self.guard_map, slot, note="guard bump"),
-                asm.mov64(scratch, 1, note="guard bump"),  # type: ignore[arg-type]
-                asm.atomic(8, AtomicOp.ADD, R0, 0, scratch, note="guard bump")]  # type: ignore[arg-type]
+        b, s = asm.Reg(base), asm.Reg(scratch)
+        return [asm.ld_map_value(b, self.guard_map, slot, note="guard bump"),
+                asm.mov64(s, 1, note="guard bump"),
+                asm.atomic(8, AtomicOp.ADD, b, 0, s, note="guard bump")]
 
     def _bump_anywhere(self, map_name: str, floor: int, free: list[int]) -> list[Instruction]:
         # Uninitialized registers are dead and free to use; otherwise borrow r0/r1 through

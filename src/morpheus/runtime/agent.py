@@ -189,7 +189,9 @@ class Agent:
             self.errors.append("external write watcher unavailable: module missing")
             return
         try:
-            watcher = WriteWatcher(self.guard.map)  # type: ignore[union-attr]
+            # The agent brackets its own writes with bumps; the watcher takes the others.
+            watcher = WriteWatcher(self.guard.map,  # type: ignore[union-attr]
+                                   ignore_pid=os.getpid())
             watcher.start()
             for name, slot in self.guard_slots.items():
                 watcher.watch(self.maps[name], slot)
@@ -375,11 +377,14 @@ class Agent:
         snapshot must agree, else a write happened in between and the snapshot is retaken."""
         assert self.guard is not None
         for _ in range(5):
+            # Every writer moves the version before and after its write, so a snapshot is
+            # good when the versions did not move while it was taken: a write in flight
+            # will move them again when it ends, past what this snapshot records.
             before = self.guard.versions()
             snapshots = snapshot_maps(self.maps, self.facts, self.spec.maps, heat,
                                       self.options.plan)
             after = self.guard.versions()
-            if before == after and all(v % 2 == 0 for v in before):
+            if before == after:
                 return snapshots, {m: before[s] for m, s in self.guard_slots.items()}
             time.sleep(0.001)
         raise AgentError("maps kept changing while taking a snapshot")

@@ -14,6 +14,7 @@ unknown scalar, which only ever makes later decisions more conservative.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
@@ -176,11 +177,19 @@ def _fixpoint(program: Program, cfg: CFG, entry: State, states: list[State | Non
               ctx_layout: Mapping[int, Kind]) -> None:
     block_in: dict[int, State] = {cfg.entry: entry}
     order = {b: i for i, b in enumerate(cfg.reverse_postorder())}
-    work = {cfg.entry}
+    # Blocks in reverse postorder: a heap of (rank, block), with a set against duplicates.
+    heap = [(order.get(cfg.entry, 0), cfg.entry)]
+    queued = {cfg.entry}
     visits: dict[int, int] = {}
-    while work:
-        start = min(work, key=lambda b: order.get(b, 1 << 30))
-        work.discard(start)
+
+    def push(block: int) -> None:
+        if block not in queued:
+            queued.add(block)
+            heapq.heappush(heap, (order.get(block, 1 << 30), block))
+
+    while heap:
+        _, start = heapq.heappop(heap)
+        queued.discard(start)
         visits[start] = visits.get(start, 0) + 1
         block = cfg.blocks[start]
         state = block_in[start].copy()
@@ -208,14 +217,14 @@ def _fixpoint(program: Program, cfg: CFG, entry: State, states: list[State | Non
             old = block_in.get(succ)
             if old is None:
                 block_in[succ] = succ_state.copy()
-                work.add(succ)
+                push(succ)
                 continue
             joined = join_states(old, succ_state)
             if visits.get(succ, 0) > 8:
                 joined = _widen(joined)
-            if joined.key() != old.key():
+            if joined.regs != old.regs or joined.stack != old.stack:
                 block_in[succ] = joined
-                work.add(succ)
+                push(succ)
 
 
 def _widen(state: State) -> State:

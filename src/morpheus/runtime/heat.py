@@ -57,6 +57,8 @@ class HeatReader:
 
     def read(self) -> dict[int, SiteHeat]:
         """Fold the new samples into the heat; returns it (by site provenance)."""
+        if not self.layout.sites:
+            return self.heat
         ctl_raw = self.maps[CTL_MAP].lookup(0)
         assert isinstance(ctl_raw, list)
         samples = self.maps[SAMPLES_MAP]

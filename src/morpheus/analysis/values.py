@@ -137,7 +137,7 @@ TAIL_CALL = HELPER_IDS["tail_call"]
 READ_ONLY_MEMORY_HELPERS = {
     LOOKUP, UPDATE, DELETE, HELPER_IDS["csum_diff"], HELPER_IDS["xdp_store_bytes"],
     HELPER_IDS["ringbuf_output"], HELPER_IDS["perf_event_output"], HELPER_IDS["trace_printk"],
-    HELPER_IDS["fib_lookup"], HELPER_IDS["skb_store_bytes"],
+    HELPER_IDS["skb_store_bytes"],
 }
 
 
@@ -203,7 +203,10 @@ def _fixpoint(program: Program, cfg: CFG, entry: State, states: list[State | Non
                 if taken is not None:
                     out[target] = taken
                 if insn.is_conditional_jump and fallthrough is not None:
-                    out[block.end] = fallthrough
+                    # A jump to the next instruction: both edges reach the same block.
+                    prior = out.get(block.end)
+                    out[block.end] = (fallthrough if prior is None
+                                      else join_states(prior, fallthrough))
                 break
             _step(insn, state, index, ctx_layout)
             if insn.is_exit:
@@ -258,8 +261,10 @@ def _step(insn: Instruction, state: State, index: int, ctx_layout: Mapping[int, 
         regs[insn.dst] = _load(insn, state, ctx_layout)
     elif cls in (Class.ST, Class.STX):
         _store(insn, state)
-    elif insn.is_call:
-        _call(insn, state, index)
+        if insn.is_atomic:
+            _atomic_result(insn, state)
+    elif insn.is_call or insn.opcode == (Class.JMP | 0x80 | Source.X):
+        _call(insn, state, index)  # callx too: an indirect call clobbers like any call
 
 
 def _step_alu(insn: Instruction, state: State) -> None:
@@ -287,6 +292,10 @@ def _step_alu(insn: Instruction, state: State) -> None:
     if op == AluOp.NEG:
         regs[insn.dst] = (const(alu.alu(op, dst.const, 0, wide=wide))
                           if dst.kind == Kind.SCALAR and dst.const is not None else UNKNOWN)
+        return
+    if src.is_pointer and dst.kind == Kind.SCALAR and wide and op == AluOp.ADD:
+        # scalar + pointer is a pointer (clang sometimes puts the offset first)
+        regs[insn.dst] = src.shifted(None if dst.const is None else alu.signed(dst.const, 64))
         return
     if dst.is_pointer and wide and op in (AluOp.ADD, AluOp.SUB):
         if src.kind == Kind.SCALAR:
@@ -348,7 +357,10 @@ def _load(insn: Instruction, state: State, ctx_layout: Mapping[int, Kind]) -> Va
         if slot is not None and slot[0] == size:
             value = slot[1]
             if value.kind == Kind.SCALAR and value.const is not None and size < 8:
-                return const(value.const & ((1 << (8 * size)) - 1))
+                low = value.const & ((1 << (8 * size)) - 1)
+                if insn.mode == Mode.MEMSX:
+                    return const(alu.signed(low, 8 * size))
+                return const(low)
             return value if (size == 8 or value.kind == Kind.SCALAR) else UNKNOWN
         return Value(Kind.SCALAR, None, None, ("stack", off, size))
     if base.kind == Kind.PKT:
@@ -358,6 +370,17 @@ def _load(insn: Instruction, state: State, ctx_layout: Mapping[int, Kind]) -> Va
     if base.kind == Kind.DIRECT:
         return Value(Kind.SCALAR, None, None, ("direct", base.ref, off, size))
     return UNKNOWN
+
+
+def _atomic_result(insn: Instruction, state: State) -> None:
+    """Atomics that return the old value overwrite a register."""
+    imm = insn.imm
+    if imm == 0xF1:  # cmpxchg: r0 receives the old value
+        state.regs[0] = UNKNOWN
+    elif imm == 0x100:  # load-acquire writes dst
+        state.regs[insn.dst] = UNKNOWN
+    elif imm & 0x01 or imm == 0xE1:  # fetch forms and xchg write src
+        state.regs[insn.src] = UNKNOWN
 
 
 def _store(insn: Instruction, state: State) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from ..ir import Program, encode, listing
 from ..obj import MapSpec
@@ -34,7 +34,7 @@ class PassContext:
 
 
 class Pass(Protocol):
-    name: str
+    name: ClassVar[str]
 
     def run(self, program: Program, ctx: PassContext) -> Program: ...
 

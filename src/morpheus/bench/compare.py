@@ -31,7 +31,9 @@ from ..traffic.generate import Trace
 from .replay import Replay, latency_percentiles
 from .throughput import Throughput
 
-SAMPLES = 3  # passes per program per round; the fastest counts
+SAMPLES = 3  # alternating passes per program copy
+COPIES = 4  # fresh loads of each program per round (identical code placed elsewhere by the
+# JIT runs a little faster or slower; fresh copies average that out)
 
 
 @dataclass
@@ -218,6 +220,7 @@ class _Runner:
     mpps: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     latencies: list[int] = field(default_factory=list)
+    factory: Callable[[], Replay] | None = None  # a fresh copy of `replay` (new JIT image)
 
 
 def _throughput_devices(ingress: int) -> tuple[str, str]:
@@ -277,7 +280,15 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
                 tput = stack.enter_context(Throughput(
                     pspec, btf, environment.maps, trace.frames, environment.namespace, rx, tx,
                     program=subject.program, cpu=cpu))
-            runners.append(_Runner(subject, environment, replay, lat, tput))
+            def factory(pspec: ProgramSpec = pspec, btf: Any = btf,
+                        environment: Environment = environment,
+                        subject: Subject = subject, shared: Replay = first_replay) -> Replay:
+                return Replay(pspec, btf, environment.maps, trace.frames,
+                              program=subject.program, ingress_ifindex=ingress,
+                              namespace=environment.namespace, cpu=cpu,
+                              share_trace_with=shared)
+
+            runners.append(_Runner(subject, environment, replay, lat, tput, factory=factory))
         overhead = stack.enter_context(
             Replay(None, None, {}, trace.frames, ingress_ifindex=0, cpu=cpu,
                    namespace=runners[0].environment.namespace, share_trace_with=first_replay))
@@ -288,25 +299,43 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
         # Phases are separate (throughput leaves softirq and page-pool work behind that
         # slows whatever runs next), the order alternates A B / B A between rounds, and each
         # measured pass follows an unmeasured one of the same program.
-        # Within a round each program is measured SAMPLES times, alternating, and the
-        # fastest pass counts: interference from the rest of the machine only ever adds
-        # time, so the minimum of close-together passes is the most faithful.
+        # Every round loads COPIES fresh copies of each program and measures each SAMPLES
+        # times, alternating A and B pass by pass; ns/packet per round is the median pass.
+        pair_ratios: list[float] = []
         for n in range(rounds):
             order = runners if n % 2 == 0 else runners[::-1]
             samples: dict[int, list[float]] = {id(r): [] for r in runners}
-            base_samples = []
-            for _ in range(SAMPLES):
-                overhead.run()
-                base_samples.append(overhead.run().ns_per_packet)
-                for runner in order:
-                    runner.replay.run()
-                    samples[id(runner)].append(runner.replay.run().ns_per_packet)
-            base = min(base_samples)
+            overhead.run()
+            base = min(overhead.run().ns_per_packet for _ in range(SAMPLES))
             overheads.append(base)
+            round_ratios = []
+            for copy in range(COPIES):
+                copies = {id(r): (r.factory() if r.factory and (n or copy) else r.replay)
+                          for r in runners}
+                try:
+                    for runner in order:  # warm both before measuring either
+                        copies[id(runner)].run()
+                    for _ in range(SAMPLES):
+                        pair = {}
+                        for runner in order:
+                            ns = copies[id(runner)].run().ns_per_packet
+                            samples[id(runner)].append(ns)
+                            pair[id(runner)] = max(ns - base, 0.1)
+                        if len(runners) == 2:
+                            round_ratios.append(pair[id(runners[0])] / pair[id(runners[1])])
+                finally:
+                    for runner in runners:
+                        if copies[id(runner)] is not runner.replay:
+                            copies[id(runner)].close()
             for runner in runners:
-                gross = min(samples[id(runner)])
+                gross = statistics.median(samples[id(runner)])
                 runner.gross_ns.append(gross)
                 runner.net_ns.append(max(gross - base, 0.1))
+            if round_ratios:
+                # The machine's speed drifts within milliseconds: a ratio of two passes run
+                # back to back sees the same drift, so the round's speedup is the median of
+                # those pairwise ratios.
+                pair_ratios.append(statistics.median(round_ratios))
         for n in range(rounds):
             for runner in runners if n % 2 == 0 else runners[::-1]:
                 if runner.latency is not None:
@@ -340,8 +369,7 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
                 entry["verdicts_match"] = chk["match"]
             report[key] = entry
         if len(runners) == 2:
-            a, b = runners
-            report["speedup"] = spread([x / y for x, y in zip(a.net_ns, b.net_ns, strict=True)])
+            report["speedup"] = spread(pair_ratios)
         if checks:
             report["verdicts_match"] = all(c["match"] for c in checks)
         report["_series"] = {key: {"net_ns": r.net_ns, "mpps": r.mpps,

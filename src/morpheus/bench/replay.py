@@ -175,8 +175,15 @@ class Replay:
             self.reset()
 
     def _new_device(self) -> str:
-        name = f"rp{next(_DEVICES)}"
-        self.namespace.add_veth(name, name + "p", up=False)
+        # Devices are reused once their replay is closed: creating interfaces sets off
+        # kernel work (netlink, address configuration) that would disturb measurements.
+        pool = _FREE_DEVICES.setdefault(self.namespace.name, [])
+        if pool:
+            name = pool.pop()
+        else:
+            name = f"rp{next(_DEVICES)}"
+            self.namespace.add_veth(name, name + "p", up=False)
+        self._device = name
         return name
 
     def _load_trace(self) -> None:
@@ -238,6 +245,10 @@ class Replay:
         for obj in reversed(self._closers):
             obj.close()  # type: ignore[attr-defined]
         self._closers.clear()
+        device = getattr(self, "_device", None)
+        if device is not None and not self._own_ns:
+            _FREE_DEVICES.setdefault(self.namespace.name, []).append(device)
+            self._device = None
         if self._own_ns:
             self.namespace.delete()
 
@@ -249,6 +260,7 @@ class Replay:
 
 
 _DEVICES = itertools.count()
+_FREE_DEVICES: dict[str, list[str]] = {}  # namespace → veths no replay is attached to
 
 
 def latency_percentiles(ns: Sequence[int]) -> dict[str, float]:

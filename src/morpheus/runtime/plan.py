@@ -27,6 +27,9 @@ class PlanOptions:
     hot_max: int = 64  # hot keys inlined per site
     hot_cover: float = 0.99  # stop adding hot keys once they cover this share of samples
     min_samples: int = 32  # below this, a site's heat is noise
+    # Hot keys that answer fewer lookups than this are not worth a comparison tree in front
+    # of every lookup (uniform traffic would pay the tree and the map on most packets).
+    min_coverage: float = 0.5
     # Estimated instructions the verifier processes (see optimizer.relieve_for_budget);
     # above it the largest sites converge their hits, then the least used are dropped.
     verifier_budget: int = 800_000
@@ -143,6 +146,12 @@ def plan_sites(facts: ProgramFacts, snapshots: Mapping[str, MapSnapshot],
             decisions.append(SiteDecision(site, None, "none", "hot keys not in the snapshot"))
             continue
         coverage = site_heat.share({e.key for e in entries_list})
+        if coverage < options.min_coverage:
+            decisions.append(SiteDecision(site, None, "none",
+                                          f"hot keys cover only {coverage:.0%} of sampled "
+                                          f"lookups (under {options.min_coverage:.0%})",
+                                          len(entries_list), coverage))
+            continue
         plan = SitePlan(entries=tuple(entries_list), complete=False, **common)  # type: ignore[arg-type]
         plans.append(plan)
         decisions.append(SiteDecision(site, plan, "hot",

@@ -354,7 +354,8 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
                 "object": str(runner.subject.object_path),
                 "label": runner.subject.label,
                 "program": runner.subject.program_spec().name,
-                "insns": runner.replay.instructions,
+                "insns": sum(i.width for i in (runner.subject.program
+                                               or runner.subject.program_spec().program).insns),
                 "ns_per_packet": spread(runner.net_ns, 1),
                 "ns_per_packet_with_harness": spread(runner.gross_ns, 1),
             }

@@ -20,7 +20,7 @@ from .ir.program import index_by_origin, with_origins
 from .kernel import Map
 from .obj import MapSpec, ObjectSpec, ProgramSpec
 from .passes.guards import GuardBumps
-from .passes.inline import GUARD_MAP, InlinePlan, InlineTables
+from .passes.inline import GUARD_MAP, InlinePlan, InlineTables, SitePlan
 from .passes.instrument import Instrument, SampledSite, SamplingLayout, layout_for
 from .passes.pipeline import Pass, PassContext, Pipeline
 from .runtime.heat import HeatReader, SiteHeat
@@ -198,20 +198,28 @@ def relieve_for_budget(plan: InlinePlan, base_cost: int, budget: int,
     fixes the next lookup's key, and so on), so programs that verify cheaply
     (`base_cost`, prog_info.verified_insns of the original, under `heavy`) are left alone.
     A heavy program (bounded loops over looked-up values) pays for every distinct state:
-    there, every site converges (two states: the inlined pointer and the map's own) and
-    the least used sites are dropped until base_cost * 2^sites fits the budget.
+    there every multi-key site converges, leaving two states per site (the inlined pointer
+    and the map's own); a guarded site, even with a constant key, also leaves two (its guard
+    can send the packet to the map). The least valuable sites are dropped until
+    base_cost * 2^sites fits the budget.
     """
     if base_cost < heavy:
         return frozenset(), frozenset()
-    sites = [p for p in plan.sites if not p.constant_key and len(p.entries) > 1]
-    # Keep the sites that save the most: traffic covered times what a lookup there costs
-    # (a trie walk costs several hash lookups).
-    keep = sorted(sites, key=lambda p: -sum(e.weight for e in p.entries)
-                  * (lookup_costs or {}).get(p.map, 1.0))
+    costs = lookup_costs or {}
+
+    def doubles(p: SitePlan) -> bool:
+        return (not p.constant_key and len(p.entries) > 1) or p.guard_slot is not None
+
+    def value(p: SitePlan) -> float:
+        share = 1.0 if p.constant_key else sum(e.weight for e in p.entries)
+        return share * costs.get(p.map, 1.0)
+
+    keep = sorted((p for p in plan.sites if doubles(p)), key=lambda p: -value(p))
     drop: set[int] = set()
     while keep and base_cost * 2 ** len(keep) > budget:
         drop.add(keep.pop().site)
-    return frozenset(p.site for p in keep), frozenset(drop)
+    converge = {p.site for p in keep if not p.constant_key and len(p.entries) > 1}
+    return frozenset(converge), frozenset(drop)
 
 
 def is_complexity_error(message: str) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="generate a results report")
-    p.add_argument("kind", choices=["baseline"])
+    p.add_argument("kind", choices=["baseline", "optimizer", "agent"])
     p.add_argument("--out", default="docs/results", help="directory for the report and plots")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--packets", type=int, default=10_000)
@@ -20,7 +20,28 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench.report import baseline, write_markdown
+    from ..bench.results import (
+        agent_report,
+        optimizer_report,
+        write_agent_markdown,
+        write_optimizer_markdown,
+    )
 
+    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    out = Path(args.out)
+    if args.kind == "optimizer":
+        result = optimizer_report(rounds=args.rounds, progress=progress)
+        path = write_optimizer_markdown(result, out, f"morpheus report optimizer --rounds "
+                                                     f"{args.rounds}")
+        (out / "optimizer.json").write_text(json.dumps(result, indent=2))
+        print(path)
+        return 0
+    if args.kind == "agent":
+        result = agent_report(progress=progress)
+        path = write_agent_markdown(result, out, "morpheus report agent")
+        (out / "agent.json").write_text(json.dumps(result, indent=2))
+        print(path)
+        return 0
     result = baseline(rounds=args.rounds, packets=args.packets,
                       progress=lambda line: print(line, file=sys.stderr, flush=True))
     command = f"morpheus report baseline --rounds {args.rounds} --packets {args.packets}"

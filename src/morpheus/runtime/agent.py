@@ -132,6 +132,7 @@ class Agent:
         self.link: Link | None = None
         self.current: Version | None = None
         self.history: deque[CycleReport] = deque(maxlen=50)
+        self.swaps: deque[tuple[float, int, str]] = deque(maxlen=500)  # time, version, why
         self.errors: deque[str] = deque(maxlen=20)
         self.lock = threading.RLock()
         self._stop = threading.Event()
@@ -329,7 +330,8 @@ class Agent:
             result = specialize(self.program, self.spec, self.prog, self.facts, snapshots,
                                 heat, self.options.plan, guard_versions=versions,
                                 guard_slots=self.guard_slots, bump_slots=self.bump_slots,
-                                sampling=self.layout, passes=self._passes())
+                                sampling=self.layout, passes=self._passes(),
+                                verifier_base=self._verifier_base())
             report.timings_ms["specialize"] = _ms(t2)
             signature = _signature(result)
             if not self._dirty and self.current is not None and \
@@ -356,6 +358,7 @@ class Agent:
             report.outcome = "swapped"
             report.reason = f"version {version.number}: " + ", ".join(
                 f"{d['map']}:{d['mode']}" for d in version.decisions if d["specialized"])
+            self.swaps.append((time.time(), version.number, report.reason))
             self._dirty = False
         except Exception as exc:
             report.outcome = "failed"
@@ -424,10 +427,24 @@ class Agent:
                                     heat, self.options.plan, guard_versions=versions,
                                     guard_slots=self.guard_slots, bump_slots=self.bump_slots,
                                     converge=converged, drop=dropped, sampling=self.layout,
-                                    passes=self._passes())
+                                    passes=self._passes(),
+                                    verifier_base=self._verifier_base())
                 program = result.program
                 self._ensure_extra_maps(result.extra_maps)
         raise AgentError("the verifier refused every relieved version")
+
+    def _verifier_base(self) -> int | None:
+        """Instructions the verifier processed for the unspecialized program (measured once
+        on the base version): the yardstick for keeping specialized versions verifiable."""
+        if getattr(self, "_base_cost", None) is None:
+            with contextlib.suppress(KernelError, VerifierError):
+                base = self._base_program(instrumented=False)
+                with self._in_netns():
+                    prog = load_program_spec(self.prog, self.maps, program=base,
+                                             btf_fd=self.btf_fd)
+                with prog:
+                    self._base_cost = prog.info().verified_insns
+        return getattr(self, "_base_cost", None)
 
     def _passes(self) -> list[Any] | None:
         if not self.options.extra_passes:
@@ -511,6 +528,8 @@ class Agent:
             "version": None, "errors": list(self.errors),
             "cycles": [{"at": round(c.started, 3), "outcome": c.outcome, "reason": c.reason,
                         "ms": c.timings_ms} for c in list(self.history)[-10:]],
+            "swaps": [{"at": round(t, 3), "version": v, "reason": r} for t, v, r in self.swaps],
+            "cycle_ms": _cycle_stats(self.history),
         }
         if current is not None:
             info = None
@@ -578,6 +597,16 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _cycle_stats(history: deque[CycleReport]) -> dict[str, float | None]:
+    """Median durations of recent cycles that produced a new version, by phase."""
+    swapped = [c.timings_ms for c in history if c.outcome == "swapped"]
+    out: dict[str, float | None] = {}
+    for key in ("profile", "snapshot", "specialize", "verify", "swap", "total"):
+        values = sorted(t[key] for t in swapped if key in t)
+        out[key] = values[len(values) // 2] if values else None
+    return out
 
 
 class AgentMap:

@@ -384,7 +384,7 @@ def format_table(report: dict[str, Any]) -> str:
                      f" Mpps{ratio:>7.2f}x")
     lines.append("")
     lines.append(f"adaptation to the new hot set: {report['adaptation_s']} s; "
-                 f"{report['swaps']} swaps, median cycle {report['cycle_ms']} ms")
+                 f"{report['swaps']} swaps, median cycle {report['cycle_ms'] or 0:.0f} ms")
     lines.append(f"route changed through the agent mid-run: {report['stale_verdicts']} stale "
                  f"answers in {report['probes']} probes of the live program")
     lines.append(f"packets sent {report['sent_packets']}, lost {report['lost_packets']}")

@@ -29,7 +29,8 @@ def test_router_sites_are_planned_by_kind() -> None:
                                                           for k in hot_keys}),
         "rt_nexthops": MapSnapshot(spec.maps["rt_nexthops"]),
     }
-    heat = {routes.index: SiteHeat(Counter({k: 100 - i for i, k in enumerate(hot_keys)}))}
+    skewed = Counter({k: (1000 - i if i < 16 else 1) for i, k in enumerate(hot_keys)})
+    heat = {routes.index: SiteHeat(skewed)}
     plan, decisions = plan_sites(facts, snapshots, heat, PlanOptions(hot_max=16))
     by_map: dict[str, list[str]] = {}
     for d in decisions:
@@ -44,6 +45,11 @@ def test_router_sites_are_planned_by_kind() -> None:
     assert routes_plan.entries[0].key == hot_keys[0]  # hottest first
     reasons = {d.site.map: d.reason for d in decisions if d.mode == "none"}
     assert "per-CPU" in reasons["rt_stats"]
+    # Uniform traffic: 16 keys out of 100 equally hot answer too few lookups to pay off.
+    flat = {routes.index: SiteHeat(Counter({k: 10 for k in hot_keys}))}
+    _, decisions = plan_sites(facts, snapshots, flat, PlanOptions(hot_max=16))
+    (routes_decision,) = [d for d in decisions if d.site.map == "rt_routes"]
+    assert routes_decision.mode == "none" and "cover only 16%" in routes_decision.reason
 
 
 def test_guards_are_planned_for_data_plane_written_maps(test_objects: dict[str, Path]) -> None:

@@ -7,9 +7,10 @@ kernel `Map` and the tests' in-memory fakes both satisfy.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 # enum xdp_action (include/uapi/linux/bpf.h).
 XDP_ABORTED = 0
@@ -52,3 +53,50 @@ __all__ = [
     "VERDICT_NAMES", "XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_REDIRECT", "XDP_TX",
     "MapLike", "Outcome", "verdict_name",
 ]
+
+
+_U32 = struct.Struct("=I")
+_COUNTER = struct.Struct("=QQ")
+
+
+def encode_u32(value: int) -> bytes:
+    """A host-order u32: array indexes, ifindex keys, config flags, devmap values."""
+    return _U32.pack(value)
+
+
+def decode_u32(raw: bytes) -> int:
+    return int(_U32.unpack(raw)[0])
+
+
+def decode_counter(raw: bytes) -> tuple[int, int]:
+    """A {u64 packets; u64 bytes} counter (the stats maps of every NF) → (packets, bytes)."""
+    packets, nbytes = _COUNTER.unpack(raw)
+    return int(packets), int(nbytes)
+
+
+def sum_counter(raw: bytes | list[bytes] | None) -> tuple[int, int]:
+    """A counter summed over CPUs (a per-CPU lookup gives one value per CPU)."""
+    values = [raw] if isinstance(raw, bytes) else list(raw or [])
+    packets = nbytes = 0
+    for value in values:
+        p, b = decode_counter(value)
+        packets += p
+        nbytes += b
+    return packets, nbytes
+
+
+class CountingModel:
+    """Counters of a reference model: reason → (packets, bytes), kept when the
+    configuration has statistics on, exactly as the program's per-CPU stats map."""
+
+    config: Any
+    stats: dict[str, tuple[int, int]]
+
+    def _count(self, reason: str, size: int) -> None:
+        if self.config.stats:
+            packets, nbytes = self.stats[reason]
+            self.stats[reason] = (packets + 1, nbytes + size)
+
+    def _done(self, reason: str, size: int, verdict: int, frame: bytes) -> Outcome:
+        self._count(reason, size)
+        return Outcome(verdict, frame)

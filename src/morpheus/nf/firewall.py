@@ -62,6 +62,11 @@ from ._l4 import (
     random_frame,
 )
 from .common import XDP_DROP, XDP_PASS, MapLike, Outcome
+from .common import decode_counter as decode_counter
+
+# Re-exported: the encoders are part of each NF module's public API.
+from .common import decode_u32 as decode_u32
+from .common import encode_u32 as encode_u32
 
 NAME = "firewall"
 DESCRIPTION = ("ACL firewall in the style of bpf-iptables: prioritized 5-tuple rules compiled "
@@ -350,13 +355,8 @@ def decode_lpm_key(raw: bytes) -> Prefix:
     return Prefix(int.from_bytes(addr, "big"), length)
 
 
-def encode_u32(value: int) -> bytes:
-    """Keys of fw_sport, fw_dport, fw_proto, fw_actions, fw_config and the stats arrays."""
-    return _U32.pack(value)
 
 
-def decode_u32(raw: bytes) -> int:
-    return _U32.unpack(raw)[0]
 
 
 def encode_bitvec(bits: int) -> bytes:
@@ -397,9 +397,6 @@ def decode_ct_value(raw: bytes) -> tuple[int, int, bool]:
     return packets, rule, bool(reply)
 
 
-def decode_counter(raw: bytes) -> tuple[int, int]:
-    """struct nf_counter → (packets, bytes)."""
-    return _COUNTER.unpack(raw)
 
 
 # ---------------------------------------------------------------------------- compilation

@@ -59,7 +59,18 @@ from ._l4 import (
     ipv6_frame,
     random_frame,
 )
-from .common import XDP_DROP, XDP_PASS, XDP_TX, MapLike, Outcome
+from .common import (
+    XDP_DROP,
+    XDP_PASS,
+    XDP_TX,
+    MapLike,
+    Outcome,
+)
+from .common import decode_counter as decode_counter
+
+# Re-exported: the encoders are part of each NF module's public API.
+from .common import decode_u32 as decode_u32
+from .common import encode_u32 as encode_u32
 
 NAME = "lb"
 DESCRIPTION = ("L4 load balancer in the style of Katran: VIP table, Maglev ring per VIP, LRU "
@@ -303,14 +314,8 @@ _FLOW_KEY = struct.Struct("!IIHHB3x")
 _COUNTER = struct.Struct("=QQ")
 
 
-def encode_u32(value: int) -> bytes:
-    """Keys of lb_config, lb_ring, lb_backends and the stats arrays; values of lb_ring and
-    lb_conn."""
-    return _U32.pack(value)
 
 
-def decode_u32(raw: bytes) -> int:
-    return _U32.unpack(raw)[0]
 
 
 def encode_config(src_addr: int, own_mac: bytes, gw_mac: bytes, features: int) -> bytes:
@@ -356,8 +361,6 @@ def decode_flow_key(raw: bytes) -> tuple[int, int, int, int, int]:
     return _FLOW_KEY.unpack(raw)
 
 
-def decode_counter(raw: bytes) -> tuple[int, int]:
-    return _COUNTER.unpack(raw)
 
 
 # --------------------------------------------------------------------------- control plane

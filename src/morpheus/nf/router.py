@@ -36,7 +36,20 @@ from dataclasses import dataclass, field
 
 from morpheus.traffic import packet as pkt
 
-from .common import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, MapLike, Outcome
+from .common import (
+    XDP_DROP,
+    XDP_PASS,
+    XDP_REDIRECT,
+    XDP_TX,
+    CountingModel,
+    MapLike,
+    Outcome,
+    sum_counter,
+)
+
+# Re-exported: the encoders are part of each NF module's public API.
+from .common import decode_u32 as decode_u32
+from .common import encode_u32 as encode_u32
 
 __all__ = [
     "DESCRIPTION", "NAME", "PROGRAM", "SOURCE", "STATS", "Config", "ControlPlane", "Flow",
@@ -366,13 +379,7 @@ def _default_config(seed: int, ifx: tuple[int, ...], prefixes: int) -> Config:
 # --- encoders --------------------------------------------------------------------------------
 
 
-def encode_u32(value: int) -> bytes:
-    """A host-order u32: array indexes, ifindex keys, config flags."""
-    return _U32.pack(value)
 
-
-def decode_u32(raw: bytes) -> int:
-    return _U32.unpack(raw)[0]
 
 
 def encode_features(flags: int) -> bytes:
@@ -433,11 +440,6 @@ def decode_nexthop(index: int, raw: bytes) -> tuple[NextHop, bytes] | None:
 
 EMPTY_NEXTHOP = bytes(_NEXTHOP.size)
 
-
-def decode_stat(raw: bytes) -> tuple[int, int]:
-    """struct nfc_stat → (packets, bytes)."""
-    packets, nbytes = _STAT.unpack(raw)
-    return packets, nbytes
 
 
 # --- control plane ---------------------------------------------------------------------------
@@ -556,17 +558,8 @@ class ControlPlane:
 
     def stats(self) -> dict[str, tuple[int, int]]:
         """Counters summed over CPUs: reason → (packets, bytes)."""
-        result = {}
-        for index, name in enumerate(STATS):
-            raw = self._stats.lookup(encode_u32(index))
-            values = [raw] if isinstance(raw, bytes) else list(raw or [])
-            packets = nbytes = 0
-            for value in values:
-                p, b = decode_stat(value)
-                packets += p
-                nbytes += b
-            result[name] = (packets, nbytes)
-        return result
+        return {name: sum_counter(self._stats.lookup(encode_u32(index)))
+                for index, name in enumerate(STATS)}
 
     @staticmethod
     def _delete(table: MapLike, key: bytes) -> None:
@@ -592,7 +585,7 @@ def decrement_ttl(header: bytes) -> bytes:
             + header[12:20])
 
 
-class Reference:
+class Reference(CountingModel):
     """What xdp_router does to each frame. Stateless apart from `stats`, which mirrors the
     rt_stats map summed over CPUs."""
 
@@ -683,14 +676,6 @@ class Reference:
         self._count("forward", size)
         return Outcome(XDP_REDIRECT, frame, nh.ifindex)
 
-    def _count(self, reason: str, size: int) -> None:
-        if self.config.stats:
-            packets, nbytes = self.stats[reason]
-            self.stats[reason] = (packets + 1, nbytes + size)
-
-    def _done(self, reason: str, size: int, verdict: int, frame: bytes) -> Outcome:
-        self._count(reason, size)
-        return Outcome(verdict, frame)
 
 
 # --- traffic ---------------------------------------------------------------------------------

@@ -35,7 +35,11 @@ from dataclasses import dataclass, field
 
 from morpheus.traffic import packet as pkt
 
-from .common import XDP_DROP, XDP_PASS, XDP_REDIRECT, MapLike, Outcome
+from .common import XDP_DROP, XDP_PASS, XDP_REDIRECT, CountingModel, MapLike, Outcome, sum_counter
+
+# Re-exported: the encoders are part of each NF module's public API.
+from .common import decode_u32 as decode_u32
+from .common import encode_u32 as encode_u32
 
 __all__ = [
     "DESCRIPTION", "NAME", "PROGRAM", "SOURCE", "STATS", "Config", "ControlPlane", "FdbEntry",
@@ -286,13 +290,7 @@ class FdbEntry:
     last_seen: int = 0
 
 
-def encode_u32(value: int) -> bytes:
-    """A host-order u32: array indexes, ifindex keys, devmap values, config flags."""
-    return _U32.pack(value)
 
-
-def decode_u32(raw: bytes) -> int:
-    return _U32.unpack(raw)[0]
 
 
 def encode_features(flags: int) -> bytes:
@@ -343,11 +341,6 @@ def decode_fdb_entry(raw: bytes) -> FdbEntry:
     ifindex, flags, last_seen = _FDB_ENTRY.unpack(raw)
     return FdbEntry(ifindex, bool(flags & FDB_STATIC), last_seen)
 
-
-def decode_stat(raw: bytes) -> tuple[int, int]:
-    """struct nfc_stat → (packets, bytes)."""
-    packets, nbytes = _STAT.unpack(raw)
-    return packets, nbytes
 
 
 # --- control plane ---------------------------------------------------------------------------
@@ -469,17 +462,8 @@ class ControlPlane:
 
     def stats(self) -> dict[str, tuple[int, int]]:
         """Counters summed over CPUs: reason → (packets, bytes)."""
-        result = {}
-        for index, name in enumerate(STATS):
-            raw = self._stats.lookup(encode_u32(index))
-            values = [raw] if isinstance(raw, bytes) else list(raw or [])
-            packets = nbytes = 0
-            for value in values:
-                p, b = decode_stat(value)
-                packets += p
-                nbytes += b
-            result[name] = (packets, nbytes)
-        return result
+        return {name: sum_counter(self._stats.lookup(encode_u32(index)))
+                for index, name in enumerate(STATS)}
 
     def _vlan_keys(self) -> list[tuple[int, int]]:
         return [decode_vlan_key(k) for k in list(self._vlans.keys())]
@@ -493,7 +477,7 @@ class ControlPlane:
 # --- reference model -------------------------------------------------------------------------
 
 
-class Reference:
+class Reference(CountingModel):
     """What xdp_switch does to each frame, including the MAC table it learns into.
 
     Start it from the same configuration the control plane applied to an empty MAC table,
@@ -599,14 +583,6 @@ class Reference:
             self.fdb[key] = FdbEntry(ifindex)
             self._count("learned", size)
 
-    def _count(self, reason: str, size: int) -> None:
-        if self.config.stats:
-            packets, nbytes = self.stats[reason]
-            self.stats[reason] = (packets + 1, nbytes + size)
-
-    def _done(self, reason: str, size: int, verdict: int, frame: bytes) -> Outcome:
-        self._count(reason, size)
-        return Outcome(verdict, frame)
 
 
 # --- traffic ---------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ from .runtime.heat import HeatReader, SiteHeat
 from .runtime.plan import MapSnapshot, PlanOptions, SiteDecision, plan_sites
 from .uapi import MapType
 
+HOT_VALUES_MAP = "mph_hot"  # values of hot keys (the first inline pass uses mph_values)
+HOT_OFFSETS_MAP = "mph_hot_offs"
+
 
 def cleanup_passes() -> list[Pass]:
     """Constant propagation and dead-code elimination, when available."""
@@ -174,8 +177,18 @@ def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: Pro
         # Sampling goes before the comparison tree, so it sees every lookup, not only the
         # misses (which would make the next plan chase the keys it does not inline).
         pipeline_passes.append(Instrument(sampling))
-    pipeline_passes.append(InlineTables(plan))
+    # Constant keys and whole tables first, then the cleanup passes fold what they made
+    # constant; comparison trees over hot keys have nothing to fold, so they come last and
+    # the cleanup passes do not have to walk them.
+    early = InlinePlan(tuple(p for p in plan.sites if p.constant_key or p.complete),
+                       plan.guard_slots)
+    late = InlinePlan(tuple(p for p in plan.sites if not (p.constant_key or p.complete)),
+                      plan.guard_slots)
+    pipeline_passes.append(InlineTables(early))
     pipeline_passes += list(passes) if passes is not None else cleanup_passes()
+    if late.sites:
+        pipeline_passes.append(InlineTables(late, values_map=HOT_VALUES_MAP,
+                                            offsets_map=HOT_OFFSETS_MAP, missing_ok=True))
     pipeline = Pipeline(pipeline_passes, validate=validate)
     out = pipeline.run(program, ctx)
     extra = {k: v for k, v in ctx.maps.items() if k not in spec.maps}

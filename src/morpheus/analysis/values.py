@@ -77,13 +77,28 @@ def const(value: int) -> Value:
 Stack = dict[int, tuple[int, Value]]
 
 
-@dataclass
 class State:
-    regs: list[Value]
-    stack: Stack
+    """Registers and stack slots. The stack dict is shared between copies until one of them
+    writes it (copy on write): most instructions do not touch the stack, and the analysis
+    keeps a state for every instruction."""
+
+    __slots__ = ("_shared", "regs", "stack")
+
+    def __init__(self, regs: list[Value], stack: Stack, _shared: bool = False) -> None:
+        self.regs = regs
+        self.stack = stack
+        self._shared = _shared
 
     def copy(self) -> State:
-        return State(list(self.regs), dict(self.stack))
+        self._shared = True
+        return State(list(self.regs), self.stack, True)
+
+    def own_stack(self) -> Stack:
+        """The stack, made private to this state before it is changed."""
+        if self._shared:
+            self.stack = dict(self.stack)
+            self._shared = False
+        return self.stack
 
     def key(self) -> tuple[object, ...]:
         return (tuple(self.regs), tuple(sorted(self.stack.items())))
@@ -389,10 +404,10 @@ def _store(insn: Instruction, state: State) -> None:
         return
     size = insn.size_bytes
     if base.const is None:
-        state.stack.clear()  # a store at an unknown stack offset may hit anything
+        state.own_stack().clear()  # a store at an unknown stack offset may hit anything
         return
     off = base.const + insn.off
-    _invalidate(state.stack, off, size)
+    _invalidate(state.own_stack(), off, size)
     if insn.is_atomic:
         return
     if insn.opcode & 0x07 == Class.ST:
@@ -404,7 +419,7 @@ def _store(insn: Instruction, state: State) -> None:
                 value = const(value.const & ((1 << (8 * size)) - 1))
             elif value.kind != Kind.SCALAR:
                 value = UNKNOWN
-    state.stack[off] = (size, value)
+    state.own_stack()[off] = (size, value)
 
 
 def _invalidate(stack: Stack, off: int, size: int) -> None:
@@ -446,11 +461,14 @@ def _clobber_escaped_stack(insn: Instruction, state: State) -> None:
         arg = state.regs[r]
         if arg.kind == Kind.STACK:
             if arg.const is None:
-                state.stack.clear()
+                state.own_stack().clear()
                 return
             # Unknown extent: forget everything at or above the pointer in this frame.
-            for off in [o for o in state.stack if o + state.stack[o][0] > arg.const]:
-                del state.stack[off]
+            doomed = [o for o in state.stack if o + state.stack[o][0] > arg.const]
+            if doomed:
+                stack = state.own_stack()
+                for off in doomed:
+                    del stack[off]
 
 
 def _branch(insn: Instruction, state: State) -> tuple[State | None, State | None]:
@@ -491,7 +509,7 @@ def _refine_null(state: State, value: Value, *, null: bool) -> None:
             state.regs[r] = replacement
     for off, (size, v) in list(state.stack.items()):
         if v.kind == Kind.VALUE_OR_NULL and v.ref == value.ref:
-            state.stack[off] = (size, replacement)
+            state.own_stack()[off] = (size, replacement)
 
 
 __all__ = ["UNINIT", "UNKNOWN", "Analysis", "Kind", "State", "Value", "analyze_values",

@@ -81,6 +81,8 @@ class InlineTables:
     plan: InlinePlan = field(default_factory=lambda: InlinePlan(()))
     values_map: str = VALUES_MAP
     guard_map: str = GUARD_MAP
+    offsets_map: str = OFFSETS_MAP
+    missing_ok: bool = False  # skip planned sites an earlier pass removed (dead code)
 
     def run(self, program: Program, ctx: PassContext) -> Program:
         if not self.plan.sites:
@@ -101,7 +103,8 @@ class InlineTables:
         edits: dict[int, list[Instruction]] = {}
         where = index_by_origin(program)
         index_of: dict[int, int] = {}
-        for plan in self.plan.sites:
+        sites = [p for p in self.plan.sites if not (self.missing_ok and p.site not in where)]
+        for plan in sites:
             if plan.site not in where:
                 raise ValueError(f"no instruction comes from lookup site {plan.site}")
             index = index_of[plan.site] = where[plan.site]
@@ -119,12 +122,12 @@ class InlineTables:
                     raise ValueError(f"site {plan.site}: value of {len(entry.value)} bytes for "
                                      f"map {plan.map!r} with {spec.value_size}-byte values")
             edits[index] = _site_code(program, plan, call, place, self.values_map,
-                                      self.guard_map, offsets_table)
+                                      self.guard_map, offsets_table, self.offsets_map)
         if not blob:
             blob.extend(bytes(8))
         # Continuation labels are attached in the same rewrite: the instruction after each
         # call gets a label the site's code jumps to.
-        for plan in self.plan.sites:
+        for plan in sites:
             index = index_of[plan.site]
             after = index + 1
             nxt = program.insns[after]
@@ -147,24 +150,25 @@ class InlineTables:
             out = out.with_insns(
                 i._replace(imm=mask) if i.imm == _CONVERGE_MASK_PLACEHOLDER
                 and i.meta.note == "converge" else i for i in out.insns)
-            ctx.maps[OFFSETS_MAP] = MapSpec(
-                name=OFFSETS_MAP, type=MapType.ARRAY, key_size=4, value_size=len(table),
+            ctx.maps[self.offsets_map] = MapSpec(
+                name=self.offsets_map, type=MapType.ARRAY, key_size=4, value_size=len(table),
                 max_entries=1, flags=int(MapFlags.RDONLY_PROG), data=table, freeze=False)
         value_bytes = bytes(blob)
         ctx.maps[self.values_map] = MapSpec(
             name=self.values_map, type=MapType.ARRAY, key_size=4, value_size=len(value_bytes),
             max_entries=1, flags=int(MapFlags.RDONLY_PROG), data=value_bytes, freeze=True)
         ctx.known_values[self.values_map] = value_bytes
-        if any(p.guard_slot is not None for p in self.plan.sites):
+        if any(p.guard_slot is not None for p in sites):
             slots = max(self.plan.guard_slots,
-                        1 + max(p.guard_slot for p in self.plan.sites
-                                if p.guard_slot is not None))
+                        1 + max(p.guard_slot for p in sites if p.guard_slot is not None))
             ctx.maps.setdefault(self.guard_map, MapSpec(
                 name=self.guard_map, type=MapType.ARRAY, key_size=4, value_size=8 * slots,
                 max_entries=1))
-        ctx.stats["inlined_sites"] = len(self.plan.sites)
-        ctx.stats["inlined_entries"] = sum(len(p.entries) for p in self.plan.sites)
-        ctx.stats["inline_value_bytes"] = len(value_bytes)
+        ctx.stats["inlined_sites"] = ctx.stats.get("inlined_sites", 0) + len(sites)
+        ctx.stats["inlined_entries"] = (ctx.stats.get("inlined_entries", 0)
+                                        + sum(len(p.entries) for p in sites))
+        ctx.stats["inline_value_bytes"] = (ctx.stats.get("inline_value_bytes", 0)
+                                           + len(value_bytes))
         return out
 
 
@@ -191,7 +195,8 @@ def _mask_for(size: int) -> int:
 
 
 def _site_code(program: Program, plan: SitePlan, call: Instruction, place: object,
-               values_map: str, guard_map: str, offsets_table: list[int]) -> list[Instruction]:
+               values_map: str, guard_map: str, offsets_table: list[int],
+               offsets_map: str) -> list[Instruction]:
     base = f"mph{plan.site}"
     cont = _cont_label(plan.site)
     miss = f"{base}.miss"
@@ -237,7 +242,7 @@ def _site_code(program: Program, plan: SitePlan, call: Instruction, place: objec
     if plan.converge and any(i.reference == tail for i in code):
         code += [
             asm.lsh64(R0, 2, label=tail, note="converge"),
-            asm.ld_map_value(R3, OFFSETS_MAP, 0, note="converge"),
+            asm.ld_map_value(R3, offsets_map, 0, note="converge"),
             asm.add64(R3, R0, note="converge"),
             asm.ldx(4, R0, R3, 0, note="converge"),
             asm.and64(R0, _CONVERGE_MASK_PLACEHOLDER, note="converge"),

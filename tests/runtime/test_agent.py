@@ -262,3 +262,25 @@ def test_stop_and_restart_adopts_the_running_program(testbed: Bed) -> None:
 
 def _unused(*_: Any) -> None:
     pass
+
+
+def test_sampling_backs_off_on_stable_sites_and_returns_on_a_shift(testbed: Bed) -> None:
+    bed = testbed
+    _specialize(bed)
+    routes = next(s for s in bed.agent.layout.sites if s.map == "rt_routes")
+
+    def rate() -> int:
+        status = bed.agent.status()["sampling"]["sites"]
+        return next(s["rate"] for s in status if s["instruction"] == routes.site)
+
+    for _ in range(bed.agent.options.stable_cycles + 1):
+        bed.send(bed.trace.frames)
+        bed.agent.cycle()
+    assert rate() == bed.agent.options.stable_rate
+    assert bed.agent._sampling().rate_of(bed.agent.layout.sites.index(routes)) == 1024
+    shifted = generate(get("router"), "shift", 8000, seed=5,
+                       config=get("router").module.default_config(1, PORTS)).segment(4000, 8000)
+    bed.send(shifted.frames, passes=4)
+    report = bed.agent.cycle()
+    assert rate() == bed.agent.options.sample_rate
+    assert report.outcome == "swapped"

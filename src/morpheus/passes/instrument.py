@@ -47,6 +47,15 @@ class SamplingLayout:
     slots: int
     rate: int
     slot_size: int
+    rates: tuple[int, ...] = ()  # per site; empty: every site samples at `rate`
+
+    def rate_of(self, n: int) -> int:
+        return self.rates[n] if self.rates else self.rate
+
+    def with_rates(self, rates: Sequence[int]) -> SamplingLayout:
+        if any(r & (r - 1) or r < 1 for r in rates) or len(rates) != len(self.sites):
+            raise ValueError("one power-of-two rate per site")
+        return SamplingLayout(self.sites, self.slots, self.rate, self.slot_size, tuple(rates))
 
     def ctl_offset(self, n: int) -> int:
         return CTL_STRIDE * n
@@ -121,7 +130,7 @@ class Instrument:
             asm.ldx(8, R3, R0, ctl, note="sample"),
             asm.add64(R3, 1, note="sample"),
             asm.stx(8, R0, ctl, R3, note="sample"),
-            asm.and64(R3, lay.rate - 1, note="sample"),
+            asm.and64(R3, lay.rate_of(n) - 1, note="sample"),
             asm.jne(R3, 0, done, note="sample"),
             asm.ldx(8, R3, R0, ctl + 8, note="sample"),
             asm.add64(R3, 1, note="sample"),

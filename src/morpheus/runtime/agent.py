@@ -61,6 +61,8 @@ from .plan import PlanOptions
 log = logging.getLogger("morpheus.agent")
 STATE_DIR = Path("/run/morpheus/agents")
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/morpheus")
+# Fewer fresh samples than this say nothing about whether a site's traffic moved.
+_MIN_STABILITY_SAMPLES = 8
 
 
 class AgentError(RuntimeError):
@@ -83,6 +85,12 @@ class AgentOptions:
     run_stats: bool = False
     # Passes appended after the cleanup passes (custom pipelines; tests inject failures).
     extra_passes: tuple[Any, ...] = ()
+    # A site whose inlined keys keep answering `stable_coverage` of its sampled lookups for
+    # `stable_cycles` cycles samples one lookup in `stable_rate` only; when the coverage
+    # drops, sampling returns to `sample_rate` and the site is re-planned.
+    stable_coverage: float = 0.8
+    stable_cycles: int = 3
+    stable_rate: int = 1024
 
 
 @dataclass
@@ -96,6 +104,7 @@ class Version:
     insns: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
     stats_at_swap: tuple[int, int] = (0, 0)  # run_cnt, run_time_ns when swapped in
+    sampling: Any = None  # the SamplingLayout its instrumentation follows
 
 
 @dataclass
@@ -142,7 +151,7 @@ class Agent:
         self._stats_fd: FD | None = None
         self._watcher: Any = None
         self._dirty = True
-        self._last_coverage: dict[int, float] = {}
+        self._stable_for: dict[int, int] = {}  # site → consecutive cycles the version fit it
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -220,7 +229,7 @@ class Agent:
             self.maps[name] = m
             self._owned.append(m)
         base = self._base_program(instrumented=True)
-        version = self._load_version(base, "base", self.layout.sites)
+        version = self._load_version(base, "base", self.layout.sites, sampling=self.layout)
         ifindex = self._ifindex()
         flags = XDP_FLAGS_DRV_MODE if self.options.xdp_mode == "native" else XDP_FLAGS_SKB_MODE
         with self._in_netns():
@@ -298,6 +307,9 @@ class Agent:
             info = version.program.info()
             version.stats_at_swap = (info.run_cnt, info.run_time_ns)
         old, self.current = self.current, version
+        if version.sampling is not None and hasattr(self, "reader"):
+            # Samples read from now on were taken at this version's rates.
+            self.reader.layout = version.sampling
         if old is not None and old.program is not version.program:
             old.program.close()
 
@@ -326,18 +338,21 @@ class Agent:
             t1 = time.perf_counter()
             snapshots, versions = self._consistent_snapshot(heat)
             report.timings_ms["snapshot"] = _ms(t1)
+            self._update_stability(heat)
             t2 = time.perf_counter()
             result = specialize(self.program, self.spec, self.prog, self.facts, snapshots,
                                 heat, self.options.plan, guard_versions=versions,
                                 guard_slots=self.guard_slots, bump_slots=self.bump_slots,
-                                sampling=self.layout, passes=self._passes(),
+                                sampling=self._sampling(), passes=self._passes(),
                                 verifier_base=self._verifier_base())
             report.timings_ms["specialize"] = _ms(t2)
-            signature = _signature(result)
+            signature = (*_signature(result), self._sampling().rates)
             if not self._dirty and self.current is not None and \
                     self.current.kind == "specialized":
                 gain = _coverage_gain(self.current.decisions, result.decisions, heat)
-                if self.current.signature == signature or gain < self.options.min_change:
+                rates_changed = self.current.signature[-1:] != signature[-1:]
+                if not rates_changed and (self.current.signature == signature
+                                          or gain < self.options.min_change):
                     report.reason = (f"running version still fits the traffic "
                                      f"(coverage gain {gain:.1%})")
                     return self._finish(report)
@@ -414,6 +429,7 @@ class Agent:
             try:
                 return self._load_version(
                     program, "specialized", self.layout.sites, signature=signature,
+                    sampling=self._sampling(),
                     decisions=[_decision(d) for d in result.decisions],
                     timings_ms=dict(result.timings_ms))
             except VerifierError as exc:
@@ -426,12 +442,38 @@ class Agent:
                 result = specialize(self.program, self.spec, self.prog, self.facts, snapshots,
                                     heat, self.options.plan, guard_versions=versions,
                                     guard_slots=self.guard_slots, bump_slots=self.bump_slots,
-                                    converge=converged, drop=dropped, sampling=self.layout,
+                                    converge=converged, drop=dropped,
+                                    sampling=self._sampling(),
                                     passes=self._passes(),
                                     verifier_base=self._verifier_base())
                 program = result.program
                 self._ensure_extra_maps(result.extra_maps)
         raise AgentError("the verifier refused every relieved version")
+
+    def _update_stability(self, heat: Mapping[int, Any]) -> None:
+        """Count, per sampled site, the cycles in a row the running version's inlined keys
+        answered most of the lookups sampled since the last cycle; a drop resets the count
+        (and re-plans the site). Only fresh samples count: decayed history would hide a shift
+        for cycles, the more so as a backed-off site takes few samples."""
+        running = {d["instruction"]: {bytes.fromhex(k) for k in d.get("keys_inlined", ())}
+                   for d in (self.current.decisions if self.current else [])}
+        for site in self.layout.sites:
+            h = heat.get(site.site)
+            keys = running.get(site.site)
+            if h is None or not keys or sum(h.recent.values()) < _MIN_STABILITY_SAMPLES:
+                continue
+            if h.recent_share(keys) >= self.options.stable_coverage:
+                self._stable_for[site.site] = self._stable_for.get(site.site, 0) + 1
+            else:
+                if self._stable_for.get(site.site, 0) >= self.options.stable_cycles:
+                    self._dirty = True  # traffic moved: sample densely again and re-plan
+                self._stable_for[site.site] = 0
+
+    def _sampling(self) -> Any:
+        rates = [self.options.stable_rate
+                 if self._stable_for.get(s.site, 0) >= self.options.stable_cycles
+                 else self.options.sample_rate for s in self.layout.sites]
+        return self.layout.with_rates(rates) if self.layout.sites else self.layout
 
     def _verifier_base(self) -> int | None:
         """Instructions the verifier processed for the unspecialized program (measured once
@@ -544,10 +586,14 @@ class Agent:
                 out["version"]["packets"] = packets
                 out["version"]["ns_per_packet"] = round(ns / packets, 1) if packets else None
         heat = getattr(self.reader, "heat", {}) if hasattr(self, "reader") else {}
-        out["sampling"] = {"rate": self.layout.rate, "sites": [
-            {"instruction": s.site, "map": s.map, "lookups": heat[s.site].lookups
-             if s.site in heat else 0, "samples": heat[s.site].samples if s.site in heat
-             else 0} for s in self.layout.sites]} if hasattr(self, "layout") else {}
+        if hasattr(self, "layout"):
+            sampling = self.reader.layout if hasattr(self, "reader") else self.layout
+            out["sampling"] = {"sites": [
+                {"instruction": s.site, "map": s.map, "rate": sampling.rate_of(n),
+                 "stable_cycles": self._stable_for.get(s.site, 0),
+                 "lookups": heat[s.site].lookups if s.site in heat else 0,
+                 "samples": heat[s.site].samples if s.site in heat else 0}
+                for n, s in enumerate(self.layout.sites)]}
         if current is not None and current.decisions and heat:
             for d in current.decisions:
                 h = heat.get(d["instruction"])

@@ -2,8 +2,9 @@
 
 Per site and CPU, the counters say how many lookups happened and how many samples were
 taken; only the samples written since the last read are counted (all of the ring if more
-than a ring's worth arrived). Counts decay geometrically at every read, so heavy hitters
-of the past fade when traffic shifts.
+than a ring's worth arrived). Each sample counts for the lookups it stands for (its site's
+sampling rate), so heat stays comparable when a site's rate changes. Counts decay
+geometrically at every read, so heavy hitters of the past fade when traffic shifts.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ _CTL = struct.Struct("<QQ")
 class SiteHeat:
     """What one site saw: decayed key counts and lookup totals."""
 
-    keys: Counter[bytes] = field(default_factory=Counter)
+    keys: Counter[bytes] = field(default_factory=Counter)  # decayed, in estimated lookups
+    recent: Counter[bytes] = field(default_factory=Counter)  # raw samples since last read
     lookups: int = 0  # lookups since the previous read (all CPUs)
     samples: int = 0  # samples taken since the previous read
 
@@ -43,6 +45,11 @@ class SiteHeat:
         """Fraction of the (decayed) samples that hit `keys`."""
         total = sum(self.keys.values())
         return sum(c for k, c in self.keys.items() if k in keys) / total if total else 0.0
+
+    def recent_share(self, keys: set[bytes] | frozenset[bytes]) -> float:
+        """Fraction of the samples taken since the previous read that hit `keys`."""
+        total = sum(self.recent.values())
+        return sum(c for k, c in self.recent.items() if k in keys) / total if total else 0.0
 
 
 @dataclass
@@ -68,9 +75,11 @@ class HeatReader:
             heat = self.heat.setdefault(site.site, SiteHeat())
             for key in list(heat.keys):
                 heat.keys[key] *= self.decay
-                if heat.keys[key] < 1e-3:
+                if heat.keys[key] < 0.01:
                     del heat.keys[key]
             heat.lookups = heat.samples = 0
+            heat.recent = Counter()
+            weight = self.layout.rate_of(n)
             for cpu, raw in enumerate(ctl_raw):
                 lookups, taken = _CTL.unpack_from(raw, self.layout.ctl_offset(n))
                 old_lookups, old_taken = self._seen.get((n, cpu), (0, 0))
@@ -91,5 +100,7 @@ class HeatReader:
                     per_cpu = all_slots.get(key)
                     if per_cpu is None:
                         continue
-                    heat.keys[bytes(per_cpu[cpu][: site.key_size])] += 1
+                    sampled = bytes(per_cpu[cpu][: site.key_size])
+                    heat.keys[sampled] += weight
+                    heat.recent[sampled] += 1
         return self.heat

@@ -71,3 +71,23 @@ def test_prometheus_text() -> None:
     assert "morpheus_version 2" in text
     assert 'morpheus_site_hit_rate{map="m",instruction="4"} 0.9' in text
     assert "# TYPE morpheus_control_plane_writes_total counter" in text
+
+
+def test_prometheus_text_groups_each_metric_under_one_header() -> None:
+    sites = [{"map": m, "instruction": i, "keys": 2, "hit_rate": 0.5}
+             for m, i in (("a", 4), ("b", 9))]
+    sampling = [{"map": m, "instruction": i, "lookups": 100, "rate": r}
+                for m, i, r in (("a", 4, 16), ("b", 9, 1024))]
+    text = prometheus_text({"version": {"number": 1, "sites": sites}, "cycles": [],
+                            "errors": [], "sampling": {"sites": sampling}}, {})
+    names = [line.split("{")[0].split(" ")[0] for line in text.splitlines()
+             if not line.startswith("#")]
+    # Once a metric's samples end, it never appears again.
+    seen: list[str] = []
+    for name in names:
+        if seen and seen[-1] == name:
+            continue
+        assert name not in seen, f"{name} is split into two groups"
+        seen.append(name)
+    assert text.count("# TYPE morpheus_site_hit_rate gauge") == 1
+    assert 'morpheus_site_sample_rate{map="b",instruction="9"} 1024' in text

@@ -56,12 +56,16 @@ def render(status: dict[str, Any], control: dict[str, Any]) -> str:
     lines = [f"{status['program']} on {status['iface']}  (pins: {status['pin_dir']})",
              f"version {v.get('number')} ({v.get('kind')}), {v.get('insns')} instructions, "
              f"{v.get('packets', 0)} packets, {v.get('ns_per_packet')} ns/packet"]
+    rates = {s["instruction"]: s.get("rate")
+             for s in status.get("sampling", {}).get("sites", [])}
     for site in v.get("sites", []):
         if site["specialized"] or site["mode"] != "none":
             hit = f", hit rate {site['hit_rate']:.0%}" if site.get("hit_rate") is not None \
                 else ""
+            rate = rates.get(site["instruction"])
+            sampled = f", sampling 1/{rate}" if rate else ""
             lines.append(f"  site {site['instruction']:>4} {site['map']:<14} {site['mode']:<8} "
-                         f"{site['keys']} keys{hit}")
+                         f"{site['keys']} keys{hit}{sampled}")
     lines.append(f"control plane: {control.get('writes', 0)} writes, median "
                  f"{control.get('median_ms')} ms")
     lines.append("recent cycles:")

@@ -156,16 +156,15 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 10.0) -> dict[
 
 def prometheus_text(status: dict[str, Any], control: dict[str, Any]) -> str:
     """Metrics in the Prometheus text exposition format."""
-    lines = []
+    # The format wants every sample of a metric in one group under its HELP/TYPE lines.
+    groups: dict[str, list[str]] = {}
 
     def metric(name: str, value: float | int | None, help_text: str, labels: str = "",
                kind: str = "gauge") -> None:
         if value is None:
             return
-        if not any(line.startswith(f"# HELP {name} ") for line in lines):
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
-        lines.append(f"{name}{labels} {value}")
+        group = groups.setdefault(name, [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"])
+        group.append(f"{name}{labels} {value}")
 
     version = status.get("version") or {}
     metric("morpheus_version", version.get("number"), "Number of the running version")
@@ -190,12 +189,14 @@ def prometheus_text(status: dict[str, Any], control: dict[str, Any]) -> str:
         labels = f'{{map="{s["map"]}",instruction="{s["instruction"]}"}}'
         metric("morpheus_site_lookups", s.get("lookups"), "Lookups since the last cycle",
                labels)
+        metric("morpheus_site_sample_rate", s.get("rate"),
+               "One lookup in this many is sampled at the site", labels)
     metric("morpheus_control_plane_writes_total", control.get("writes"),
            "Writes made through the agent", kind="counter")
     metric("morpheus_control_plane_write_ms", control.get("median_ms"),
            "Median latency of a write through the agent")
     metric("morpheus_errors", len(status.get("errors", [])), "Recent errors")
-    return "\n".join(lines) + "\n"
+    return "\n".join(line for group in groups.values() for line in group) + "\n"
 
 
 class MetricsServer:

@@ -25,9 +25,9 @@ from typing import Any
 from .bench.replay import Replay, pinned_cpu
 from .ir import Program, asm, encode
 from .ir.asm import R0
-from .kernel import KernelError, Link, LoadedProgram, Map, ProgType, load_program
+from .kernel import KernelError, Link, LoadedProgram, Map, ProgType, load_program, xdp_ctx
 from .nf import get
-from .nf.env import NFEnv, xdp_ctx
+from .nf.env import NFEnv
 from .runtime.agent import DEFAULT_PIN_ROOT
 from .runtime.server import request, socket_path
 from .traffic import packet as pkt

@@ -20,10 +20,9 @@ from typing import Any
 
 from .analysis import ProgramFacts
 from .bench.compare import Environment, Subject, _warm_up, open_environment, run_bench
-from .kernel import Map, VerifierError
+from .kernel import Map, VerifierError, xdp_ctx
 from .loader import create_map, load_program_spec
 from .nf import NetworkFunction
-from .nf.env import xdp_ctx
 from .obj import MapSpec, ObjectSpec
 from .optimizer import (
     all_read_ranges as _all_read_ranges,
@@ -41,6 +40,7 @@ from .optimizer import (
 from .passes.guards import GuardBumps
 from .passes.inline import GUARD_MAP
 from .passes.pipeline import Pass, PassContext
+from .runtime.check import table_state
 from .runtime.plan import PlanOptions
 from .traffic.generate import Trace, generate
 from .uapi import MapType
@@ -77,25 +77,6 @@ def run_individually(environment: Environment, spec: Any, program: Any, trace: T
         prog.close()
 
 
-def _table_state(m: Map) -> object:
-    if m.type.is_per_cpu and m.type.is_array:
-        return {k: _sum_percpu(v) for k, v in m.items()}  # type: ignore[arg-type]
-    if m.type in (MapType.HASH, MapType.LRU_HASH, MapType.LPM_TRIE):
-        return sorted(m.keys())
-    return None
-
-
-def _sum_percpu(values: list[bytes]) -> tuple[int, ...]:
-    import struct
-
-    width = len(values[0]) // 8
-    totals = [0] * width
-    for v in values:
-        for i, x in enumerate(struct.unpack(f"<{width}Q", v[: 8 * width])):
-            totals[i] += x
-    return tuple(totals)
-
-
 def check_equivalence(nf: NetworkFunction | None, original: Subject, specialized: Subject,
                       trace: Trace, prepare: Any, written: list[str]) -> dict[str, Any]:
     """Run every packet through both programs from the same state; compare verdicts,
@@ -110,7 +91,7 @@ def check_equivalence(nf: NetworkFunction | None, original: Subject, specialized
             prepare(environment)
             results.append(run_individually(environment, subject.program_spec(),
                                             subject.program, trace, ingress))
-            tables.append({n: _table_state(environment.maps[n]) for n in written
+            tables.append({n: table_state(environment.maps[n]) for n in written
                            if n in environment.maps})
         finally:
             environment.close()
@@ -283,16 +264,8 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
 
 def _clone(m: Map, environment: Environment) -> Map:
     """A private copy of a map's contents (taken inside the environment's namespace)."""
-    copy = Map.create(m.type, m.key_size, m.value_size, m.max_entries, flags=m.flags,
-                      name=m.name[:15])
-    try:
-        with environment.namespace.entered():
-            copy.copy_from(m)
-    except BaseException:
-        copy.close()
-        raise
-    copy.name = m.name
-    return copy
+    with environment.namespace.entered():
+        return m.clone()
 
 
 def _verify(subject: Subject, nf: NetworkFunction | None) -> tuple[float, str | None]:

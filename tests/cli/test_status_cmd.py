@@ -14,6 +14,9 @@ def test_render_shows_sites_hit_rates_sampling_and_cycles() -> None:
         "cycles": [{"outcome": "unchanged", "ms": {"total": 12.5},
                     "reason": "running version still fits the traffic"}],
         "errors": ["VerifierError: too complex"],
+        "instrumentation": {"state": "measured", "ns_per_packet": 4.2, "plain_ns": 100.0,
+                            "instrumented_ns": 104.2, "packets": 90000},
+        "swap": {"mode": "prog-array", "last_us": 108.5},
     }
     text = render(status, {"writes": 2, "median_ms": 0.14})
     lines = text.splitlines()
@@ -23,4 +26,6 @@ def test_render_shows_sites_hit_rates_sampling_and_cycles() -> None:
     assert "64 keys, hit rate 97%, sampling 1/1024" in site
     assert not any("rt_stats" in line for line in lines)  # not specialized: not listed
     assert "control plane: 2 writes, median 0.14 ms" in text
+    assert "sampling cost: +4.2 ns/packet (100.0 → 104.2 ns, 90000 packets)" in text
+    assert "swaps by prog-array, last swap call 108.5 µs" in text
     assert "unchanged" in text and "error: VerifierError: too complex" in text

@@ -159,3 +159,50 @@ def test_clear_and_contains() -> None:
         assert 1 in m and 2 not in m
         m.clear()
         assert not list(m.keys())
+
+
+def test_clone_copies_contents_into_a_private_map() -> None:
+    from morpheus.kernel.netns import NetNamespace
+
+    lpm_key = struct.Struct("<I4s").pack
+    with Map.create(MapType.HASH, 4, 8, 16, name="h") as h, \
+            Map.create(MapType.LPM_TRIE, 8, 4, 16, flags=MapFlags.NO_PREALLOC, name="lpm") as lpm, \
+            Map.create(MapType.PERCPU_ARRAY, 4, 8, 2, name="pc") as pc:
+        h.update(1, u64(10))
+        lpm.update(lpm_key(16, bytes([10, 1, 0, 0])), u32(7))
+        pc.update(1, [u64(n) for n in range(possible_cpus())])
+        for original in (h, lpm, pc):
+            with original.clone() as copy:
+                assert copy.fd.number != original.fd.number and copy.name == original.name
+                assert dict(copy.items()) == dict(original.items())
+        with h.clone() as copy:
+            copy.update(2, u64(20))
+            assert h.lookup(2) is None  # the original is untouched
+    # Devmaps: the kernel sets RDONLY_PROG on them itself and refuses it at creation.
+    ns = NetNamespace.create("mph-clone")
+    try:
+        with ns.entered(), Map.create(MapType.DEVMAP_HASH, 4, 4, 8, name="dev") as dev:
+            dev.update(5, u32(1))  # loopback of the test namespace
+            with dev.clone() as copy:
+                assert copy.lookup(5) == u32(1)
+    finally:
+        ns.delete()
+    with Map.create(MapType.ARRAY, 4, 4, 1, name="inner") as inner, \
+            Map.create(MapType.ARRAY_OF_MAPS, 4, 4, 1, inner_map=inner, name="outer") as outer, \
+            pytest.raises(ValueError, match="map of maps"):
+        outer.clone()
+
+
+@pytest.mark.parametrize("mtype", [MapType.ARRAY, MapType.HASH, MapType.LRU_HASH,
+                                   MapType.PERCPU_HASH])
+def test_clone_of_many_entries_spans_several_batches(mtype: MapType) -> None:
+    n = 10_000
+    with Map.create(mtype, 4, 8, n + 10, name="big") as m:
+        value = (lambda k: [u64(k + c) for c in range(possible_cpus())]) \
+            if mtype.is_per_cpu else (lambda k: u64(k * 3))
+        m.update_batch((k, value(k)) for k in range(n))
+        with m.clone() as copy:
+            got = dict(copy.items())
+            assert got == dict(m.items())
+            if mtype != MapType.LRU_HASH:  # an LRU map evicts before it is full
+                assert len(got) == (n + 10 if mtype == MapType.ARRAY else n)

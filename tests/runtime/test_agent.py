@@ -7,6 +7,8 @@ from __future__ import annotations
 import socket
 import struct
 import subprocess
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -239,6 +241,48 @@ def test_a_verifier_failure_keeps_the_running_version(testbed: Bed) -> None:
     assert bed.processed() - start == sent  # still forwarding
 
 
+@dataclass(frozen=True)
+class PassEverything:
+    """A miscompile the verifier accepts: every exit returns XDP_PASS."""
+
+    name: ClassVar[str] = "pass-everything"
+
+    def run(self, program: Program, ctx: PassContext) -> Program:
+        out = []
+        for insn in program.insns:
+            if insn.is_exit:
+                out += [asm.mov64(R0, 2, label=insn.label), insn.with_label(None)]
+            else:
+                out.append(insn)
+        return program.with_insns(tuple(out))
+
+
+def test_a_candidate_that_differs_on_the_check_packets_is_not_swapped_in(testbed: Bed) -> None:
+    bed = testbed
+    _specialize(bed)
+    running = bed.agent.current
+    assert running is not None
+    frames = tuple(bed.trace.frames[:300])
+    bed.agent.options = AgentOptions(check_frames=frames, extra_passes=(PassEverything(),))
+    bed.agent._dirty = True
+    report = bed.agent.cycle()
+    assert report.outcome == "failed"
+    assert "equivalence check failed" in report.reason and " vs 2" in report.reason
+    assert bed.agent.current is running
+    start = bed.processed()
+    sent = bed.send(bed.trace.frames)
+    assert bed.processed() - start == sent and sum(_per_packet_counts(bed.counters).values())
+
+    # The same check lets a correct candidate through, and leaves the live maps alone.
+    stats_before = bed.processed()
+    bed.agent.options = AgentOptions(check_frames=frames)
+    bed.agent._dirty = True
+    report = bed.agent.cycle()
+    assert report.outcome == "swapped", report.reason
+    assert report.timings_ms["check"] > 0
+    assert bed.processed() == stats_before
+
+
 def test_stop_and_restart_adopts_the_running_program(testbed: Bed) -> None:
     bed = testbed
     _specialize(bed)
@@ -258,6 +302,81 @@ def test_stop_and_restart_adopts_the_running_program(testbed: Bed) -> None:
         assert again.cycle().outcome == "swapped"
     finally:
         bed.agent = again  # the fixture detaches it
+
+
+def test_prog_array_swaps_lose_no_packets_and_survive_a_restart(testbed: Bed) -> None:
+    bed = testbed
+    name, netns = bed.agent.name, bed.env.namespace.name
+    iface = f"port{bed.trace.main_ingress}"
+    bed.agent.stop(detach=True)
+    options = AgentOptions(swap="prog-array")
+    bed.agent = Agent(get("router").object_path, iface=iface, netns=netns, name=name,
+                      options=options)
+    bed.agent.start()
+    with bed.env.entered():
+        get("router").control_plane(bed.agent.control_maps()).apply(
+            get("router").module.default_config(1, PORTS))
+    _specialize(bed)
+    status = bed.agent.status()
+    assert status["swap"]["mode"] == "prog-array" and status["swap"]["last_us"] > 0
+    start, sent, swaps = bed.processed(), 0, 0
+    for _ in range(4):
+        sent += bed.send(bed.trace.frames)
+        bed.agent._dirty = True
+        swaps += bed.agent.cycle().outcome == "swapped"
+    assert swaps == 4 and bed.processed() - start == sent
+
+    def forwarded_by_one_pass() -> int:
+        before = sum(_per_packet_counts(bed.counters).values())
+        bed.send(bed.trace.frames)
+        return sum(_per_packet_counts(bed.counters).values()) - before
+
+    running = forwarded_by_one_pass()
+    prog_id = bed.agent.current.program.id  # type: ignore[union-attr]
+    bed.agent.stop()  # the pinned link and slot keep the specialized version running
+    assert forwarded_by_one_pass() == running > 0
+    bed.agent = Agent(get("router").object_path, iface=iface, netns=netns, name=name,
+                      options=options)
+    bed.agent.start()
+    assert bed.agent.current is not None and bed.agent.current.program.id == prog_id
+    assert bed.agent.trampoline is not None
+    bed.send(bed.trace.frames)
+    assert bed.agent.cycle().outcome == "swapped"
+    assert bed.agent.trampoline.running_id() == bed.agent.current.program.id
+
+
+def test_sampling_cost_is_measured_on_live_traffic(testbed: Bed) -> None:
+    bed = testbed
+    assert bed.agent.status()["instrumentation"]["state"] == "not measured yet"
+    stop = threading.Event()
+
+    started = threading.Event()
+
+    def pump() -> None:
+        with Replay(None, None, {}, bed.trace.frames, namespace=bed.env.namespace,
+                    redirect_ifindex=bed.tx) as gen:
+            while not stop.is_set():
+                gen.run(1)
+                started.set()
+
+    sender = threading.Thread(target=pump)
+    sender.start()
+    try:
+        assert started.wait(30)
+        report = bed.agent.cycle()
+    finally:
+        stop.set()
+        sender.join()
+    cost = bed.agent.status()["instrumentation"]
+    assert cost["state"] == "measured", cost
+    assert cost["packets"] > 10_000 and cost["plain_ns"] > 0
+    assert -100 < cost["ns_per_packet"] < 200  # a handful of instructions, run-stats noise
+    assert report.timings_ms["measure_instrumentation"] >= 1000 * 6 * 0.2
+    with Link.from_pin(bed.agent.pin_dir / "link") as link:  # the running version is back
+        assert link.info().prog_id == bed.agent.current.program.id  # type: ignore[union-attr]
+    start = bed.processed()
+    sent = bed.send(bed.trace.frames)
+    assert bed.processed() - start == sent
 
 
 def _unused(*_: Any) -> None:

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ..ir import Program
-from ..kernel import FD, Map
+from ..kernel import FD, Map, xdp_ctx
 from ..kernel.netns import NetNamespace
 from ..loader import Collection, load_collection
 from ..nf import NetworkFunction
-from ..nf.env import NFEnv, xdp_ctx
+from ..nf.env import NFEnv
 from ..obj import MapSpec, ObjectSpec, ProgramSpec, read_object
 from ..traffic.generate import Trace
 from .replay import Replay, latency_percentiles

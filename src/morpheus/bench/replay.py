@@ -25,7 +25,7 @@ from typing import Self
 
 from ..bpf import object_path
 from ..ir import Program
-from ..kernel import FD, Link, LoadedProgram, Map, load_btf
+from ..kernel import FD, Link, LoadedProgram, Map, load_btf, xdp_ctx
 from ..kernel.netns import NetNamespace
 from ..kernel.prog import test_run
 from ..loader import Collection, load_collection, load_program_spec
@@ -40,7 +40,6 @@ BATCH_SIZE = 256  # the kernel's maximum for live frames
 _TRACE_VALUE = struct.Struct(f"<I{MAX_PKT_LEN}s")
 _STATE = struct.Struct(f"<IIQQQ{NUM_VERDICTS}Q")
 _RECORD = struct.Struct("<II")
-_XDP_MD = struct.Struct("<6I")
 
 
 class ReplayError(RuntimeError):
@@ -213,7 +212,7 @@ class Replay:
         count = len(self.frames)
         ctx = None
         if self.ingress_ifindex:
-            ctx = _XDP_MD.pack(0, self.frame_len, 0, self.ingress_ifindex, 0, 0)
+            ctx = xdp_ctx(self.ingress_ifindex, self.frame_len)
         total_ns = 0.0
         with pinned_cpu(self.cpu), self.namespace.entered():
             for _ in range(passes):

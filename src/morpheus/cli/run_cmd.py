@@ -20,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--interval", type=float, default=0.5, help="seconds between cycles")
     p.add_argument("--sample-rate", type=int, default=16, help="sample 1 lookup in N")
     p.add_argument("--xdp-mode", choices=["native", "generic"], default="native")
+    p.add_argument("--swap", choices=["link", "prog-array"], default="link",
+                   help="swap versions by updating the XDP link (default) or through a "
+                        "prog-array trampoline: faster swaps, one tail call per packet")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1")
     p.add_argument("--detach-on-exit", action="store_true",
                    help="remove the program when the agent stops (default: keep it running)")
@@ -28,6 +31,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--run-stats", action="store_true",
                    help="enable BPF run-time statistics (ns/packet in status; costs ~35 ns "
                         "per packet)")
+    p.add_argument("--check-trace", metavar="PCAP",
+                   help="before each swap, run the candidate and the unspecialized program on "
+                        "these packets (copies of the maps) and keep the running version if "
+                        "any verdict, output byte or data-plane map write differs")
+    p.add_argument("--check-packets", type=int, default=1000,
+                   help="use at most this many packets of --check-trace (default 1000)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
@@ -38,9 +47,22 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
+    check_frames: tuple[bytes, ...] = ()
+    if args.check_trace:
+        from ..traffic.pcap import read_pcap
+
+        try:
+            check_frames = tuple(read_pcap(args.check_trace)[: max(0, args.check_packets)])
+        except (OSError, ValueError) as exc:
+            print(f"morpheus run: cannot read --check-trace: {exc}", file=sys.stderr)
+            return 2
+        if not check_frames:
+            print(f"morpheus run: {args.check_trace} holds no packets", file=sys.stderr)
+            return 2
     options = AgentOptions(interval=args.interval, sample_rate=args.sample_rate,
                            xdp_mode=args.xdp_mode, watch_external=not args.no_watch,
-                           run_stats=args.run_stats)
+                           run_stats=args.run_stats, check_frames=check_frames,
+                           swap=args.swap)
     agent = Agent(args.object, iface=args.iface, program=args.program, netns=args.netns,
                   name=args.name, options=options)
     agent.start()

@@ -66,6 +66,17 @@ def render(status: dict[str, Any], control: dict[str, Any]) -> str:
             sampled = f", sampling 1/{rate}" if rate else ""
             lines.append(f"  site {site['instruction']:>4} {site['map']:<14} {site['mode']:<8} "
                          f"{site['keys']} keys{hit}{sampled}")
+    cost = status.get("instrumentation") or {}
+    if cost.get("state") == "measured":
+        lines.append(f"sampling cost: {cost['ns_per_packet']:+.1f} ns/packet "
+                     f"({cost['plain_ns']} → {cost['instrumented_ns']} ns, "
+                     f"{cost['packets']} packets)")
+    elif cost:
+        lines.append(f"sampling cost: {cost.get('state')}")
+    swap = status.get("swap") or {}
+    if swap:
+        last = f", last swap call {swap['last_us']} µs" if swap.get("last_us") else ""
+        lines.append(f"swaps by {swap.get('mode')}{last}")
     lines.append(f"control plane: {control.get('writes', 0)} writes, median "
                  f"{control.get('median_ms')} ms")
     lines.append("recent cycles:")

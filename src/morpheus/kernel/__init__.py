@@ -9,7 +9,7 @@ from .errors import BTFError, KernelError, VerifierError
 from .fd import FD, ClosedError, live_fds
 from .link import Link, LinkInfo
 from .maps import Map, MapInfo, possible_cpus
-from .prog import LoadedProgram, ProgInfo, TestRunResult, load_program, test_run
+from .prog import LoadedProgram, ProgInfo, TestRunResult, load_program, test_run, xdp_ctx
 from .syscall import use_backend
 
 __all__ = [
@@ -37,4 +37,5 @@ __all__ = [
     "possible_cpus",
     "test_run",
     "use_backend",
+    "xdp_ctx",
 ]

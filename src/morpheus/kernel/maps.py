@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Self
 
-from ..uapi import BPF_OBJ_NAME_LEN, Cmd, MapType, UpdateFlags
+from ..uapi import BPF_OBJ_NAME_LEN, Cmd, MapFlags, MapType, UpdateFlags
 from .errors import KernelError
 from .fd import FD
 from .syscall import Attr, bpf, buffer
+
+# What a map without batch operations answers BPF_MAP_LOOKUP_BATCH with (524: ENOTSUPP).
+_NO_BATCH_ERRNOS = frozenset({errno.EINVAL, errno.EOPNOTSUPP, 524})
 
 _INFO_SIZE = 88
 
@@ -432,6 +435,11 @@ class Map:
                              "different type or sizes")
         if self.type.holds_fds and self.type not in (MapType.DEVMAP, MapType.DEVMAP_HASH):
             return
+        if self.type.is_array and self._copy_batched(other):
+            return
+        if not self.type.is_array and not any(True for _ in self.keys()) and \
+                self._copy_batched(other):
+            return
         items = list(other.items())
         if not self.type.is_array:
             wanted = {k for k, _ in items}
@@ -441,6 +449,58 @@ class Map:
                         self.delete(key)
         for key, value in items:
             self.update(key, value)
+
+    def _copy_batched(self, other: Map, batch_size: int = 4096) -> bool:
+        """Copy `other` into this map with batch lookups and updates of raw buffers (two
+        syscalls per `batch_size` entries, no per-entry Python). False, having copied
+        nothing, when the map type has no batch operations."""
+        token_size = max(self.key_size, 4)
+        in_tok = None
+        out_tok = buffer(token_size)
+        keys = buffer(self.key_size * batch_size)
+        values = buffer(self._value_buf_size * batch_size)
+        first = True
+        while True:
+            attr = (Attr().pointer(0, in_tok).pointer(8, out_tok).pointer(16, keys)
+                    .pointer(24, values).u32(32, batch_size).u32(36, other.fd.number))
+            done = False
+            try:
+                bpf(Cmd.MAP_LOOKUP_BATCH, attr, f"batch look up map {other.name!r}")
+            except KernelError as exc:
+                if first and exc.errno in _NO_BATCH_ERRNOS:
+                    return False
+                if exc.errno != errno.ENOENT:
+                    raise
+                done = True
+            count = attr.read_u32(32)
+            if count:
+                update = (Attr().pointer(16, keys).pointer(24, values).u32(32, count)
+                          .u32(36, self.fd.number))
+                bpf(Cmd.MAP_UPDATE_BATCH, update, f"batch update map {self.name!r}")
+            if done or count == 0:
+                return True
+            in_tok = buffer(bytes(out_tok[:token_size]))
+            first = False
+
+    def clone(self) -> Map:
+        """A new, private map of the same type, sizes and flags holding a copy of this one's
+        contents (maps of maps need an inner template and are refused)."""
+        if self.type.is_map_of_maps:
+            raise ValueError(f"cannot clone map {self.name!r}: a map of maps")
+        flags = self.flags
+        if self.type in (MapType.DEVMAP, MapType.DEVMAP_HASH, MapType.CPUMAP,
+                         MapType.XSKMAP):
+            # The kernel adds RDONLY_PROG to these itself and refuses it when asked for.
+            flags &= ~MapFlags.RDONLY_PROG
+        copy = Map.create(self.type, self.key_size, self.value_size, self.max_entries,
+                          flags=flags, name=self.name[:15])
+        try:
+            copy.copy_from(self)
+        except BaseException:
+            copy.close()
+            raise
+        copy.name = self.name
+        return copy
 
     def clear(self) -> None:
         """Delete every key (arrays cannot be cleared: their elements always exist)."""

@@ -263,6 +263,15 @@ def load_program(
     raise VerifierError(err, what, log, truncated)
 
 
+XDP_MD = struct.Struct("<6I")  # data, data_end, data_meta, ingress_ifindex, rx_queue, egress
+
+
+def xdp_ctx(ingress_ifindex: int, frame_len: int) -> bytes:
+    """An xdp_md for BPF_PROG_TEST_RUN: the frame arrives on `ingress_ifindex` (which must
+    exist in the caller's network namespace)."""
+    return XDP_MD.pack(0, frame_len, 0, ingress_ifindex, 0, 0)
+
+
 def test_run(
     prog_fd: FD,
     data: bytes = b"",

@@ -8,14 +8,13 @@ made from inside the namespace: use `with env.entered():`.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from ..kernel import LoadedProgram, TestRunResult
+from ..kernel import LoadedProgram, TestRunResult, xdp_ctx
 from ..kernel.netns import NetNamespace
 from ..loader import Collection, load_collection
 from ..obj import ObjectSpec, read_object
@@ -23,12 +22,6 @@ from . import NetworkFunction, get
 
 # veth pairs created in every NF namespace: (index, name) pairs, peers adjacent.
 INTERFACE_INDEXES = tuple(range(2, 12))
-XDP_MD = struct.Struct("<6I")  # data, data_end, data_meta, ingress_ifindex, rx_queue, egress
-
-
-def xdp_ctx(ingress_ifindex: int, frame_len: int) -> bytes:
-    """An xdp_md for BPF_PROG_TEST_RUN with the given ingress device."""
-    return XDP_MD.pack(0, frame_len, 0, ingress_ifindex, 0, 0)
 
 
 @dataclass

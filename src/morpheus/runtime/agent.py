@@ -54,9 +54,11 @@ from ..passes.inline import GUARD_MAP
 from ..passes.instrument import CTL_MAP, SAMPLES_MAP, Instrument, layout_for
 from ..passes.pipeline import PassContext
 from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
+from .check import CheckResult, check_candidate
 from .guard import GuardMap
 from .heat import HeatReader
 from .plan import PlanOptions
+from .trampoline import Trampoline
 
 log = logging.getLogger("morpheus.agent")
 STATE_DIR = Path("/run/morpheus/agents")
@@ -78,7 +80,15 @@ class AgentOptions:
     plan: PlanOptions = field(default_factory=PlanOptions)
     min_change: float = 0.05  # re-specialize when coverage of the inlined keys drops this much
     xdp_mode: str = "native"  # or "generic"
+    # How versions are swapped: "link" (BPF_LINK_UPDATE of the XDP link) or "prog-array"
+    # (a trampoline tail-calls slot 0 of a prog array; a swap is one map update, and every
+    # packet pays a tail call).
+    swap: str = "link"
     check: Callable[[LoadedProgram], str | None] | None = None  # extra check before a swap
+    # Packets every candidate must handle exactly like the unspecialized program (verdict,
+    # output bytes, data-plane map writes; run on private copies of the maps) before it is
+    # swapped in. Empty: no check (each check costs two more loads and verifications).
+    check_frames: tuple[bytes, ...] = ()
     watch_external: bool = True
     # BPF run-time statistics give ns/packet per version in `status`, but cost every packet
     # two clock reads (about 30-40 ns): off unless asked for.
@@ -91,6 +101,10 @@ class AgentOptions:
     stable_coverage: float = 0.8
     stable_cycles: int = 3
     stable_rate: int = 1024
+    # Measure what the sampling instrumentation costs on the live traffic (A/B windows of
+    # the plain and the instrumented base program, BPF run stats on) once traffic flows.
+    measure_instrumentation: bool = True
+    measure_window: float = 0.2  # seconds per A or B window; three of each
 
 
 @dataclass
@@ -105,6 +119,7 @@ class Version:
     timings_ms: dict[str, float] = field(default_factory=dict)
     stats_at_swap: tuple[int, int] = (0, 0)  # run_cnt, run_time_ns when swapped in
     sampling: Any = None  # the SamplingLayout its instrumentation follows
+    source: Program | None = None  # the instructions it was loaded from
 
 
 @dataclass
@@ -139,6 +154,7 @@ class Agent:
         self.maps: dict[str, Map] = {}
         self.guard: GuardMap | None = None
         self.link: Link | None = None
+        self.trampoline: Trampoline | None = None
         self.current: Version | None = None
         self.history: deque[CycleReport] = deque(maxlen=50)
         self.swaps: deque[tuple[float, int, str]] = deque(maxlen=500)  # time, version, why
@@ -152,6 +168,9 @@ class Agent:
         self._watcher: Any = None
         self._dirty = True
         self._stable_for: dict[int, int] = {}  # site → consecutive cycles the version fit it
+        self.last_swap_us: float | None = None  # the link or prog-array update alone
+        self.instrumentation: dict[str, Any] = {"state": "not measured yet"}
+        self._next_measurement = 0.0
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -179,6 +198,11 @@ class Agent:
         if self.options.run_stats:
             with contextlib.suppress(KernelError, OSError):
                 self._stats_fd = enable_run_stats()
+        if self.options.check_frames:
+            nested = [n for n, m in self.spec.maps.items() if m.type.is_map_of_maps]
+            if nested:
+                raise AgentError(f"cannot check candidates on packets: map {nested[0]!r} is "
+                                 "a map of maps, which cannot be copied for the check")
         if (self.pin_dir / "link").exists():
             self._adopt()
         else:
@@ -232,8 +256,16 @@ class Agent:
         version = self._load_version(base, "base", self.layout.sites, sampling=self.layout)
         ifindex = self._ifindex()
         flags = XDP_FLAGS_DRV_MODE if self.options.xdp_mode == "native" else XDP_FLAGS_SKB_MODE
+        attached = version.program
+        if self.options.swap == "prog-array":
+            self.trampoline = Trampoline.create(self.prog)
+            self.trampoline.swap(version.program)
+            # The pin keeps the slot filled when the agent exits (a prog array is emptied
+            # when its last user reference goes).
+            self.trampoline.slots.pin(self.pin_dir / "slots")
+            attached = self.trampoline.program
         with self._in_netns():
-            self.link = Link.xdp(version.program, ifindex, flags)
+            self.link = Link.xdp(attached, ifindex, flags)
         self.link.pin(self.pin_dir / "link")
         self._set_current(version)
         self._write_state()
@@ -257,7 +289,15 @@ class Agent:
                 self.maps[name] = m
                 self._owned.append(m)
         self.link = Link.from_pin(self.pin_dir / "link")
-        running = LoadedProgram.from_id(self.link.info().prog_id)
+        attached = LoadedProgram.from_id(self.link.info().prog_id)
+        if (self.pin_dir / "slots").exists():
+            self.trampoline = Trampoline.from_pins(self.pin_dir / "slots", attached)
+            running_id = self.trampoline.running_id()
+            if running_id is None:
+                raise AgentError(f"{self.pin_dir / 'slots'}: the trampoline's slot is empty")
+            running = LoadedProgram.from_id(running_id)
+        else:
+            running = attached
         self.btf_fd = None
         if self.spec.btf is not None:
             from ..kernel import load_btf
@@ -300,7 +340,7 @@ class Agent:
                                        btf_fd=self.btf_fd)
         self._version_counter += 1
         return Version(self._version_counter, loaded, kind, time.time(),
-                       insns=sum(i.width for i in program.insns), **extra)
+                       insns=sum(i.width for i in program.insns), source=program, **extra)
 
     def _set_current(self, version: Version) -> None:
         with contextlib.suppress(KernelError):
@@ -331,6 +371,10 @@ class Agent:
         try:
             heat = self.reader.read()
             report.timings_ms["profile"] = _ms(t0)
+            if self._should_measure_instrumentation(heat):
+                t_measure = time.perf_counter()
+                self._measure_instrumentation()
+                report.timings_ms["measure_instrumentation"] = _ms(t_measure)
             if not any(h.keys for h in heat.values()) and self.current is not None \
                     and self.current.kind == "specialized" and not self._dirty:
                 report.outcome, report.reason = "no-traffic", "no samples since last cycle"
@@ -362,6 +406,13 @@ class Agent:
             version = self._load_with_relief(program, result, snapshots, heat, versions,
                                              signature)
             report.timings_ms["verify"] = _ms(t3)
+            if self.options.check_frames:
+                t_check = time.perf_counter()
+                outcome = self._check_equivalence(version)
+                report.timings_ms["check"] = _ms(t_check)
+                if not outcome.equivalent:
+                    version.program.close()
+                    raise AgentError(f"equivalence check failed: {outcome.describe()}")
             if self.options.check is not None:
                 problem = self.options.check(version.program)
                 if problem:
@@ -370,6 +421,7 @@ class Agent:
             t4 = time.perf_counter()
             self._swap(version)
             report.timings_ms["swap"] = _ms(t4)
+            report.timings_ms["swap_call"] = round((self.last_swap_us or 0.0) / 1000, 4)
             report.outcome = "swapped"
             report.reason = f"version {version.number}: " + ", ".join(
                 f"{d['map']}:{d['mode']}" for d in version.decisions if d["specialized"])
@@ -450,6 +502,83 @@ class Agent:
                 self._ensure_extra_maps(result.extra_maps)
         raise AgentError("the verifier refused every relieved version")
 
+    def _check_equivalence(self, version: Version) -> CheckResult:
+        """Run the candidate and the unspecialized program on the check packets."""
+        assert version.source is not None
+        candidate = version.source
+        written = sorted(m.name for m in self.facts.maps.values() if m.written_by_data_plane)
+
+        def load(kind: str, maps: Mapping[str, Map]) -> LoadedProgram:
+            program = self._base_program(instrumented=False) if kind == "base" else candidate
+            return load_program_spec(self.prog, maps, program=program, btf_fd=self.btf_fd)
+
+        ifindex = self._ifindex()
+        with self._in_netns():
+            return check_candidate(self.maps, self.options.check_frames, ifindex, load,
+                                   written)
+
+    def _should_measure_instrumentation(self, heat: Mapping[int, Any]) -> bool:
+        return (self.options.measure_instrumentation and bool(self.layout.sites)
+                and "ns_per_packet" not in self.instrumentation
+                and time.monotonic() >= self._next_measurement
+                and any(h.lookups for h in heat.values()))
+
+    def _measure_instrumentation(self) -> None:
+        """What sampling costs per packet on the live traffic: the plain and the instrumented
+        base program take turns on the interface (three windows each, interleaved), with BPF
+        run stats on. Both are unspecialized, so consistency holds throughout; the running
+        version is back when this returns. Without traffic it gives up after one window and
+        tries again a minute later."""
+        self._next_measurement = time.monotonic() + 60.0
+        assert self.current is not None and self.link is not None
+        entry = self.trampoline.program if self.trampoline is not None else None
+        totals = {"plain": [0, 0], "instrumented": [0, 0]}  # packets, ns
+        try:
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(enable_run_stats())
+                progs = {}
+                for kind in totals:
+                    with self._in_netns():
+                        progs[kind] = stack.enter_context(load_program_spec(
+                            self.prog, self.maps, btf_fd=self.btf_fd,
+                            program=self._base_program(instrumented=kind == "instrumented")))
+                stack.callback(self._attach, self.current.program)
+                for window in range(6):
+                    kind = ("plain", "instrumented")[window % 2]
+                    self._attach(progs[kind])
+                    watched = entry if entry is not None else progs[kind]
+                    before = watched.info()
+                    time.sleep(self.options.measure_window)
+                    after = watched.info()
+                    totals[kind][0] += after.run_cnt - before.run_cnt
+                    totals[kind][1] += after.run_time_ns - before.run_time_ns
+                    if window == 0 and totals[kind][0] == 0:
+                        self.instrumentation = {"state": "no traffic to measure on yet"}
+                        return
+        except (KernelError, VerifierError, OSError) as exc:
+            self.instrumentation = {"state": f"could not measure: {exc}"}
+            return
+        ns = {k: t[1] / t[0] if t[0] else None for k, t in totals.items()}
+        if ns["plain"] is None or ns["instrumented"] is None:
+            self.instrumentation = {"state": "traffic stopped while measuring"}
+            return
+        self.instrumentation = {
+            "state": "measured", "at": round(time.time(), 3),
+            "packets": totals["plain"][0] + totals["instrumented"][0],
+            "plain_ns": round(ns["plain"], 1), "instrumented_ns": round(ns["instrumented"], 1),
+            "ns_per_packet": round(ns["instrumented"] - ns["plain"], 1)}
+        log.info(json.dumps({"event": "instrumentation-cost", **self.instrumentation}))
+
+    def _attach(self, program: LoadedProgram) -> None:
+        """Make `program` the one packets run (no expected-old check: callers hold the
+        lock's guarantees themselves)."""
+        assert self.link is not None
+        with self.lock:
+            if self.trampoline is not None:
+                self.trampoline.swap(program)
+            else:
+                self.link.update(program)
+
     def _update_stability(self, heat: Mapping[int, Any]) -> None:
         """Count, per sampled site, the cycles in a row the running version's inlined keys
         answered most of the lookups sampled since the last cycle; a drop resets the count
@@ -496,7 +625,12 @@ class Agent:
     def _swap(self, version: Version) -> None:
         assert self.link is not None and self.current is not None
         with self.lock:
-            self.link.update(version.program, expected_old=self.current.program)
+            t0 = time.perf_counter()
+            if self.trampoline is not None:
+                self.trampoline.swap(version.program)
+            else:
+                self.link.update(version.program, expected_old=self.current.program)
+            self.last_swap_us = (time.perf_counter() - t0) * 1e6
             self._set_current(version)
             self._write_state()
 
@@ -572,6 +706,9 @@ class Agent:
                         "ms": c.timings_ms} for c in list(self.history)[-10:]],
             "swaps": [{"at": round(t, 3), "version": v, "reason": r} for t, v, r in self.swaps],
             "cycle_ms": _cycle_stats(self.history),
+            "instrumentation": dict(self.instrumentation),
+            "swap": {"mode": "prog-array" if self.trampoline is not None else "link",
+                     "last_us": round(self.last_swap_us, 1) if self.last_swap_us else None},
         }
         if current is not None:
             info = None
@@ -624,6 +761,9 @@ class Agent:
         if self.link is not None:
             self.link.close()
             self.link = None
+        if self.trampoline is not None:
+            self.trampoline.close()
+            self.trampoline = None
         if self.current is not None:
             self.current.program.close()
             self.current = None

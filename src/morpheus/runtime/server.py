@@ -191,6 +191,9 @@ def prometheus_text(status: dict[str, Any], control: dict[str, Any]) -> str:
                labels)
         metric("morpheus_site_sample_rate", s.get("rate"),
                "One lookup in this many is sampled at the site", labels)
+    metric("morpheus_instrumentation_ns_per_packet",
+           (status.get("instrumentation") or {}).get("ns_per_packet"),
+           "What key sampling adds per packet, measured on live traffic")
     metric("morpheus_control_plane_writes_total", control.get("writes"),
            "Writes made through the agent", kind="counter")
     metric("morpheus_control_plane_write_ms", control.get("median_ms"),

@@ -123,8 +123,9 @@ def run_demo(*, seconds_per_phase: float = 4.0, packets: int = 20_000,
     report["baseline_lost_packets"] = baseline.sent - baseline.processed
     report["swaps"] = len(morpheus.swaps)
     report["cycle_ms"] = checks["cycle_ms"]
-    report["ns_per_packet"] = {"baseline": round(baseline.ns_per_packet, 1),
-                               "morpheus": round(morpheus.ns_per_packet, 1)}
+    # Zero when BPF run-time statistics were off: no measurement, not a free program.
+    report["ns_per_packet"] = {"baseline": round(baseline.ns_per_packet, 1) or None,
+                               "morpheus": round(morpheus.ns_per_packet, 1) or None}
     report["plot"] = None
     if plot:
         report["plot"] = _plot(baseline, morpheus, Path(plot))

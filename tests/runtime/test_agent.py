@@ -8,7 +8,6 @@ import socket
 import struct
 import subprocess
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass

@@ -37,12 +37,16 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         "any verdict, output byte or data-plane map write differs")
     p.add_argument("--check-packets", type=int, default=1000,
                    help="use at most this many packets of --check-trace (default 1000)")
+    p.add_argument("--verifier-budget", type=int, default=800_000,
+                   help="instructions the verifier may process per version (estimated); "
+                        "lower it for faster cycles at the price of fewer inlined keys")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..runtime.agent import Agent, AgentOptions
+    from ..runtime.plan import PlanOptions
     from ..runtime.server import ControlServer, MetricsServer, prometheus_text, socket_path
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -62,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     options = AgentOptions(interval=args.interval, sample_rate=args.sample_rate,
                            xdp_mode=args.xdp_mode, watch_external=not args.no_watch,
                            run_stats=args.run_stats, check_frames=check_frames,
-                           swap=args.swap)
+                           swap=args.swap,
+                           plan=PlanOptions(verifier_budget=args.verifier_budget))
     agent = Agent(args.object, iface=args.iface, program=args.program, netns=args.netns,
                   name=args.name, options=options)
     agent.start()

@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--verifier-budget", type=int, default=800_000,
                    help="instructions the verifier may process per version (estimated); "
                         "lower it for faster cycles at the price of fewer inlined keys")
+    p.add_argument("--no-measure-sampling-cost", action="store_true",
+                   help="do not measure what sampling costs on the live traffic (the "
+                        "measurement alternates the unspecialized programs for ~1.2 s once)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
                            xdp_mode=args.xdp_mode, watch_external=not args.no_watch,
                            run_stats=args.run_stats, check_frames=check_frames,
                            swap=args.swap,
+                           measure_instrumentation=not args.no_measure_sampling_cost,
                            plan=PlanOptions(verifier_budget=args.verifier_budget))
     agent = Agent(args.object, iface=args.iface, program=args.program, netns=args.netns,
                   name=args.name, options=options)

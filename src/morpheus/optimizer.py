@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,39 +200,59 @@ def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: Pro
     return result
 
 
-def relieve_for_budget(plan: InlinePlan, base_cost: int, budget: int,
-                       heavy: int = 20_000, lookup_costs: Mapping[str, float] | None = None
-                       ) -> tuple[frozenset[int], frozenset[int]]:
-    """Sites to converge, then to drop, so that the verifier's work stays under `budget`
-    processed instructions.
+def verifier_estimate(plan: InlinePlan, base_cost: int,
+                      converge: Collection[int] = frozenset(),
+                      drop: Collection[int] = frozenset()) -> int:
+    """An upper bound on the instructions the verifier processes for `plan` applied to a
+    program whose original costs `base_cost` (prog_info.verified_insns).
 
-    The verifier walks the code after a site once per distinct state leaving it. Normally
-    the constants it learns from the frozen inlined values prune most of those walks (a hit
-    fixes the next lookup's key, and so on), so programs that verify cheaply
-    (`base_cost`, prog_info.verified_insns of the original, under `heavy`) are left alone.
-    A heavy program (bounded loops over looked-up values) pays for every distinct state:
-    there every multi-key site converges, leaving two states per site (the inlined pointer
-    and the map's own); a guarded site, even with a constant key, also leaves two (its guard
-    can send the packet to the map). The least valuable sites are dropped until
-    base_cost * 2^sites fits the budget.
+    The verifier walks the code after a site once per distinct state leaving it. A
+    comparison tree over K hot keys leaves K + 1 (each hit carries its own constants from
+    the frozen values, and where those reach a branch, as bit vectors ANDed and tested do,
+    nothing prunes them); converging the hits leaves two (the inlined pointer and the map's
+    own). Whole tables and constant keys fold away; their guards send a packet to code the
+    original had anyway, and are not counted. Sites in sequence multiply.
     """
-    if base_cost < heavy:
-        return frozenset(), frozenset()
-    costs = lookup_costs or {}
+    cost = base_cost
+    for p in plan.sites:
+        if p.site not in drop and _is_tree(p):
+            cost *= 2 if p.site in converge else len(p.entries) + 1
+    return cost
 
-    def doubles(p: SitePlan) -> bool:
-        return (not p.constant_key and len(p.entries) > 1) or p.guard_slot is not None
+
+def _is_tree(p: SitePlan) -> bool:
+    """A comparison tree over hot keys (not a constant key, not a whole table)."""
+    return not p.constant_key and not p.complete and len(p.entries) > 1
+
+
+def relieve_for_budget(plan: InlinePlan, base_cost: int, budget: int,
+                       lookup_costs: Mapping[str, float] | None = None
+                       ) -> tuple[frozenset[int], frozenset[int]]:
+    """Sites to converge, then to drop, so that `verifier_estimate` stays under `budget`.
+
+    The estimate is pessimistic (constants that only feed stores and the next lookup's key
+    prune well: the router's 64 hot routes cost the verifier 2.4x, not 65x), so plans under
+    the budget are left alone. Over it, the least valuable comparison trees converge first;
+    when all have converged, the least valuable are dropped.
+    """
+    costs = lookup_costs or {}
 
     def value(p: SitePlan) -> float:
         share = 1.0 if p.constant_key else sum(e.weight for e in p.entries)
         return share * costs.get(p.map, 1.0)
 
-    keep = sorted((p for p in plan.sites if doubles(p)), key=lambda p: -value(p))
+    converge: set[int] = set()
     drop: set[int] = set()
-    while keep and base_cost * 2 ** len(keep) > budget:
-        drop.add(keep.pop().site)
-    converge = {p.site for p in keep if not p.constant_key and len(p.entries) > 1}
-    return frozenset(converge), frozenset(drop)
+    trees = sorted((p for p in plan.sites if _is_tree(p)), key=value)
+    for p in trees:
+        if verifier_estimate(plan, base_cost, converge, drop) <= budget:
+            break
+        converge.add(p.site)
+    for p in trees:
+        if verifier_estimate(plan, base_cost, converge, drop) <= budget:
+            break
+        drop.add(p.site)
+    return frozenset(converge - drop), frozenset(drop)
 
 
 def is_complexity_error(message: str) -> bool:

@@ -151,36 +151,19 @@ struct {
 	__type(value, struct nf_counter);
 } fw_rule_stats SEC(".maps");
 
-/* Index of the lowest set bit of a non-zero word. Written out because __builtin_ctzll may be
- * lowered to a table in .rodata, which we keep free of anything the program depends on.
+/* Index of the lowest set bit of a non-zero word: the population count of the ones below it,
+ * branch-free. A branchy binary search costs the verifier a path per outcome (and the CPU
+ * mispredictions); __builtin_ctzll may be lowered to a table in .rodata, which we keep free
+ * of anything the program depends on.
  */
 static __always_inline __u32 lowest_bit(__u64 x)
 {
-	__u32 n = 0;
+	__u64 m = (x & -x) - 1;
 
-	if (!(x & 0xffffffffULL)) {
-		n += 32;
-		x >>= 32;
-	}
-	if (!(x & 0xffff)) {
-		n += 16;
-		x >>= 16;
-	}
-	if (!(x & 0xff)) {
-		n += 8;
-		x >>= 8;
-	}
-	if (!(x & 0xf)) {
-		n += 4;
-		x >>= 4;
-	}
-	if (!(x & 0x3)) {
-		n += 2;
-		x >>= 2;
-	}
-	if (!(x & 0x1))
-		n += 1;
-	return n;
+	m = m - ((m >> 1) & 0x5555555555555555ULL);
+	m = (m & 0x3333333333333333ULL) + ((m >> 2) & 0x3333333333333333ULL);
+	m = (m + (m >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (m * 0x0101010101010101ULL) >> 56;
 }
 
 static __always_inline struct fw_bitvec *port_bits(void *map, __u32 port, int has_ports)

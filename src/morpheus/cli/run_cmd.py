@@ -11,6 +11,8 @@ import threading
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    from ..runtime.plan import PlanOptions
+
     p = sub.add_parser(name, help="run a program on an interface under the agent")
     p.add_argument("object")
     p.add_argument("--iface", required=True, help="interface to attach to (XDP)")
@@ -37,9 +39,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         "any verdict, output byte or data-plane map write differs")
     p.add_argument("--check-packets", type=int, default=1000,
                    help="use at most this many packets of --check-trace (default 1000)")
-    p.add_argument("--verifier-budget", type=int, default=800_000,
-                   help="instructions the verifier may process per version (estimated); "
-                        "lower it for faster cycles at the price of fewer inlined keys")
+    p.add_argument("--verifier-budget", type=int, default=PlanOptions.verifier_budget,
+                   help="instructions the verifier may process per version (a pessimistic "
+                        "estimate; default %(default)s); over it, comparison trees converge "
+                        "their hits, then the least used are dropped")
     p.add_argument("--no-measure-sampling-cost", action="store_true",
                    help="do not measure what sampling costs on the live traffic (the "
                         "measurement alternates the unspecialized programs for ~1.2 s once)")

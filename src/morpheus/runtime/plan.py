@@ -30,9 +30,10 @@ class PlanOptions:
     # Hot keys that answer fewer lookups than this are not worth a comparison tree in front
     # of every lookup (uniform traffic would pay the tree and the map on most packets).
     min_coverage: float = 0.5
-    # Estimated instructions the verifier processes (see optimizer.relieve_for_budget);
-    # above it the largest sites converge their hits, then the least used are dropped.
-    verifier_budget: int = 800_000
+    # Estimated instructions the verifier processes (optimizer.verifier_estimate, an upper
+    # bound; the verifier here takes about 1 µs per instruction): above it comparison trees
+    # converge their hits, least used first, then the least used are dropped.
+    verifier_budget: int = 400_000
 
 
 @dataclass

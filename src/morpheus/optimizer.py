@@ -166,7 +166,8 @@ def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: Pro
                 d.reason = "dropped: the verifier could not cope with the specialized program"
             elif d.plan is not None and d.plan.site in converge:
                 d.reason += " (converging hits, for the verifier)"
-    ctx = PassContext(dict(spec.maps), prog.type)
+    ctx = PassContext(dict(spec.maps), prog.type,
+                      analysis=facts.analysis if facts.analysis.program is program else None)
     pipeline_passes: list[Pass] = []
     used_guards = {p.map for p in plan.sites if p.guard_slot is not None}
     bumped = {m: bump_slots[m] for m in used_guards if m in bump_slots}

@@ -16,7 +16,9 @@ Registers are `Reg` values; a plain int is an immediate. Jump targets are labels
 
 from __future__ import annotations
 
+import functools
 from enum import IntEnum
+from typing import Final
 
 from .helpers import HELPER_IDS
 from .instruction import EMPTY_META, Instruction, Meta
@@ -54,60 +56,98 @@ FP = R10
 Operand = Reg | int
 
 
+# Naming an enum member costs a metaclass attribute lookup (about 150 ns on CPython
+# 3.11); the code below runs for every instruction, so it names them through aliases.
+_OP_ADD: Final = AluOp.ADD
+_OP_AND: Final = AluOp.AND
+_OP_LSH: Final = AluOp.LSH
+_OP_MOV: Final = AluOp.MOV
+_OP_RSH: Final = AluOp.RSH
+_OP_XOR: Final = AluOp.XOR
+_CALL_HELPER: Final = CallSrc.HELPER
+_CALL_PSEUDO_CALL: Final = CallSrc.PSEUDO_CALL
+_C_ALU: Final = Class.ALU
+_C_ALU64: Final = Class.ALU64
+_C_JMP: Final = Class.JMP
+_C_JMP32: Final = Class.JMP32
+_C_LDX: Final = Class.LDX
+_C_ST: Final = Class.ST
+_C_STX: Final = Class.STX
+_J_CALL: Final = JmpOp.CALL
+_J_EXIT: Final = JmpOp.EXIT
+_J_JA: Final = JmpOp.JA
+_J_JEQ: Final = JmpOp.JEQ
+_J_JGT: Final = JmpOp.JGT
+_J_JLT: Final = JmpOp.JLT
+_J_JNE: Final = JmpOp.JNE
+_M_ATOMIC: Final = Mode.ATOMIC
+_M_MEM: Final = Mode.MEM
+_PSEUDO_MAP_FD: Final = PseudoSrc.MAP_FD
+_PSEUDO_MAP_VALUE: Final = PseudoSrc.MAP_VALUE
+_SRC_K: Final = Source.K
+_SRC_X: Final = Source.X
+
+
+@functools.lru_cache(maxsize=4096)
+def _note_meta(note: str) -> Meta:
+    return Meta(note=note)
+
+
 def _meta(note: str | None) -> Meta:
-    return EMPTY_META if note is None else Meta(note=note)
+    # Notes repeat (one per kind of snippet): Meta is immutable, so equal notes share one.
+    return EMPTY_META if note is None else _note_meta(note)
 
 
 def _alu(
     cls: Class, op: AluOp, dst: Reg, operand: Operand, label: str | None, note: str | None
 ) -> Instruction:
     if isinstance(operand, Reg):
-        return Instruction(cls | op | Source.X, dst, operand, 0, 0, label=label, meta=_meta(note))
+        return Instruction(cls | op | _SRC_X, dst, operand, 0, 0, None, label, _meta(note))
     if not -0x80000000 <= operand <= 0xFFFFFFFF:
         raise ValueError(f"immediate {operand:#x} does not fit in 32 bits; use ld_imm64")
     if operand > 0x7FFFFFFF:
         operand -= 0x100000000
-    return Instruction(cls | op | Source.K, dst, 0, 0, operand, label=label, meta=_meta(note))
+    return Instruction(cls | op | _SRC_K, dst, 0, 0, operand, None, label, _meta(note))
 
 
 def alu64(
     op: AluOp, dst: Reg, operand: Operand, *, label: str | None = None, note: str | None = None
 ) -> Instruction:
-    return _alu(Class.ALU64, op, dst, operand, label, note)
+    return _alu(_C_ALU64, op, dst, operand, label, note)
 
 
 def alu32(
     op: AluOp, dst: Reg, operand: Operand, *, label: str | None = None, note: str | None = None
 ) -> Instruction:
-    return _alu(Class.ALU, op, dst, operand, label, note)
+    return _alu(_C_ALU, op, dst, operand, label, note)
 
 
 def mov64(dst: Reg, operand: Operand, **kw: str | None) -> Instruction:
-    return alu64(AluOp.MOV, dst, operand, **kw)  # type: ignore[arg-type]
+    return alu64(_OP_MOV, dst, operand, **kw)  # type: ignore[arg-type]
 
 
 def mov32(dst: Reg, operand: Operand, **kw: str | None) -> Instruction:
-    return alu32(AluOp.MOV, dst, operand, **kw)  # type: ignore[arg-type]
+    return alu32(_OP_MOV, dst, operand, **kw)  # type: ignore[arg-type]
 
 
 def add64(dst: Reg, operand: Operand, **kw: str | None) -> Instruction:
-    return alu64(AluOp.ADD, dst, operand, **kw)  # type: ignore[arg-type]
+    return alu64(_OP_ADD, dst, operand, **kw)  # type: ignore[arg-type]
 
 
 def and64(dst: Reg, operand: Operand, **kw: str | None) -> Instruction:
-    return alu64(AluOp.AND, dst, operand, **kw)  # type: ignore[arg-type]
+    return alu64(_OP_AND, dst, operand, **kw)  # type: ignore[arg-type]
 
 
 def lsh64(dst: Reg, operand: Operand, **kw: str | None) -> Instruction:
-    return alu64(AluOp.LSH, dst, operand, **kw)  # type: ignore[arg-type]
+    return alu64(_OP_LSH, dst, operand, **kw)  # type: ignore[arg-type]
 
 
 def rsh64(dst: Reg, operand: Operand, **kw: str | None) -> Instruction:
-    return alu64(AluOp.RSH, dst, operand, **kw)  # type: ignore[arg-type]
+    return alu64(_OP_RSH, dst, operand, **kw)  # type: ignore[arg-type]
 
 
 def xor64(dst: Reg, operand: Operand, **kw: str | None) -> Instruction:
-    return alu64(AluOp.XOR, dst, operand, **kw)  # type: ignore[arg-type]
+    return alu64(_OP_XOR, dst, operand, **kw)  # type: ignore[arg-type]
 
 
 def ld_imm64(
@@ -117,14 +157,14 @@ def ld_imm64(
         raise ValueError(f"value {value:#x} does not fit in 64 bits")
     if value >= 1 << 63:
         value -= 1 << 64
-    return Instruction(LD_IMM64, dst, 0, 0, value, label=label, meta=_meta(note))
+    return Instruction(LD_IMM64, dst, 0, 0, value, None, label, _meta(note))
 
 
 def ld_map_fd(
     dst: Reg, map_name: str, *, label: str | None = None, note: str | None = None
 ) -> Instruction:
     return Instruction(
-        LD_IMM64, dst, PseudoSrc.MAP_FD, 0, 0, reference=map_name, label=label, meta=_meta(note)
+        LD_IMM64, dst, _PSEUDO_MAP_FD, 0, 0, map_name, label, _meta(note)
     )
 
 
@@ -135,12 +175,12 @@ def ld_map_value(
     return Instruction(
         LD_IMM64,
         dst,
-        PseudoSrc.MAP_VALUE,
+        _PSEUDO_MAP_VALUE,
         0,
         offset,
-        reference=map_name,
-        label=label,
-        meta=_meta(note),
+        map_name,
+        label,
+        _meta(note),
     )
 
 
@@ -149,7 +189,7 @@ def ldx(
 ) -> Instruction:
     """dst = *(u<size*8> *)(src + off)."""
     return Instruction(
-        Class.LDX | BYTES_SIZE[size] | Mode.MEM, dst, src, off, 0, label=label, meta=_meta(note)
+        _C_LDX | BYTES_SIZE[size] | _M_MEM, dst, src, off, 0, None, label, _meta(note)
     )
 
 
@@ -158,7 +198,7 @@ def stx(
 ) -> Instruction:
     """*(u<size*8> *)(dst + off) = src."""
     return Instruction(
-        Class.STX | BYTES_SIZE[size] | Mode.MEM, dst, src, off, 0, label=label, meta=_meta(note)
+        _C_STX | BYTES_SIZE[size] | _M_MEM, dst, src, off, 0, None, label, _meta(note)
     )
 
 
@@ -167,7 +207,7 @@ def st(
 ) -> Instruction:
     """*(u<size*8> *)(dst + off) = imm."""
     return Instruction(
-        Class.ST | BYTES_SIZE[size] | Mode.MEM, dst, 0, off, imm, label=label, meta=_meta(note)
+        _C_ST | BYTES_SIZE[size] | _M_MEM, dst, 0, off, imm, None, label, _meta(note)
     )
 
 
@@ -183,7 +223,7 @@ def atomic(
 ) -> Instruction:
     """Atomic read-modify-write of *(dst + off) with src (size 4 or 8)."""
     return Instruction(
-        Class.STX | BYTES_SIZE[size] | Mode.ATOMIC,
+        _C_STX | BYTES_SIZE[size] | _M_ATOMIC,
         dst,
         src,
         off,
@@ -203,38 +243,38 @@ def jmp(
     label: str | None = None,
     note: str | None = None,
 ) -> Instruction:
-    cls = Class.JMP if wide else Class.JMP32
+    cls = _C_JMP if wide else _C_JMP32
     if isinstance(operand, Reg):
         return Instruction(
-            cls | op | Source.X, dst, operand, 0, 0, reference=target, label=label, meta=_meta(note)
+            cls | op | _SRC_X, dst, operand, 0, 0, target, label, _meta(note)
         )
     if not -0x80000000 <= operand <= 0xFFFFFFFF:
         raise ValueError(f"immediate {operand:#x} does not fit in 32 bits")
     if operand > 0x7FFFFFFF:
         operand -= 0x100000000
     return Instruction(
-        cls | op | Source.K, dst, 0, 0, operand, reference=target, label=label, meta=_meta(note)
+        cls | op | _SRC_K, dst, 0, 0, operand, target, label, _meta(note)
     )
 
 
 def jeq(dst: Reg, operand: Operand, target: str, **kw: object) -> Instruction:
-    return jmp(JmpOp.JEQ, dst, operand, target, **kw)  # type: ignore[arg-type]
+    return jmp(_J_JEQ, dst, operand, target, **kw)  # type: ignore[arg-type]
 
 
 def jne(dst: Reg, operand: Operand, target: str, **kw: object) -> Instruction:
-    return jmp(JmpOp.JNE, dst, operand, target, **kw)  # type: ignore[arg-type]
+    return jmp(_J_JNE, dst, operand, target, **kw)  # type: ignore[arg-type]
 
 
 def jgt(dst: Reg, operand: Operand, target: str, **kw: object) -> Instruction:
-    return jmp(JmpOp.JGT, dst, operand, target, **kw)  # type: ignore[arg-type]
+    return jmp(_J_JGT, dst, operand, target, **kw)  # type: ignore[arg-type]
 
 
 def jlt(dst: Reg, operand: Operand, target: str, **kw: object) -> Instruction:
-    return jmp(JmpOp.JLT, dst, operand, target, **kw)  # type: ignore[arg-type]
+    return jmp(_J_JLT, dst, operand, target, **kw)  # type: ignore[arg-type]
 
 
 def ja(target: str, *, label: str | None = None, note: str | None = None) -> Instruction:
-    return Instruction(Class.JMP | JmpOp.JA, reference=target, label=label, meta=_meta(note))
+    return Instruction(_C_JMP | _J_JA, 0, 0, 0, 0, target, label, _meta(note))
 
 
 def call_helper(
@@ -247,16 +287,16 @@ def call_helper(
             raise ValueError(f"unknown helper {helper!r}")
         helper = HELPER_IDS[name]
     return Instruction(
-        Class.JMP | JmpOp.CALL, 0, CallSrc.HELPER, 0, helper, label=label, meta=_meta(note)
+        _C_JMP | _J_CALL, 0, _CALL_HELPER, 0, helper, None, label, _meta(note)
     )
 
 
 def call(function: str, *, label: str | None = None, note: str | None = None) -> Instruction:
     """BPF-to-BPF call of the function labelled `function`."""
     return Instruction(
-        Class.JMP | JmpOp.CALL,
+        _C_JMP | _J_CALL,
         0,
-        CallSrc.PSEUDO_CALL,
+        _CALL_PSEUDO_CALL,
         0,
         0,
         reference=function,
@@ -266,4 +306,4 @@ def call(function: str, *, label: str | None = None, note: str | None = None) ->
 
 
 def exit_(*, label: str | None = None, note: str | None = None) -> Instruction:
-    return Instruction(Class.JMP | JmpOp.EXIT, label=label, meta=_meta(note))
+    return Instruction(_C_JMP | _J_EXIT, 0, 0, 0, 0, None, label, _meta(note))

@@ -88,6 +88,14 @@ def s64(value: int) -> int:
 _CALL = Class.JMP | JmpOp.CALL
 _EXIT = Class.JMP | JmpOp.EXIT
 _GOTOL = Class.JMP32 | JmpOp.JA
+# Properties below run for every instruction in every pass: they compare with plain ints
+# (naming an enum member costs a metaclass attribute lookup).
+_ATOMIC = int(Class.STX | Mode.ATOMIC)
+_SRC_X = int(Source.X)
+_HELPER = int(CallSrc.HELPER)
+_PSEUDO_CALL = int(CallSrc.PSEUDO_CALL)
+_KFUNC = int(CallSrc.KFUNC)
+_FUNC = int(PseudoSrc.FUNC)
 _JA_OPCODES = frozenset({Class.JMP | JmpOp.JA, _GOTOL})
 _MAP_PSEUDO = frozenset(
     {PseudoSrc.MAP_FD, PseudoSrc.MAP_VALUE, PseudoSrc.MAP_IDX, PseudoSrc.MAP_IDX_VALUE}
@@ -153,7 +161,7 @@ class Instruction(NamedTuple):
 
     @property
     def uses_reg_source(self) -> bool:
-        return bool(self.opcode & Source.X)
+        return bool(self.opcode & _SRC_X)
 
     @property
     def alu_op(self) -> AluOp:
@@ -185,15 +193,15 @@ class Instruction(NamedTuple):
 
     @property
     def is_helper_call(self) -> bool:
-        return self.opcode == _CALL and self.src == CallSrc.HELPER
+        return self.opcode == _CALL and self.src == _HELPER
 
     @property
     def is_pseudo_call(self) -> bool:
-        return self.opcode == _CALL and self.src == CallSrc.PSEUDO_CALL
+        return self.opcode == _CALL and self.src == _PSEUDO_CALL
 
     @property
     def is_kfunc_call(self) -> bool:
-        return self.opcode == _CALL and self.src == CallSrc.KFUNC
+        return self.opcode == _CALL and self.src == _KFUNC
 
     @property
     def is_exit(self) -> bool:
@@ -222,7 +230,7 @@ class Instruction(NamedTuple):
 
     @property
     def is_atomic(self) -> bool:
-        return (self.opcode & 0xE7) == (Class.STX | Mode.ATOMIC)
+        return (self.opcode & 0xE7) == _ATOMIC
 
     @property
     def is_map_load(self) -> bool:
@@ -230,7 +238,7 @@ class Instruction(NamedTuple):
 
     @property
     def is_func_load(self) -> bool:
-        return self.opcode == LD_IMM64 and self.src == PseudoSrc.FUNC
+        return self.opcode == LD_IMM64 and self.src == _FUNC
 
     @property
     def is_gotol(self) -> bool:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from ..analysis import alu
-from ..analysis.values import Kind, State, Value, analyze_values
+from ..analysis.values import Analysis, Kind, State, Value, analyze_values
 from ..ir import Instruction, Meta, Program
 from ..ir.edit import rewrite
 from ..ir.helpers import HELPER_IDS
@@ -45,17 +45,57 @@ from ..ir.opcodes import LD_IMM64, AluOp, CallSrc, Class, JmpOp, Mode, PseudoSrc
 from .dce import apply_edits, register_effects, remove_unreachable
 from .pipeline import PassContext, register
 
-_ALU_CLASSES = (Class.ALU, Class.ALU64)
-_JA: Final = Class.JMP | JmpOp.JA
-_CALL: Final = Class.JMP | JmpOp.CALL
-_CALLX: Final = Class.JMP | JmpOp.CALL | Source.X
-_SHIFTS = (AluOp.LSH, AluOp.RSH, AluOp.ARSH)
+# Naming an enum member costs a metaclass attribute lookup (about 150 ns on CPython
+# 3.11); the code below runs for every instruction, so it names them through aliases.
+_OP_ADD: Final = AluOp.ADD
+_OP_ARSH: Final = AluOp.ARSH
+_OP_DIV: Final = AluOp.DIV
+_OP_END: Final = AluOp.END
+_OP_LSH: Final = AluOp.LSH
+_OP_MOD: Final = AluOp.MOD
+_OP_MOV: Final = AluOp.MOV
+_OP_NEG: Final = AluOp.NEG
+_OP_RSH: Final = AluOp.RSH
+_OP_SUB: Final = AluOp.SUB
+_CALL_HELPER: Final = CallSrc.HELPER
+_C_ALU: Final = Class.ALU
+_C_ALU64: Final = Class.ALU64
+_C_JMP: Final = Class.JMP
+_C_LDX: Final = Class.LDX
+_J_CALL: Final = JmpOp.CALL
+_J_JA: Final = JmpOp.JA
+_J_JEQ: Final = JmpOp.JEQ
+_J_JGE: Final = JmpOp.JGE
+_J_JGT: Final = JmpOp.JGT
+_J_JLE: Final = JmpOp.JLE
+_J_JLT: Final = JmpOp.JLT
+_J_JNE: Final = JmpOp.JNE
+_J_JSET: Final = JmpOp.JSET
+_J_JSGE: Final = JmpOp.JSGE
+_J_JSGT: Final = JmpOp.JSGT
+_J_JSLE: Final = JmpOp.JSLE
+_J_JSLT: Final = JmpOp.JSLT
+_DIRECT: Final = Kind.DIRECT
+_SCALAR: Final = Kind.SCALAR
+_STACK: Final = Kind.STACK
+_M_MEMSX: Final = Mode.MEMSX
+_PSEUDO_BTF_ID: Final = PseudoSrc.BTF_ID
+_PSEUDO_MAP_VALUE: Final = PseudoSrc.MAP_VALUE
+_SRC_K: Final = Source.K
+_SRC_X: Final = Source.X
+
+
+_ALU_CLASSES = (_C_ALU, _C_ALU64)
+_JA: Final = _C_JMP | _J_JA
+_CALL: Final = _C_JMP | _J_CALL
+_CALLX: Final = _C_JMP | _J_CALL | _SRC_X
+_SHIFTS = (_OP_LSH, _OP_RSH, _OP_ARSH)
 # `if a op b` ⇔ `if b op' a`: used to put a known constant on the right.
 _SWAPPED = {
-    JmpOp.JEQ: JmpOp.JEQ, JmpOp.JNE: JmpOp.JNE, JmpOp.JSET: JmpOp.JSET,
-    JmpOp.JGT: JmpOp.JLT, JmpOp.JLT: JmpOp.JGT, JmpOp.JGE: JmpOp.JLE, JmpOp.JLE: JmpOp.JGE,
-    JmpOp.JSGT: JmpOp.JSLT, JmpOp.JSLT: JmpOp.JSGT, JmpOp.JSGE: JmpOp.JSLE,
-    JmpOp.JSLE: JmpOp.JSGE,
+    _J_JEQ: _J_JEQ, _J_JNE: _J_JNE, _J_JSET: _J_JSET,
+    _J_JGT: _J_JLT, _J_JLT: _J_JGT, _J_JGE: _J_JLE, _J_JLE: _J_JGE,
+    _J_JSGT: _J_JSLT, _J_JSLT: _J_JSGT, _J_JSGE: _J_JSLE,
+    _J_JSLE: _J_JSGE,
 }
 _FIB_LOOKUP: Final = HELPER_IDS["fib_lookup"]
 _WRITES_MEMORY: Final = HELPER_IDS["probe_read_kernel"]  # a helper that writes its buffer
@@ -74,7 +114,7 @@ class ConstantPropagation:
         out, counts = propagate_constants(program, prog_type=ctx.prog_type,
                                           known_values=ctx.known_values,
                                           max_rounds=self.max_rounds,
-                                          immediates=self.immediates)
+                                          immediates=self.immediates, analysis=ctx.analysis)
         stats = ctx.stats.setdefault(self.name, {})
         for key, value in counts.items():
             stats[key] = stats.get(key, 0) + value
@@ -83,16 +123,18 @@ class ConstantPropagation:
 
 def propagate_constants(program: Program, *, prog_type: int,
                         known_values: Mapping[str, bytes] | None = None, max_rounds: int = 8,
-                        immediates: bool = True) -> tuple[Program, dict[str, int]]:
+                        immediates: bool = True, analysis: Analysis | None = None
+                        ) -> tuple[Program, dict[str, int]]:
     """The constprop pass as a function: the new program and how many instructions each
     rule changed (`alu`, `loads`, `taken`, `not_taken`, `immediates`) or removed as
-    unreachable (`unreachable`), and how many times the program was analysed."""
+    unreachable (`unreachable`), and how many times the program was analysed (`analysis`,
+    if it is of the very program analysed first, is reused)."""
     known = dict(known_values or {})
     counts = {"alu": 0, "loads": 0, "taken": 0, "not_taken": 0, "immediates": 0,
               "unreachable": 0, "analyses": 0}
     for _ in range(max_rounds):
         counts["analyses"] += 1
-        edits, again = _fold_round(program, prog_type, known, immediates, counts)
+        edits, again = _fold_round(program, prog_type, known, immediates, counts, analysis)
         if not edits:
             break
         program = apply_edits(program, edits)
@@ -109,12 +151,15 @@ def propagate_constants(program: Program, *, prog_type: int,
 
 
 def _fold_round(program: Program, prog_type: int, known: Mapping[str, bytes], immediates: bool,
-                counts: dict[str, int]) -> tuple[dict[int, Sequence[Instruction]], bool]:
+                counts: dict[str, int], analysis: Analysis | None = None
+                ) -> tuple[dict[int, Sequence[Instruction]], bool]:
     """Edits for one analysis of `program`, and whether another analysis may find more."""
     insns = program.insns
     prefolded = _known_direct_loads(program, known)
     view, positions = _analysis_view(program, prefolded)
-    states = analyze_values(view, prog_type).states
+    if analysis is None or analysis.program is not view:
+        analysis = analyze_values(view, prog_type)
+    states = analysis.states
     if positions is not None:
         states = [states[p] for p in positions]
     skip = _unfollowed_functions(program, states)
@@ -139,7 +184,7 @@ def _fold_round(program: Program, prog_type: int, known: Mapping[str, bytes], im
                 if new is not None:
                     edits[i] = (new,)
                     counts["immediates"] += 1
-        elif cls == Class.LDX and insn.is_load:
+        elif cls == _C_LDX and insn.is_load:
             value = _direct_load(insn, regs, known)
             if value is not None:
                 edits[i] = (constant_move(insn.dst, value, insn.meta),)
@@ -163,40 +208,40 @@ def _fold_round(program: Program, prog_type: int, known: Mapping[str, bytes], im
 
 def _const(value: Value) -> int | None:
     """The value of a known scalar (unsigned 64-bit), None for anything else."""
-    return value.const if value.kind == Kind.SCALAR else None
+    return value.const if value.kind == _SCALAR else None
 
 
 def _is_constant_move(insn: Instruction) -> bool:
-    return insn.opcode & 0xF8 == AluOp.MOV | Source.K and insn.off == 0
+    return insn.opcode & 0xF8 == _OP_MOV | _SRC_K and insn.off == 0
 
 
 def constant_move(dst: int, value: int, meta: Meta = EMPTY_META) -> Instruction:
     """The shortest instruction that sets `dst` to the 64-bit `value`."""
     value = alu.u64(value)
     if _fits_imm64(value):
-        return Instruction(Class.ALU64 | AluOp.MOV | Source.K, dst, 0, 0, s32(value), meta=meta)
+        return Instruction(_C_ALU64 | _OP_MOV | _SRC_K, dst, 0, 0, s32(value), meta=meta)
     if value < 1 << 32:  # mov32 zero-extends
-        return Instruction(Class.ALU | AluOp.MOV | Source.K, dst, 0, 0, s32(value), meta=meta)
+        return Instruction(_C_ALU | _OP_MOV | _SRC_K, dst, 0, 0, s32(value), meta=meta)
     return Instruction(LD_IMM64, dst, 0, 0, s64(value), meta=meta)
 
 
 def _alu_result(insn: Instruction, regs: list[Value]) -> int | None:
     """The value an ALU instruction leaves in its destination, when constant."""
     op = insn.opcode
-    wide = op & 0x07 == Class.ALU64
+    wide = op & 0x07 == _C_ALU64
     aop = op & 0xF0
     dst = _const(regs[insn.dst])
-    if aop == AluOp.END:
+    if aop == _OP_END:
         if dst is None or insn.imm not in (16, 32, 64):
             return None
-        return alu.endian(dst, insn.imm, to_be=bool(op & Source.X), bswap=wide)
-    if aop == AluOp.NEG:
+        return alu.endian(dst, insn.imm, to_be=bool(op & _SRC_X), bswap=wide)
+    if aop == _OP_NEG:
         return None if dst is None else alu.alu(aop, dst, 0, wide=wide)
-    operand = _const(regs[insn.src]) if op & Source.X else alu.u64(insn.imm)
+    operand = _const(regs[insn.src]) if op & _SRC_X else alu.u64(insn.imm)
     if operand is None:
         return None
     try:
-        if aop == AluOp.MOV:
+        if aop == _OP_MOV:
             return alu.alu(aop, 0, operand, wide=wide, off=insn.off)
         return None if dst is None else alu.alu(aop, dst, operand, wide=wide, off=insn.off)
     except ValueError:  # an operation without constant semantics
@@ -218,12 +263,12 @@ def _alu_immediate_form(insn: Instruction, regs: list[Value]) -> Instruction | N
     register."""
     op = insn.opcode
     aop = op & 0xF0
-    if not op & Source.X or aop in (AluOp.MOV, AluOp.NEG, AluOp.END):
+    if not op & _SRC_X or aop in (_OP_MOV, _OP_NEG, _OP_END):
         return None
     value = _const(regs[insn.src])
-    if value is None or regs[insn.dst].kind != Kind.SCALAR:
+    if value is None or regs[insn.dst].kind != _SCALAR:
         return None
-    wide = op & 0x07 == Class.ALU64
+    wide = op & 0x07 == _C_ALU64
     if aop in _SHIFTS:
         imm = value & (63 if wide else 31)
     else:
@@ -231,47 +276,47 @@ def _alu_immediate_form(insn: Instruction, regs: list[Value]) -> Instruction | N
             value &= alu.M32
         elif not _fits_imm64(value):
             return None
-        if aop in (AluOp.DIV, AluOp.MOD) and value == 0:
+        if aop in (_OP_DIV, _OP_MOD) and value == 0:
             return None
         imm = s32(value)
-    return Instruction(op & ~Source.X, insn.dst, 0, insn.off, imm, None, None, insn.meta)
+    return Instruction(op & ~_SRC_X, insn.dst, 0, insn.off, imm, None, None, insn.meta)
 
 
 def _jump_immediate_form(insn: Instruction, regs: list[Value]) -> Instruction | None:
     """`if a op b` with one side a known constant and the other an unknown scalar, as a
     comparison of the unknown register with an immediate (swapping the sides if needed)."""
     op = insn.opcode
-    if not op & Source.X:
+    if not op & _SRC_X:
         return None
-    wide = op & 0x07 == Class.JMP
+    wide = op & 0x07 == _C_JMP
     a, b = regs[insn.dst], regs[insn.src]
     ca, cb = _const(a), _const(b)
-    if cb is not None and a.kind == Kind.SCALAR and ca is None:
+    if cb is not None and a.kind == _SCALAR and ca is None:
         reg, value, jop = insn.dst, cb, op & 0xF0
-    elif ca is not None and b.kind == Kind.SCALAR and cb is None:
+    elif ca is not None and b.kind == _SCALAR and cb is None:
         reg, value, jop = insn.src, ca, _SWAPPED[JmpOp(op & 0xF0)]
     else:
         return None
     if wide and not _fits_imm64(value):
         return None
-    return Instruction((op & 0x07) | jop | Source.K, reg, 0, 0, s32(value), insn.reference,
+    return Instruction((op & 0x07) | jop | _SRC_K, reg, 0, 0, s32(value), insn.reference,
                        None, insn.meta)
 
 
 def _branch_outcome(insn: Instruction, regs: list[Value]) -> bool | None:
     """Whether a conditional jump is always (True) or never (False) taken, if known."""
     op = insn.opcode
-    wide = op & 0x07 == Class.JMP
+    wide = op & 0x07 == _C_JMP
     jop = op & 0xF0
     a = regs[insn.dst]
-    b = regs[insn.src] if op & Source.X else Value(Kind.SCALAR, alu.u64(insn.imm))
+    b = regs[insn.src] if op & _SRC_X else Value(_SCALAR, alu.u64(insn.imm))
     ca, cb = _const(a), _const(b)
     if ca is not None and cb is not None:
         return alu.compare(jop, ca, cb, wide=wide)
     # A direct map-value pointer is never NULL (the verifier knows this too).
-    if wide and jop in (JmpOp.JEQ, JmpOp.JNE) and (
-            (a.kind == Kind.DIRECT and cb == 0) or (b.kind == Kind.DIRECT and ca == 0)):
-        return jop == JmpOp.JNE
+    if wide and jop in (_J_JEQ, _J_JNE) and (
+            (a.kind == _DIRECT and cb == 0) or (b.kind == _DIRECT and ca == 0)):
+        return jop == _J_JNE
     return None
 
 
@@ -285,10 +330,10 @@ def _read_known(data: bytes | None, offset: int, size: int, signed: bool) -> int
 def _direct_load(insn: Instruction, regs: list[Value], known: Mapping[str, bytes]
                  ) -> int | None:
     base = regs[insn.src]
-    if base.kind != Kind.DIRECT or base.const is None or not isinstance(base.ref, str):
+    if base.kind != _DIRECT or base.const is None or not isinstance(base.ref, str):
         return None
     return _read_known(known.get(base.ref), base.const + insn.off, insn.size_bytes,
-                       insn.opcode & 0xE0 == Mode.MEMSX)
+                       insn.opcode & 0xE0 == _M_MEMSX)
 
 
 # --- what the analysis is given ------------------------------------------------------------
@@ -307,7 +352,7 @@ def _known_direct_loads(program: Program, known: Mapping[str, bytes]) -> dict[in
     repeats until the states at the jumps stop changing. It sees less than the analysis (no
     stack, no pruned edges): what it misses, the analysis finds and the next round folds."""
     insns = program.insns
-    if not known or not any(insn.opcode == LD_IMM64 and insn.src == PseudoSrc.MAP_VALUE
+    if not known or not any(insn.opcode == LD_IMM64 and insn.src == _PSEUDO_MAP_VALUE
                             and insn.reference in known for insn in insns):
         return {}
     jumps_to: dict[str, list[int]] = {}
@@ -349,7 +394,7 @@ def _known_direct_loads(program: Program, known: Mapping[str, bytes]) -> dict[in
             if insn.is_load and insn.src in pointers:
                 name, offset = pointers[insn.src]
                 value = _read_known(known[name], offset + insn.off, insn.size_bytes,
-                                    op & 0xE0 == Mode.MEMSX)
+                                    op & 0xE0 == _M_MEMSX)
                 if value is not None:
                     out[i] = value
             _follow_pointers(insn, pointers, known)
@@ -371,17 +416,17 @@ def _meet(states: Sequence[Pointers]) -> Pointers:
 def _follow_pointers(insn: Instruction, pointers: dict[int, tuple[str, int]],
                      known: Mapping[str, bytes]) -> None:
     op = insn.opcode
-    if op == LD_IMM64 and insn.src == PseudoSrc.MAP_VALUE and insn.reference is not None \
+    if op == LD_IMM64 and insn.src == _PSEUDO_MAP_VALUE and insn.reference is not None \
             and insn.reference in known:
         pointers[insn.dst] = (insn.reference, insn.imm)
-    elif op == Class.ALU64 | AluOp.MOV | Source.X and insn.off == 0:
+    elif op == _C_ALU64 | _OP_MOV | _SRC_X and insn.off == 0:
         if insn.src in pointers:
             pointers[insn.dst] = pointers[insn.src]
         else:
             pointers.pop(insn.dst, None)
-    elif op in (Class.ALU64 | AluOp.ADD, Class.ALU64 | AluOp.SUB) and insn.dst in pointers:
+    elif op in (_C_ALU64 | _OP_ADD, _C_ALU64 | _OP_SUB) and insn.dst in pointers:
         name, offset = pointers[insn.dst]
-        pointers[insn.dst] = (name, offset + (insn.imm if op == Class.ALU64 | AluOp.ADD
+        pointers[insn.dst] = (name, offset + (insn.imm if op == _C_ALU64 | _OP_ADD
                                               else -insn.imm))
     else:
         _, defs = register_effects(insn)
@@ -417,19 +462,19 @@ def _analysis_view(program: Program, prefolded: Mapping[int, int]
         if insn.is_conditional_jump and insn.reference is not None \
                 and labels.get(insn.reference) == i + 1:
             fixes[i] = (Instruction(_JA, reference=insn.reference),)
-        elif insn.is_load and op & 0xE0 == Mode.MEMSX:
-            fixes[i] = (insn, Instruction(Class.ALU64 | AluOp.MOV | Source.X, insn.dst,
+        elif insn.is_load and op & 0xE0 == _M_MEMSX:
+            fixes[i] = (insn, Instruction(_C_ALU64 | _OP_MOV | _SRC_X, insn.dst,
                                           insn.dst, 8 * insn.size_bytes))
         elif insn.is_atomic:
             _, defs = register_effects(insn)
-            unknown = tuple(Instruction(LD_IMM64, r, PseudoSrc.BTF_ID)
+            unknown = tuple(Instruction(LD_IMM64, r, _PSEUDO_BTF_ID)
                             for r in range(11) if defs >> r & 1)
             if unknown:
                 fixes[i] = (insn, *unknown)
-        elif op == _CALL and insn.src == CallSrc.HELPER and insn.imm == _FIB_LOOKUP:
+        elif op == _CALL and insn.src == _CALL_HELPER and insn.imm == _FIB_LOOKUP:
             fixes[i] = (insn._replace(imm=_WRITES_MEMORY),)
         elif op == _CALLX:
-            fixes[i] = (Instruction(_CALL, 0, CallSrc.HELPER, 0, _WRITES_MEMORY),)
+            fixes[i] = (Instruction(_CALL, 0, _CALL_HELPER, 0, _WRITES_MEMORY),)
     if not fixes:
         return program, None
     positions = []
@@ -446,12 +491,12 @@ def _unfollowed_functions(program: Program, states: Sequence[State | None]
     takes `scalar += stack pointer` for a scalar, so stores through the result would not
     update its stack slots. Nothing is folded there (None: no such function)."""
     flagged = []
-    add_x = Class.ALU64 | AluOp.ADD | Source.X
+    add_x = _C_ALU64 | _OP_ADD | _SRC_X
     for i, insn in enumerate(program.insns):
         state = states[i]
         if insn.opcode == add_x and state is not None \
-                and state.regs[insn.src].kind == Kind.STACK \
-                and state.regs[insn.dst].kind != Kind.STACK:
+                and state.regs[insn.src].kind == _STACK \
+                and state.regs[insn.dst].kind != _STACK:
             flagged.append(i)
     if not flagged:
         return None

@@ -41,6 +41,30 @@ from .pipeline import PassContext, register
 
 # Register sets are bit masks: bit n stands for rn.
 R0_MASK: Final = 1
+# Naming an enum member costs a metaclass attribute lookup (about 150 ns on CPython
+# 3.11); the code below runs for every instruction, so it names them through aliases.
+_OP_ADD: Final = AluOp.ADD
+_OP_END: Final = AluOp.END
+_OP_MOV: Final = AluOp.MOV
+_OP_NEG: Final = AluOp.NEG
+_OP_SUB: Final = AluOp.SUB
+_CALL_HELPER: Final = CallSrc.HELPER
+_C_ALU: Final = Class.ALU
+_C_ALU64: Final = Class.ALU64
+_C_JMP: Final = Class.JMP
+_C_JMP32: Final = Class.JMP32
+_C_LD: Final = Class.LD
+_C_LDX: Final = Class.LDX
+_C_ST: Final = Class.ST
+_C_STX: Final = Class.STX
+_J_CALL: Final = JmpOp.CALL
+_J_EXIT: Final = JmpOp.EXIT
+_J_JA: Final = JmpOp.JA
+_M_ATOMIC: Final = Mode.ATOMIC
+_M_IND: Final = Mode.IND
+_SRC_X: Final = Source.X
+
+
 ARG_MASK: Final = 0b111110  # r1-r5: what a call may read
 CALL_CLOBBER_MASK: Final = 0b111111  # r0-r5: what a call overwrites
 
@@ -48,9 +72,9 @@ CALL_CLOBBER_MASK: Final = 0b111111  # r0-r5: what a call overwrites
 STACK_SIZE: Final = 512
 ALL_STACK: Final = (1 << STACK_SIZE) - 1
 
-_JA: Final = Class.JMP | JmpOp.JA
-_ALU_CLASSES = (Class.ALU, Class.ALU64)
-_JMP_CLASSES = (Class.JMP, Class.JMP32)
+_JA: Final = _C_JMP | _J_JA
+_ALU_CLASSES = (_C_ALU, _C_ALU64)
+_JMP_CLASSES = (_C_JMP, _C_JMP32)
 
 # A stack pointer whose offset is not known (or a value that may or may not be one).
 ANY_OFFSET: Final = "any"
@@ -167,21 +191,21 @@ def register_effects(insn: Instruction) -> tuple[int, int]:
     src = 1 << insn.src
     if cls in _ALU_CLASSES:
         aop = op & 0xF0
-        if aop == AluOp.MOV:
-            return (src if op & Source.X else 0), dst
-        if aop in (AluOp.NEG, AluOp.END):
+        if aop == _OP_MOV:
+            return (src if op & _SRC_X else 0), dst
+        if aop in (_OP_NEG, _OP_END):
             return dst, dst
-        return dst | (src if op & Source.X else 0), dst
-    if cls == Class.LDX:
+        return dst | (src if op & _SRC_X else 0), dst
+    if cls == _C_LDX:
         return src, dst
-    if cls == Class.LD:
+    if cls == _C_LD:
         if op == LD_IMM64:
             return 0, dst
-        return (1 << 6) | (src if op & 0xE0 == Mode.IND else 0), CALL_CLOBBER_MASK
-    if cls == Class.ST:
+        return (1 << 6) | (src if op & 0xE0 == _M_IND else 0), CALL_CLOBBER_MASK
+    if cls == _C_ST:
         return dst, 0
-    if cls == Class.STX:
-        if op & 0xE0 != Mode.ATOMIC:
+    if cls == _C_STX:
+        if op & 0xE0 != _M_ATOMIC:
             return dst | src, 0
         imm = insn.imm
         if imm == AtomicOp.LOAD_ACQ:
@@ -192,13 +216,13 @@ def register_effects(insn: Instruction) -> tuple[int, int]:
             return dst | src, src
         return dst | src, 0
     jop = op & 0xF0
-    if jop == JmpOp.CALL:
-        return ARG_MASK | (dst if op & Source.X else 0), CALL_CLOBBER_MASK
-    if jop == JmpOp.EXIT:
+    if jop == _J_CALL:
+        return ARG_MASK | (dst if op & _SRC_X else 0), CALL_CLOBBER_MASK
+    if jop == _J_EXIT:
         return R0_MASK, 0
-    if jop == JmpOp.JA:
+    if jop == _J_JA:
         return 0, 0
-    return dst | (src if op & Source.X else 0), 0
+    return dst | (src if op & _SRC_X else 0), 0
 
 
 def is_pure(insn: Instruction) -> bool:
@@ -277,35 +301,35 @@ def _instruction_facts(program: Program, cfg: CFG, order: Sequence[int],
             if cls in _ALU_CLASSES:
                 d = insn.dst
                 aop = op & 0xF0
-                source = (0 if insn.src == 10 else ptrs.get(insn.src)) if op & Source.X \
+                source = (0 if insn.src == 10 else ptrs.get(insn.src)) if op & _SRC_X \
                     else None
                 current = ptrs.get(d)
-                if aop == AluOp.MOV:
+                if aop == _OP_MOV:
                     if source is None:
                         ptrs.pop(d, None)
-                    elif cls == Class.ALU64 and insn.off == 0:
+                    elif cls == _C_ALU64 and insn.off == 0:
                         ptrs[d] = source
                     else:  # a truncated copy is no usable pointer; be safe anyway
                         ptrs[d] = ANY_OFFSET
                 elif current is not None or source is not None:
-                    if (isinstance(current, int) and cls == Class.ALU64 and source is None
-                            and not op & Source.X and aop in (AluOp.ADD, AluOp.SUB)):
-                        ptrs[d] = current + insn.imm if aop == AluOp.ADD \
+                    if (isinstance(current, int) and cls == _C_ALU64 and source is None
+                            and not op & _SRC_X and aop in (_OP_ADD, _OP_SUB)):
+                        ptrs[d] = current + insn.imm if aop == _OP_ADD \
                             else current - insn.imm
                     else:  # arithmetic we do not follow, or scalar += r10
                         ptrs[d] = ANY_OFFSET
                 facts[i] = (kind, uses, defs, 0, 0)
                 continue
-            if cls == Class.LDX:
+            if cls == _C_LDX:
                 base = 0 if insn.src == 10 else ptrs.get(insn.src)
                 if base is not None:
                     read = _access_mask(base, insn.off, insn.size_bytes)
-            elif cls in (Class.ST, Class.STX):
-                atomic = op & 0xE0 == Mode.ATOMIC
+            elif cls in (_C_ST, _C_STX):
+                atomic = op & 0xE0 == _M_ATOMIC
                 load_acquire = atomic and insn.imm == AtomicOp.LOAD_ACQ
                 address = insn.src if load_acquire else insn.dst
                 base = 0 if address == 10 else ptrs.get(address)
-                if cls == Class.STX and not load_acquire and (
+                if cls == _C_STX and not load_acquire and (
                         insn.src == 10 or insn.src in ptrs):
                     escaped = True  # a stack pointer stored to memory: stop tracking
                 if base is not None:
@@ -315,7 +339,7 @@ def _instruction_facts(program: Program, cfg: CFG, order: Sequence[int],
                         mask = _range_mask(base + insn.off, insn.size_bytes)
                         if mask is not None:
                             kind, kill = _STACK_STORE, mask
-            elif cls in _JMP_CLASSES and op & 0xF0 == JmpOp.CALL:
+            elif cls in _JMP_CLASSES and op & 0xF0 == _J_CALL:
                 passed = False
                 for r in range(1, 6):
                     offset = ptrs.get(r)
@@ -324,7 +348,7 @@ def _instruction_facts(program: Program, cfg: CFG, order: Sequence[int],
                         passed = True
                 for r in range(6):
                     ptrs.pop(r, None)
-                if passed and (insn.src != CallSrc.HELPER or op & Source.X
+                if passed and (insn.src != _CALL_HELPER or op & _SRC_X
                                or insn.imm in _ALIASING_HELPERS):
                     # A subprogram, a kfunc (a dynptr slice) or bpf_dynptr_data given a
                     # stack pointer may return a pointer into the same frame.

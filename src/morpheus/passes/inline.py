@@ -210,6 +210,7 @@ def _site_code(program: Program, plan: SitePlan, call: Instruction, place: objec
         ]
 
     tail = f"{base}.tail"
+    inlined = f"inlined {plan.map}"
 
     def leaf(entry: InlineEntry) -> list[Instruction]:
         if entry.value is None:
@@ -217,9 +218,9 @@ def _site_code(program: Program, plan: SitePlan, call: Instruction, place: objec
         offset = place(entry.value)  # type: ignore[operator]
         if plan.converge:
             offsets_table.append(offset)
-            return [asm.mov64(R0, len(offsets_table) - 1, note=f"inlined {plan.map}"),
+            return [asm.mov64(R0, len(offsets_table) - 1, note=inlined),
                     asm.ja(tail)]
-        return [asm.ld_map_value(R0, values_map, offset, note=f"inlined {plan.map}"),
+        return [asm.ld_map_value(R0, values_map, offset, note=inlined),
                 asm.ja(cont)]
 
     needs_call = plan.guard_slot is not None or not plan.complete
@@ -257,21 +258,25 @@ def _site_code(program: Program, plan: SitePlan, call: Instruction, place: objec
     return code
 
 
-def _tree(items: Sequence[tuple[tuple[int, ...], InlineEntry]], chunk: int,
-          chunks: Sequence[tuple[int, int]], absent: str, leaf: object,
-          fresh: object) -> list[Instruction]:
+Item = tuple[tuple[int, ...], InlineEntry]  # (the key's chunks, the entry)
+Group = tuple[int, list[Item], float]  # (one chunk's value, the items having it, their weight)
+
+
+def _tree(items: Sequence[Item], chunk: int, chunks: Sequence[tuple[int, int]], absent: str,
+          leaf: object, fresh: object) -> list[Instruction]:
     """Code that finds the entry whose key chunks equal the key's, or jumps to `absent`."""
     if not items:
         return [asm.ja(absent)]
     if chunk == len(chunks):
-        return leaf(items[0][1])  # type: ignore[operator]
+        return leaf(items[0][1])  # type: ignore[operator, no-any-return]
     offset, width = chunks[chunk]
     code = [asm.ldx(width, R3, R2, offset)]
-    groups: dict[int, list[tuple[tuple[int, ...], InlineEntry]]] = {}
+    groups: dict[int, list[Item]] = {}
     for item in items:
         groups.setdefault(item[0][chunk], []).append(item)
-    ordered = sorted(groups.items())
-    code += _search(ordered, chunk, chunks, width, absent, leaf, fresh)
+    ordered = [(value, members, sum(e.weight for _, e in members))
+               for value, members in sorted(groups.items())]
+    _search(ordered, chunk, chunks, width, absent, leaf, fresh, code)
     return code
 
 
@@ -285,43 +290,43 @@ def _compare(op: JmpOp, value: int, width: int, target: str) -> list[Instruction
     return [asm.ld_imm64(R4, value), asm.jmp(op, R3, R4, target)]
 
 
-def _weighted_middle(groups: Sequence[tuple[int, list[tuple[tuple[int, ...], InlineEntry]]]]
-                     ) -> int:
+def _weighted_middle(groups: Sequence[Group]) -> int:
     """Where to split a sorted run of candidates: at half of the lookup weight, so that
     frequent keys sit near the root (fewer comparisons, better predicted branches); at half
     of the count when nothing is known."""
-    weights = [sum(e.weight for _, e in members) for _, members in groups]
-    total = sum(weights)
+    total = sum(g[2] for g in groups)
     if total <= 0:
         return len(groups) // 2
     acc = 0.0
-    for i, w in enumerate(weights):
+    for i, (_, _, w) in enumerate(groups):
         if acc + w / 2 >= total / 2:
             return min(max(i, 1), len(groups) - 1)
         acc += w
     return len(groups) // 2
 
 
-def _search(groups: Sequence[tuple[int, list[tuple[tuple[int, ...], InlineEntry]]]], chunk: int,
-            chunks: Sequence[tuple[int, int]], width: int, absent: str, leaf: object,
-            fresh: object) -> list[Instruction]:
+def _search(groups: Sequence[Group], chunk: int, chunks: Sequence[tuple[int, int]], width: int,
+            absent: str, leaf: object, fresh: object, code: list[Instruction]) -> None:
+    """Append to `code` a search of the sorted `groups` for the key's chunk."""
     if len(groups) <= LINEAR_LIMIT:
         # Hottest first: the common keys are found after the fewest tests.
-        groups = sorted(groups, key=lambda g: -sum(e.weight for _, e in g[1]))
-        code: list[Instruction] = []
+        groups = sorted(groups, key=lambda g: -g[2])
         later: list[Instruction] = []
-        for value, members in groups[:-1]:
+        for value, members, _ in groups[:-1]:
             label = fresh()  # type: ignore[operator]
             code += _compare(JmpOp.JEQ, value, width, label)
             sub = _tree(members, chunk + 1, chunks, absent, leaf, fresh)
-            later += [sub[0].with_label(label), *sub[1:]]
-        value, members = groups[-1]
+            sub[0] = sub[0].with_label(label)
+            later += sub
+        value, members, _ = groups[-1]
         code += _compare(JmpOp.JNE, value, width, absent)
         code += _tree(members, chunk + 1, chunks, absent, leaf, fresh)
-        return code + later
+        code += later
+        return
     mid = _weighted_middle(groups)
     right = fresh()  # type: ignore[operator]
-    code = _compare(JmpOp.JGE, groups[mid][0], width, right)
-    code += _search(groups[:mid], chunk, chunks, width, absent, leaf, fresh)
-    sub = _search(groups[mid:], chunk, chunks, width, absent, leaf, fresh)
-    return [*code, sub[0].with_label(right), *sub[1:]]
+    code += _compare(JmpOp.JGE, groups[mid][0], width, right)
+    _search(groups[:mid], chunk, chunks, width, absent, leaf, fresh, code)
+    start = len(code)
+    _search(groups[mid:], chunk, chunks, width, absent, leaf, fresh, code)
+    code[start] = code[start].with_label(right)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from ..analysis.values import Analysis
 from ..ir import Program, encode, listing
 from ..obj import MapSpec
 
@@ -24,6 +25,8 @@ class PassContext:
     created by passes, e.g. the inlined values). `known_values` holds the contents of maps
     whose value the data plane sees as constant (frozen, read-only inlined values): a load
     through a pointer into them may be folded. `notes` collects per-pass remarks.
+    `analysis` may hold the abstract states of a program already analysed (the one the
+    pipeline starts from): a pass handed that very program reuses them.
     """
 
     maps: dict[str, MapSpec]
@@ -31,6 +34,7 @@ class PassContext:
     known_values: dict[str, bytes] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    analysis: Analysis | None = None
 
 
 class Pass(Protocol):

@@ -7,6 +7,7 @@ network function and a generated trace, and `morpheus optimize` prints its repor
 from __future__ import annotations
 
 import dataclasses
+import os
 import struct
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -25,7 +26,7 @@ from .passes.instrument import Instrument, SampledSite, SamplingLayout, layout_f
 from .passes.pipeline import Pass, PassContext, Pipeline
 from .runtime.heat import HeatReader, SiteHeat
 from .runtime.plan import MapSnapshot, PlanOptions, SiteDecision, plan_sites
-from .uapi import MapType
+from .uapi import MapFlags, MapType
 
 HOT_VALUES_MAP = "mph_hot"  # values of hot keys (the first inline pass uses mph_values)
 HOT_OFFSETS_MAP = "mph_hot_offs"
@@ -97,6 +98,12 @@ def snapshot_maps(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[s
     for name, keys in wanted.items():
         live, spec = maps[name], specs[name]
         snap = MapSnapshot(spec)
+        if spec.type == MapType.LRU_HASH:
+            # Per-CPU LRU lists evict once one CPU used its share of the entries.
+            share = (spec.max_entries // (os.cpu_count() or 1)
+                     if spec.flags & MapFlags.NO_COMMON_LRU else spec.max_entries)
+            half = max(1, share // 2)
+            snap.crowded = live.count(limit=half) >= half
         small = spec.max_entries <= options.whole_max
         if small:
             if spec.type == MapType.ARRAY:
@@ -131,6 +138,7 @@ def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: Pro
                | None = None, passes: Sequence[Pass] | None = None,
                validate: bool = False, converge: frozenset[int] = frozenset(),
                drop: frozenset[int] = frozenset(), verifier_base: int | None = None,
+               skip_maps: Mapping[str, str] | None = None,
                guard_slots: Mapping[str, int] | None = None,
                bump_slots: Mapping[str, int] | None = None,
                sampling: SamplingLayout | None = None) -> Specialization:
@@ -139,7 +147,8 @@ def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: Pro
 
     Offline, only maps the data plane writes are guarded. The agent passes `guard_slots`
     for every map it may inline (the control plane and outside writers change them too) and
-    `bump_slots` for the maps the data plane writes (which get version bumps).
+    `bump_slots` for the maps the data plane writes (which get version bumps). Sites of
+    the maps in `skip_maps` are left alone, with the reason given there.
     """
     start = time.perf_counter()
     options = options or PlanOptions()
@@ -150,6 +159,13 @@ def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: Pro
         bump_slots = {m: guard_slots[m] for m in data_plane if m in guard_slots}
     plan, decisions = plan_sites(facts, snapshots, heat, options, guard_slots=guard_slots,
                                  guard_versions=guard_versions, guard_all=True)
+    if skip_maps:
+        plan = InlinePlan(tuple(p for p in plan.sites if p.map not in skip_maps),
+                          plan.guard_slots)
+        for d in decisions:
+            if d.plan is not None and d.plan.map in skip_maps:
+                d.plan, d.mode, d.keys, d.coverage = None, "none", 0, None
+                d.reason = skip_maps[d.site.map]
     if verifier_base is not None:
         costs = {name: (3.0 if m.type == MapType.LPM_TRIE else 1.0)
                  for name, m in spec.maps.items()}

@@ -206,3 +206,20 @@ def test_clone_of_many_entries_spans_several_batches(mtype: MapType) -> None:
             assert got == dict(m.items())
             if mtype != MapType.LRU_HASH:  # an LRU map evicts before it is full
                 assert len(got) == (n + 10 if mtype == MapType.ARRAY else n)
+
+
+@pytest.mark.parametrize("mtype", [MapType.HASH, MapType.LRU_HASH, MapType.LPM_TRIE])
+def test_count_is_batched_and_stops_at_its_limit(mtype: MapType) -> None:
+    """LPM tries have no batch operations: their count walks the keys."""
+    n = 5_000
+    flags = MapFlags.NO_PREALLOC if mtype == MapType.LPM_TRIE else 0
+    key_size = 8 if mtype == MapType.LPM_TRIE else 4
+    with Map.create(mtype, key_size, 8, 2 * n, flags=flags, name="counted") as m:
+        assert m.count() == 0
+        keys = ([u32(32) + u32(k) for k in range(n)] if mtype == MapType.LPM_TRIE
+                else [u32(k) for k in range(n)])
+        for key in keys:
+            m.update(key, u64(1))
+        assert m.count() == n
+        assert m.count(batch_size=64) == n
+        assert 1000 <= m.count(limit=1000, batch_size=256) < 1000 + 256

@@ -194,6 +194,39 @@ def test_an_outside_write_is_detected_and_honoured(testbed: Bed) -> None:
                     "value", "hex", *value], check=True, capture_output=True)
     sent = bed.send([frame] * 2000)
     assert _per_packet_counts(bed.counters).get(egress + 1, 0) - before.get(egress + 1, 0) == sent
+    # The guard moved under the running version: the next cycle re-plans on the new
+    # contents instead of leaving the site on its generic path.
+    report = bed.agent.cycle()
+    assert report.outcome == "swapped", report.reason
+    sites = {d["map"]: d for d in bed.agent.current.decisions}  # type: ignore[union-attr]
+    assert sites["rt_routes"]["mode"] == "hot"
+    before = _per_packet_counts(bed.counters)
+    sent = bed.send([frame] * 2000)
+    assert _per_packet_counts(bed.counters).get(egress + 1, 0) - before.get(egress + 1, 0) == sent
+
+
+def test_a_map_written_every_cycle_is_left_out_for_a_while(testbed: Bed) -> None:
+    bed = testbed
+    if bed.agent._watcher is None:
+        pytest.fail(f"the write watcher did not start: {list(bed.agent.errors)}")
+    _specialize(bed)
+    pin = bed.agent.pin_dir / "maps" / "rt_routes"
+    _, dst = _hottest(bed.trace)
+    key = encode_lpm_key(dst, 32).hex(" ").split()
+    churn = bed.agent.options.churn_cycles
+    for n in range(churn):
+        value = encode_route(Route(dst, 32, 1 + n % 2)).hex(" ").split()
+        subprocess.run(["bpftool", "map", "update", "pinned", str(pin), "key", "hex", *key,
+                        "value", "hex", *value], check=True, capture_output=True)
+        bed.send(bed.trace.frames[:500])
+        report = bed.agent.cycle()
+        assert report.outcome == "swapped", report.reason
+    status = bed.agent.status()
+    assert status["paused_maps"] == {"rt_routes": bed.agent.options.churn_pause}
+    sites = {d["map"]: d for d in bed.agent.current.decisions}  # type: ignore[union-attr]
+    assert sites["rt_routes"]["mode"] == "none"
+    assert "moved in 3 cycles in a row" in sites["rt_routes"]["reason"]
+    assert sites["rt_config"]["mode"] == "constant"  # the other maps stay inlined
 
 
 def test_swaps_lose_no_packets(testbed: Bed) -> None:

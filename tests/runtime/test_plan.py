@@ -71,3 +71,24 @@ def test_heat_shares_and_hottest() -> None:
     assert [k for k, _ in heat.hottest(2)] == [b"a", b"b"]
     assert [k for k, _ in heat.hottest(3, cover=0.85)] == [b"a", b"b"]
     assert heat.share({b"a", b"c"}) == 0.7
+
+
+def test_lru_connection_table_is_inlined_behind_a_guard_until_it_fills_up() -> None:
+    nf = get("lb")
+    spec = read_object(nf.object_path)
+    _, facts = analyze_program(spec.program(nf.program), spec.maps)
+    (conn,) = [s for s in facts.lookups() if s.map == "lb_conn"]
+    assert conn.specializable and conn.guarded, conn.reason
+    assert "LRU" in conn.reason
+    flows = [bytes([i]) * spec.maps["lb_conn"].key_size for i in range(8)]
+    heat = {conn.index: SiteHeat(Counter({k: 100 - i for i, k in enumerate(flows)}))}
+    snap = MapSnapshot(spec.maps["lb_conn"], {k: struct.pack("<I", i) for i, k in enumerate(flows)})
+    _, decisions = plan_sites(facts, {"lb_conn": snap}, heat, guard_slots={"lb_conn": 0},
+                                 guard_versions={"lb_conn": 7})
+    (decision,) = [d for d in decisions if d.site.map == "lb_conn"]
+    assert decision.mode == "hot" and decision.plan is not None
+    assert decision.plan.guard_slot == 0 and decision.plan.guard_version == 7
+    snap.crowded = True
+    _, decisions = plan_sites(facts, {"lb_conn": snap}, heat, guard_slots={"lb_conn": 0})
+    (decision,) = [d for d in decisions if d.site.map == "lb_conn"]
+    assert decision.mode == "none" and "half full" in decision.reason

@@ -56,7 +56,8 @@ _SRC_X: Final = Source.X
 
 MAX_KEY_SIZE = 64  # keys compared inline; larger ones are not worth a comparison tree
 
-INLINABLE_TYPES = frozenset({MapType.ARRAY, MapType.HASH, MapType.LPM_TRIE})
+INLINABLE_TYPES = frozenset({MapType.ARRAY, MapType.HASH, MapType.LRU_HASH,
+                             MapType.LPM_TRIE})
 
 
 @dataclass(frozen=True)
@@ -319,9 +320,6 @@ def _judge(site: Site, facts: MapFacts | None, spec: MapSpec | None) -> None:
         site.reason = ("map of maps: inner maps are not inlined" if site.map.endswith("[inner]")
                        else "map not identified (passed in a register the analysis lost)")
         return
-    if spec.type == MapType.LRU_HASH or spec.type == MapType.LRU_PERCPU_HASH:
-        site.reason = "LRU map: the kernel evicts entries behind the program's back"
-        return
     if spec.type.is_per_cpu:
         site.reason = "per-CPU map: each CPU sees its own value"
         return
@@ -341,7 +339,13 @@ def _judge(site: Site, facts: MapFacts | None, spec: MapSpec | None) -> None:
                        "stay into the real map")
         return
     site.specializable = True
-    if facts is not None and facts.written_by_data_plane:
+    if spec.type == MapType.LRU_HASH:
+        # The kernel evicts only to make room for an insert, and every insert moves the
+        # guard (data-plane update sites bump it; the agent and the watcher bump it for the
+        # control plane), so an inlined entry is never served after its eviction.
+        site.guarded = True
+        site.reason = "LRU map: specialized behind a version guard that every insert moves"
+    elif facts is not None and facts.written_by_data_plane:
         site.guarded = True
         site.reason = "map written by the data plane: specialized behind a version guard"
     else:

@@ -450,6 +450,37 @@ class Map:
         for key, value in items:
             self.update(key, value)
 
+    def count(self, limit: int | None = None, batch_size: int = 4096) -> int:
+        """How many entries the map holds, counting stops once it reaches `limit`. Batched
+        (one syscall per `batch_size` entries, nothing decoded) where the map type allows."""
+        keys = buffer(self.key_size * batch_size)
+        values = buffer(self._value_buf_size * batch_size)
+        out_tok = buffer(max(self.key_size, 4))
+        in_tok = None
+        total = 0
+        while limit is None or total < limit:
+            attr = (Attr().pointer(0, in_tok).pointer(8, out_tok).pointer(16, keys)
+                    .pointer(24, values).u32(32, batch_size).u32(36, self.fd.number))
+            try:
+                bpf(Cmd.MAP_LOOKUP_BATCH, attr, f"batch look up map {self.name!r}")
+            except KernelError as exc:
+                if total == 0 and exc.errno in _NO_BATCH_ERRNOS:
+                    return self._count_keys(limit)
+                if exc.errno != errno.ENOENT:
+                    raise
+                return total + attr.read_u32(32)
+            total += attr.read_u32(32)
+            in_tok = buffer(bytes(out_tok))
+        return total
+
+    def _count_keys(self, limit: int | None) -> int:
+        total = 0
+        for _ in self.keys():
+            total += 1
+            if limit is not None and total >= limit:
+                break
+        return total
+
     def _copy_batched(self, other: Map, batch_size: int = 4096) -> bool:
         """Copy `other` into this map with batch lookups and updates of raw buffers (two
         syscalls per `batch_size` entries, no per-entry Python). False, having copied

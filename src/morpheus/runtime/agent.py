@@ -105,6 +105,11 @@ class AgentOptions:
     # the plain and the instrumented base program, BPF run stats on) once traffic flows.
     measure_instrumentation: bool = True
     measure_window: float = 0.2  # seconds per A or B window; three of each
+    # A map whose guard moved in `churn_cycles` cycles in a row is written all the time
+    # (a connection table taking new flows): its inlined entries would almost never be
+    # served, so it is left out of the plan for `churn_pause` cycles.
+    churn_cycles: int = 3
+    churn_pause: int = 20
 
 
 @dataclass
@@ -120,6 +125,7 @@ class Version:
     stats_at_swap: tuple[int, int] = (0, 0)  # run_cnt, run_time_ns when swapped in
     sampling: Any = None  # the SamplingLayout its instrumentation follows
     source: Program | None = None  # the instructions it was loaded from
+    guard_versions: dict[str, int] = field(default_factory=dict)  # of the maps it inlines
 
 
 @dataclass
@@ -168,6 +174,9 @@ class Agent:
         self._watcher: Any = None
         self._dirty = True
         self._stable_for: dict[int, int] = {}  # site → consecutive cycles the version fit it
+        self._last_versions: dict[str, int] = {}  # guard versions seen by the last cycle
+        self._moving_for: dict[str, int] = {}  # map → consecutive cycles its guard moved
+        self._paused: dict[str, int] = {}  # map → cycles it stays out of the plan
         self.last_swap_us: float | None = None  # the link or prog-array update alone
         self.instrumentation: dict[str, Any] = {"state": "not measured yet"}
         self._next_measurement = 0.0
@@ -383,12 +392,14 @@ class Agent:
             snapshots, versions = self._consistent_snapshot(heat)
             report.timings_ms["snapshot"] = _ms(t1)
             self._update_stability(heat)
+            self._follow_guards(versions)
             t2 = time.perf_counter()
             result = specialize(self.program, self.spec, self.prog, self.facts, snapshots,
                                 heat, self.options.plan, guard_versions=versions,
                                 guard_slots=self.guard_slots, bump_slots=self.bump_slots,
                                 sampling=self._sampling(), passes=self._passes(),
-                                verifier_base=self._verifier_base())
+                                verifier_base=self._verifier_base(),
+                                skip_maps=self._skip_maps())
             report.timings_ms["specialize"] = _ms(t2)
             signature = (*_signature(result), self._sampling().rates)
             if not self._dirty and self.current is not None and \
@@ -483,7 +494,9 @@ class Agent:
                     program, "specialized", self.layout.sites, signature=signature,
                     sampling=self._sampling(),
                     decisions=[_decision(d) for d in result.decisions],
-                    timings_ms=dict(result.timings_ms))
+                    timings_ms=dict(result.timings_ms),
+                    guard_versions={p.map: p.guard_version for p in result.plan.sites
+                                    if p.guard_slot is not None})
             except VerifierError as exc:
                 if not is_complexity_error(str(exc)):
                     raise
@@ -497,7 +510,8 @@ class Agent:
                                     converge=converged, drop=dropped,
                                     sampling=self._sampling(),
                                     passes=self._passes(),
-                                    verifier_base=self._verifier_base())
+                                    verifier_base=self._verifier_base(),
+                                    skip_maps=self._skip_maps())
                 program = result.program
                 self._ensure_extra_maps(result.extra_maps)
         raise AgentError("the verifier refused every relieved version")
@@ -597,6 +611,36 @@ class Agent:
                 if self._stable_for.get(site.site, 0) >= self.options.stable_cycles:
                     self._dirty = True  # traffic moved: sample densely again and re-plan
                 self._stable_for[site.site] = 0
+
+    def _follow_guards(self, versions: Mapping[str, int]) -> None:
+        """Re-plan when a map the running version inlines changed behind it (the data
+        plane, or a writer the watcher caught, moved its guard: the site now always takes
+        the generic path), and pause maps whose guard moves every cycle."""
+        for name, version in versions.items():
+            if name in self._last_versions and self._last_versions[name] != version:
+                self._moving_for[name] = self._moving_for.get(name, 0) + 1
+            else:
+                self._moving_for[name] = 0
+            if self._moving_for[name] >= self.options.churn_cycles and name not in self._paused:
+                self._paused[name] = self.options.churn_pause
+                self._dirty = True
+                log.info(json.dumps({"event": "map-paused", "map": name,
+                                     "cycles": self.options.churn_pause}))
+        self._last_versions = dict(versions)
+        for name in list(self._paused):
+            self._paused[name] -= 1
+            if self._paused[name] < 0:
+                del self._paused[name]
+                self._moving_for[name] = 0
+                self._dirty = True
+        inlined = self.current.guard_versions if self.current is not None else {}
+        if any(versions.get(m, v) != v for m, v in inlined.items() if m not in self._paused):
+            self._dirty = True
+
+    def _skip_maps(self) -> dict[str, str]:
+        return {name: (f"its guard moved in {self.options.churn_cycles} cycles in a row "
+                       f"(written all the time): not inlined for {left + 1} more cycles")
+                for name, left in self._paused.items()}
 
     def _sampling(self) -> Any:
         rates = [self.options.stable_rate
@@ -707,6 +751,7 @@ class Agent:
             "swaps": [{"at": round(t, 3), "version": v, "reason": r} for t, v, r in self.swaps],
             "cycle_ms": _cycle_stats(self.history),
             "instrumentation": dict(self.instrumentation),
+            "paused_maps": {name: left + 1 for name, left in self._paused.items()},
             "swap": {"mode": "prog-array" if self.trampoline is not None else "link",
                      "last_us": round(self.last_swap_us, 1) if self.last_swap_us else None},
         }

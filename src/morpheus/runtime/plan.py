@@ -48,6 +48,8 @@ class MapSnapshot:
     spec: MapSpec
     entries: dict[bytes, bytes | None] = field(default_factory=dict)
     complete: bool = False
+    # LRU maps: at least half full, so that an insert may evict (see plan_sites).
+    crowded: bool = False
 
 
 @dataclass
@@ -85,6 +87,14 @@ def plan_sites(facts: ProgramFacts, snapshots: Mapping[str, MapSnapshot],
             continue
         if snap is None:
             decisions.append(SiteDecision(site, None, "none", "no snapshot of the map"))
+            continue
+        if snap.crowded:
+            # An LRU map evicts by recency, and inlined hits do not refresh it: once inserts
+            # may evict, the specialized program could lose other entries than the original.
+            # Below half full no insert evicts (and the first one moves the guard anyway).
+            decisions.append(SiteDecision(site, None, "none",
+                                          "LRU map at least half full: inserts may evict by "
+                                          "a recency the inlined hits would not refresh"))
             continue
         guard_slot = guard_version = None
         if guard_all and site.map in guard_slots:

@@ -23,21 +23,24 @@ def frame(op: int, key: int, value: int = 0) -> bytes:
     return bytes([op, 0]) + struct.pack("<I", key) + bytes([value]) + bytes(57)
 
 
-def test_data_plane_write_invalidates_inlined_entries(test_objects: dict[str, Path]) -> None:
+@pytest.mark.parametrize(("program_name", "map_name"), [("xdp_learn", "table"),
+                                                        ("xdp_learn_lru", "lru_table")])
+def test_data_plane_write_invalidates_inlined_entries(test_objects: dict[str, Path],
+                                                      program_name: str, map_name: str) -> None:
     spec = read_object(test_objects["learn.v3"])
-    prog = spec.program("xdp_learn")
+    prog = spec.program(program_name)
     program, facts = analyze_program(prog, spec.maps)
-    (site,) = [s for s in facts.lookups() if s.map == "table"]
+    (site,) = [s for s in facts.lookups() if s.map == map_name]
     assert site.specializable and site.guarded
     with load_collection(spec, programs=[]) as coll:
-        table = coll.maps["table"]
+        table = coll.maps[map_name]
         for key in range(10):
             table.update(key, 1)
         heat = {site.index: SiteHeat(Counter({struct.pack("<I", k): 10 - k for k in range(10)}))}
-        snap = MapSnapshot(spec.maps["table"], {struct.pack("<I", k): table.lookup(k)
-                                                for k in range(10)})
-        result = specialize(program, spec, prog, facts, {"table": snap}, heat,
-                            guard_versions={"table": 0})
+        snap = MapSnapshot(spec.maps[map_name], {struct.pack("<I", k): table.lookup(k)
+                                                 for k in range(10)})
+        result = specialize(program, spec, prog, facts, {map_name: snap}, heat,
+                            guard_versions={map_name: 0})
         assert result.stats.get("guard_bumps") == 1
         maps = dict(coll.maps)
         extras = {name: create_map(mspec) for name, mspec in result.extra_maps.items()}

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
 
 from ..ir import Program
 from ..ir.helpers import helper_name
-from ..ir.opcodes import Class, JmpOp, Mode, Source
+from ..ir.opcodes import C_LDX, C_ST, C_STX, CALL, EXIT, M_MEM, M_MEMSX, SRC_X
 from ..obj import MapSpec
 from ..uapi import MapType, ProgType
 from .values import (
     DELETE,
+    K_DIRECT,
+    K_PKT,
+    K_SCALAR,
+    K_STACK,
+    K_VALUE,
+    K_VALUE_OR_NULL,
     LOOKUP,
     LOOKUP_AND_DELETE,
     MAP_HELPERS_READ,
@@ -29,30 +34,11 @@ from .values import (
     READ_ONLY_MEMORY_HELPERS,
     UPDATE,
     Analysis,
-    Kind,
     State,
     Value,
     analyze_values,
     map_name,
 )
-
-_CALL: Final = Class.JMP | JmpOp.CALL
-_EXIT: Final = Class.JMP | JmpOp.EXIT
-# Naming an enum member costs a metaclass attribute lookup (about 150 ns on CPython
-# 3.11); the code below runs for every instruction, so it names them through aliases.
-_C_LDX: Final = Class.LDX
-_C_ST: Final = Class.ST
-_C_STX: Final = Class.STX
-_DIRECT: Final = Kind.DIRECT
-_PKT: Final = Kind.PKT
-_SCALAR: Final = Kind.SCALAR
-_STACK: Final = Kind.STACK
-_VALUE: Final = Kind.VALUE
-_VALUE_OR_NULL: Final = Kind.VALUE_OR_NULL
-_M_MEM: Final = Mode.MEM
-_M_MEMSX: Final = Mode.MEMSX
-_SRC_X: Final = Source.X
-
 
 MAX_KEY_SIZE = 64  # keys compared inline; larger ones are not worth a comparison tree
 
@@ -125,12 +111,12 @@ class Site:
         """A short description of where the key comes from."""
         if self.key is None:
             return "unknown"
-        if self.key.kind == _PKT:
+        if self.key.kind == K_PKT:
             return "packet"
-        if self.key.kind == _VALUE:
+        if self.key.kind == K_VALUE:
             return "map value"
         if not self.key_bytes:
-            return {_STACK: "stack"}.get(self.key.kind, "unknown")
+            return {K_STACK: "stack"}.get(self.key.kind, "unknown")
         kinds = {b.kind for b in self.key_bytes}
         if kinds == {"const"}:
             return "constant"
@@ -205,7 +191,7 @@ def analyze(program: Program, maps: Mapping[str, MapSpec], *,
 
 
 def _key_bytes(state: State, key: Value, spec: MapSpec | None) -> tuple[KeyByte, ...] | None:
-    if spec is None or key.kind != _STACK or key.const is None:
+    if spec is None or key.kind != K_STACK or key.const is None:
         return None
     out = []
     base = key.const
@@ -220,10 +206,10 @@ def _key_bytes(state: State, key: Value, spec: MapSpec | None) -> tuple[KeyByte,
             out.append(KeyByte("unknown"))
             continue
         slot_off, size, value = found
-        if value.kind == _SCALAR and value.const is not None:
+        if value.kind == K_SCALAR and value.const is not None:
             byte = (value.const >> (8 * (off - slot_off))) & 0xFF
             out.append(KeyByte("const", byte))
-        elif value.kind == _SCALAR and value.origin:
+        elif value.kind == K_SCALAR and value.origin:
             out.append(KeyByte(str(value.origin[0]), None, value.origin))
         else:
             out.append(KeyByte("unknown"))
@@ -237,9 +223,9 @@ def _collect_value_uses(program: Program, analysis: Analysis, sites: dict[int, S
 
     def record(value: Value, kind: str, size: int, index: int, detail: str = "", *,
                extra_off: int = 0) -> None:
-        if value.kind not in (_VALUE, _VALUE_OR_NULL, _DIRECT):
+        if value.kind not in (K_VALUE, K_VALUE_OR_NULL, K_DIRECT):
             return
-        if value.kind == _DIRECT:
+        if value.kind == K_DIRECT:
             name = str(value.ref)
             site = None
         else:
@@ -259,7 +245,7 @@ def _collect_value_uses(program: Program, analysis: Analysis, sites: dict[int, S
                                                                           "call")
                                      else (offset, offset + size))
 
-    pointers = (_VALUE, _VALUE_OR_NULL, _DIRECT)
+    pointers = (K_VALUE, K_VALUE_OR_NULL, K_DIRECT)
     for index, insn in enumerate(program.insns):
         state = analysis.states[index]
         if state is None:
@@ -270,22 +256,22 @@ def _collect_value_uses(program: Program, analysis: Analysis, sites: dict[int, S
         regs = state.regs
         # Only loads, stores, calls and exits can use a value pointer, and most of them
         # have none at hand: skip those before the finer tests.
-        if cls == _C_LDX:
+        if cls == C_LDX:
             if regs[insn.src].kind not in pointers:
                 continue
-        elif cls in (_C_ST, _C_STX):
+        elif cls in (C_ST, C_STX):
             if regs[insn.dst].kind not in pointers and regs[insn.src].kind not in pointers:
                 continue
-        elif op not in (_CALL, _EXIT) or not any(r.kind in pointers for r in regs[:6]):
+        elif op not in (CALL, EXIT) or not any(r.kind in pointers for r in regs[:6]):
             continue
-        if cls == _C_LDX and mode in (_M_MEM, _M_MEMSX):
+        if cls == C_LDX and mode in (M_MEM, M_MEMSX):
             record(regs[insn.src], "read", insn.size_bytes, index, extra_off=insn.off)
-        elif cls in (_C_ST, _C_STX) and mode == _M_MEM:
+        elif cls in (C_ST, C_STX) and mode == M_MEM:
             record(regs[insn.dst], "write", insn.size_bytes, index, extra_off=insn.off)
-            if cls == _C_STX:
+            if cls == C_STX:
                 stored = regs[insn.src]
-                if stored.kind in (_VALUE, _VALUE_OR_NULL) and \
-                        regs[insn.dst].kind != _STACK:
+                if stored.kind in (K_VALUE, K_VALUE_OR_NULL) and \
+                        regs[insn.dst].kind != K_STACK:
                     record(stored, "escape", 0, index, "pointer stored in memory")
         elif insn.is_atomic:
             record(regs[insn.dst], "atomic", insn.size_bytes, index, extra_off=insn.off)
@@ -293,7 +279,7 @@ def _collect_value_uses(program: Program, analysis: Analysis, sites: dict[int, S
             helper = insn.imm
             for r in range(1, 6):
                 arg = regs[r]
-                if arg.kind not in (_VALUE, _VALUE_OR_NULL):
+                if arg.kind not in (K_VALUE, K_VALUE_OR_NULL):
                     continue
                 if helper in (LOOKUP, UPDATE, DELETE) and r in (1, 2, 3):
                     if r == 1:
@@ -308,7 +294,7 @@ def _collect_value_uses(program: Program, analysis: Analysis, sites: dict[int, S
                 record(regs[r], "call", 0, index, f"passed to {insn.reference}")
         elif insn.is_exit:
             record(regs[0], "escape", 0, index, "returned")
-        elif insn.is_alu and insn.opcode & _SRC_X and insn.opcode & 0xF0 not in (0xB0,):
+        elif insn.is_alu and insn.opcode & SRC_X and insn.opcode & 0xF0 not in (0xB0,):
             pass
 
 
@@ -326,7 +312,7 @@ def _judge(site: Site, facts: MapFacts | None, spec: MapSpec | None) -> None:
     if spec.type not in INLINABLE_TYPES:
         site.reason = f"{spec.type.name.lower()} maps are not inlined"
         return
-    if site.key is None or site.key.kind not in (_STACK, _PKT, _VALUE):
+    if site.key is None or site.key.kind not in (K_STACK, K_PKT, K_VALUE):
         site.reason = "key pointer not followed"
         return
     if spec.key_size > MAX_KEY_SIZE:

@@ -18,12 +18,33 @@ import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final, NamedTuple
+from typing import NamedTuple
 
 from ..ir import Instruction, Program
 from ..ir.helpers import HELPER_IDS
 from ..ir.instruction import s32
-from ..ir.opcodes import AluOp, Class, JmpOp, Mode, PseudoSrc, Source
+from ..ir.opcodes import (
+    C_ALU,
+    C_ALU64,
+    C_JMP,
+    C_LD,
+    C_LDX,
+    C_ST,
+    C_STX,
+    J_JEQ,
+    J_JNE,
+    M_MEMSX,
+    OP_ADD,
+    OP_END,
+    OP_MOV,
+    OP_NEG,
+    OP_SUB,
+    PSEUDO_MAP_FD,
+    PSEUDO_MAP_VALUE,
+    PSEUDO_NONE,
+    SRC_X,
+    Mode,
+)
 from ..uapi import ProgType
 from . import alu
 from .cfg import CFG, build_cfg
@@ -42,37 +63,9 @@ class Kind(IntEnum):
     DIRECT = 9  # ld_imm64 pseudo map value: ref = map name, off = offset in the value
 
 
-# Naming an enum member costs a metaclass attribute lookup (about 150 ns on CPython
-# 3.11); the code below runs for every instruction, so it names them through aliases.
-_OP_ADD: Final = AluOp.ADD
-_OP_END: Final = AluOp.END
-_OP_MOV: Final = AluOp.MOV
-_OP_NEG: Final = AluOp.NEG
-_OP_SUB: Final = AluOp.SUB
-_C_ALU: Final = Class.ALU
-_C_ALU64: Final = Class.ALU64
-_C_JMP: Final = Class.JMP
-_C_LD: Final = Class.LD
-_C_LDX: Final = Class.LDX
-_C_ST: Final = Class.ST
-_C_STX: Final = Class.STX
-_J_JEQ: Final = JmpOp.JEQ
-_J_JNE: Final = JmpOp.JNE
-_CTX: Final = Kind.CTX
-_DIRECT: Final = Kind.DIRECT
-_MAP: Final = Kind.MAP
-_PKT: Final = Kind.PKT
-_PKT_END: Final = Kind.PKT_END
-_SCALAR: Final = Kind.SCALAR
-_STACK: Final = Kind.STACK
-_UNINIT: Final = Kind.UNINIT
-_VALUE: Final = Kind.VALUE
-_VALUE_OR_NULL: Final = Kind.VALUE_OR_NULL
-_M_MEMSX: Final = Mode.MEMSX
-_PSEUDO_MAP_FD: Final = PseudoSrc.MAP_FD
-_PSEUDO_MAP_VALUE: Final = PseudoSrc.MAP_VALUE
-_PSEUDO_NONE: Final = PseudoSrc.NONE
-_SRC_X: Final = Source.X
+# The kinds under plain module names (see the opcode aliases in ir.opcodes for why).
+(K_UNINIT, K_SCALAR, K_STACK, K_CTX, K_PKT, K_PKT_END, K_MAP, K_VALUE, K_VALUE_OR_NULL,
+ K_DIRECT) = Kind
 
 
 class Value(NamedTuple):
@@ -90,7 +83,7 @@ class Value(NamedTuple):
 
     @property
     def is_pointer(self) -> bool:
-        return self.kind not in (_SCALAR, _UNINIT)
+        return self.kind not in (K_SCALAR, K_UNINIT)
 
     def shifted(self, delta: int | None) -> Value:
         if self.const is None or delta is None:
@@ -98,12 +91,12 @@ class Value(NamedTuple):
         return Value(self.kind, self.const + delta, self.ref)
 
 
-UNINIT = Value(_UNINIT)
-UNKNOWN = Value(_SCALAR)
+UNINIT = Value(K_UNINIT)
+UNKNOWN = Value(K_SCALAR)
 
 
 def const(value: int) -> Value:
-    return Value(_SCALAR, alu.u64(value))
+    return Value(K_SCALAR, alu.u64(value))
 
 
 # Stack memory: offset (negative, from r10) → (size, value stored there).
@@ -141,15 +134,15 @@ def join_values(a: Value, b: Value) -> Value:
     if a == b:
         return a
     if a.kind == b.kind:
-        if a.kind == _SCALAR:
-            return Value(_SCALAR, None, None, a.origin if a.origin == b.origin else None)
+        if a.kind == K_SCALAR:
+            return Value(K_SCALAR, None, None, a.origin if a.origin == b.origin else None)
         if a.ref == b.ref:
             return Value(a.kind, None, a.ref)
     kinds = {a.kind, b.kind}
-    if kinds == {_VALUE, _VALUE_OR_NULL} and a.ref == b.ref:
-        return Value(_VALUE_OR_NULL, a.const if a.const == b.const else None, a.ref)
-    if _VALUE_OR_NULL in kinds and (a.kind == _SCALAR or b.kind == _SCALAR):
-        nullish = a if a.kind == _SCALAR else b
+    if kinds == {K_VALUE, K_VALUE_OR_NULL} and a.ref == b.ref:
+        return Value(K_VALUE_OR_NULL, a.const if a.const == b.const else None, a.ref)
+    if K_VALUE_OR_NULL in kinds and (a.kind == K_SCALAR or b.kind == K_SCALAR):
+        nullish = a if a.kind == K_SCALAR else b
         other = b if nullish is a else a
         if nullish.const == 0:
             return other
@@ -167,8 +160,8 @@ def join_states(a: State, b: State) -> State:
 
 
 # Context layouts: offset → what a load of that field yields.
-_XDP_CTX = {0: _PKT, 4: _PKT_END}
-_SKB_CTX = {76: _PKT, 80: _PKT_END}
+_XDP_CTX = {0: K_PKT, 4: K_PKT_END}
+_SKB_CTX = {76: K_PKT, 80: K_PKT_END}
 
 LOOKUP = HELPER_IDS["map_lookup_elem"]
 UPDATE = HELPER_IDS["map_update_elem"]
@@ -211,9 +204,9 @@ def analyze_values(program: Program, prog_type: int = ProgType.XDP,
         cfg = build_cfg(program, function)
         cfgs[function.name] = cfg
         entry = State([UNINIT] * 11, {})
-        entry.regs[10] = Value(_STACK, 0)
+        entry.regs[10] = Value(K_STACK, 0)
         # The entry function gets the context; subprograms get unknown arguments.
-        entry.regs[1] = Value(_CTX, 0) if n == 0 else UNKNOWN
+        entry.regs[1] = Value(K_CTX, 0) if n == 0 else UNKNOWN
         for r in range(2, 6):
             if n:
                 entry.regs[r] = UNKNOWN
@@ -279,8 +272,8 @@ def _fixpoint(program: Program, cfg: CFG, entry: State, states: list[State | Non
 
 
 def _widen(state: State) -> State:
-    regs = [Value(v.kind, None, v.ref) if v.kind != _UNINIT else v for v in state.regs]
-    regs[10] = Value(_STACK, 0)
+    regs = [Value(v.kind, None, v.ref) if v.kind != K_UNINIT else v for v in state.regs]
+    regs[10] = Value(K_STACK, 0)
     return State(regs, {o: (s, Value(v.kind, None, v.ref)) for o, (s, v) in state.stack.items()})
 
 
@@ -288,7 +281,7 @@ def _widen(state: State) -> State:
 
 
 def _operand(insn: Instruction, state: State) -> Value:
-    if insn.opcode & _SRC_X:
+    if insn.opcode & SRC_X:
         return state.regs[insn.src]
     return const(insn.imm)
 
@@ -296,78 +289,78 @@ def _operand(insn: Instruction, state: State) -> Value:
 def _step(insn: Instruction, state: State, index: int, ctx_layout: Mapping[int, Kind]) -> None:
     cls = insn.opcode & 0x07
     regs = state.regs
-    if cls in (_C_ALU, _C_ALU64):
+    if cls in (C_ALU, C_ALU64):
         _step_alu(insn, state)
     elif insn.is_ld_imm64:
         regs[insn.dst] = _ld_imm64(insn)
-    elif cls == _C_LD:
+    elif cls == C_LD:
         # Legacy packet loads (socket filters): r0 = packet data, r1-r5 clobbered.
         regs[0] = UNKNOWN
         for r in range(1, 6):
             regs[r] = UNINIT
-    elif cls == _C_LDX:
+    elif cls == C_LDX:
         regs[insn.dst] = _load(insn, state, ctx_layout)
-    elif cls in (_C_ST, _C_STX):
+    elif cls in (C_ST, C_STX):
         _store(insn, state)
         if insn.is_atomic:
             _atomic_result(insn, state)
-    elif insn.is_call or insn.opcode == (_C_JMP | 0x80 | _SRC_X):
+    elif insn.is_call or insn.opcode == (C_JMP | 0x80 | SRC_X):
         _call(insn, state, index)  # callx too: an indirect call clobbers like any call
 
 
 def _step_alu(insn: Instruction, state: State) -> None:
     regs = state.regs
-    wide = (insn.opcode & 0x07) == _C_ALU64
+    wide = (insn.opcode & 0x07) == C_ALU64
     op = insn.opcode & 0xF0
     dst = regs[insn.dst]
-    if op == _OP_END:
-        if dst.kind == _SCALAR and dst.const is not None:
+    if op == OP_END:
+        if dst.kind == K_SCALAR and dst.const is not None:
             regs[insn.dst] = const(alu.endian(dst.const, insn.imm,
-                                              to_be=bool(insn.opcode & _SRC_X), bswap=wide))
+                                              to_be=bool(insn.opcode & SRC_X), bswap=wide))
         else:
-            regs[insn.dst] = Value(_SCALAR, None, None, dst.origin)
+            regs[insn.dst] = Value(K_SCALAR, None, None, dst.origin)
         return
     src = _operand(insn, state)
-    if op == _OP_MOV:
+    if op == OP_MOV:
         if wide and insn.off == 0:
             regs[insn.dst] = src
-        elif src.kind == _SCALAR and src.const is not None:
+        elif src.kind == K_SCALAR and src.const is not None:
             regs[insn.dst] = const(alu.alu(op, 0, src.const, wide=wide, off=insn.off))
         else:
-            origin = src.origin if src.kind == _SCALAR else None
-            regs[insn.dst] = Value(_SCALAR, None, None, origin)
+            origin = src.origin if src.kind == K_SCALAR else None
+            regs[insn.dst] = Value(K_SCALAR, None, None, origin)
         return
-    if op == _OP_NEG:
+    if op == OP_NEG:
         regs[insn.dst] = (const(alu.alu(op, dst.const, 0, wide=wide))
-                          if dst.kind == _SCALAR and dst.const is not None else UNKNOWN)
+                          if dst.kind == K_SCALAR and dst.const is not None else UNKNOWN)
         return
-    if src.is_pointer and dst.kind == _SCALAR and wide and op == _OP_ADD:
+    if src.is_pointer and dst.kind == K_SCALAR and wide and op == OP_ADD:
         # scalar + pointer is a pointer (clang sometimes puts the offset first)
         regs[insn.dst] = src.shifted(None if dst.const is None else alu.signed(dst.const, 64))
         return
-    if dst.is_pointer and wide and op in (_OP_ADD, _OP_SUB):
-        if src.kind == _SCALAR:
+    if dst.is_pointer and wide and op in (OP_ADD, OP_SUB):
+        if src.kind == K_SCALAR:
             delta = None if src.const is None else alu.signed(src.const, 64)
-            if delta is not None and op == _OP_SUB:
+            if delta is not None and op == OP_SUB:
                 delta = -delta
             regs[insn.dst] = dst.shifted(delta)
-        elif op == _OP_SUB and src.kind == dst.kind:
+        elif op == OP_SUB and src.kind == dst.kind:
             regs[insn.dst] = UNKNOWN  # pointer difference (e.g. data_end - data)
         else:
             regs[insn.dst] = UNKNOWN
         return
-    if dst.kind == _SCALAR and src.kind == _SCALAR and dst.const is not None \
+    if dst.kind == K_SCALAR and src.kind == K_SCALAR and dst.const is not None \
             and src.const is not None:
         try:
             regs[insn.dst] = const(alu.alu(op, dst.const, src.const, wide=wide, off=insn.off))
             return
         except ValueError:
             pass
-    if dst.kind == _SCALAR and src.kind == _SCALAR:
+    if dst.kind == K_SCALAR and src.kind == K_SCALAR:
         # Arithmetic on packet fields is still "from the packet" (a MAC assembled from
         # byte loads); the exact field is lost.
         origin = _derived_origin(dst, src)
-        regs[insn.dst] = Value(_SCALAR, None, None, origin) if origin else UNKNOWN
+        regs[insn.dst] = Value(K_SCALAR, None, None, origin) if origin else UNKNOWN
         return
     regs[insn.dst] = UNKNOWN
 
@@ -380,11 +373,11 @@ def _derived_origin(a: Value, b: Value) -> tuple[object, ...] | None:
 
 
 def _ld_imm64(insn: Instruction) -> Value:
-    if insn.src == _PSEUDO_MAP_FD:
-        return Value(_MAP, None, insn.reference)
-    if insn.src == _PSEUDO_MAP_VALUE:
-        return Value(_DIRECT, insn.imm, insn.reference)
-    if insn.src == _PSEUDO_NONE:
+    if insn.src == PSEUDO_MAP_FD:
+        return Value(K_MAP, None, insn.reference)
+    if insn.src == PSEUDO_MAP_VALUE:
+        return Value(K_DIRECT, insn.imm, insn.reference)
+    if insn.src == PSEUDO_NONE:
         return const(insn.imm)
     return UNKNOWN
 
@@ -393,30 +386,30 @@ def _load(insn: Instruction, state: State, ctx_layout: Mapping[int, Kind]) -> Va
     base = state.regs[insn.src]
     size = insn.size_bytes
     off = None if base.const is None else base.const + insn.off
-    if base.kind == _CTX:
+    if base.kind == K_CTX:
         kind = ctx_layout.get(off) if off is not None else None
         if kind is not None:
             return Value(kind, 0)
-        return Value(_SCALAR, None, None, ("ctx", off, size))
-    if base.kind == _STACK:
+        return Value(K_SCALAR, None, None, ("ctx", off, size))
+    if base.kind == K_STACK:
         if off is None:
             return UNKNOWN
         slot = state.stack.get(off)
         if slot is not None and slot[0] == size:
             value = slot[1]
-            if value.kind == _SCALAR and value.const is not None and size < 8:
+            if value.kind == K_SCALAR and value.const is not None and size < 8:
                 low = value.const & ((1 << (8 * size)) - 1)
-                if insn.mode == _M_MEMSX:
+                if insn.mode == M_MEMSX:
                     return const(alu.signed(low, 8 * size))
                 return const(low)
-            return value if (size == 8 or value.kind == _SCALAR) else UNKNOWN
-        return Value(_SCALAR, None, None, ("stack", off, size))
-    if base.kind == _PKT:
-        return Value(_SCALAR, None, None, ("pkt", off, size))
-    if base.kind == _VALUE:
-        return Value(_SCALAR, None, None, ("value", base.ref, off, size))
-    if base.kind == _DIRECT:
-        return Value(_SCALAR, None, None, ("direct", base.ref, off, size))
+            return value if (size == 8 or value.kind == K_SCALAR) else UNKNOWN
+        return Value(K_SCALAR, None, None, ("stack", off, size))
+    if base.kind == K_PKT:
+        return Value(K_SCALAR, None, None, ("pkt", off, size))
+    if base.kind == K_VALUE:
+        return Value(K_SCALAR, None, None, ("value", base.ref, off, size))
+    if base.kind == K_DIRECT:
+        return Value(K_SCALAR, None, None, ("direct", base.ref, off, size))
     return UNKNOWN
 
 
@@ -433,7 +426,7 @@ def _atomic_result(insn: Instruction, state: State) -> None:
 
 def _store(insn: Instruction, state: State) -> None:
     base = state.regs[insn.dst]
-    if base.kind != _STACK:
+    if base.kind != K_STACK:
         return
     size = insn.size_bytes
     if base.const is None:
@@ -443,14 +436,14 @@ def _store(insn: Instruction, state: State) -> None:
     _invalidate(state.own_stack(), off, size)
     if insn.is_atomic:
         return
-    if insn.opcode & 0x07 == _C_ST:
+    if insn.opcode & 0x07 == C_ST:
         value = const(insn.imm & ((1 << (8 * size)) - 1)) if size < 8 else const(insn.imm)
     else:
         value = state.regs[insn.src]
         if size < 8:
-            if value.kind == _SCALAR and value.const is not None:
+            if value.kind == K_SCALAR and value.const is not None:
                 value = const(value.const & ((1 << (8 * size)) - 1))
-            elif value.kind != _SCALAR:
+            elif value.kind != K_SCALAR:
                 value = UNKNOWN
     state.own_stack()[off] = (size, value)
 
@@ -465,7 +458,7 @@ def _call(insn: Instruction, state: State, index: int) -> None:
     if insn.is_helper_call:
         helper = insn.imm
         if helper == LOOKUP:
-            regs[0] = Value(_VALUE_OR_NULL, 0, (map_name(regs[1]), index))
+            regs[0] = Value(K_VALUE_OR_NULL, 0, (map_name(regs[1]), index))
         else:
             regs[0] = UNKNOWN
         _clobber_escaped_stack(insn, state)
@@ -479,9 +472,9 @@ def _call(insn: Instruction, state: State, index: int) -> None:
 def map_name(value: Value) -> str:
     """The map a register designates: a map name, `outer[inner]` for a map taken out of a
     map of maps (a lookup result of the outer map), or "?" when unknown."""
-    if value.kind == _MAP:
+    if value.kind == K_MAP:
         return str(value.ref)
-    if value.kind == _VALUE and isinstance(value.ref, tuple):
+    if value.kind == K_VALUE and isinstance(value.ref, tuple):
         return f"{value.ref[0]}[inner]"
     return "?"
 
@@ -492,7 +485,7 @@ def _clobber_escaped_stack(insn: Instruction, state: State) -> None:
         return
     for r in range(1, 6):
         arg = state.regs[r]
-        if arg.kind == _STACK:
+        if arg.kind == K_STACK:
             if arg.const is None:
                 state.own_stack().clear()
                 return
@@ -509,39 +502,39 @@ def _branch(insn: Instruction, state: State) -> tuple[State | None, State | None
     if insn.is_unconditional_jump:
         return state.copy(), None
     op = insn.opcode & 0xF0
-    wide = (insn.opcode & 0x07) == _C_JMP
+    wide = (insn.opcode & 0x07) == C_JMP
     a = state.regs[insn.dst]
     b = _operand(insn, state)
-    if a.kind == _SCALAR and b.kind == _SCALAR and a.const is not None \
+    if a.kind == K_SCALAR and b.kind == K_SCALAR and a.const is not None \
             and b.const is not None:
         taken = alu.compare(op, a.const, b.const, wide=wide)
         return (state.copy(), None) if taken else (None, state.copy())
     taken_state, fall_state = state.copy(), state.copy()
     # NULL checks on lookup results: refine every copy of the pointer.
-    if a.kind == _VALUE_OR_NULL and b.kind == _SCALAR and b.const == 0 and wide:
-        if op == _J_JEQ:
+    if a.kind == K_VALUE_OR_NULL and b.kind == K_SCALAR and b.const == 0 and wide:
+        if op == J_JEQ:
             _refine_null(taken_state, a, null=True)
             _refine_null(fall_state, a, null=False)
-        elif op == _J_JNE:
+        elif op == J_JNE:
             _refine_null(taken_state, a, null=False)
             _refine_null(fall_state, a, null=True)
-    elif b.kind == _SCALAR and b.const is not None and a.kind == _SCALAR and \
-            op in (_J_JEQ, _J_JNE) and a.const is None:
+    elif b.kind == K_SCALAR and b.const is not None and a.kind == K_SCALAR and \
+            op in (J_JEQ, J_JNE) and a.const is None:
         # Equality learns the constant on one edge: `if r1 == 5` gives r1 = 5 when taken.
         learned = const(b.const if wide else b.const & alu.M32)
-        target = taken_state if op == _J_JEQ else fall_state
+        target = taken_state if op == J_JEQ else fall_state
         if wide:
             target.regs[insn.dst] = learned
     return taken_state, fall_state
 
 
 def _refine_null(state: State, value: Value, *, null: bool) -> None:
-    replacement = const(0) if null else Value(_VALUE, value.const, value.ref)
+    replacement = const(0) if null else Value(K_VALUE, value.const, value.ref)
     for r, v in enumerate(state.regs):
-        if v.kind == _VALUE_OR_NULL and v.ref == value.ref:
+        if v.kind == K_VALUE_OR_NULL and v.ref == value.ref:
             state.regs[r] = replacement
     for off, (size, v) in list(state.stack.items()):
-        if v.kind == _VALUE_OR_NULL and v.ref == value.ref:
+        if v.kind == K_VALUE_OR_NULL and v.ref == value.ref:
             state.own_stack()[off] = (size, replacement)
 
 

@@ -18,21 +18,44 @@ from __future__ import annotations
 
 import functools
 from enum import IntEnum
-from typing import Final
 
 from .helpers import HELPER_IDS
 from .instruction import EMPTY_META, Instruction, Meta
 from .opcodes import (
     BYTES_SIZE,
+    C_ALU,
+    C_ALU64,
+    C_JMP,
+    C_JMP32,
+    C_LDX,
+    C_ST,
+    C_STX,
+    CALL_HELPER,
+    CALL_PSEUDO_CALL,
+    J_CALL,
+    J_EXIT,
+    J_JA,
+    J_JEQ,
+    J_JGT,
+    J_JLT,
+    J_JNE,
     LD_IMM64,
+    M_ATOMIC,
+    M_MEM,
+    OP_ADD,
+    OP_AND,
+    OP_LSH,
+    OP_MOV,
+    OP_RSH,
+    OP_XOR,
+    PSEUDO_MAP_FD,
+    PSEUDO_MAP_VALUE,
+    SRC_K,
+    SRC_X,
     AluOp,
     AtomicOp,
-    CallSrc,
     Class,
     JmpOp,
-    Mode,
-    PseudoSrc,
-    Source,
 )
 
 
@@ -56,36 +79,6 @@ FP = R10
 Operand = Reg | int
 
 
-# Naming an enum member costs a metaclass attribute lookup (about 150 ns on CPython
-# 3.11); the code below runs for every instruction, so it names them through aliases.
-_OP_ADD: Final = AluOp.ADD
-_OP_AND: Final = AluOp.AND
-_OP_LSH: Final = AluOp.LSH
-_OP_MOV: Final = AluOp.MOV
-_OP_RSH: Final = AluOp.RSH
-_OP_XOR: Final = AluOp.XOR
-_CALL_HELPER: Final = CallSrc.HELPER
-_CALL_PSEUDO_CALL: Final = CallSrc.PSEUDO_CALL
-_C_ALU: Final = Class.ALU
-_C_ALU64: Final = Class.ALU64
-_C_JMP: Final = Class.JMP
-_C_JMP32: Final = Class.JMP32
-_C_LDX: Final = Class.LDX
-_C_ST: Final = Class.ST
-_C_STX: Final = Class.STX
-_J_CALL: Final = JmpOp.CALL
-_J_EXIT: Final = JmpOp.EXIT
-_J_JA: Final = JmpOp.JA
-_J_JEQ: Final = JmpOp.JEQ
-_J_JGT: Final = JmpOp.JGT
-_J_JLT: Final = JmpOp.JLT
-_J_JNE: Final = JmpOp.JNE
-_M_ATOMIC: Final = Mode.ATOMIC
-_M_MEM: Final = Mode.MEM
-_PSEUDO_MAP_FD: Final = PseudoSrc.MAP_FD
-_PSEUDO_MAP_VALUE: Final = PseudoSrc.MAP_VALUE
-_SRC_K: Final = Source.K
-_SRC_X: Final = Source.X
 
 
 @functools.lru_cache(maxsize=4096)
@@ -102,52 +95,52 @@ def _alu(
     cls: Class, op: AluOp, dst: Reg, operand: Operand, label: str | None, note: str | None
 ) -> Instruction:
     if isinstance(operand, Reg):
-        return Instruction(cls | op | _SRC_X, dst, operand, 0, 0, None, label, _meta(note))
+        return Instruction(cls | op | SRC_X, dst, operand, 0, 0, None, label, _meta(note))
     if not -0x80000000 <= operand <= 0xFFFFFFFF:
         raise ValueError(f"immediate {operand:#x} does not fit in 32 bits; use ld_imm64")
     if operand > 0x7FFFFFFF:
         operand -= 0x100000000
-    return Instruction(cls | op | _SRC_K, dst, 0, 0, operand, None, label, _meta(note))
+    return Instruction(cls | op | SRC_K, dst, 0, 0, operand, None, label, _meta(note))
 
 
 def alu64(
     op: AluOp, dst: Reg, operand: Operand, *, label: str | None = None, note: str | None = None
 ) -> Instruction:
-    return _alu(_C_ALU64, op, dst, operand, label, note)
+    return _alu(C_ALU64, op, dst, operand, label, note)
 
 
 def alu32(
     op: AluOp, dst: Reg, operand: Operand, *, label: str | None = None, note: str | None = None
 ) -> Instruction:
-    return _alu(_C_ALU, op, dst, operand, label, note)
+    return _alu(C_ALU, op, dst, operand, label, note)
 
 
 def mov64(dst: Reg, operand: Operand, **kw: str | None) -> Instruction:
-    return alu64(_OP_MOV, dst, operand, **kw)  # type: ignore[arg-type]
+    return alu64(OP_MOV, dst, operand, **kw)  # type: ignore[arg-type]
 
 
 def mov32(dst: Reg, operand: Operand, **kw: str | None) -> Instruction:
-    return alu32(_OP_MOV, dst, operand, **kw)  # type: ignore[arg-type]
+    return alu32(OP_MOV, dst, operand, **kw)  # type: ignore[arg-type]
 
 
 def add64(dst: Reg, operand: Operand, **kw: str | None) -> Instruction:
-    return alu64(_OP_ADD, dst, operand, **kw)  # type: ignore[arg-type]
+    return alu64(OP_ADD, dst, operand, **kw)  # type: ignore[arg-type]
 
 
 def and64(dst: Reg, operand: Operand, **kw: str | None) -> Instruction:
-    return alu64(_OP_AND, dst, operand, **kw)  # type: ignore[arg-type]
+    return alu64(OP_AND, dst, operand, **kw)  # type: ignore[arg-type]
 
 
 def lsh64(dst: Reg, operand: Operand, **kw: str | None) -> Instruction:
-    return alu64(_OP_LSH, dst, operand, **kw)  # type: ignore[arg-type]
+    return alu64(OP_LSH, dst, operand, **kw)  # type: ignore[arg-type]
 
 
 def rsh64(dst: Reg, operand: Operand, **kw: str | None) -> Instruction:
-    return alu64(_OP_RSH, dst, operand, **kw)  # type: ignore[arg-type]
+    return alu64(OP_RSH, dst, operand, **kw)  # type: ignore[arg-type]
 
 
 def xor64(dst: Reg, operand: Operand, **kw: str | None) -> Instruction:
-    return alu64(_OP_XOR, dst, operand, **kw)  # type: ignore[arg-type]
+    return alu64(OP_XOR, dst, operand, **kw)  # type: ignore[arg-type]
 
 
 def ld_imm64(
@@ -164,7 +157,7 @@ def ld_map_fd(
     dst: Reg, map_name: str, *, label: str | None = None, note: str | None = None
 ) -> Instruction:
     return Instruction(
-        LD_IMM64, dst, _PSEUDO_MAP_FD, 0, 0, map_name, label, _meta(note)
+        LD_IMM64, dst, PSEUDO_MAP_FD, 0, 0, map_name, label, _meta(note)
     )
 
 
@@ -175,7 +168,7 @@ def ld_map_value(
     return Instruction(
         LD_IMM64,
         dst,
-        _PSEUDO_MAP_VALUE,
+        PSEUDO_MAP_VALUE,
         0,
         offset,
         map_name,
@@ -189,7 +182,7 @@ def ldx(
 ) -> Instruction:
     """dst = *(u<size*8> *)(src + off)."""
     return Instruction(
-        _C_LDX | BYTES_SIZE[size] | _M_MEM, dst, src, off, 0, None, label, _meta(note)
+        C_LDX | BYTES_SIZE[size] | M_MEM, dst, src, off, 0, None, label, _meta(note)
     )
 
 
@@ -198,7 +191,7 @@ def stx(
 ) -> Instruction:
     """*(u<size*8> *)(dst + off) = src."""
     return Instruction(
-        _C_STX | BYTES_SIZE[size] | _M_MEM, dst, src, off, 0, None, label, _meta(note)
+        C_STX | BYTES_SIZE[size] | M_MEM, dst, src, off, 0, None, label, _meta(note)
     )
 
 
@@ -207,7 +200,7 @@ def st(
 ) -> Instruction:
     """*(u<size*8> *)(dst + off) = imm."""
     return Instruction(
-        _C_ST | BYTES_SIZE[size] | _M_MEM, dst, 0, off, imm, None, label, _meta(note)
+        C_ST | BYTES_SIZE[size] | M_MEM, dst, 0, off, imm, None, label, _meta(note)
     )
 
 
@@ -223,7 +216,7 @@ def atomic(
 ) -> Instruction:
     """Atomic read-modify-write of *(dst + off) with src (size 4 or 8)."""
     return Instruction(
-        _C_STX | BYTES_SIZE[size] | _M_ATOMIC,
+        C_STX | BYTES_SIZE[size] | M_ATOMIC,
         dst,
         src,
         off,
@@ -243,38 +236,38 @@ def jmp(
     label: str | None = None,
     note: str | None = None,
 ) -> Instruction:
-    cls = _C_JMP if wide else _C_JMP32
+    cls = C_JMP if wide else C_JMP32
     if isinstance(operand, Reg):
         return Instruction(
-            cls | op | _SRC_X, dst, operand, 0, 0, target, label, _meta(note)
+            cls | op | SRC_X, dst, operand, 0, 0, target, label, _meta(note)
         )
     if not -0x80000000 <= operand <= 0xFFFFFFFF:
         raise ValueError(f"immediate {operand:#x} does not fit in 32 bits")
     if operand > 0x7FFFFFFF:
         operand -= 0x100000000
     return Instruction(
-        cls | op | _SRC_K, dst, 0, 0, operand, target, label, _meta(note)
+        cls | op | SRC_K, dst, 0, 0, operand, target, label, _meta(note)
     )
 
 
 def jeq(dst: Reg, operand: Operand, target: str, **kw: object) -> Instruction:
-    return jmp(_J_JEQ, dst, operand, target, **kw)  # type: ignore[arg-type]
+    return jmp(J_JEQ, dst, operand, target, **kw)  # type: ignore[arg-type]
 
 
 def jne(dst: Reg, operand: Operand, target: str, **kw: object) -> Instruction:
-    return jmp(_J_JNE, dst, operand, target, **kw)  # type: ignore[arg-type]
+    return jmp(J_JNE, dst, operand, target, **kw)  # type: ignore[arg-type]
 
 
 def jgt(dst: Reg, operand: Operand, target: str, **kw: object) -> Instruction:
-    return jmp(_J_JGT, dst, operand, target, **kw)  # type: ignore[arg-type]
+    return jmp(J_JGT, dst, operand, target, **kw)  # type: ignore[arg-type]
 
 
 def jlt(dst: Reg, operand: Operand, target: str, **kw: object) -> Instruction:
-    return jmp(_J_JLT, dst, operand, target, **kw)  # type: ignore[arg-type]
+    return jmp(J_JLT, dst, operand, target, **kw)  # type: ignore[arg-type]
 
 
 def ja(target: str, *, label: str | None = None, note: str | None = None) -> Instruction:
-    return Instruction(_C_JMP | _J_JA, 0, 0, 0, 0, target, label, _meta(note))
+    return Instruction(C_JMP | J_JA, 0, 0, 0, 0, target, label, _meta(note))
 
 
 def call_helper(
@@ -287,16 +280,16 @@ def call_helper(
             raise ValueError(f"unknown helper {helper!r}")
         helper = HELPER_IDS[name]
     return Instruction(
-        _C_JMP | _J_CALL, 0, _CALL_HELPER, 0, helper, None, label, _meta(note)
+        C_JMP | J_CALL, 0, CALL_HELPER, 0, helper, None, label, _meta(note)
     )
 
 
 def call(function: str, *, label: str | None = None, note: str | None = None) -> Instruction:
     """BPF-to-BPF call of the function labelled `function`."""
     return Instruction(
-        _C_JMP | _J_CALL,
+        C_JMP | J_CALL,
         0,
-        _CALL_PSEUDO_CALL,
+        CALL_PSEUDO_CALL,
         0,
         0,
         reference=function,
@@ -306,4 +299,4 @@ def call(function: str, *, label: str | None = None, note: str | None = None) ->
 
 
 def exit_(*, label: str | None = None, note: str | None = None) -> Instruction:
-    return Instruction(_C_JMP | _J_EXIT, 0, 0, 0, 0, None, label, _meta(note))
+    return Instruction(C_JMP | J_EXIT, 0, 0, 0, 0, None, label, _meta(note))

@@ -13,16 +13,21 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from .opcodes import (
+    CALL,
+    CALL_HELPER,
+    CALL_KFUNC,
+    CALL_PSEUDO_CALL,
     CONDITIONAL_JUMPS,
+    EXIT,
     LD_IMM64,
+    PSEUDO_FUNC,
+    SRC_X,
     AluOp,
-    CallSrc,
     Class,
     JmpOp,
     Mode,
     PseudoSrc,
     Size,
-    Source,
 )
 
 
@@ -85,17 +90,8 @@ def s64(value: int) -> int:
     return value - 0x10000000000000000 if value & 0x8000000000000000 else value
 
 
-_CALL = Class.JMP | JmpOp.CALL
-_EXIT = Class.JMP | JmpOp.EXIT
 _GOTOL = Class.JMP32 | JmpOp.JA
-# Properties below run for every instruction in every pass: they compare with plain ints
-# (naming an enum member costs a metaclass attribute lookup).
-_ATOMIC = int(Class.STX | Mode.ATOMIC)
-_SRC_X = int(Source.X)
-_HELPER = int(CallSrc.HELPER)
-_PSEUDO_CALL = int(CallSrc.PSEUDO_CALL)
-_KFUNC = int(CallSrc.KFUNC)
-_FUNC = int(PseudoSrc.FUNC)
+_ATOMIC = Class.STX | Mode.ATOMIC
 _JA_OPCODES = frozenset({Class.JMP | JmpOp.JA, _GOTOL})
 _MAP_PSEUDO = frozenset(
     {PseudoSrc.MAP_FD, PseudoSrc.MAP_VALUE, PseudoSrc.MAP_IDX, PseudoSrc.MAP_IDX_VALUE}
@@ -161,7 +157,7 @@ class Instruction(NamedTuple):
 
     @property
     def uses_reg_source(self) -> bool:
-        return bool(self.opcode & _SRC_X)
+        return bool(self.opcode & SRC_X)
 
     @property
     def alu_op(self) -> AluOp:
@@ -189,23 +185,23 @@ class Instruction(NamedTuple):
 
     @property
     def is_call(self) -> bool:
-        return self.opcode == _CALL
+        return self.opcode == CALL
 
     @property
     def is_helper_call(self) -> bool:
-        return self.opcode == _CALL and self.src == _HELPER
+        return self.opcode == CALL and self.src == CALL_HELPER
 
     @property
     def is_pseudo_call(self) -> bool:
-        return self.opcode == _CALL and self.src == _PSEUDO_CALL
+        return self.opcode == CALL and self.src == CALL_PSEUDO_CALL
 
     @property
     def is_kfunc_call(self) -> bool:
-        return self.opcode == _CALL and self.src == _KFUNC
+        return self.opcode == CALL and self.src == CALL_KFUNC
 
     @property
     def is_exit(self) -> bool:
-        return self.opcode == _EXIT
+        return self.opcode == EXIT
 
     @property
     def is_unconditional_jump(self) -> bool:
@@ -238,7 +234,7 @@ class Instruction(NamedTuple):
 
     @property
     def is_func_load(self) -> bool:
-        return self.opcode == LD_IMM64 and self.src == _FUNC
+        return self.opcode == LD_IMM64 and self.src == PSEUDO_FUNC
 
     @property
     def is_gotol(self) -> bool:

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .codec import EncodeError, encode_instruction
-from .instruction import _CALL, _GOTOL, _IS_BRANCH, Instruction
-from .opcodes import LD_IMM64, CallSrc, PseudoSrc
+from .instruction import _GOTOL, _IS_BRANCH, Instruction
+from .opcodes import CALL, LD_IMM64, CallSrc, PseudoSrc
 
 
 class LinkError(ValueError):
@@ -163,7 +163,7 @@ def symbolize(
         if insn.reference is None:
             if _IS_BRANCH[opcode]:
                 pointing.append((index, insn.imm if opcode == _GOTOL else insn.off, True))
-            elif (opcode == _CALL and insn.src == CallSrc.PSEUDO_CALL) or (
+            elif (opcode == CALL and insn.src == CallSrc.PSEUDO_CALL) or (
                 opcode == LD_IMM64 and insn.src == PseudoSrc.FUNC
             ):
                 pointing.append((index, insn.imm, False))

@@ -36,66 +36,70 @@ from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from ..analysis import alu
-from ..analysis.values import Analysis, Kind, State, Value, analyze_values
+from ..analysis.values import (
+    K_DIRECT,
+    K_SCALAR,
+    K_STACK,
+    Analysis,
+    State,
+    Value,
+    analyze_values,
+)
 from ..ir import Instruction, Meta, Program
 from ..ir.edit import rewrite
 from ..ir.helpers import HELPER_IDS
 from ..ir.instruction import EMPTY_META, s32, s64
-from ..ir.opcodes import LD_IMM64, AluOp, CallSrc, Class, JmpOp, Mode, PseudoSrc, Source
+from ..ir.opcodes import (
+    C_ALU,
+    C_ALU64,
+    C_JMP,
+    C_LDX,
+    CALL,
+    CALL_HELPER,
+    J_CALL,
+    J_JA,
+    J_JEQ,
+    J_JGE,
+    J_JGT,
+    J_JLE,
+    J_JLT,
+    J_JNE,
+    J_JSET,
+    J_JSGE,
+    J_JSGT,
+    J_JSLE,
+    J_JSLT,
+    LD_IMM64,
+    M_MEMSX,
+    OP_ADD,
+    OP_ARSH,
+    OP_DIV,
+    OP_END,
+    OP_LSH,
+    OP_MOD,
+    OP_MOV,
+    OP_NEG,
+    OP_RSH,
+    OP_SUB,
+    PSEUDO_BTF_ID,
+    PSEUDO_MAP_VALUE,
+    SRC_K,
+    SRC_X,
+    JmpOp,
+)
 from .dce import apply_edits, register_effects, remove_unreachable
 from .pipeline import PassContext, register
 
-# Naming an enum member costs a metaclass attribute lookup (about 150 ns on CPython
-# 3.11); the code below runs for every instruction, so it names them through aliases.
-_OP_ADD: Final = AluOp.ADD
-_OP_ARSH: Final = AluOp.ARSH
-_OP_DIV: Final = AluOp.DIV
-_OP_END: Final = AluOp.END
-_OP_LSH: Final = AluOp.LSH
-_OP_MOD: Final = AluOp.MOD
-_OP_MOV: Final = AluOp.MOV
-_OP_NEG: Final = AluOp.NEG
-_OP_RSH: Final = AluOp.RSH
-_OP_SUB: Final = AluOp.SUB
-_CALL_HELPER: Final = CallSrc.HELPER
-_C_ALU: Final = Class.ALU
-_C_ALU64: Final = Class.ALU64
-_C_JMP: Final = Class.JMP
-_C_LDX: Final = Class.LDX
-_J_CALL: Final = JmpOp.CALL
-_J_JA: Final = JmpOp.JA
-_J_JEQ: Final = JmpOp.JEQ
-_J_JGE: Final = JmpOp.JGE
-_J_JGT: Final = JmpOp.JGT
-_J_JLE: Final = JmpOp.JLE
-_J_JLT: Final = JmpOp.JLT
-_J_JNE: Final = JmpOp.JNE
-_J_JSET: Final = JmpOp.JSET
-_J_JSGE: Final = JmpOp.JSGE
-_J_JSGT: Final = JmpOp.JSGT
-_J_JSLE: Final = JmpOp.JSLE
-_J_JSLT: Final = JmpOp.JSLT
-_DIRECT: Final = Kind.DIRECT
-_SCALAR: Final = Kind.SCALAR
-_STACK: Final = Kind.STACK
-_M_MEMSX: Final = Mode.MEMSX
-_PSEUDO_BTF_ID: Final = PseudoSrc.BTF_ID
-_PSEUDO_MAP_VALUE: Final = PseudoSrc.MAP_VALUE
-_SRC_K: Final = Source.K
-_SRC_X: Final = Source.X
-
-
-_ALU_CLASSES = (_C_ALU, _C_ALU64)
-_JA: Final = _C_JMP | _J_JA
-_CALL: Final = _C_JMP | _J_CALL
-_CALLX: Final = _C_JMP | _J_CALL | _SRC_X
-_SHIFTS = (_OP_LSH, _OP_RSH, _OP_ARSH)
+_ALU_CLASSES = (C_ALU, C_ALU64)
+_JA: Final = C_JMP | J_JA
+_CALLX: Final = C_JMP | J_CALL | SRC_X
+_SHIFTS = (OP_LSH, OP_RSH, OP_ARSH)
 # `if a op b` ⇔ `if b op' a`: used to put a known constant on the right.
 _SWAPPED = {
-    _J_JEQ: _J_JEQ, _J_JNE: _J_JNE, _J_JSET: _J_JSET,
-    _J_JGT: _J_JLT, _J_JLT: _J_JGT, _J_JGE: _J_JLE, _J_JLE: _J_JGE,
-    _J_JSGT: _J_JSLT, _J_JSLT: _J_JSGT, _J_JSGE: _J_JSLE,
-    _J_JSLE: _J_JSGE,
+    J_JEQ: J_JEQ, J_JNE: J_JNE, J_JSET: J_JSET,
+    J_JGT: J_JLT, J_JLT: J_JGT, J_JGE: J_JLE, J_JLE: J_JGE,
+    J_JSGT: J_JSLT, J_JSLT: J_JSGT, J_JSGE: J_JSLE,
+    J_JSLE: J_JSGE,
 }
 _FIB_LOOKUP: Final = HELPER_IDS["fib_lookup"]
 _WRITES_MEMORY: Final = HELPER_IDS["probe_read_kernel"]  # a helper that writes its buffer
@@ -184,7 +188,7 @@ def _fold_round(program: Program, prog_type: int, known: Mapping[str, bytes], im
                 if new is not None:
                     edits[i] = (new,)
                     counts["immediates"] += 1
-        elif cls == _C_LDX and insn.is_load:
+        elif cls == C_LDX and insn.is_load:
             value = _direct_load(insn, regs, known)
             if value is not None:
                 edits[i] = (constant_move(insn.dst, value, insn.meta),)
@@ -208,40 +212,40 @@ def _fold_round(program: Program, prog_type: int, known: Mapping[str, bytes], im
 
 def _const(value: Value) -> int | None:
     """The value of a known scalar (unsigned 64-bit), None for anything else."""
-    return value.const if value.kind == _SCALAR else None
+    return value.const if value.kind == K_SCALAR else None
 
 
 def _is_constant_move(insn: Instruction) -> bool:
-    return insn.opcode & 0xF8 == _OP_MOV | _SRC_K and insn.off == 0
+    return insn.opcode & 0xF8 == OP_MOV | SRC_K and insn.off == 0
 
 
 def constant_move(dst: int, value: int, meta: Meta = EMPTY_META) -> Instruction:
     """The shortest instruction that sets `dst` to the 64-bit `value`."""
     value = alu.u64(value)
     if _fits_imm64(value):
-        return Instruction(_C_ALU64 | _OP_MOV | _SRC_K, dst, 0, 0, s32(value), meta=meta)
+        return Instruction(C_ALU64 | OP_MOV | SRC_K, dst, 0, 0, s32(value), meta=meta)
     if value < 1 << 32:  # mov32 zero-extends
-        return Instruction(_C_ALU | _OP_MOV | _SRC_K, dst, 0, 0, s32(value), meta=meta)
+        return Instruction(C_ALU | OP_MOV | SRC_K, dst, 0, 0, s32(value), meta=meta)
     return Instruction(LD_IMM64, dst, 0, 0, s64(value), meta=meta)
 
 
 def _alu_result(insn: Instruction, regs: list[Value]) -> int | None:
     """The value an ALU instruction leaves in its destination, when constant."""
     op = insn.opcode
-    wide = op & 0x07 == _C_ALU64
+    wide = op & 0x07 == C_ALU64
     aop = op & 0xF0
     dst = _const(regs[insn.dst])
-    if aop == _OP_END:
+    if aop == OP_END:
         if dst is None or insn.imm not in (16, 32, 64):
             return None
-        return alu.endian(dst, insn.imm, to_be=bool(op & _SRC_X), bswap=wide)
-    if aop == _OP_NEG:
+        return alu.endian(dst, insn.imm, to_be=bool(op & SRC_X), bswap=wide)
+    if aop == OP_NEG:
         return None if dst is None else alu.alu(aop, dst, 0, wide=wide)
-    operand = _const(regs[insn.src]) if op & _SRC_X else alu.u64(insn.imm)
+    operand = _const(regs[insn.src]) if op & SRC_X else alu.u64(insn.imm)
     if operand is None:
         return None
     try:
-        if aop == _OP_MOV:
+        if aop == OP_MOV:
             return alu.alu(aop, 0, operand, wide=wide, off=insn.off)
         return None if dst is None else alu.alu(aop, dst, operand, wide=wide, off=insn.off)
     except ValueError:  # an operation without constant semantics
@@ -263,12 +267,12 @@ def _alu_immediate_form(insn: Instruction, regs: list[Value]) -> Instruction | N
     register."""
     op = insn.opcode
     aop = op & 0xF0
-    if not op & _SRC_X or aop in (_OP_MOV, _OP_NEG, _OP_END):
+    if not op & SRC_X or aop in (OP_MOV, OP_NEG, OP_END):
         return None
     value = _const(regs[insn.src])
-    if value is None or regs[insn.dst].kind != _SCALAR:
+    if value is None or regs[insn.dst].kind != K_SCALAR:
         return None
-    wide = op & 0x07 == _C_ALU64
+    wide = op & 0x07 == C_ALU64
     if aop in _SHIFTS:
         imm = value & (63 if wide else 31)
     else:
@@ -276,47 +280,47 @@ def _alu_immediate_form(insn: Instruction, regs: list[Value]) -> Instruction | N
             value &= alu.M32
         elif not _fits_imm64(value):
             return None
-        if aop in (_OP_DIV, _OP_MOD) and value == 0:
+        if aop in (OP_DIV, OP_MOD) and value == 0:
             return None
         imm = s32(value)
-    return Instruction(op & ~_SRC_X, insn.dst, 0, insn.off, imm, None, None, insn.meta)
+    return Instruction(op & ~SRC_X, insn.dst, 0, insn.off, imm, None, None, insn.meta)
 
 
 def _jump_immediate_form(insn: Instruction, regs: list[Value]) -> Instruction | None:
     """`if a op b` with one side a known constant and the other an unknown scalar, as a
     comparison of the unknown register with an immediate (swapping the sides if needed)."""
     op = insn.opcode
-    if not op & _SRC_X:
+    if not op & SRC_X:
         return None
-    wide = op & 0x07 == _C_JMP
+    wide = op & 0x07 == C_JMP
     a, b = regs[insn.dst], regs[insn.src]
     ca, cb = _const(a), _const(b)
-    if cb is not None and a.kind == _SCALAR and ca is None:
+    if cb is not None and a.kind == K_SCALAR and ca is None:
         reg, value, jop = insn.dst, cb, op & 0xF0
-    elif ca is not None and b.kind == _SCALAR and cb is None:
+    elif ca is not None and b.kind == K_SCALAR and cb is None:
         reg, value, jop = insn.src, ca, _SWAPPED[JmpOp(op & 0xF0)]
     else:
         return None
     if wide and not _fits_imm64(value):
         return None
-    return Instruction((op & 0x07) | jop | _SRC_K, reg, 0, 0, s32(value), insn.reference,
+    return Instruction((op & 0x07) | jop | SRC_K, reg, 0, 0, s32(value), insn.reference,
                        None, insn.meta)
 
 
 def _branch_outcome(insn: Instruction, regs: list[Value]) -> bool | None:
     """Whether a conditional jump is always (True) or never (False) taken, if known."""
     op = insn.opcode
-    wide = op & 0x07 == _C_JMP
+    wide = op & 0x07 == C_JMP
     jop = op & 0xF0
     a = regs[insn.dst]
-    b = regs[insn.src] if op & _SRC_X else Value(_SCALAR, alu.u64(insn.imm))
+    b = regs[insn.src] if op & SRC_X else Value(K_SCALAR, alu.u64(insn.imm))
     ca, cb = _const(a), _const(b)
     if ca is not None and cb is not None:
         return alu.compare(jop, ca, cb, wide=wide)
     # A direct map-value pointer is never NULL (the verifier knows this too).
-    if wide and jop in (_J_JEQ, _J_JNE) and (
-            (a.kind == _DIRECT and cb == 0) or (b.kind == _DIRECT and ca == 0)):
-        return jop == _J_JNE
+    if wide and jop in (J_JEQ, J_JNE) and (
+            (a.kind == K_DIRECT and cb == 0) or (b.kind == K_DIRECT and ca == 0)):
+        return jop == J_JNE
     return None
 
 
@@ -330,10 +334,10 @@ def _read_known(data: bytes | None, offset: int, size: int, signed: bool) -> int
 def _direct_load(insn: Instruction, regs: list[Value], known: Mapping[str, bytes]
                  ) -> int | None:
     base = regs[insn.src]
-    if base.kind != _DIRECT or base.const is None or not isinstance(base.ref, str):
+    if base.kind != K_DIRECT or base.const is None or not isinstance(base.ref, str):
         return None
     return _read_known(known.get(base.ref), base.const + insn.off, insn.size_bytes,
-                       insn.opcode & 0xE0 == _M_MEMSX)
+                       insn.opcode & 0xE0 == M_MEMSX)
 
 
 # --- what the analysis is given ------------------------------------------------------------
@@ -352,7 +356,7 @@ def _known_direct_loads(program: Program, known: Mapping[str, bytes]) -> dict[in
     repeats until the states at the jumps stop changing. It sees less than the analysis (no
     stack, no pruned edges): what it misses, the analysis finds and the next round folds."""
     insns = program.insns
-    if not known or not any(insn.opcode == LD_IMM64 and insn.src == _PSEUDO_MAP_VALUE
+    if not known or not any(insn.opcode == LD_IMM64 and insn.src == PSEUDO_MAP_VALUE
                             and insn.reference in known for insn in insns):
         return {}
     jumps_to: dict[str, list[int]] = {}
@@ -394,7 +398,7 @@ def _known_direct_loads(program: Program, known: Mapping[str, bytes]) -> dict[in
             if insn.is_load and insn.src in pointers:
                 name, offset = pointers[insn.src]
                 value = _read_known(known[name], offset + insn.off, insn.size_bytes,
-                                    op & 0xE0 == _M_MEMSX)
+                                    op & 0xE0 == M_MEMSX)
                 if value is not None:
                     out[i] = value
             _follow_pointers(insn, pointers, known)
@@ -416,17 +420,17 @@ def _meet(states: Sequence[Pointers]) -> Pointers:
 def _follow_pointers(insn: Instruction, pointers: dict[int, tuple[str, int]],
                      known: Mapping[str, bytes]) -> None:
     op = insn.opcode
-    if op == LD_IMM64 and insn.src == _PSEUDO_MAP_VALUE and insn.reference is not None \
+    if op == LD_IMM64 and insn.src == PSEUDO_MAP_VALUE and insn.reference is not None \
             and insn.reference in known:
         pointers[insn.dst] = (insn.reference, insn.imm)
-    elif op == _C_ALU64 | _OP_MOV | _SRC_X and insn.off == 0:
+    elif op == C_ALU64 | OP_MOV | SRC_X and insn.off == 0:
         if insn.src in pointers:
             pointers[insn.dst] = pointers[insn.src]
         else:
             pointers.pop(insn.dst, None)
-    elif op in (_C_ALU64 | _OP_ADD, _C_ALU64 | _OP_SUB) and insn.dst in pointers:
+    elif op in (C_ALU64 | OP_ADD, C_ALU64 | OP_SUB) and insn.dst in pointers:
         name, offset = pointers[insn.dst]
-        pointers[insn.dst] = (name, offset + (insn.imm if op == _C_ALU64 | _OP_ADD
+        pointers[insn.dst] = (name, offset + (insn.imm if op == C_ALU64 | OP_ADD
                                               else -insn.imm))
     else:
         _, defs = register_effects(insn)
@@ -462,19 +466,19 @@ def _analysis_view(program: Program, prefolded: Mapping[int, int]
         if insn.is_conditional_jump and insn.reference is not None \
                 and labels.get(insn.reference) == i + 1:
             fixes[i] = (Instruction(_JA, reference=insn.reference),)
-        elif insn.is_load and op & 0xE0 == _M_MEMSX:
-            fixes[i] = (insn, Instruction(_C_ALU64 | _OP_MOV | _SRC_X, insn.dst,
+        elif insn.is_load and op & 0xE0 == M_MEMSX:
+            fixes[i] = (insn, Instruction(C_ALU64 | OP_MOV | SRC_X, insn.dst,
                                           insn.dst, 8 * insn.size_bytes))
         elif insn.is_atomic:
             _, defs = register_effects(insn)
-            unknown = tuple(Instruction(LD_IMM64, r, _PSEUDO_BTF_ID)
+            unknown = tuple(Instruction(LD_IMM64, r, PSEUDO_BTF_ID)
                             for r in range(11) if defs >> r & 1)
             if unknown:
                 fixes[i] = (insn, *unknown)
-        elif op == _CALL and insn.src == _CALL_HELPER and insn.imm == _FIB_LOOKUP:
+        elif op == CALL and insn.src == CALL_HELPER and insn.imm == _FIB_LOOKUP:
             fixes[i] = (insn._replace(imm=_WRITES_MEMORY),)
         elif op == _CALLX:
-            fixes[i] = (Instruction(_CALL, 0, _CALL_HELPER, 0, _WRITES_MEMORY),)
+            fixes[i] = (Instruction(CALL, 0, CALL_HELPER, 0, _WRITES_MEMORY),)
     if not fixes:
         return program, None
     positions = []
@@ -491,12 +495,12 @@ def _unfollowed_functions(program: Program, states: Sequence[State | None]
     takes `scalar += stack pointer` for a scalar, so stores through the result would not
     update its stack slots. Nothing is folded there (None: no such function)."""
     flagged = []
-    add_x = _C_ALU64 | _OP_ADD | _SRC_X
+    add_x = C_ALU64 | OP_ADD | SRC_X
     for i, insn in enumerate(program.insns):
         state = states[i]
         if insn.opcode == add_x and state is not None \
-                and state.regs[insn.src].kind == _STACK \
-                and state.regs[insn.dst].kind != _STACK:
+                and state.regs[insn.src].kind == K_STACK \
+                and state.regs[insn.dst].kind != K_STACK:
             flagged.append(i)
     if not flagged:
         return None

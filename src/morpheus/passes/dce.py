@@ -36,33 +36,34 @@ from ..analysis.cfg import CFG, build_cfg
 from ..ir import EMPTY_META, Instruction, Program
 from ..ir.edit import rewrite
 from ..ir.helpers import HELPER_IDS
-from ..ir.opcodes import LD_IMM64, AluOp, AtomicOp, CallSrc, Class, JmpOp, Mode, Source
+from ..ir.opcodes import (
+    C_ALU,
+    C_ALU64,
+    C_JMP,
+    C_JMP32,
+    C_LD,
+    C_LDX,
+    C_ST,
+    C_STX,
+    CALL_HELPER,
+    J_CALL,
+    J_EXIT,
+    J_JA,
+    LD_IMM64,
+    M_ATOMIC,
+    M_IND,
+    OP_ADD,
+    OP_END,
+    OP_MOV,
+    OP_NEG,
+    OP_SUB,
+    SRC_X,
+    AtomicOp,
+)
 from .pipeline import PassContext, register
 
 # Register sets are bit masks: bit n stands for rn.
 R0_MASK: Final = 1
-# Naming an enum member costs a metaclass attribute lookup (about 150 ns on CPython
-# 3.11); the code below runs for every instruction, so it names them through aliases.
-_OP_ADD: Final = AluOp.ADD
-_OP_END: Final = AluOp.END
-_OP_MOV: Final = AluOp.MOV
-_OP_NEG: Final = AluOp.NEG
-_OP_SUB: Final = AluOp.SUB
-_CALL_HELPER: Final = CallSrc.HELPER
-_C_ALU: Final = Class.ALU
-_C_ALU64: Final = Class.ALU64
-_C_JMP: Final = Class.JMP
-_C_JMP32: Final = Class.JMP32
-_C_LD: Final = Class.LD
-_C_LDX: Final = Class.LDX
-_C_ST: Final = Class.ST
-_C_STX: Final = Class.STX
-_J_CALL: Final = JmpOp.CALL
-_J_EXIT: Final = JmpOp.EXIT
-_J_JA: Final = JmpOp.JA
-_M_ATOMIC: Final = Mode.ATOMIC
-_M_IND: Final = Mode.IND
-_SRC_X: Final = Source.X
 
 
 ARG_MASK: Final = 0b111110  # r1-r5: what a call may read
@@ -72,9 +73,9 @@ CALL_CLOBBER_MASK: Final = 0b111111  # r0-r5: what a call overwrites
 STACK_SIZE: Final = 512
 ALL_STACK: Final = (1 << STACK_SIZE) - 1
 
-_JA: Final = _C_JMP | _J_JA
-_ALU_CLASSES = (_C_ALU, _C_ALU64)
-_JMP_CLASSES = (_C_JMP, _C_JMP32)
+_JA: Final = C_JMP | J_JA
+_ALU_CLASSES = (C_ALU, C_ALU64)
+_JMP_CLASSES = (C_JMP, C_JMP32)
 
 # A stack pointer whose offset is not known (or a value that may or may not be one).
 ANY_OFFSET: Final = "any"
@@ -191,21 +192,21 @@ def register_effects(insn: Instruction) -> tuple[int, int]:
     src = 1 << insn.src
     if cls in _ALU_CLASSES:
         aop = op & 0xF0
-        if aop == _OP_MOV:
-            return (src if op & _SRC_X else 0), dst
-        if aop in (_OP_NEG, _OP_END):
+        if aop == OP_MOV:
+            return (src if op & SRC_X else 0), dst
+        if aop in (OP_NEG, OP_END):
             return dst, dst
-        return dst | (src if op & _SRC_X else 0), dst
-    if cls == _C_LDX:
+        return dst | (src if op & SRC_X else 0), dst
+    if cls == C_LDX:
         return src, dst
-    if cls == _C_LD:
+    if cls == C_LD:
         if op == LD_IMM64:
             return 0, dst
-        return (1 << 6) | (src if op & 0xE0 == _M_IND else 0), CALL_CLOBBER_MASK
-    if cls == _C_ST:
+        return (1 << 6) | (src if op & 0xE0 == M_IND else 0), CALL_CLOBBER_MASK
+    if cls == C_ST:
         return dst, 0
-    if cls == _C_STX:
-        if op & 0xE0 != _M_ATOMIC:
+    if cls == C_STX:
+        if op & 0xE0 != M_ATOMIC:
             return dst | src, 0
         imm = insn.imm
         if imm == AtomicOp.LOAD_ACQ:
@@ -216,13 +217,13 @@ def register_effects(insn: Instruction) -> tuple[int, int]:
             return dst | src, src
         return dst | src, 0
     jop = op & 0xF0
-    if jop == _J_CALL:
-        return ARG_MASK | (dst if op & _SRC_X else 0), CALL_CLOBBER_MASK
-    if jop == _J_EXIT:
+    if jop == J_CALL:
+        return ARG_MASK | (dst if op & SRC_X else 0), CALL_CLOBBER_MASK
+    if jop == J_EXIT:
         return R0_MASK, 0
-    if jop == _J_JA:
+    if jop == J_JA:
         return 0, 0
-    return dst | (src if op & _SRC_X else 0), 0
+    return dst | (src if op & SRC_X else 0), 0
 
 
 def is_pure(insn: Instruction) -> bool:
@@ -301,35 +302,35 @@ def _instruction_facts(program: Program, cfg: CFG, order: Sequence[int],
             if cls in _ALU_CLASSES:
                 d = insn.dst
                 aop = op & 0xF0
-                source = (0 if insn.src == 10 else ptrs.get(insn.src)) if op & _SRC_X \
+                source = (0 if insn.src == 10 else ptrs.get(insn.src)) if op & SRC_X \
                     else None
                 current = ptrs.get(d)
-                if aop == _OP_MOV:
+                if aop == OP_MOV:
                     if source is None:
                         ptrs.pop(d, None)
-                    elif cls == _C_ALU64 and insn.off == 0:
+                    elif cls == C_ALU64 and insn.off == 0:
                         ptrs[d] = source
                     else:  # a truncated copy is no usable pointer; be safe anyway
                         ptrs[d] = ANY_OFFSET
                 elif current is not None or source is not None:
-                    if (isinstance(current, int) and cls == _C_ALU64 and source is None
-                            and not op & _SRC_X and aop in (_OP_ADD, _OP_SUB)):
-                        ptrs[d] = current + insn.imm if aop == _OP_ADD \
+                    if (isinstance(current, int) and cls == C_ALU64 and source is None
+                            and not op & SRC_X and aop in (OP_ADD, OP_SUB)):
+                        ptrs[d] = current + insn.imm if aop == OP_ADD \
                             else current - insn.imm
                     else:  # arithmetic we do not follow, or scalar += r10
                         ptrs[d] = ANY_OFFSET
                 facts[i] = (kind, uses, defs, 0, 0)
                 continue
-            if cls == _C_LDX:
+            if cls == C_LDX:
                 base = 0 if insn.src == 10 else ptrs.get(insn.src)
                 if base is not None:
                     read = _access_mask(base, insn.off, insn.size_bytes)
-            elif cls in (_C_ST, _C_STX):
-                atomic = op & 0xE0 == _M_ATOMIC
+            elif cls in (C_ST, C_STX):
+                atomic = op & 0xE0 == M_ATOMIC
                 load_acquire = atomic and insn.imm == AtomicOp.LOAD_ACQ
                 address = insn.src if load_acquire else insn.dst
                 base = 0 if address == 10 else ptrs.get(address)
-                if cls == _C_STX and not load_acquire and (
+                if cls == C_STX and not load_acquire and (
                         insn.src == 10 or insn.src in ptrs):
                     escaped = True  # a stack pointer stored to memory: stop tracking
                 if base is not None:
@@ -339,7 +340,7 @@ def _instruction_facts(program: Program, cfg: CFG, order: Sequence[int],
                         mask = _range_mask(base + insn.off, insn.size_bytes)
                         if mask is not None:
                             kind, kill = _STACK_STORE, mask
-            elif cls in _JMP_CLASSES and op & 0xF0 == _J_CALL:
+            elif cls in _JMP_CLASSES and op & 0xF0 == J_CALL:
                 passed = False
                 for r in range(1, 6):
                     offset = ptrs.get(r)
@@ -348,7 +349,7 @@ def _instruction_facts(program: Program, cfg: CFG, order: Sequence[int],
                         passed = True
                 for r in range(6):
                     ptrs.pop(r, None)
-                if passed and (insn.src != _CALL_HELPER or op & _SRC_X
+                if passed and (insn.src != CALL_HELPER or op & SRC_X
                                or insn.imm in _ALIASING_HELPERS):
                     # A subprogram, a kfunc (a dynptr slice) or bpf_dynptr_data given a
                     # stack pointer may return a pointer into the same frame.

@@ -351,21 +351,25 @@ class Map:
     ) -> Iterator[tuple[bytes, bytes | list[bytes]]]:
         """All entries, fetched `batch_size` at a time with BPF_MAP_LOOKUP_BATCH."""
         cmd = Cmd.MAP_LOOKUP_AND_DELETE_BATCH if delete else Cmd.MAP_LOOKUP_BATCH
+        vsize = self._value_buf_size
+        for count, keys, values in self._batches(batch_size, cmd):
+            for i in range(count):
+                key = bytes(keys[i * self.key_size : (i + 1) * self.key_size])
+                yield key, self._decode_value(buffer(values[i * vsize : (i + 1) * vsize]))
+
+    def _batches(self, batch_size: int, cmd: Cmd = Cmd.MAP_LOOKUP_BATCH
+                 ) -> Iterator[tuple[int, ctypes.Array, ctypes.Array]]:
+        """A batch lookup command run over the whole map: each step's entry count, keys and
+        values, in buffers reused from step to step (consume a step before the next). A map
+        type without batch operations refuses the first step with one of _NO_BATCH_ERRNOS."""
         token_size = max(self.key_size, 4)
         in_tok = None
         out_tok = buffer(token_size)
+        keys = buffer(self.key_size * batch_size)
+        values = buffer(self._value_buf_size * batch_size)
         while True:
-            keys = buffer(self.key_size * batch_size)
-            values = buffer(self._value_buf_size * batch_size)
-            attr = (
-                Attr()
-                .pointer(0, in_tok)
-                .pointer(8, out_tok)
-                .pointer(16, keys)
-                .pointer(24, values)
-                .u32(32, batch_size)
-                .u32(36, self.fd.number)
-            )
+            attr = (Attr().pointer(0, in_tok).pointer(8, out_tok).pointer(16, keys)
+                    .pointer(24, values).u32(32, batch_size).u32(36, self.fd.number))
             done = False
             try:
                 bpf(cmd, attr, f"batch look up map {self.name!r}")
@@ -374,10 +378,8 @@ class Map:
                     raise
                 done = True
             count = attr.read_u32(32)
-            for i in range(count):
-                key = bytes(keys[i * self.key_size : (i + 1) * self.key_size])
-                vraw = values[i * self._value_buf_size : (i + 1) * self._value_buf_size]
-                yield key, self._decode_value(buffer(vraw))
+            if count:
+                yield count, keys, values
             if done or count == 0:
                 return
             in_tok = buffer(bytes(out_tok[:token_size]))
@@ -453,24 +455,16 @@ class Map:
     def count(self, limit: int | None = None, batch_size: int = 4096) -> int:
         """How many entries the map holds, counting stops once it reaches `limit`. Batched
         (one syscall per `batch_size` entries, nothing decoded) where the map type allows."""
-        keys = buffer(self.key_size * batch_size)
-        values = buffer(self._value_buf_size * batch_size)
-        out_tok = buffer(max(self.key_size, 4))
-        in_tok = None
         total = 0
-        while limit is None or total < limit:
-            attr = (Attr().pointer(0, in_tok).pointer(8, out_tok).pointer(16, keys)
-                    .pointer(24, values).u32(32, batch_size).u32(36, self.fd.number))
-            try:
-                bpf(Cmd.MAP_LOOKUP_BATCH, attr, f"batch look up map {self.name!r}")
-            except KernelError as exc:
-                if total == 0 and exc.errno in _NO_BATCH_ERRNOS:
-                    return self._count_keys(limit)
-                if exc.errno != errno.ENOENT:
-                    raise
-                return total + attr.read_u32(32)
-            total += attr.read_u32(32)
-            in_tok = buffer(bytes(out_tok))
+        try:
+            for count, _, _ in self._batches(batch_size):
+                total += count
+                if limit is not None and total >= limit:
+                    break
+        except KernelError as exc:
+            if total or exc.errno not in _NO_BATCH_ERRNOS:
+                raise
+            return self._count_keys(limit)
         return total
 
     def _count_keys(self, limit: int | None) -> int:
@@ -485,33 +479,18 @@ class Map:
         """Copy `other` into this map with batch lookups and updates of raw buffers (two
         syscalls per `batch_size` entries, no per-entry Python). False, having copied
         nothing, when the map type has no batch operations."""
-        token_size = max(self.key_size, 4)
-        in_tok = None
-        out_tok = buffer(token_size)
-        keys = buffer(self.key_size * batch_size)
-        values = buffer(self._value_buf_size * batch_size)
-        first = True
-        while True:
-            attr = (Attr().pointer(0, in_tok).pointer(8, out_tok).pointer(16, keys)
-                    .pointer(24, values).u32(32, batch_size).u32(36, other.fd.number))
-            done = False
-            try:
-                bpf(Cmd.MAP_LOOKUP_BATCH, attr, f"batch look up map {other.name!r}")
-            except KernelError as exc:
-                if first and exc.errno in _NO_BATCH_ERRNOS:
-                    return False
-                if exc.errno != errno.ENOENT:
-                    raise
-                done = True
-            count = attr.read_u32(32)
-            if count:
+        copied = False
+        try:
+            for count, keys, values in other._batches(batch_size):
+                copied = True
                 update = (Attr().pointer(16, keys).pointer(24, values).u32(32, count)
                           .u32(36, self.fd.number))
                 bpf(Cmd.MAP_UPDATE_BATCH, update, f"batch update map {self.name!r}")
-            if done or count == 0:
-                return True
-            in_tok = buffer(bytes(out_tok[:token_size]))
-            first = False
+        except KernelError as exc:
+            if copied or exc.errno not in _NO_BATCH_ERRNOS:
+                raise
+            return False
+        return True
 
     def clone(self) -> Map:
         """A new, private map of the same type, sizes and flags holding a copy of this one's

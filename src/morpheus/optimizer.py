@@ -114,17 +114,12 @@ def snapshot_maps(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[s
                 for k, v in live.items():
                     snap.entries[k] = v  # type: ignore[assignment]
             snap.complete = True
-        elif spec.type != MapType.ARRAY:
+        elif spec.type == MapType.HASH and live.count(limit=options.whole_max + 1) \
+                <= options.whole_max:
             # A hash map may hold few entries although it could hold many.
-            count = 0
-            for _ in live:
-                count += 1
-                if count > options.whole_max:
-                    break
-            if count <= options.whole_max and spec.type == MapType.HASH:
-                for k, v in live.items():
-                    snap.entries[k] = v  # type: ignore[assignment]
-                snap.complete = True
+            for k, v in live.items():
+                snap.entries[k] = v  # type: ignore[assignment]
+            snap.complete = True
         for key in keys:
             if key not in snap.entries:
                 snap.entries[key] = live.lookup(key)  # type: ignore[assignment]

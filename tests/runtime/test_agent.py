@@ -11,6 +11,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -138,6 +139,13 @@ def _hottest(trace: Trace) -> tuple[bytes, int]:
     return frame, parsed.ip_dst
 
 
+def _bpftool_update(pin: Path, key: bytes, value: bytes) -> None:
+    """A write that bypasses the agent, as an operator's would."""
+    subprocess.run(["bpftool", "map", "update", "pinned", str(pin), "key", "hex",
+                    *key.hex(" ").split(), "value", "hex", *value.hex(" ").split()],
+                   check=True, capture_output=True)
+
+
 def _specialize(bed: Bed) -> None:
     bed.send(bed.trace.frames)
     report = bed.agent.cycle()
@@ -188,10 +196,7 @@ def test_an_outside_write_is_detected_and_honoured(testbed: Bed) -> None:
     assert bed.agent.cycle().outcome == "swapped"  # respecialized: nothing dirty any more
     before = _per_packet_counts(bed.counters)
     pin = bed.agent.pin_dir / "maps" / "rt_routes"
-    key = encode_lpm_key(dst, 32).hex(" ").split()
-    value = encode_route(Route(dst, 32, 901)).hex(" ").split()
-    subprocess.run(["bpftool", "map", "update", "pinned", str(pin), "key", "hex", *key,
-                    "value", "hex", *value], check=True, capture_output=True)
+    _bpftool_update(pin, encode_lpm_key(dst, 32), encode_route(Route(dst, 32, 901)))
     sent = bed.send([frame] * 2000)
     assert _per_packet_counts(bed.counters).get(egress + 1, 0) - before.get(egress + 1, 0) == sent
     # The guard moved under the running version: the next cycle re-plans on the new
@@ -212,12 +217,9 @@ def test_a_map_written_every_cycle_is_left_out_for_a_while(testbed: Bed) -> None
     _specialize(bed)
     pin = bed.agent.pin_dir / "maps" / "rt_routes"
     _, dst = _hottest(bed.trace)
-    key = encode_lpm_key(dst, 32).hex(" ").split()
     churn = bed.agent.options.churn_cycles
     for n in range(churn):
-        value = encode_route(Route(dst, 32, 1 + n % 2)).hex(" ").split()
-        subprocess.run(["bpftool", "map", "update", "pinned", str(pin), "key", "hex", *key,
-                        "value", "hex", *value], check=True, capture_output=True)
+        _bpftool_update(pin, encode_lpm_key(dst, 32), encode_route(Route(dst, 32, 1 + n % 2)))
         bed.send(bed.trace.frames[:500])
         report = bed.agent.cycle()
         assert report.outcome == "swapped", report.reason

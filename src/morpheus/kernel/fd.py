@@ -10,6 +10,22 @@ from typing import Self
 _live: weakref.WeakSet[FD] = weakref.WeakSet()
 
 
+class OwnsFD:
+    """A kernel object held through one owned file descriptor (`self.fd`): `close()` closes
+    it, and so does leaving a `with` block."""
+
+    fd: FD
+
+    def close(self) -> None:
+        self.fd.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class ClosedError(ValueError):
     """An operation used a kernel object whose file descriptor was already closed."""
 

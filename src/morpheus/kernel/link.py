@@ -5,10 +5,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 from ..uapi import F_REPLACE, AttachType, Cmd
-from .fd import FD
+from .fd import FD, OwnsFD
 from .prog import LoadedProgram
 from .syscall import Attr, bpf, buffer
 
@@ -33,7 +32,7 @@ def link_info(fd: FD) -> LinkInfo:
     return LinkInfo(ltype, lid, prog_id, ifindex)
 
 
-class Link:
+class Link(OwnsFD):
     """An attachment of a program to a hook, owned through a file descriptor (or a pin)."""
 
     def __init__(self, fd: FD) -> None:
@@ -91,11 +90,3 @@ class Link:
 
         obj_pin(self.fd, path, "link")
 
-    def close(self) -> None:
-        self.fd.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -10,11 +10,11 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Self
+from typing import Protocol
 
 from ..uapi import BPF_OBJ_NAME_LEN, Cmd, MapFlags, MapType, UpdateFlags
 from .errors import KernelError
-from .fd import FD
+from .fd import FD, OwnsFD
 from .syscall import Attr, bpf, buffer
 
 # What a map without batch operations answers BPF_MAP_LOOKUP_BATCH with (524: ENOTSUPP).
@@ -75,7 +75,7 @@ def _name_bytes(name: str) -> bytes:
 Value = bytes | bytearray | int | HasFD | Sequence[bytes]
 
 
-class Map:
+class Map(OwnsFD):
     """A live BPF map. Keys and values are bytes; integer keys are packed as little-endian
     u32 (array indices). Per-CPU maps return one bytes value per possible CPU."""
 
@@ -175,15 +175,6 @@ class Map:
         from .pin import obj_pin
 
         obj_pin(self.fd, path, f"map {self.name!r}")
-
-    def close(self) -> None:
-        self.fd.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

@@ -8,11 +8,10 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 from ..uapi import BPF_OBJ_NAME_LEN, Cmd, ProgType
 from .errors import KernelError, VerifierError
-from .fd import FD
+from .fd import FD, OwnsFD
 from .syscall import Attr, bpf, buffer
 
 _PROG_INFO_SIZE = 232
@@ -98,7 +97,7 @@ def xlated_instructions(fd: FD) -> bytes:
     return bytes(out[: info.xlated_len])
 
 
-class LoadedProgram:
+class LoadedProgram(OwnsFD):
     """A program the verifier accepted."""
 
     def __init__(self, fd: FD, name: str, prog_type: int) -> None:
@@ -163,15 +162,6 @@ class LoadedProgram:
     def test_run(self, data: bytes = b"", **kwargs: object) -> TestRunResult:
         """BPF_PROG_TEST_RUN on this program; see `test_run`."""
         return test_run(self.fd, data, **kwargs)  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        self.fd.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"LoadedProgram({self.name!r}, fd={self.fd})"

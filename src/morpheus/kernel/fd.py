@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import warnings
 import weakref
-from typing import Self
+from collections.abc import Callable
+from typing import Self, TypeVar
+
+T = TypeVar("T")
 
 _live: weakref.WeakSet[FD] = weakref.WeakSet()
 
@@ -24,6 +27,16 @@ class OwnsFD:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def adopt(fd: FD, build: Callable[[FD], T]) -> T:
+    """`build(fd)`: the object that owns `fd` from then on. If building fails (reading the
+    object's info, say), `fd` is closed instead of leaked."""
+    try:
+        return build(fd)
+    except BaseException:
+        fd.close()
+        raise
 
 
 class ClosedError(ValueError):

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from ..uapi import BPF_OBJ_NAME_LEN, Cmd, MapFlags, MapType, UpdateFlags
 from .errors import KernelError
-from .fd import FD, OwnsFD
+from .fd import FD, OwnsFD, adopt
 from .syscall import Attr, bpf, buffer
 
 # What a map without batch operations answers BPF_MAP_LOOKUP_BATCH with (524: ENOTSUPP).
@@ -129,13 +129,12 @@ class Map(OwnsFD):
             f"create {mtype.name.lower()} map {name!r} (key {key_size} B, value "
             f"{value_size} B, {max_entries} entries, flags {flags:#x})"
         )
-        fd = FD(bpf(Cmd.MAP_CREATE, attr, what, _create_hint(mtype)), "map")
-        try:
-            info = map_info(fd)
-        except BaseException:
-            fd.close()
-            raise
-        return cls(fd, info, name or None)
+        return cls._own(FD(bpf(Cmd.MAP_CREATE, attr, what, _create_hint(mtype)), "map"),
+                        name or None)
+
+    @classmethod
+    def _own(cls, fd: FD, name: str | None = None) -> Map:
+        return adopt(fd, lambda owned: cls(owned, map_info(owned), name))
 
     @classmethod
     def from_fd(cls, fd: int | FD, name: str | None = None) -> Map:
@@ -143,33 +142,18 @@ class Map(OwnsFD):
         import os
 
         number = fd.number if isinstance(fd, FD) else fd
-        owned = FD(os.dup(number), "map")
-        try:
-            return cls(owned, map_info(owned), name)
-        except BaseException:
-            owned.close()
-            raise
+        return cls._own(FD(os.dup(number), "map"), name)
 
     @classmethod
     def from_id(cls, map_id: int) -> Map:
         attr = Attr().u32(0, map_id)
-        fd = FD(bpf(Cmd.MAP_GET_FD_BY_ID, attr, f"open map id {map_id}"), "map")
-        try:
-            return cls(fd, map_info(fd))
-        except BaseException:
-            fd.close()
-            raise
+        return cls._own(FD(bpf(Cmd.MAP_GET_FD_BY_ID, attr, f"open map id {map_id}"), "map"))
 
     @classmethod
     def from_pin(cls, path: str | Path) -> Map:
         from .pin import obj_get
 
-        fd = obj_get(path, "map")
-        try:
-            return cls(fd, map_info(fd))
-        except BaseException:
-            fd.close()
-            raise
+        return cls._own(obj_get(path, "map"))
 
     def pin(self, path: str | Path) -> None:
         from .pin import obj_pin

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..uapi import BPF_OBJ_NAME_LEN, Cmd, ProgType
 from .errors import KernelError, VerifierError
-from .fd import FD, OwnsFD
+from .fd import FD, OwnsFD, adopt
 from .syscall import Attr, bpf, buffer
 
 _PROG_INFO_SIZE = 232
@@ -108,37 +108,27 @@ class LoadedProgram(OwnsFD):
 
     @classmethod
     def from_id(cls, prog_id: int) -> LoadedProgram:
-        fd = FD(
+        return cls._own(FD(
             bpf(Cmd.PROG_GET_FD_BY_ID, Attr().u32(0, prog_id), f"open program id {prog_id}"), "prog"
-        )
-        try:
-            info = prog_info(fd, with_map_ids=False)
-        except BaseException:
-            fd.close()
-            raise
-        return cls(fd, info.name, info.type)
+        ))
 
     @classmethod
     def from_pin(cls, path: str | Path) -> LoadedProgram:
         from .pin import obj_get
 
-        fd = obj_get(path, "prog")
-        try:
-            info = prog_info(fd, with_map_ids=False)
-        except BaseException:
-            fd.close()
-            raise
-        return cls(fd, info.name, info.type)
+        return cls._own(obj_get(path, "prog"))
 
     @classmethod
     def from_fd(cls, fd: int) -> LoadedProgram:
-        owned = FD(os.dup(fd), "prog")
-        try:
+        return cls._own(FD(os.dup(fd), "prog"))
+
+    @classmethod
+    def _own(cls, fd: FD) -> LoadedProgram:
+        def build(owned: FD) -> LoadedProgram:
             info = prog_info(owned, with_map_ids=False)
-        except BaseException:
-            owned.close()
-            raise
-        return cls(owned, info.name, info.type)
+            return cls(owned, info.name, info.type)
+
+        return adopt(fd, build)
 
     def info(self) -> ProgInfo:
         return prog_info(self.fd)

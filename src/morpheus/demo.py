@@ -368,12 +368,9 @@ def _phase_mpps(result: RunResult, phase: str) -> float:
 
 
 def _plot(baseline: RunResult, morpheus: RunResult, path: Path) -> str:
-    import matplotlib
+    from .bench.plots import figure, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = figure(8, 4)
     ax.plot([s.t for s in baseline.samples], [s.mpps for s in baseline.samples],
             label="unoptimized router", color="tab:gray")
     ax.plot([s.t for s in morpheus.samples], [s.mpps for s in morpheus.samples],
@@ -390,11 +387,7 @@ def _plot(baseline: RunResult, morpheus: RunResult, path: Path) -> str:
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    return save(fig, path)
 
 
 def format_table(report: dict[str, Any]) -> str:

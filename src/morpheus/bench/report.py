@@ -100,17 +100,14 @@ def write_markdown(result: dict[str, Any], out_dir: Path, command: str) -> Path:
 
 
 def _plots(result: dict[str, Any], out_dir: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import figure, save
 
     nfs = sorted({r["nf"] for r in result["rows"]}, key=[n.name for n in all_nfs()].index)
     written = []
     for metric, label, fname in (("ns_per_packet", "ns per packet (median)", "baseline_ns.png"),
                                  ("mpps", "Mpps, one core (median)", "baseline_mpps.png"),
                                  ("p99_ns", "p99 ns per packet", "baseline_p99.png")):
-        fig, ax = plt.subplots(figsize=(7, 3.5))
+        fig, ax = figure(7, 3.5)
         width = 0.25
         for i, profile in enumerate(PROFILES):
             values = []
@@ -124,9 +121,5 @@ def _plots(result: dict[str, Any], out_dir: Path) -> list[str]:
         ax.set_ylabel(label)
         ax.legend(title="locality")
         ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / fname
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(str(path))
+        written.append(save(fig, out_dir / fname))
     return written

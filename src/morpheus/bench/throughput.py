@@ -63,13 +63,26 @@ class Throughput:
             self.sink.close()
             raise
 
-    def run(self, settle: float = 0.01) -> ThroughputResult:
+    def run(self, settle: float = 0.01, attempts: int = 3) -> ThroughputResult:
         """Send the trace `passes` times and time it.
 
         The receiving side runs in softirq on the same CPU as the generator, so the time of
         the generator's calls covers both ends. A few frames may still sit in the veth ring
-        when the last call returns; they are counted after `settle` seconds.
+        when the last call returns; they are counted after `settle` seconds. When the host
+        holds the softirq back, the veth ring fills and refuses frames the program never
+        sees, and the time then measures the generator alone: such a window is measured
+        again, up to `attempts` times in all, and the one that lost the fewest is kept.
         """
+        best = self._measure(settle)
+        for _ in range(attempts - 1):
+            if best.received >= best.sent:
+                break
+            again = self._measure(settle)
+            if again.received > best.received:
+                best = again
+        return best
+
+    def _measure(self, settle: float) -> ThroughputResult:
         sent = len(self.generator.frames) * self.passes
         # Attached only while measuring, so that programs compared side by side can take
         # turns on the same device (the ingress they see must be the same).

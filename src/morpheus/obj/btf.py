@@ -54,6 +54,10 @@ _SIZED = frozenset(
 )
 _MODIFIERS = frozenset({Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG})
 
+# Longest chain of references (typedefs, qualifiers, arrays) followed before calling it a
+# loop; libbpf uses the same bound (MAX_RESOLVE_DEPTH).
+MAX_CHAIN = 32
+
 VAR_STATIC = 0
 VAR_GLOBAL_ALLOCATED = 1
 VAR_GLOBAL_EXTERN = 2
@@ -139,10 +143,18 @@ class BTF:
         return None if found is None else self.types[found]
 
     def skip_modifiers(self, type_id: int) -> BTFType:
+        """The type behind typedefs and qualifiers. A chain longer than MAX_CHAIN (a loop,
+        since clang never nests that deep) is an error naming the type: unbounded, a typedef
+        that refers to itself would hang every reader."""
         t = self[type_id]
-        while t.kind in _MODIFIERS:
+        for _ in range(MAX_CHAIN):
+            if t.kind not in _MODIFIERS:
+                return t
             t = self[t.ref]
-        return t
+        raise ObjectError(
+            f"BTF type {type_id}: chain of typedefs/qualifiers longer than {MAX_CHAIN} "
+            "(a reference loop?)"
+        )
 
     def size_of(self, type_id: int) -> int:
         """Size in bytes of a type, following typedefs, qualifiers and arrays."""
@@ -151,8 +163,11 @@ class BTF:
         t = self[type_id]
         while True:
             depth += 1
-            if depth > 64:
-                raise ObjectError(f"BTF type {type_id}: reference loop")
+            if depth > MAX_CHAIN:
+                raise ObjectError(
+                    f"BTF type {type_id}: chain of references longer than {MAX_CHAIN} "
+                    "(a reference loop?)"
+                )
             if t.kind in _SIZED:
                 return t.ref * multiplier
             if t.kind == Kind.PTR:

@@ -14,7 +14,7 @@ import pytest
 from morpheus.ir import asm
 from morpheus.ir.asm import R0
 from morpheus.kernel import KernelError, VerifierError, live_fds
-from morpheus.loader import kernel_map_name, load_collection
+from morpheus.loader import kernel_map_name, load_collection, read_for_kernel
 from morpheus.obj import read_object
 
 pytestmark = pytest.mark.kernel
@@ -53,7 +53,7 @@ def test_program_tags_equal_libbpf(test_objects: dict[str, Path]) -> None:
     assert len(comparable) >= 20
     for key, path in sorted(comparable.items()):
         expected = libbpf_tags(path)
-        with load_collection(read_object(path)) as coll:
+        with load_collection(read_for_kernel(path)) as coll:
             ours = {name: prog.tag for name, prog in coll.programs.items()}
         # bpftool shows the full function name (from BTF); the kernel keeps 15 characters.
         assert ours == {name: expected.get(name, expected.get(name[:15])) for name in ours}, key

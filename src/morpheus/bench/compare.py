@@ -23,10 +23,10 @@ from typing import Any
 from ..ir import Program
 from ..kernel import FD, Map, xdp_ctx
 from ..kernel.netns import NetNamespace
-from ..loader import Collection, load_collection
+from ..loader import Collection, load_collection, read_for_kernel
 from ..nf import NetworkFunction
 from ..nf.env import NFEnv
-from ..obj import MapSpec, ObjectSpec, ProgramSpec, read_object
+from ..obj import MapSpec, ObjectSpec, ProgramSpec
 from ..traffic.generate import Trace
 from .replay import Replay, latency_percentiles
 from .throughput import Throughput
@@ -50,7 +50,7 @@ class Subject:
 
     def load_spec(self) -> ObjectSpec:
         if self.spec is None:
-            self.spec = read_object(self.object_path)
+            self.spec = read_for_kernel(self.object_path)
         return self.spec
 
     def program_spec(self) -> ProgramSpec:

@@ -545,6 +545,8 @@ class _Reader:
     ) -> dict[str, _Function]:
         data_by_index = {s.index: s.name for s in data_sections}
         maps_index = self.by_name[".maps"].index if ".maps" in self.by_name else -1
+        legacy = self.by_name.get("maps") if self.options.legacy_maps else None
+        self._legacy_index = legacy.index if legacy is not None else -1
         funcs_by_section: dict[int, list[_Symbol]] = {}
         labels_by_section: dict[int, dict[int, str]] = {}
         for sym in self.symbols:
@@ -702,6 +704,7 @@ class _Reader:
         addresses by a "@section:offset" token that `_functions` resolves to a name."""
         out = list(insns)
         relocated: set[int] = set()
+        legacy_index = self._legacy_index
         for r_offset, sym, rtype in self.relocations(sec):
             if r_offset % 8 or r_offset // 8 not in slot_index:
                 raise ObjectError(f"relocation at {sec.name}+{r_offset} is not on an instruction")
@@ -747,7 +750,7 @@ class _Reader:
                     imm=0,
                     reference=_call_token(sym.shndx, sym.value + lo),
                 )
-            elif sym.shndx == maps_index:
+            elif sym.shndx == maps_index or (sym.shndx == legacy_index and legacy_index >= 0):
                 if sym.name not in maps:
                     raise ObjectError(
                         f"{sec.name}+{r_offset} references map {sym.name!r}, "
@@ -812,10 +815,10 @@ class _Reader:
             raise UnsupportedFeature(
                 "kfuncs and ksyms of kernel modules (fd_array)",
                 f"{sym.name!r} of module {how.module} referenced from {sec.name}+{r_offset}")
-        if e.is_func or insn.is_call:
-            if not insn.is_call or not e.is_func:
+        if insn.is_call:
+            if not e.is_func:
                 raise ObjectError(f"{sec.name}+{r_offset}: extern {sym.name!r} is called but "
-                                  "is not a function (or the reverse)")
+                                  "is not a function")
             return insn._replace(src=CallSrc.KFUNC, imm=how.value, off=0)
         if not insn.is_ld_imm64:
             raise ObjectError(f"{sec.name}+{r_offset}: extern {sym.name!r} is referenced by "
@@ -823,7 +826,7 @@ class _Reader:
         if how.kind == "kconfig":
             return insn._replace(src=PseudoSrc.MAP_VALUE, imm=how.value,
                                  reference=externs.KCONFIG)
-        if how.kind == "btf_id":
+        if how.kind in ("btf_id", "kfunc"):  # a kfunc's address: `if (kfunc)` checks
             return insn._replace(src=PseudoSrc.BTF_ID, imm=how.value)
         return insn._replace(src=PseudoSrc.NONE, imm=s64(how.value))  # address, 0 if unset
 

@@ -68,6 +68,8 @@ VAR_GLOBAL_EXTERN = 2
 def essential_name(name: str) -> str:
     """`name` without its last `___flavour` suffix, as libbpf's CO-RE strips it: the
     separator is three underscores between a non-underscore and a non-underscore."""
+    if "___" not in name:
+        return name
     for i in range(len(name) - 5, -1, -1):
         if name[i] != "_" and name[i + 1 : i + 4] == "___" and name[i + 4] != "_":
             return name[: i + 1]

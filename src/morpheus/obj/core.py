@@ -539,6 +539,9 @@ class Relocator:
     local: BTF
     target: Target
     _cands: dict[int, list[tuple[BTF, int]]] = field(default_factory=dict)
+    # A result depends only on (local type, access, kind): objects repeat the same accesses
+    # hundreds of times (every `skb->len`), so each is resolved once.
+    _results: dict[tuple[int, str, int], Result | CoreError] = field(default_factory=dict)
 
     def candidates(self, local_id: int) -> list[tuple[BTF, int]]:
         cached = self._cands.get(local_id)
@@ -562,6 +565,19 @@ class Relocator:
 
     def resolve(self, relo: CoreRelo) -> Result:
         """The relocation's result (libbpf's bpf_core_calc_relo_insn)."""
+        key = (relo.type_id, relo.access, relo.kind)
+        known = self._results.get(key)
+        if known is None:
+            try:
+                known = self._resolve(relo)
+            except CoreError as exc:
+                known = exc
+            self._results[key] = known
+        if isinstance(known, CoreError):
+            raise CoreError(str(known))
+        return known
+
+    def _resolve(self, relo: CoreRelo) -> Result:
         local = parse_spec(self.local, relo)
         if local.kind == RelocKind.TYPE_ID_LOCAL:
             return Result(local.root_id, local.root_id, validate=False)

@@ -45,9 +45,8 @@ def test_disasm_relocates_against_the_given_btf(
 def test_inspect_type_for_non_standard_sections(
         test_objects: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     obj = str(test_objects["typed/nonstd.v3"])
-    with pytest.raises(Exception, match="--type xdp"):
-        cli(["inspect", obj, "--json"])
-    capsys.readouterr()
+    assert cli(["inspect", obj, "--json"]) != 0
+    assert "--type xdp" in capsys.readouterr().err
     assert cli(["inspect", obj, "--json", "--type", "xdp"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert {p["type"] for p in info["programs"]} == {"xdp"}

@@ -26,7 +26,7 @@ BPFFS = Path("/sys/fs/bpf")
 # our loader knows the section names).
 TYPED = {"typed/nonstd": ("xdp", "xdp"), "typed/tcx": ("tc", None)}
 # Maps our test sources pin by name (LIBBPF_PIN_BY_NAME, default root /sys/fs/bpf).
-PINNED_BY_NAME = ("morpheus_pin_cnt",)
+PINNED_BY_NAME = ("morpheus_pin_cnt", "morpheus_pin_ports")
 
 
 def libbpf_tags(path: Path, prog_type: str | None = None) -> dict[str, str]:
@@ -205,7 +205,8 @@ def test_pinned_by_name_is_reused_and_a_mismatch_is_refused(
         with load_collection(spec, pin_root=root) as first:
             assert (root / "morpheus_pin_cnt").exists()
             with load_collection(spec, pin_root=root) as second:
-                assert second.maps["morpheus_pin_cnt"].id == first.maps["morpheus_pin_cnt"].id
+                for name in PINNED_BY_NAME:
+                    assert second.maps[name].id == first.maps[name].id
         (root / "morpheus_pin_cnt").unlink()
         with Map.create(MapType.ARRAY, 4, 8, 99, name="other") as other:
             other.pin(root / "morpheus_pin_cnt")

@@ -21,7 +21,7 @@ from .kernel.btf import running_target
 from .obj import MapSpec, ObjectSpec, ProgramSpec, read_object
 from .obj.core import POISON_IMM
 from .obj.reader import ReadOptions
-from .uapi import BPF_OBJ_NAME_LEN, MapType
+from .uapi import BPF_OBJ_NAME_LEN, MapFlags, MapType
 
 LIBBPF_PIN_BY_NAME = 1
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf")  # libbpf's default for LIBBPF_PIN_BY_NAME
@@ -309,8 +309,11 @@ def _reuse_pinned(spec: MapSpec, path: Path) -> Map:
     map_is_reuse_compat: type, key and value size, entries, flags, map_extra)."""
     m = Map.from_pin(path)
     info = m.info
+    flags = spec.flags
+    if spec.type in (MapType.DEVMAP, MapType.DEVMAP_HASH):
+        flags |= MapFlags.RDONLY_PROG  # the kernel adds it to every devmap
     wanted = {"type": spec.type, "key_size": spec.key_size, "value_size": spec.value_size,
-              "max_entries": _max_entries(spec), "flags": spec.flags,
+              "max_entries": _max_entries(spec), "flags": flags,
               "map_extra": spec.map_extra}
     found = {"type": info.type, "key_size": info.key_size, "value_size": info.value_size,
              "max_entries": info.max_entries, "flags": info.flags, "map_extra": info.map_extra}

@@ -13,6 +13,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } morpheus_pin_cnt SEC(".maps");
 
+/* The kernel adds BPF_F_RDONLY_PROG to every devmap: reuse must not call that a mismatch. */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP);
+	__uint(max_entries, 8);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} morpheus_pin_ports SEC(".maps");
+
 SEC("xdp")
 int xdp_pinned_count(struct xdp_md *ctx)
 {
@@ -21,7 +30,7 @@ int xdp_pinned_count(struct xdp_md *ctx)
 
 	if (cnt)
 		__sync_fetch_and_add(cnt, 1);
-	return XDP_PASS;
+	return bpf_redirect_map(&morpheus_pin_ports, 0, XDP_PASS);
 }
 
 char _license[] SEC("license") = "GPL";

@@ -71,9 +71,10 @@ def collect(reader: _Reader) -> dict[str, Extern]:
         section = in_section.get(t.id)
         if section is None:
             if t.kind == Kind.FUNC:
-                section = KSYMS  # kfuncs declared without __ksym still resolve by BTF
-            else:
-                raise ObjectError(f"extern {t.name!r} is neither __kconfig nor __ksym")
+                raise ObjectError(
+                    f"extern function {t.name!r} is not defined in this object and is not a "
+                    "__ksym kfunc: link the objects first (bpftool gen object)")
+            raise ObjectError(f"extern {t.name!r} is neither __kconfig nor __ksym")
         weak = names[t.name]
         if t.kind == Kind.FUNC:
             found.append(Extern(t.name, section, weak, t.id, t.ref, is_func=True))

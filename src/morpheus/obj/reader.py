@@ -421,7 +421,10 @@ class _Reader:
         inner: MapSpec | None = None
         for m in struct_t.members:
             mt = btf.skip_modifiers(m.type)
-            if m.name in _MAP_INT_FIELDS:
+            if m.name in _MAP_INT_FIELDS and mt.kind in (Kind.ENUM, Kind.ENUM64) and mt.vlen == 1:
+                # newer libbpf's __ulong(name, value): an anonymous enum holding the value
+                ints[m.name] = mt.members[0].offset & 0xFFFFFFFFFFFFFFFF
+            elif m.name in _MAP_INT_FIELDS:
                 if mt.kind != Kind.PTR:
                     raise ObjectError(
                         f"map {name!r}: field {m.name!r} must be declared with "
@@ -852,8 +855,7 @@ class _Reader:
                 kern_version=kern_version,
                 program=program,
             )
-        if not programs:
-            raise ObjectError("no programs: no global functions in program sections")
+        # No programs is fine, as for libbpf: an object can hold only maps (to pin, share).
         return programs
 
 

@@ -75,6 +75,27 @@ def test_program_tags_equal_libbpf(test_objects: dict[str, Path]) -> None:
             (BPFFS / name).unlink(missing_ok=True)
 
 
+def test_legacy_maps_with_and_without_btf(test_objects: dict[str, Path], tmp_path: Path) -> None:
+    """SEC("maps") definitions load when asked for; an object built without -g too."""
+    from morpheus.bpf import compile_object
+    from morpheus.obj import UnsupportedFeature
+
+    with pytest.raises(UnsupportedFeature, match="--legacy-maps"):
+        read_for_kernel(test_objects["nolibbpf/legacy_maps.v3"])
+    source = Path(__file__).parent / "progs" / "nolibbpf" / "legacy_maps.c"
+    no_btf = compile_object(source, tmp_path / "legacy_nobtf.o", cpu="v3", extra_flags=("-g0",))
+    tags = []
+    for path in (test_objects["nolibbpf/legacy_maps.v3"], no_btf):
+        spec = read_for_kernel(path, legacy_maps=True)
+        assert (spec.btf is None) == (path == no_btf)
+        marks = spec.maps["legacy_marks"]
+        assert (marks.key_size, marks.value_size, marks.max_entries, marks.flags) == (4, 4, 1024, 1)
+        with load_collection(spec) as coll:
+            assert coll.maps["legacy_counts"].max_entries == 16
+            tags.append(coll.programs["tc_legacy"].tag)
+    assert tags[0] == tags[1]
+
+
 def test_objects_libbpf_refuses_still_load(test_objects: dict[str, Path]) -> None:
     for key in ("nolibbpf/samesec.v2", "nolibbpf/samesec.v3"):
         with load_collection(read_object(test_objects[key])) as coll:

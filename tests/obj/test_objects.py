@@ -31,6 +31,8 @@ def test_every_object_is_read(test_objects: dict[str, Path]) -> None:
         options = FOR_THIS_KERNEL
         if key.startswith("typed/nonstd"):
             options = ReadOptions(target=running_target, program_type="xdp")
+        elif key.startswith("nolibbpf/legacy_maps"):
+            options = ReadOptions(target=running_target, legacy_maps=True)
         spec = read_object(path, options=options)
         assert spec.programs, key
         assert spec.license == "GPL", key

@@ -19,7 +19,7 @@ from .bench.compare import Subject
 from .kernel import Map
 from .kernel.pin import is_bpffs
 from .loader import load_collection, read_for_kernel
-from .runtime.plan import PlanOptions
+from .optimizer import PlanOptions
 from .traffic.generate import from_frames
 from .traffic.pcap import read_pcap
 

@@ -54,7 +54,7 @@ def describe(path: str, *, load: bool = False, sites: bool = False,
         with load_collection(spec) as coll:
             for entry in programs:
                 entry["tag"] = coll.programs[entry["name"]].tag
-    return {"programs": programs, "maps": maps, "notes": list(spec.notes)}
+    return {"programs": programs, "maps": maps}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -352,6 +352,11 @@ def _judge(site: Site, facts: MapFacts | None, spec: MapSpec | None) -> None:
     if spec.key_size > MAX_KEY_SIZE:
         site.reason = f"key of {spec.key_size} bytes is too large to compare inline"
         return
+    if spec.type == MapType.ARRAY and site.constant_key is None:
+        # The verifier already turns an array lookup into a bounds check and an address
+        # computation: a comparison tree would be slower. Only constant indices pay.
+        site.reason = "array lookup with a variable index (already cheap)"
+        return
     if site.value_writes:
         first = site.value_writes[0]
         site.reason = (f"value {first.kind} at instruction {first.index}"

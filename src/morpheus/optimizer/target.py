@@ -72,8 +72,8 @@ def sampled_sites(facts: ProgramFacts, maps: Mapping[str, MapSpec],
         spec = maps.get(site.map)
         if not site.specializable or spec is None or site.constant_key is not None:
             continue
-        if spec.max_entries <= options.whole_max or spec.type == MapType.ARRAY:
-            continue  # inlined whole, or an array (variable indices are not inlined)
+        if spec.max_entries <= options.whole_max:
+            continue  # inlined whole
         out.append(SampledSite(site.index, site.map, spec.key_size))
     return out
 

@@ -111,3 +111,61 @@ def optimize_pinned(directory: str | Path, trace_path: str | Path, *, program: s
         for m in maps.values():
             m.close()
     return {"program": name, "directory": str(directory), "trace": str(trace_path), **report}
+
+
+def pin_specialized(directory: str | Path, destination: str | Path, program: str,
+                    specialization: Any) -> dict[str, Any]:
+    """Pin a specialized version of `program` (loaded from `directory`) under `destination`:
+    the program as progs/<name>, and every map it uses as maps/<name> — the user's own maps
+    from `directory` (the same kernel maps, pinned a second time) and the maps the
+    specialization added (inlined values, guards), so bpftool and the user's tools can run
+    and inspect it.
+
+    The inlined values are those of the maps when `optimize` read them. Sites on maps the
+    data plane writes check a version guard that the program's own writes move; writes by
+    the control plane are not seen by this copy (`morpheus run` is what keeps a specialized
+    program true to its maps while they change).
+    """
+    from .kernel import load_btf
+    from .loader import create_map, load_program_spec
+
+    destination = Path(destination)
+    if not is_bpffs(destination.parent if not destination.exists() else destination):
+        raise PinError(f"{destination} is not on a bpffs mount (use a path under /sys/fs/bpf)")
+    if destination.exists() and any(destination.iterdir()):
+        raise PinError(f"{destination} is not empty; unpin it first (rm -r {destination})")
+    info = pinned_info(directory)
+    spec = read_object(info["object"])
+    prog_spec = spec.program(program)
+    maps = open_pinned_maps(directory)
+    extras: dict[str, Map] = {}
+    btf_fd = None
+    try:
+        for name, mspec in specialization.extra_maps.items():
+            extras[name] = create_map(mspec)
+        used = {**maps, **extras}
+        if spec.btf is not None:
+            btf_fd = load_btf(spec.btf.blob())
+        loaded = load_program_spec(prog_spec, used, program=specialization.program,
+                                   btf_fd=btf_fd)
+        try:
+            (destination / "progs").mkdir(parents=True, exist_ok=True)
+            (destination / "maps").mkdir(parents=True, exist_ok=True)
+            path = destination / "progs" / program
+            loaded.pin(path)
+            names = sorted(prog_spec.with_program(specialization.program).map_names)
+            for name in names:
+                path = destination / "maps" / (name.lstrip(".") or name)
+                used[name].pin(path)
+                return {"directory": str(destination), "program": program, "id": loaded.id,
+                    "maps": names}
+        finally:
+            loaded.close()
+    except BaseException:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise
+    finally:
+        for m in [*maps.values(), *extras.values()]:
+            m.close()
+        if btf_fd is not None:
+            btf_fd.close()

@@ -57,7 +57,7 @@ from ..passes.guards import GuardBumps
 from ..passes.inline import GUARD_MAP
 from ..passes.instrument import CTL_MAP, SAMPLES_MAP, Instrument, layout_for
 from ..passes.pipeline import PassContext
-from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
+from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, AttachType, ProgType
 from .check import CheckResult, check_candidate
 from .guard import GuardMap
 from .trampoline import Trampoline
@@ -277,7 +277,11 @@ class Agent:
             self.trampoline.slots.pin(self.pin_dir / "slots")
             attached = self.trampoline.program
         with self._in_netns():
-            self.link = Link.xdp(attached, ifindex, flags)
+            if ProgType(self.prog.type).is_tc:  # TC programs attach through a tcx link
+                self.link = Link.tcx(attached, ifindex, egress=self.prog.attach_type
+                                     == AttachType.TCX_EGRESS)
+            else:
+                self.link = Link.xdp(attached, ifindex, flags)
         self.link.pin(self.pin_dir / "link")
         self._set_current(version)
         self._write_state()

@@ -395,6 +395,10 @@ class Agent:
                     and self.current.kind == "specialized" and not self._dirty:
                 report.outcome, report.reason = "no-traffic", "no samples since last cycle"
                 return self._finish(report)
+            if self._idle(heat):
+                report.outcome = "idle"
+                report.reason = "no new samples and no map changed since the last cycle"
+                return self._finish(report)
             t1 = time.perf_counter()
             snapshots, versions = self._consistent_snapshot(heat)
             report.timings_ms["snapshot"] = _ms(t1)
@@ -615,6 +619,19 @@ class Agent:
                 if self._stable_for.get(site.site, 0) >= self.options.stable_cycles:
                     self._dirty = True  # traffic moved: sample densely again and re-plan
                 self._stable_for[site.site] = 0
+
+    def _idle(self, heat: Mapping[int, Any]) -> bool:
+        """Nothing this cycle could plan differently from the last one: no sample and no
+        lookup since then, and no guard moved (every write to a map the agent may inline
+        moves one: through the agent, from outside via the watcher, by the data plane via
+        its bumps). Decay alone scales every key alike and changes no ranking."""
+        if self._dirty or self.current is None or self._paused or not self._last_versions \
+                or self.guard is None:
+            return False
+        if any(h.samples or h.lookups for h in heat.values()):
+            return False
+        now = self.guard.versions()
+        return {m: now[s] for m, s in self.guard_slots.items()} == self._last_versions
 
     def _follow_guards(self, versions: Mapping[str, int]) -> None:
         """Re-plan when a map the running version inlines changed behind it (the data

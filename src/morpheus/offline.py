@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .bench.compare import Environment, Subject, _warm_up, open_environment, run_bench
-from .bench.replay import Replay
+from .bench.skb_replay import open_replay
 from .ir import Program
 from .kernel import Map, VerifierError, xdp_ctx
 from .loader import create_map, load_program_spec
@@ -258,8 +258,8 @@ def profile(prog: ProgramSpec, btf: object, maps: Mapping[str, Map], frames: Seq
             ingress: int = 0, namespace: Any = None, passes: int = 1) -> dict[int, SiteHeat]:
     """Replay the trace through the instrumented program and read the sampled keys."""
     all_maps = {**maps, **extra_maps}
-    with Replay(prog, btf, all_maps, frames, program=program, ingress_ifindex=ingress,
-                namespace=namespace) as replay:
+    with open_replay(prog, btf, all_maps, frames, program=program, ingress_ifindex=ingress,
+                     namespace=namespace) as replay:
         replay.run(passes)
     return HeatReader(layout, all_maps, decay=1.0).read()
 

@@ -1,0 +1,116 @@
+"""`morpheus optimize DIR` on pinned objects of the shapes users bring: a Katran-shaped load
+balancer (maps of maps, a 1M-slot ring, a root program tail-calling it) and a TC program."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from morpheus.cli.main import main as cli
+from morpheus.kernel import LoadedProgram
+from morpheus.pinned import load_and_pin, open_pinned_maps
+from morpheus.traffic.packet import ETH_P_IP, IPPROTO_UDP, ethernet, ipv4, l4, mac
+from morpheus.traffic.pcap import write_pcap
+from tests.optimizer.katran_env import KatranShape, configure, trace
+
+pytestmark = pytest.mark.kernel
+BPFFS = Path("/sys/fs/bpf")
+
+
+@pytest.fixture
+def pin_dirs() -> Iterator[tuple[Path, Path]]:
+    tag = uuid.uuid4().hex[:8]
+    dirs = (BPFFS / f"mph-opt-{tag}", BPFFS / f"mph-opt-{tag}-out")
+    try:
+        yield dirs
+    finally:
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        from morpheus.pinned import _state_path
+
+        shutil.rmtree(_state_path(dirs[0]), ignore_errors=True)
+
+
+@pytest.fixture
+def katran(test_objects: dict[str, Path], pin_dirs: tuple[Path, Path]
+           ) -> Iterator[tuple[Path, KatranShape]]:
+    """The Katran-shaped object loaded, pinned and configured as its control plane would."""
+    load_and_pin(test_objects["katran_shape.v3"], pin_dirs[0])
+    maps = open_pinned_maps(pin_dirs[0])
+    try:
+        shape = configure(maps)
+        with LoadedProgram.from_pin(pin_dirs[0] / "progs" / "balancer_ingress") as balancer:
+            maps["root_array"].update(0, struct.pack("<I", balancer.fd.number))
+        yield pin_dirs[0], shape
+    finally:
+        for m in maps.values():
+            m.close()
+        shape.close()
+
+
+def _optimize(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict, float]:
+    capsys.readouterr()
+    start = time.perf_counter()
+    code = cli(["optimize", *args, "--json", "--rounds", "2"])
+    wall = time.perf_counter() - start
+    return code, json.loads(capsys.readouterr().out), wall
+
+
+def test_optimize_a_katran_shaped_balancer_and_pin_the_result(
+        katran: tuple[Path, KatranShape], pin_dirs: tuple[Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    directory, shape = katran
+    pcap = tmp_path / "high.pcap"
+    write_pcap(pcap, trace(shape, 3000))
+    code, report, wall = _optimize(capsys, str(directory), "--program", "balancer_ingress",
+                                   "--trace", str(pcap), "--pin", str(pin_dirs[1]))
+    assert code == 0 and report["equivalent"], report.get("mismatch") or report.get("error")
+    assert wall < 10, report
+    sites = {s["map"]: s for s in report["sites"]}
+    assert sites["vip_map"]["specialized"]
+    assert not sites["fallback_cache|lru_mapping[inner]"]["specialized"]
+    assert report["pinned"]["program"] == "balancer_ingress"
+    pinned = pin_dirs[1] / "progs" / "balancer_ingress"
+    with LoadedProgram.from_pin(pinned) as prog:
+        assert prog.id == report["pinned"]["id"]
+    assert (pin_dirs[1] / "maps" / "ch_rings").exists()
+
+
+def test_optimize_needs_a_program_name_when_the_object_has_several(
+        katran: tuple[Path, KatranShape], tmp_path: Path) -> None:
+    directory, shape = katran
+    pcap = tmp_path / "t.pcap"
+    write_pcap(pcap, trace(shape, 10))
+    assert cli(["optimize", str(directory), "--trace", str(pcap)]) == 1
+
+
+def _udp(dport: int) -> bytes:
+    segment = l4(IPPROTO_UDP, "10.0.0.1", "10.0.0.2", 4000, dport, b"q" * 10)
+    return ethernet(mac("02:00:00:00:00:02"), mac("02:00:00:00:00:01"), ETH_P_IP,
+                    ipv4("10.0.0.1", "10.0.0.2", IPPROTO_UDP, segment))
+
+
+def test_optimize_a_tc_program(test_objects: dict[str, Path], pin_dirs: tuple[Path, Path],
+                               tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    load_and_pin(test_objects["tc.v3"], pin_dirs[0])
+    maps = open_pinned_maps(pin_dirs[0])
+    try:
+        for port in range(100, 300):
+            maps["port_dscp"].update(struct.pack("<H", port), bytes([port % 64]))
+    finally:
+        for m in maps.values():
+            m.close()
+    pcap = tmp_path / "tc.pcap"
+    write_pcap(pcap, [_udp(100 + (i * i) % 7) for i in range(2000)])
+    code, report, _ = _optimize(capsys, str(pin_dirs[0]), "--program", "tc_dscp_mark",
+                                "--trace", str(pcap))
+    assert code == 0 and report["equivalent"], report.get("mismatch") or report.get("error")
+    assert {s["map"]: s["specialized"] for s in report["sites"]}["port_dscp"]
+    assert report["speedup"]["median"] > 0

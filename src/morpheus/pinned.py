@@ -91,9 +91,10 @@ def open_pinned_maps(directory: str | Path) -> dict[str, Map]:
 
 
 def optimize_pinned(directory: str | Path, trace_path: str | Path, *, program: str | None = None,
-                    rounds: int = 5, ingress: int = 0, options: PlanOptions | None = None
-                    ) -> dict[str, Any]:
-    """The offline cycle on a pinned program, its live maps (read only) and a pcap trace."""
+                    rounds: int = 5, ingress: int = 0, options: PlanOptions | None = None,
+                    passes: Any = None) -> dict[str, Any]:
+    """The offline cycle on a pinned program, its live maps (read only) and a pcap trace.
+    `passes` replaces the cleanup passes (tests inject miscompiles this way)."""
     from .offline import optimize_program
 
     info = pinned_info(directory)
@@ -106,7 +107,7 @@ def optimize_pinned(directory: str | Path, trace_path: str | Path, *, program: s
     maps = open_pinned_maps(directory)
     try:
         report = optimize_program(subject, trace, source_maps=maps, options=options,
-                                  rounds=rounds)
+                                  rounds=rounds, passes=passes)
     finally:
         for m in maps.values():
             m.close()

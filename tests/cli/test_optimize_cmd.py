@@ -9,13 +9,19 @@ import struct
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
+from morpheus.analysis import analyze
 from morpheus.cli.main import main as cli
+from morpheus.ir import Program, asm
+from morpheus.ir.asm import R1
 from morpheus.kernel import LoadedProgram
-from morpheus.pinned import load_and_pin, open_pinned_maps
+from morpheus.passes.pipeline import PassContext
+from morpheus.pinned import load_and_pin, open_pinned_maps, optimize_pinned
 from morpheus.traffic.packet import ETH_P_IP, IPPROTO_UDP, ethernet, ipv4, l4, mac
 from morpheus.traffic.pcap import write_pcap
 from tests.optimizer.katran_env import KatranShape, configure, trace
@@ -114,3 +120,29 @@ def test_optimize_a_tc_program(test_objects: dict[str, Path], pin_dirs: tuple[Pa
     assert code == 0 and report["equivalent"], report.get("mismatch") or report.get("error")
     assert {s["map"]: s["specialized"] for s in report["sites"]}["port_dscp"]
     assert report["speedup"]["median"] > 0
+
+
+@dataclass(frozen=True)
+class DropFirstStatsStore:
+    """A miscompile the verifier accepts: the first store into a `stats` value is lost."""
+
+    name: ClassVar[str] = "drop-first-stats-store"
+
+    def run(self, program: Program, ctx: PassContext) -> Program:
+        facts = analyze(program, ctx.maps, prog_type=ctx.prog_type)
+        index = min(u.index for s in facts.lookups() if s.map == "stats" for u in s.uses
+                    if u.kind == "write")
+        insns = list(program.insns)
+        insns[index] = asm.mov64(R1, R1, label=insns[index].label)
+        return program.with_insns(tuple(insns))
+
+
+def test_a_miscompile_on_the_katran_shape_is_caught(katran: tuple[Path, KatranShape],
+                                                    tmp_path: Path) -> None:
+    directory, shape = katran
+    pcap = tmp_path / "high.pcap"
+    write_pcap(pcap, trace(shape, 500))
+    report = optimize_pinned(directory, pcap, program="balancer_ingress", rounds=1,
+                             passes=[DropFirstStatsStore()])
+    assert not report["equivalent"]
+    assert report["mismatch"]["tables_differing"] == ["stats"], report["mismatch"]

@@ -19,7 +19,7 @@ from morpheus.analysis import analyze
 from morpheus.cli.main import main as cli
 from morpheus.ir import Program, asm
 from morpheus.ir.asm import R1
-from morpheus.kernel import LoadedProgram
+from morpheus.kernel import LoadedProgram, Map
 from morpheus.passes.pipeline import PassContext
 from morpheus.pinned import load_and_pin, open_pinned_maps, optimize_pinned
 from morpheus.traffic.packet import ETH_P_IP, IPPROTO_UDP, ethernet, ipv4, l4, mac
@@ -69,24 +69,34 @@ def _optimize(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict
     return code, json.loads(capsys.readouterr().out), wall
 
 
-def test_optimize_a_katran_shaped_balancer_and_pin_the_result(
+def test_optimize_a_katran_shaped_chain_and_pin_the_result(
         katran: tuple[Path, KatranShape], pin_dirs: tuple[Path, Path], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     directory, shape = katran
     pcap = tmp_path / "high.pcap"
     write_pcap(pcap, trace(shape, 3000))
-    code, report, wall = _optimize(capsys, str(directory), "--program", "balancer_ingress",
+    code, report, wall = _optimize(capsys, str(directory), "--program", "xdp_root",
                                    "--trace", str(pcap), "--pin", str(pin_dirs[1]))
-    assert code == 0 and report["equivalent"], report.get("mismatch") or report.get("error")
+    assert code == 0 and report["equivalent"], report
     assert wall < 10, report
-    sites = {s["map"]: s for s in report["sites"]}
+    (link,) = report["chain"]  # the root tail-calls the balancer: optimized together
+    assert (link["array"], link["slot"], link["program"]) == ("root_array", 0,
+                                                                "balancer_ingress")
+    assert link["equivalent"], link.get("mismatch") or link.get("error")
+    sites = {s["map"]: s for s in link["sites"]}
     assert sites["vip_map"]["specialized"]
     assert not sites["fallback_cache|lru_mapping[inner]"]["specialized"]
-    assert report["pinned"]["program"] == "balancer_ingress"
-    pinned = pin_dirs[1] / "progs" / "balancer_ingress"
-    with LoadedProgram.from_pin(pinned) as prog:
-        assert prog.id == report["pinned"]["id"]
-    assert (pin_dirs[1] / "maps" / "ch_rings").exists()
+    # The pinned chain: the root, and its own prog array holding the specialized balancer.
+    assert report["pinned"]["chain"] == [{"array": "root_array", "slot": 0,
+                                          "program": "balancer_ingress"}]
+    with LoadedProgram.from_pin(pin_dirs[1] / "progs" / "xdp_root") as root, \
+            LoadedProgram.from_pin(pin_dirs[1] / "progs" / "balancer_ingress") as special, \
+            LoadedProgram.from_pin(directory / "progs" / "balancer_ingress") as original, \
+            Map.from_pin(pin_dirs[1] / "maps" / "root_array") as array:
+        assert root.id == report["pinned"]["id"]
+        assert array.lookup(0) == struct.pack("<I", special.id) and special.id != original.id
+        frame = trace(shape, 1)[0]
+        assert root.test_run(frame).retval == original.test_run(frame).retval == 3  # XDP_TX
 
 
 def test_optimize_needs_a_program_name_when_the_object_has_several(

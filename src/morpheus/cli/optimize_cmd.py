@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         report = optimize_nf(get(args.nf), args.profile, packets=args.packets, seed=args.seed,
                              rounds=args.rounds, options=options, throughput=args.throughput)
     report.pop("specialization", None)
+    for link in report.get("chain", ()):
+        link.pop("specialization", None)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -70,7 +72,10 @@ def _pin(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, Any]:
     if not report.get("equivalent") or report.get("specialization") is None:
         return {"directory": args.pin, "error": "not pinned: no specialized version was "
                 "verified equivalent"}
-    return pin_specialized(args.pinned, args.pin, report["program"], report["specialization"])
+    chain = [(link["array"], link["slot"], link["program"], link.get("specialization"))
+             for link in report.get("chain", ())]
+    return pin_specialized(args.pinned, args.pin, report["program"], report["specialization"],
+                           chain)
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -96,6 +101,12 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"ns/packet: original {ns['original']['median']:.0f}, specialized "
                      f"{ns['specialized']['median']:.0f}")
         lines.append(f"speedup: min {s['min']:.2f}  median {s['median']:.2f}  max {s['max']:.2f}")
+    for link in r.get("chain", ()):
+        state = ("equivalent" if link.get("equivalent") else "NOT equivalent"
+                 if "equivalent" in link else "optimized above")
+        speedup = link.get("speedup") or {}
+        lines.append(f"tail call {link['array']}[{link['slot']}] → {link['program']}: {state}"
+                     + (f", speedup median {speedup['median']:.2f}" if speedup else ""))
     if r.get("pinned"):
         pinned = r["pinned"]
         lines.append(pinned["error"] if "error" in pinned else

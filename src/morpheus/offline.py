@@ -15,11 +15,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .analysis import ProgramFacts
 from .bench.compare import run_bench
+from .ir import Program
 from .kernel import Map, VerifierError, xdp_ctx
 from .loader import create_map, load_program_spec
 from .nf import NetworkFunction
@@ -45,6 +46,7 @@ from .traffic.generate import Trace, generate
 from .uapi import MapType
 from .world import CheckRequest, CheckResult, Side, check, written_maps
 from .world.environment import Environment, Subject, add_extra_maps, open_environment, warm_up
+from .world.traces import check_trace
 
 
 def _guarded_maps(facts: ProgramFacts) -> list[str]:
@@ -87,20 +89,63 @@ def check_subjects(nf: NetworkFunction | None, original: Subject, specialized: S
         add_extra_maps(environment, specialized)
         if prepare is not None:
             prepare(environment)
-        packets = [(frame, port if nf is not None and port >= 2 else 0)
-                   for frame, port in zip(trace.frames, trace.ingress, strict=True)]
-        base_spec = original.load_spec()
-        request = CheckRequest(
-            environment.maps,
-            Side(original.label, original.program_spec(), original.program,
-                 spec=base_spec, btf_fd=environment.btf_fd),
-            Side(specialized.label, specialized.program_spec(), specialized.program,
-                 spec=specialized.load_spec(), btf_fd=environment.btf_fd),
-            packets, written=written)
-        with environment.namespace.entered():
-            return check(request)
+        return _check_in(environment, nf, original, specialized, trace, written)
     finally:
         environment.close()
+
+
+def _check_in(environment: Environment, nf: NetworkFunction | None, original: Subject,
+              specialized: Subject, trace: Trace, written: Sequence[str],
+              own_maps: Mapping[str, MapSpec] | None = None) -> CheckResult:
+    """The check from the state `environment` holds (which it leaves as it found it)."""
+    packets = [(frame, port if nf is not None and port >= 2 else 0)
+               for frame, port in zip(trace.frames, trace.ingress, strict=True)]
+    own = dict(own_maps or {})
+    source = {n: m for n, m in environment.maps.items() if n not in own}
+    request = CheckRequest(
+        source,
+        Side(original.label, original.program_spec(), original.program,
+             spec=original.load_spec(), btf_fd=environment.btf_fd),
+        Side(specialized.label, specialized.program_spec(), specialized.program,
+             spec=specialized.load_spec(), btf_fd=environment.btf_fd, fresh_maps=own),
+        packets, written=written)
+    with environment.namespace.entered():
+        return check(request)
+
+
+# Given the specialized program and the maps it brings (inlined values), other versions to
+# check like it: name -> program, or (program, its own extra maps).
+Variant = Program | tuple[Program, Mapping[str, MapSpec]]
+Variants = Callable[[Program, Mapping[str, MapSpec]], Mapping[str, Variant]]
+
+
+def _check_variants(nf: NetworkFunction | None, original: Subject, special: Subject,
+                    trace: Trace, prepare: Any, written: Sequence[str],
+                    programs: Mapping[str, Variant]) -> dict[str, dict[str, Any]]:
+    """Check each variant like the specialized program, all from one starting state."""
+    out: dict[str, dict[str, Any]] = {}
+    environment = open_environment(original, nf)
+    try:
+        warm_up(environment, original, trace)
+        add_extra_maps(environment, special)
+        if prepare is not None:
+            prepare(environment)
+        for name, version in programs.items():
+            program, extra = version if isinstance(version, tuple) else (version,
+                                                                           special.extra_maps)
+            # Maps the variant brings itself (other inlined values) replace the source's.
+            own = {n: m for n, m in extra.items() if special.extra_maps.get(n) != m}
+            variant = Subject(name, special.object_path, special.program_name,
+                              program=program, extra_maps=dict(extra))
+            try:
+                result = _check_in(environment, nf, original, variant, trace, written, own)
+            except VerifierError as exc:
+                out[name] = {"rejected": str(exc).splitlines()[0]}
+                continue
+            out[name] = {**result.to_json(), "packets_to_catch": result.packets_to_catch}
+    finally:
+        environment.close()
+    return out
 
 
 def optimize_nf(nf: NetworkFunction, profile_name: str, *, packets: int = 10_000,
@@ -118,12 +163,14 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
                      source_maps: Mapping[str, Map] | None = None,
                      options: PlanOptions | None = None, rounds: int = 5,
                      throughput: bool = False, cleanup: bool = True,
-                     passes: Sequence[Pass] | None = None, bench: bool = True
-                     ) -> dict[str, Any]:
+                     passes: Sequence[Pass] | None = None, bench: bool = True,
+                     variants: Variants | None = None) -> dict[str, Any]:
     """Profile, specialize, verify, check and benchmark one program on `trace`.
 
     The maps start as `nf`'s default configuration, or as copies of `source_maps` (a
-    user's live maps, which are only read).
+    user's live maps, which are only read). `variants`, given the specialized program,
+    names other versions to check against the original from the same state (mutation
+    testing of the checker); their results are under "variants".
     """
     options = options or PlanOptions()
     spec: ObjectSpec = subject.load_spec()
@@ -240,11 +287,20 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         if verify_error is not None:
             report["error"] = verify_error
             return report
-        checked = check_subjects(nf, original, special, trace, prepare, written)
+        # The check sees more than the profile: held-back flows on every port, the NF's edge
+        # cases, and near-miss keys of every specialized site.
+        checked_trace = check_trace(
+            trace, nf=nf, facts=facts,
+            sites=[d.site.index for d in result.decisions if d.plan is not None])
+        checked = check_subjects(nf, original, special, checked_trace, prepare, written)
         eq = checked.to_json()
         report["equivalent"] = eq["equivalent"]
         report["packets_checked"] = eq["packets_checked"]
         report["check"] = eq
+        if variants is not None:
+            wanted = variants(result.program, result.extra_maps)
+            report["variants"] = _check_variants(nf, original, special, checked_trace,
+                                                 prepare, written, wanted)
         if not eq["equivalent"]:
             report["mismatch"] = eq
             return report

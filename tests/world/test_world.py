@@ -10,7 +10,7 @@ from morpheus.ir.asm import R0, R1
 from morpheus.ir.edit import insert_before
 from morpheus.ir.helpers import HELPER_IDS
 from morpheus.world import CheckRequest, Side, World, check, harness, written_maps
-from morpheus.world.harness import WORLD_MAP
+from morpheus.world.harness import CLOCK_MAP, REDIRECT_MAP
 from tests.world.checked_env import CheckedEnv, checked_env, packets
 
 pytestmark = pytest.mark.kernel
@@ -40,7 +40,8 @@ def test_harness_replaces_every_nondeterministic_call_and_records_redirects(env)
     for name in ("ktime_get_ns", "get_prandom_u32", "get_smp_processor_id"):
         assert not _calls(out.program, name)
     assert len(_calls(out.program, "redirect")) == 1
-    assert sum(1 for i in out.program.insns if i.reference == WORLD_MAP) == 6
+    assert sum(1 for i in out.program.insns if i.reference == CLOCK_MAP) == 4
+    assert sum(1 for i in out.program.insns if i.reference == REDIRECT_MAP) == 2
 
 
 def test_written_maps_are_what_the_program_writes(env) -> None:  # type: ignore[no-untyped-def]

@@ -8,10 +8,10 @@ from the same state. Benchmarks, `morpheus optimize`, the agent's pre-swap check
 """
 
 from .check import CheckRequest, CheckResult, Side, check
-from .harness import NONDETERMINISTIC, REDIRECTS, WORLD_MAP, Clocks, Redirect, harness
+from .harness import CLOCK_MAP, NONDETERMINISTIC, REDIRECT_MAP, REDIRECTS, Clocks, Redirect, harness
 from .run import Outcome, Runner, pinned_cpu
 from .state import World, WorldError, table_contents, written_maps
 
-__all__ = ["NONDETERMINISTIC", "REDIRECTS", "WORLD_MAP", "CheckRequest", "CheckResult",
-           "Clocks", "Outcome", "Redirect", "Runner", "Side", "World", "WorldError", "check",
-           "harness", "pinned_cpu", "table_contents", "written_maps"]
+__all__ = ["CLOCK_MAP", "NONDETERMINISTIC", "REDIRECTS", "REDIRECT_MAP", "CheckRequest",
+           "CheckResult", "Clocks", "Outcome", "Redirect", "Runner", "Side", "World",
+           "WorldError", "check", "harness", "pinned_cpu", "table_contents", "written_maps"]

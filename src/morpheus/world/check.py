@@ -26,12 +26,14 @@ from ..kernel import FD, LoadedProgram, Map
 from ..loader import load_program_spec
 from ..obj import MapSpec, ObjectSpec, ProgramSpec
 from .harness import Clocks, harness
-from .run import Outcome, Runner, add_world_map, pinned_cpu
+from .run import Outcome, Runner, add_harness_maps, pinned_cpu
 from .state import World, written_maps
 
 # Read the written maps after every doubling of the packet count only while they hold at
 # most this many entries in total (reading them costs ~1 us per entry).
 CHECKPOINT_ENTRIES = 1 << 16
+EVERY_PACKET = 64
+EVERY_PACKET_ENTRIES = 4096
 
 
 @dataclass
@@ -205,7 +207,7 @@ def _tail_call_loader(side: Side):  # type: ignore[no-untyped-def]
     def load(kernel_name: str, world: World) -> LoadedProgram | None:
         for name, prog in spec.programs.items():
             if name[:15] == kernel_name[:15] and prog.type == side.prog.type:
-                add_world_map(world)
+                add_harness_maps(world)
                 program = side.instructions if name == side.prog.name else prog.program
                 return load_program_spec(prog, world.maps,
                                          program=harness(program, prog.type).program,
@@ -215,9 +217,14 @@ def _tail_call_loader(side: Side):  # type: ignore[no-untyped-def]
 
 
 def _checkpoints(packets: int, maps: list[Map]) -> frozenset[int]:
-    if sum(m.max_entries for m in maps) > CHECKPOINT_ENTRIES:
+    """Packet indexes after which the written maps are compared: after every one of the
+    first EVERY_PACKET packets while the maps are small (the first differing packet is then
+    known exactly), after every doubling of the count up to CHECKPOINT_ENTRIES entries."""
+    entries = sum(m.max_entries for m in maps)
+    if entries > CHECKPOINT_ENTRIES:
         return frozenset()
-    out, n = set(), 1
+    out = set(range(min(packets, EVERY_PACKET))) if entries <= EVERY_PACKET_ENTRIES else set()
+    n = 1
     while n <= packets:
         out.add(n - 1)
         n *= 2
@@ -260,6 +267,10 @@ def _describe_table_difference(name: str, a: dict[bytes, Any], b: dict[bytes, An
         if key not in a:
             return f"map {name}: key {key.hex()} only in the candidate"
         if a[key] != b[key]:
+            if isinstance(a[key], dict) and isinstance(b[key], dict):
+                inner = _describe_table_difference(f"{name}[{key.hex()}]", a[key], b[key],
+                                                   clocks, packets)
+                return inner
             return (f"map {name}: key {key.hex()}: {_show(a[key], clocks, packets)} vs "
                     f"{_show(b[key], clocks, packets)}")
     return f"map {name} differs"

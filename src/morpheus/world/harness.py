@@ -43,7 +43,8 @@ from ..ir.helpers import HELPER_IDS
 from ..obj import MapSpec
 from ..uapi import MapType, ProgType
 
-WORLD_MAP = "morpheus_world"
+CLOCK_MAP = "morpheus_clock"  # the helper results of the packet being run
+REDIRECT_MAP = "morpheus_redir"  # the last redirect call's arguments, and a call count
 
 # Helpers whose result is replaced, in the order of their slots in the world map's value.
 NONDETERMINISTIC = ("ktime_get_ns", "ktime_get_boot_ns", "ktime_get_coarse_ns",
@@ -56,17 +57,19 @@ REDIRECTS = ("redirect", "redirect_map", "redirect_peer", "redirect_neigh")
 _REDIRECT_IDS = {HELPER_IDS[name] for name in REDIRECTS}
 _REDIRECT_MAP = HELPER_IDS["redirect_map"]
 
-# Value layout of the world map: the nondeterministic slots, then the redirect record.
-NONDET_OFF = 0
-RECORD_OFF = 8 * len(NONDETERMINISTIC)
+# Both are single-entry arrays (direct value access needs one entry): the clock map holds
+# one u64 per NONDETERMINISTIC helper; the redirect record is RECORD. Its call count only
+# grows, so the runner need not clear it between packets: a packet redirected if the count
+# moved.
+CLOCK_SIZE = 8 * len(NONDETERMINISTIC)
 RECORD = struct.Struct("<5Q")  # calls, helper id, target (ifindex / map tag), key, flags
-VALUE_SIZE = RECORD_OFF + RECORD.size
 UNKNOWN_MAP = 0xFFFFFFFF  # map tag stored when the analysis cannot tell the map (then
 # the map pointer itself is recorded, in the key field's place: see _record_redirect)
 
 
-def world_map_spec() -> MapSpec:
-    return MapSpec(WORLD_MAP, MapType.ARRAY, 4, VALUE_SIZE, 1)
+def harness_map_specs() -> dict[str, MapSpec]:
+    return {CLOCK_MAP: MapSpec(CLOCK_MAP, MapType.ARRAY, 4, CLOCK_SIZE, 1),
+            REDIRECT_MAP: MapSpec(REDIRECT_MAP, MapType.ARRAY, 4, RECORD.size, 1)}
 
 
 def map_tag(name: str) -> int:
@@ -118,7 +121,7 @@ def _nondeterministic(call: Instruction) -> list[Instruction]:
     # them untouched is safe; only r0 carries the result.
     slot = _NONDET_IDS[call.imm]
     size = 4 if call.imm in _U32_RESULT else 8
-    return [asm.ld_map_value(R0, WORLD_MAP, NONDET_OFF + 8 * slot, note="check harness"),
+    return [asm.ld_map_value(R0, CLOCK_MAP, 8 * slot, note="check harness"),
             asm.ldx(size, R0, R0, 0, note="check harness")]
 
 
@@ -126,7 +129,7 @@ def _record_redirect(call: Instruction, map_name_: str | None) -> list[Instructi
     # r5 is never an argument of the redirect helpers (they take four at most) and the call
     # clobbers it, so it is free to address the record; r0 is free too (the call sets it).
     # The argument registers are only read. Fields: calls, helper, target, key, flags.
-    out = [asm.ld_map_value(R5, WORLD_MAP, RECORD_OFF, note="check harness"),
+    out = [asm.ld_map_value(R5, REDIRECT_MAP, 0, note="check harness"),
            asm.st(8, R5, 8, call.imm)]
     if call.imm == _REDIRECT_MAP:
         if map_name_ is not None:
@@ -183,10 +186,8 @@ class Clocks:
         return (z ^ (z >> 31)) & 0xFFFFFFFF
 
     def encode(self, packet: int, cpu: int) -> bytes:
-        """The world map's value before packet `packet`: its helper results, an empty
-        redirect record."""
-        return struct.pack(f"<{len(NONDETERMINISTIC)}Q", *self.values(packet, cpu)) + \
-            bytes(RECORD.size)
+        """The clock map's value during packet `packet`."""
+        return struct.pack(f"<{len(NONDETERMINISTIC)}Q", *self.values(packet, cpu))
 
     def describe_value(self, value: int, packets: int) -> str | None:
         """Which helper of which packet (< `packets`) returned `value`, if one did."""
@@ -237,12 +238,15 @@ class Redirect:
             (other.helper, other.target, other.map, other.flags)
 
 
-def decode_record(value: bytes, tags: Mapping[int, str]) -> Redirect | None:
-    """The redirect record of a world map value (None when no redirect helper ran)."""
+def decode_record(value: bytes, tags: Mapping[int, str], calls_before: int = 0
+                  ) -> Redirect | None:
+    """The redirect record (None when no redirect helper ran since the count was
+    `calls_before`)."""
     from ..ir.helpers import HELPER_NAMES
 
-    calls, helper, target, key, flags = RECORD.unpack_from(value, RECORD_OFF)
-    if not calls:
+    calls, helper, target, key, flags = RECORD.unpack(value)
+    calls -= calls_before
+    if calls <= 0:
         return None
     name = HELPER_NAMES[helper] if helper < len(HELPER_NAMES) else f"helper#{helper}"
     if helper == _REDIRECT_MAP:

@@ -137,6 +137,20 @@ def key_compare_short(program: Program, extra: Mapping[str, MapSpec]) -> Mutant 
     return rewrite(program, {i: [insn._replace(opcode=(insn.opcode & ~0x07) | C_JMP32)]})
 
 
+def key_compare_byte_short(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
+    """A key compare that ignores the key's first byte (the low byte of the loaded word):
+    `if r3 != r4` becomes `r3 ^= r4; r3 >>= 8; if r3 != 0`."""
+    compares = _leaf_compares(program)
+    if not compares:
+        return None
+    i = compares[0]
+    insn = program.insns[i]
+    key, const = Reg(insn.dst), Reg(insn.src)
+    return rewrite(program, {i: [
+        asm.xor64(key, const), asm.rsh64(key, 8),
+        insn._replace(opcode=(insn.opcode & ~SRC_X), src=0, imm=0, label=None)]})
+
+
 def key_constant_bit_off(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
     """A key constant of the tree one bit off (bit 40: a byte of the key's second word)."""
     compares = _leaf_compares(program)
@@ -148,14 +162,17 @@ def key_constant_bit_off(program: Program, extra: Mapping[str, MapSpec]) -> Muta
 
 
 def table_miss_as_hit(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
-    """A key absent from an inlined whole table gets the first entry's value."""
+    """A key absent from an inlined whole table gets the table's first leaf's value."""
     leaves = _leaves(program)
+    start = 0
     for i, insn in enumerate(program.insns):
+        if insn.label and insn.label.endswith(".cont"):
+            start = i
         if _note(insn) == "not in the table":
-            before = [j for j in leaves if j < i]
+            before = [j for j in leaves if start < j < i]
             if not before:
                 return None
-            leaf = program.insns[before[-1]]
+            leaf = program.insns[before[0]]
             return rewrite(program, {i: [asm.ld_map_value(R0, str(leaf.reference), leaf.imm,
                                                           label=insn.label)]})
     return None
@@ -214,51 +231,87 @@ def _reaches_exit_as_r0(program: Program, start: int, reg: int) -> bool:
     return False
 
 
-def verdict_changed(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
-    """A constant verdict (XDP_DROP/PASS/TX) becomes the next one."""
-    for i, insn in enumerate(program.insns):
-        if insn.is_alu and not insn.opcode & SRC_X and insn.opcode & 0xF0 == 0xB0 and \
-                insn.imm in (1, 2, 3) and not _note(insn) and \
-                _reaches_exit_as_r0(program, i, insn.dst):
-            return rewrite(program, {i: [insn._replace(imm=insn.imm % 3 + 1)]})
-    return None
+def _pick(candidates: list[int], nth: int) -> int | None:
+    return candidates[nth] if -len(candidates) <= nth < len(candidates) else None
 
 
-def map_store_dropped(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
-    """A store into a map value is gone."""
-    stores = _stores_into(program, K_VALUE)
-    return delete(program, [stores[0]]) if stores else None
-
-
-def map_store_misplaced(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
-    """A store into a map value lands one field earlier in the value."""
-    for i in _stores_into(program, K_VALUE):
+def verdict_changed(nth: int = 0) -> Operator:
+    """The `nth` constant verdict (XDP_DROP/PASS/TX) becomes the next one."""
+    def op(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
+        sites = [i for i, insn in enumerate(program.insns)
+                 if insn.is_alu and not insn.opcode & SRC_X and insn.opcode & 0xF0 == 0xB0
+                 and insn.imm in (1, 2, 3) and not _note(insn)
+                 and _reaches_exit_as_r0(program, i, insn.dst)]
+        i = _pick(sites, nth)
+        if i is None:
+            return None
         insn = program.insns[i]
-        if insn.off >= insn.size_bytes:
-            return rewrite(program, {i: [insn._replace(off=insn.off - insn.size_bytes)]})
-    return None
+        return rewrite(program, {i: [insn._replace(imm=insn.imm % 3 + 1)]})
+    return op
 
 
-def counter_incremented_twice(program: Program, extra: Mapping[str, MapSpec]
-                              ) -> Mutant | None:
-    """`x += 1` before a store into a map value becomes `x += 2` (or an atomic add runs
-    twice)."""
-    states = _states(program)
-    for i, insn in enumerate(program.insns):
-        state = states[i]
-        if state is None:
-            continue
-        if insn.is_atomic and state.regs[insn.dst].kind == K_VALUE and insn.imm == 0:
+def drop_becomes_pass(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
+    """At the last exit, XDP_DROP is turned into XDP_PASS (a verdict constant miscompiled
+    on the drop paths that share the exit)."""
+    exits = [i for i, insn in enumerate(program.insns) if insn.is_exit]
+    if not exits:
+        return None
+    i = exits[-1]
+    insn = program.insns[i]
+    out = program.fresh_label("mutant.exit")
+    return rewrite(program, {i: [asm.jne(R0, 1, out, wide=False), asm.mov32(R0, 2),
+                                 insn.with_label(out)]})
+
+
+def map_store_dropped(nth: int = -1) -> Operator:
+    """The `nth` store into a map value is gone."""
+    def op(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
+        i = _pick(_stores_into(program, K_VALUE), nth)
+        return delete(program, [i]) if i is not None else None
+    return op
+
+
+def map_store_misplaced(nth: int = -1) -> Operator:
+    """The `nth` store into a map value (past its first field) lands one field earlier."""
+    def op(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
+        sites = [i for i in _stores_into(program, K_VALUE)
+                 if program.insns[i].off >= program.insns[i].size_bytes]
+        i = _pick(sites, nth)
+        if i is None:
+            return None
+        insn = program.insns[i]
+        return rewrite(program, {i: [insn._replace(off=insn.off - insn.size_bytes)]})
+    return op
+
+
+def counter_incremented_twice(nth: int = -1) -> Operator:
+    """The `nth` `x += 1` stored into a map value becomes `x += 2`, or an atomic add into a
+    map value runs twice."""
+    def op(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
+        states = _states(program)
+        sites: list[tuple[int, bool]] = []
+        for i, insn in enumerate(program.insns):
+            state = states[i]
+            if state is None:
+                continue
+            if insn.is_atomic and state.regs[insn.dst].kind == K_VALUE and insn.imm == 0:
+                sites.append((i, True))
+            elif insn.is_alu and insn.opcode & 0xF0 == 0x00 and not insn.opcode & SRC_X and \
+                    insn.imm == 1:
+                for j in range(i + 1, min(i + 3, len(program.insns))):
+                    st, after = program.insns[j], states[j]
+                    if st.is_store and st.opcode & 0x07 == C_STX and st.src == insn.dst and \
+                            after is not None and after.regs[st.dst].kind == K_VALUE:
+                        sites.append((i, False))
+                        break
+        if not -len(sites) <= nth < len(sites):
+            return None
+        i, atomic = sites[nth]
+        insn = program.insns[i]
+        if atomic:
             return rewrite(program, {i: [insn, insn.with_label(None)]})
-        if insn.is_alu and insn.opcode & 0xF0 == 0x00 and not insn.opcode & SRC_X and \
-                insn.imm == 1:
-            for j in range(i + 1, min(i + 3, len(program.insns))):
-                st = program.insns[j]
-                after = states[j]
-                if st.is_store and st.opcode & 0x07 == C_STX and st.src == insn.dst and \
-                        after is not None and after.regs[st.dst].kind == K_VALUE:
-                    return rewrite(program, {i: [insn._replace(imm=2)]})
-    return None
+        return rewrite(program, {i: [insn._replace(imm=2)]})
+    return op
 
 
 def redirect_ifindex_wrong(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
@@ -359,19 +412,29 @@ SPECIALIZED = (
     Mutation("inlined value one bit off", inlined_value_flipped),
     Mutation("inlined leaf points at another entry", inlined_wrong_entry),
     Mutation("key compare one word short", key_compare_short),
+    Mutation("key compare one byte short", key_compare_byte_short),
     Mutation("absent key served the first entry", table_miss_as_hit),
     Mutation("branch on an inlined field swapped", branch_after_inlined_value_swapped),
 )
 
-GENERIC = (
-    Mutation("verdict changed", verdict_changed),
-    Mutation("store into a map value dropped", map_store_dropped),
-    Mutation("store into a map value misplaced", map_store_misplaced),
-    Mutation("counter incremented twice", counter_incremented_twice),
-    Mutation("redirect to the wrong ifindex", redirect_ifindex_wrong),
-    Mutation("packet byte one bit off", packet_byte_wrong),
-    Mutation("packet store dropped", packet_store_dropped),
-)
+def generic(stores: int = -1, verdict: int | None = 0) -> tuple[Mutation, ...]:
+    """Operators for any program; `stores` and `verdict` pick which candidate site (first
+    or last) the store, counter and verdict mutants go to: the one the traffic reaches (the
+    first stores of an NF often sit on an early exit no test run can take, such as frames
+    shorter than an Ethernet header)."""
+    return (
+        Mutation("verdict changed", verdict_changed(verdict)) if verdict is not None
+        else Mutation("XDP_DROP returned as XDP_PASS", drop_becomes_pass),
+        Mutation("store into a map value dropped", map_store_dropped(stores)),
+        Mutation("store into a map value misplaced", map_store_misplaced(stores)),
+        Mutation("counter incremented twice", counter_incremented_twice(stores)),
+        Mutation("redirect to the wrong ifindex", redirect_ifindex_wrong),
+        Mutation("packet byte one bit off", packet_byte_wrong),
+        Mutation("packet store dropped", packet_store_dropped),
+    )
+
+
+GENERIC = generic()
 
 # For tests/progs/checked.c, on top of GENERIC.
 CHECKED = (

@@ -3,11 +3,12 @@
 A specialized program is fast on the keys it saw; the check must also visit what it did
 not see. `check_trace` extends a profiling trace with, in this order:
 
+- near-miss keys (below), first, while the inlined tables are still current;
 - held-back packets: flows of the same configuration the profile never contained (so
   mostly misses of every inlined hot-key table), arriving on every ingress port the NF
   serves, not only the main one;
 - the NF's edge cases (runts, TTL 0/1, IP options, fragments, foreign ports, ...);
-- near-miss keys: for the hottest flows (those whose keys were inlined), copies of their
+- near-miss keys, in detail: for the hottest flows (those whose keys were inlined), copies of their
   first packet with one bit flipped in each byte that can feed a key: the bytes the
   analysis traced into the key of a specialized lookup, and the usual key fields (MAC
   addresses, VLAN id, IPv4 addresses and protocol, L4 ports) where the analysis lost the
@@ -27,6 +28,7 @@ from ..nf import NetworkFunction
 from ..traffic.generate import Trace, generate
 
 NEAR_MISS_FLOWS = 64  # hottest flows whose key bytes are flipped (as many as a site inlines)
+SECOND_BIT_FLOWS = 8  # the hottest also get their lowest bit flipped
 HELD_BACK = 300  # packets of flows the profile did not contain
 
 
@@ -37,6 +39,14 @@ def check_trace(trace: Trace, *, nf: NetworkFunction | None = None,
     (instruction indexes of specialized lookups in `facts`)."""
     frames, ingress = list(trace.frames), list(trace.ingress)
     rng = random.Random(f"check/{trace.nf}/{trace.seed}/{seed}")
+    # Near misses first, while the inlined tables still hold: the held-back flows and the
+    # edge cases write the maps (a switch learns), which moves guards and sends every later
+    # packet down the unspecialized path.
+    if facts is not None:
+        offsets = key_packet_offsets(facts, sites)
+        for frame, port in near_misses(trace, offsets):
+            frames.append(frame)
+            ingress.append(port)
     if nf is not None:
         config = config if config is not None else nf.default_config()
         if held_back:
@@ -48,11 +58,6 @@ def check_trace(trace: Trace, *, nf: NetworkFunction | None = None,
             for frame, port in nf.module.edge_cases(config, rng):
                 frames.append(frame)
                 ingress.append(port)
-    if facts is not None:
-        offsets = key_packet_offsets(facts, sites)
-        for frame, port in near_misses(trace, offsets):
-            frames.append(frame)
-            ingress.append(port)
     flow_ids = list(trace.flow_ids) + [-1] * (len(frames) - len(trace.frames))
     return Trace(frames, flow_ids, ingress, trace.nf, trace.profile, trace.seed,
                  {**trace.meta, "check_extra": len(frames) - len(trace.frames)},
@@ -85,18 +90,49 @@ def near_misses(trace: Trace, offsets: Sequence[int], flows: int = NEAR_MISS_FLO
     for i, flow in enumerate(trace.flow_ids):
         first.setdefault(flow, i)
     hottest = [flow for flow, _ in Counter(trace.flow_ids).most_common(flows)]
-    out = []
-    for n, flow in enumerate(hottest):
+    # Destination fields before source fields, and one field across all flows before the
+    # next: a flipped source address can be learned (a data-plane write that moves a
+    # guard), after which nothing reaches the inlined code any more.
+    per_flow = []
+    for flow in hottest:
         index = first[flow]
         frame = trace.frames[index]
-        for k, off in enumerate(sorted(set(offsets) | set(header_key_offsets(frame)))):
-            if off >= len(frame):
+        keyed = sorted(set(offsets) | set(header_key_offsets(frame)),
+                       key=lambda off, f=frame: (_source_rank(f, off), off))
+        per_flow.append((index, frame, keyed))
+    out = []
+    longest = max((len(k) for _, _, k in per_flow), default=0)
+    for k in range(longest):
+        for n, (index, frame, keyed) in enumerate(per_flow):
+            if k >= len(keyed) or keyed[k] >= len(frame):
                 continue
-            bit = 1 << ((n + k) % 8)
-            mutated = bytearray(frame)
-            mutated[off] ^= bit
-            out.append((_fix_ipv4_checksum(bytes(mutated), off), trace.ingress[index]))
+            off = keyed[k]
+            # A bit that moves from flow to flow and, for the hottest flows, the lowest bit
+            # too (the neighbouring address, port or VLAN: often configured as well).
+            for bit in sorted({0, (n + k) % 8} if n < SECOND_BIT_FLOWS else {(n + k) % 8}):
+                mutated = bytearray(frame)
+                mutated[off] ^= 1 << bit
+                out.append((_fix_ipv4_checksum(bytes(mutated), off), trace.ingress[index]))
     return out
+
+
+def _source_rank(frame: bytes, off: int) -> int:
+    """0 for bytes of destination fields, 1 for the others, 2 for source fields."""
+    if off < 6:
+        return 0
+    if off < 12:
+        return 2
+    l3 = 18 if frame[12:14] == b"\x81\x00" else 14
+    if l3 + 12 <= off < l3 + 16:
+        return 2
+    if l3 + 16 <= off < l3 + 20:
+        return 0
+    ihl = (frame[l3] & 0x0F) * 4 if len(frame) > l3 else 20
+    if l3 + ihl <= off < l3 + ihl + 2:
+        return 2
+    if l3 + ihl + 2 <= off < l3 + ihl + 4:
+        return 0
+    return 1
 
 
 def header_key_offsets(frame: bytes) -> list[int]:

@@ -16,6 +16,7 @@ COMMANDS = {
     "traffic": "traffic_cmd",
     "bench": "bench_cmd",
     "optimize": "optimize_cmd",
+    "check": "check_cmd",
     "load": "load_cmd",
     "run": "run_cmd",
     "status": "status_cmd",

@@ -278,6 +278,11 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         if verify_error is not None:
             report["error"] = verify_error
             return report
+        if _same_code(result.program, prog.program):
+            # Nothing was specialized and the cleanup found nothing: the candidate is the
+            # original, instruction for instruction; there is nothing to check or measure.
+            report.update({"equivalent": True, "identical": True, "specialization": result})
+            return report
         # The check sees more than the profile: held-back flows on every port, the NF's edge
         # cases, and near-miss keys of every specialized site.
         checked_trace = check_trace(
@@ -315,6 +320,13 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
     finally:
         for m in saved.values():
             m.close()
+
+
+def _same_code(a: Program, b: Program) -> bool:
+    """The same instructions (labels and provenance aside)."""
+    def key(p: Program) -> list[tuple[object, ...]]:
+        return [(i.opcode, i.dst, i.src, i.off, i.imm, i.reference) for i in p.insns]
+    return len(a.insns) == len(b.insns) and key(a) == key(b)
 
 
 def profile(prog: ProgramSpec, btf: object, maps: Mapping[str, Map], frames: Sequence[bytes],

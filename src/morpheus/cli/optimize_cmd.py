@@ -93,8 +93,11 @@ def format_report(r: dict[str, Any]) -> str:
     if r.get("error"):
         lines.append(f"not loaded: {r['error']}")
         return "\n".join(lines)
-    lines.append(f"equivalent on {r['packets_checked']} packets: "
-                 f"{'yes' if r['equivalent'] else 'NO'}")
+    if r.get("identical"):
+        lines.append("nothing specialized: the candidate is the original program")
+    else:
+        lines.append(f"equivalent on {r['packets_checked']} packets: "
+                     f"{'yes' if r['equivalent'] else 'NO'}")
     if r.get("speedup"):
         s = r["speedup"]
         ns = r["ns_per_packet"]

@@ -367,6 +367,7 @@ class Map(OwnsFD):
         if not pairs:
             return 0
         keys = b"".join(k if isinstance(k, bytes) and len(k) == self.key_size
+                        else struct.pack("<I", k) if isinstance(k, int) and self.key_size == 4
                         else bytes(self._key(k)[: self.key_size]) for k, _ in pairs)
         # Plain values of the right size go in as they are: a ctypes buffer per entry costs
         # ~25 µs, which made filling a 1M-slot ring take tens of seconds.

@@ -19,15 +19,18 @@ from morpheus.analysis import analyze
 from morpheus.cli.main import main as cli
 from morpheus.ir import Program, asm
 from morpheus.ir.asm import R1
-from morpheus.kernel import LoadedProgram, Map
+from morpheus.kernel import LoadedProgram, Map, load_btf
+from morpheus.obj import read_object
 from morpheus.passes.pipeline import PassContext
-from morpheus.pinned import load_and_pin, open_pinned_maps, optimize_pinned
+from morpheus.pinned import load_and_pin, open_pinned_maps, optimize_pinned, pinned_info
 from morpheus.traffic.packet import ETH_P_IP, IPPROTO_UDP, ethernet, ipv4, l4, mac
 from morpheus.traffic.pcap import write_pcap
+from morpheus.world import Clocks, Runner, World, pinned_cpu, written_maps
 from tests.optimizer.katran_env import KatranShape, configure, trace
 
 pytestmark = pytest.mark.kernel
 BPFFS = Path("/sys/fs/bpf")
+LRU, FALLBACK = 16, 17  # STATS_LRU, STATS_FALLBACK in katran_shape.c
 
 
 @pytest.fixture
@@ -156,3 +159,32 @@ def test_a_miscompile_on_the_katran_shape_is_caught(katran: tuple[Path, KatranSh
                              passes=[DropFirstStatsStore()])
     assert not report["equivalent"]
     assert report["mismatch"]["tables_differing"] == ["stats"], report["mismatch"]
+
+
+def test_the_check_world_runs_the_production_path(katran: tuple[Path, KatranShape]) -> None:
+    """Copies of the per-CPU LRU maps in the array of maps: the check never takes the
+    fallback LRU, and its writes land in the copies, not in the user's maps."""
+    directory, shape = katran
+    spec = read_object(pinned_info(directory)["object"])
+    prog = spec.program("balancer_ingress")
+    frames = trace(shape, 400)
+    maps = open_pinned_maps(directory)
+    try:
+        written = written_maps([prog.program], spec.maps, prog.type)
+        assert {"stats", "fallback_cache", "lru_mapping[inner]"} <= written
+        with load_btf(spec.btf.blob()) as btf, World.build(maps, written) as world, \
+                pinned_cpu(None) as cpu:
+            runner = Runner(world, prog, None, btf_fd=btf, clocks=Clocks.now(), cpu=cpu)
+            with runner:
+                verdicts = [runner.run(i, f, 0).verdict for i, f in enumerate(frames)]
+            assert set(verdicts) == {3}  # XDP_TX to a real
+            fallback = world.maps["stats"].lookup(FALLBACK)
+            assert all(struct.unpack("<QQ", v)[0] == 0 for v in fallback)  # type: ignore[union-attr]
+            seen = world.maps["stats"].lookup(LRU)
+            assert struct.unpack("<QQ", seen[cpu])[0] == len(frames)  # type: ignore[index]
+            assert sum(len(t) for t in world.table("lru_mapping").values()) > 0
+        live = maps["stats"].lookup(LRU)
+        assert all(struct.unpack("<QQ", v)[0] == 0 for v in live)  # type: ignore[union-attr]
+    finally:
+        for m in maps.values():
+            m.close()

@@ -209,6 +209,7 @@ class Agent:
         self.last_swap_us: float | None = None  # the link or prog-array update alone
         self.instrumentation: dict[str, Any] = {"state": "not measured yet"}
         self._next_measurement = 0.0
+        self._adopted: dict[str, Any] = {}
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -460,6 +461,9 @@ class Agent:
             self.btf_fd = load_btf(self.spec.btf.blob())
             self._owned.append(self.btf_fd)
         self._version_counter = int(state.get("version", 0))
+        # What the adopted program is, as its maker recorded (kept in the state until this
+        # agent swaps in its own version).
+        self._adopted = {"kind": state.get("kind"), "inlined": state.get("inlined", [])}
         self._set_current(Version(self._version_counter, running, "adopted", time.time()))
         self._dirty = True
         faults.reach("adopt.opened")
@@ -518,6 +522,8 @@ class Agent:
                  "kind": current.kind if current is not None else None,
                  "inlined": sorted({d["map"] for d in current.decisions if d["specialized"]})
                  if current is not None else [],
+                 **(self._adopted if current is not None and current.kind == "adopted"
+                    else {}),
                  "pins": self._planned_pins()}
         write_state(self.state_file, state)
 

@@ -37,8 +37,11 @@ arguments from x86_64 registers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
+import json
+import os
 import platform
 import struct
 import time
@@ -151,10 +154,70 @@ class WatchLayout:
     bpf_map_release: int
 
 
+# Parsing the kernel's BTF for the layout takes 1-3 s here, most of an agent's start: the
+# result is kept for the running boot (root only: it holds a kernel address).
+LAYOUT_CACHE = Path("/run/morpheus/watch-layout.json")
+
+
+def _boot_key() -> str:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        btf = Path("/sys/kernel/btf/vmlinux").stat()
+    except OSError:
+        return ""
+    return f"{boot}/{platform.release()}/{btf.st_size}/{btf.st_mtime_ns}"
+
+
 @functools.cache
 def running_layout() -> WatchLayout:
-    """The layout of the running kernel (cached: parsing its BTF takes a fraction of a
-    second). Raises KernelFactError when a fact is missing."""
+    """The layout of the running kernel (cached in memory, and in LAYOUT_CACHE for the
+    running boot). Raises KernelFactError when a fact is missing."""
+    key = _boot_key()
+    if key:
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            cached = json.loads(LAYOUT_CACHE.read_text())
+            if cached["key"] == key:
+                return _layout_from_json(cached["layout"])
+    layout = _parse_layout()
+    if key:
+        with contextlib.suppress(OSError):
+            LAYOUT_CACHE.parent.mkdir(parents=True, exist_ok=True)
+            tmp = LAYOUT_CACHE.with_name(f".{LAYOUT_CACHE.name}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump({"key": key, "layout": dataclasses.asdict(layout)}, out)
+            os.replace(tmp, LAYOUT_CACHE)
+    return layout
+
+
+def _layout_from_json(raw: dict[str, object]) -> WatchLayout:
+    def field(value: object) -> Field:
+        assert isinstance(value, dict)
+        return Field(int(value["offset"]), int(value["size"]))
+
+    def pair(value: object) -> tuple[Field, Field] | None:
+        if value is None:
+            return None
+        a, b = value  # type: ignore[misc]
+        return field(a), field(b)
+
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(WatchLayout):
+        value = raw[f.name]
+        if f.name in ("bpf_nr", "bpf_map_release"):
+            values[f.name] = int(value)  # type: ignore[call-overload]
+        elif f.name == "bpf_compat_nr":
+            values[f.name] = None if value is None else int(value)  # type: ignore[call-overload]
+        elif f.name.startswith("regs_"):
+            values[f.name] = pair(value)
+        else:
+            values[f.name] = field(value)
+    if values["regs_native"] is None:
+        raise ValueError("no native registers")
+    return WatchLayout(**values)  # type: ignore[arg-type]
+
+
+def _parse_layout() -> WatchLayout:
     machine = platform.machine()
     if machine != "x86_64":
         # pt_regs member names (di, si, bx, cx) and the compat syscall number are x86's.

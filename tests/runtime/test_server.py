@@ -209,6 +209,7 @@ def test_oversized_and_idle_clients_are_bounded(tmp_path: Path) -> None:
 
 def test_a_full_backlog_is_retried_not_failed(tmp_path: Path) -> None:
     import socket
+    import threading
 
     path = tmp_path / "q.sock"
     # A listener that accepts nothing for a while: its backlog of 1 fills at once.
@@ -224,11 +225,17 @@ def test_a_full_backlog_is_retried_not_failed(tmp_path: Path) -> None:
                 s.connect(str(path))
             fillers.append(s)
 
+        done = threading.Event()
+
         def serve_later() -> None:
             time.sleep(0.3)
-            for _ in range(len(fillers) + 1):
-                conn, _ = listener.accept()
-                conn.settimeout(2)
+            listener.settimeout(0.1)
+            while not done.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                conn.settimeout(0.5)
                 data = b""
                 with contextlib.suppress(OSError):
                     while not data.endswith(b"\n"):
@@ -240,13 +247,16 @@ def test_a_full_backlog_is_retried_not_failed(tmp_path: Path) -> None:
                     conn.sendall(b'{"ok": true}\n')
                 conn.close()
 
-        import threading
-
         thread = threading.Thread(target=serve_later)
         thread.start()
-        assert request(path, {"op": "status"}, timeout=5) == {"ok": True}
-        for s in fillers:
-            s.close()
-        thread.join(timeout=5)
+        try:
+            started = time.monotonic()
+            assert request(path, {"op": "status"}, timeout=5) == {"ok": True}
+            assert time.monotonic() - started >= 0.25  # it waited for the backlog
+        finally:
+            done.set()
+            for s in fillers:
+                s.close()
+            thread.join(timeout=5)
     finally:
         listener.close()

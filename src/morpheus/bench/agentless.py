@@ -1,0 +1,126 @@
+"""What keeping the data plane correct without the agent costs per packet.
+
+A specialized program the agent leaves behind (killed, or stopped without detaching) must
+still honour every later map write. Two things make that so: every inlined site checks its
+map's guard version (one load and one compare; the generic lookup when it moved), and the
+write watcher that moves versions on outside writes is pinned, so it outlives the agent.
+The watcher costs nothing per packet; the guards do. This benchmark measures them on the
+same trace and map state, interleaved (`bench.compare.run_bench`):
+
+- A, "dp-guards": the same specialization, with guards only on the sites of maps the data
+  plane writes (what correctness needs if every control-plane write is made through a live
+  agent that re-specializes first);
+- B, "agent": what the agent runs: every inlined site guarded.
+
+    python -m morpheus.bench.agentless [router switch firewall lb] [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..nf import NetworkFunction, get
+from ..optimizer import (
+    analyze_program,
+    instrument,
+    profile,
+    sampled_sites,
+    snapshot_maps,
+    specialize,
+)
+from ..runtime.plan import PlanOptions
+from ..traffic.generate import generate
+from .compare import Subject, _warm_up, open_environment, run_bench
+
+
+def guard_cost(nf: NetworkFunction, *, profile_name: str = "high", packets: int = 10_000,
+               rounds: int = 5, seed: int = 1) -> dict[str, Any]:
+    """Benchmark the specialization with data-plane guards only (A) against the agent's
+    fully guarded one (B) on `nf`'s default configuration."""
+    from ..kernel import Map
+    from ..loader import create_map
+
+    trace = generate(nf, profile_name, packets, seed)
+    original = Subject("original", nf.object_path, nf.program)
+    spec, prog = original.load_spec(), original.program_spec()
+    program, facts = analyze_program(prog, spec.maps)
+    options = PlanOptions()
+    candidates = sorted({s.map for s in facts.lookups() if s.specializable})
+    data_plane = sorted({s.map for s in facts.lookups() if s.specializable and s.guarded})
+    written = sorted(m.name for m in facts.maps.values()
+                     if m.written_by_data_plane and m.name in spec.maps)
+    ingress = trace.main_ingress if trace.main_ingress >= 2 else 0
+    environment = open_environment(original, nf)
+    saved: dict[str, Map] = {}
+    try:
+        _warm_up(environment, original, trace)
+        sites = sampled_sites(facts, spec.maps, options)
+        instrumented, inst_specs, layout = instrument(program, spec, prog, sites)
+        extra: dict[str, Map] = {}
+        with environment.namespace.entered():
+            for name, mspec in inst_specs.items():
+                extra[name] = create_map(mspec, object_name=spec.name)
+        try:
+            heat = profile(prog, spec.btf, environment.maps, trace.frames, instrumented,
+                           extra, layout, ingress=ingress, namespace=environment.namespace)
+        finally:
+            for m in extra.values():
+                m.close()
+        snapshots = snapshot_maps(environment.maps, facts, spec.maps, heat, options)
+        with environment.namespace.entered():
+            saved = {n: environment.maps[n].clone() for n in written}
+    finally:
+        environment.close()
+
+    def variant(label: str, guarded: list[str]) -> Subject:
+        slots = {m: n for n, m in enumerate(guarded)}
+        result = specialize(program, spec, prog, facts, snapshots, heat, options,
+                            guard_versions={m: 0 for m in guarded}, guard_slots=slots,
+                            bump_slots={m: slots[m] for m in data_plane})
+        return Subject(label, nf.object_path, nf.program, program=result.program,
+                       extra_maps=result.extra_maps)
+
+    def prepare(env: Any) -> None:
+        # Both start from the state the profiling left (connection tables, learnt MACs).
+        with env.namespace.entered():
+            for name, m in saved.items():
+                env.maps[name].copy_from(m)
+
+    try:
+        subjects = [variant("dp-guards", data_plane), variant("agent", candidates)]
+        report = run_bench(subjects, trace, nf=nf, rounds=rounds, throughput=False,
+                           latency=False, check=False, prepare=prepare)
+    finally:
+        for m in saved.values():
+            m.close()
+    report.pop("_series", None)
+    a, b = report["A"]["ns_per_packet"], report["B"]["ns_per_packet"]
+    speedup = report["speedup"]  # per round: median of pairwise ns(A) / ns(B)
+    return {
+        "nf": nf.name, "guarded_maps": {"dp-guards": data_plane, "agent": candidates},
+        "dp_guards_ns": a, "agent_ns": b,
+        "cost_ns": round(b["median"] - a["median"], 1),
+        # B relative to A: 1.02 means the agent's guards cost 2% per packet.
+        "ratio": {"min": round(1 / speedup["max"], 3), "median": round(1 / speedup["median"], 3),
+                  "max": round(1 / speedup["min"], 3)},
+        "insns": {"dp-guards": report["A"]["insns"], "agent": report["B"]["insns"]},
+        "harness_overhead_ns": report["harness_overhead_ns"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("nfs", nargs="*", default=["router", "switch", "firewall", "lb"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--packets", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    for name in args.nfs:
+        print(json.dumps(guard_cost(get(name), rounds=args.rounds, packets=args.packets)),
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -182,7 +182,7 @@ class Agent:
         self.options = options or AgentOptions()
         self.spec: ObjectSpec = read_object(self.object_path)
         self.prog: ProgramSpec = self.spec.program(program)
-        self.name = check_name(name or self.prog.name)
+        self.name = check_name(name if name is not None else self.prog.name)
         self.pin_dir = Path(pin_root) / self.name
         self.state_file = STATE_DIR / f"{self.name}.json"
         self._agent_lock = AgentLock(STATE_DIR / f"{self.name}.lock", self.name)

@@ -213,6 +213,17 @@ def test_kill_at_random_points_of_the_cycle_keeps_the_data_plane_correct() -> No
         pin_dir = DEFAULT_PIN_ROOT / name
         with Map.from_pin(pin_dir / "guard") as guard:
             guard_id = guard.id
+        # Stopped without detaching (SIGTERM without --detach-on-exit): the pinned watcher
+        # still sends the inlined route to its generic lookup once an operator changes it.
+        _bpftool_update(pin_dir / "maps" / "rt_routes", encode_lpm_key(dst, 32),
+                        encode_route(Route(dst, 32, 900)))
+        before = _per_packet_counts(counters)
+        _send(env, [frame], tx)
+        after = _per_packet_counts(counters)
+        assert {p - 1 for p in after if after[p] != before.get(p, 0)} == {a}
+
+        def target(run: int) -> tuple[int, int]:  # port, next hop: alternating
+            return (b, 901) if run % 2 == 0 else (a, 900)
         def nth(point: str) -> int:  # which passage through the point kills
             return 1 if point.startswith("adopt.") else rng.randint(1, 3)
 
@@ -233,7 +244,8 @@ def test_kill_at_random_points_of_the_cycle_keeps_the_data_plane_correct() -> No
                             request(socket_path(name), {
                                 "op": "update", "map": "rt_routes",
                                 "key": encode_lpm_key(dst, 32).hex(),
-                                "value": encode_route(Route(dst, 32, 901 - run % 2)).hex()})
+                                "value": encode_route(Route(dst, 32,
+                                                            target(run - 1)[1])).hex()})
                 elif point == "outside-kill":
                     time.sleep(rng.uniform(0.3, 1.5))
                     proc.send_signal(signal.SIGKILL)
@@ -242,16 +254,16 @@ def test_kill_at_random_points_of_the_cycle_keeps_the_data_plane_correct() -> No
             assert state["kind"] == "specialized" and "rt_routes" in state["inlined"], \
                 (what, state)
             # No agent runs now. An operator moves the hot route to the other next hop.
-            target = (a, 900) if run % 2 == 0 else (b, 901)
+            port, nexthop = target(run)
             _bpftool_update(pin_dir / "maps" / "rt_routes", encode_lpm_key(dst, 32),
-                            encode_route(Route(dst, 32, target[1])))
+                            encode_route(Route(dst, 32, nexthop)))
             before = _per_packet_counts(counters)
             _send(env, [frame], tx)
             after = _per_packet_counts(counters)
             moved = {p - 1: after[p] - before.get(p, 0) for p in after
                      if after[p] != before.get(p, 0)}
-            assert moved == {target[0]: 1}, f"{what}: the next packet went to {moved}, " \
-                f"not port {target[0]}"
+            assert moved == {port: 1}, f"{what}: the next packet went to {moved}, " \
+                f"not port {port}"
             with Link.from_pin(pin_dir / "link") as link:
                 attached = link.info().prog_id
             assert _eventually(_watcher_check, guard_id, frozenset({attached})) is True, what

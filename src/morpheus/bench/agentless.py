@@ -30,6 +30,7 @@ from ..optimizer import (
     snapshot_maps,
     specialize,
 )
+from ..passes.inline import GUARD_MAP
 from ..runtime.plan import PlanOptions
 from ..traffic.generate import generate
 from .compare import Subject, _warm_up, open_environment, run_bench
@@ -74,13 +75,17 @@ def guard_cost(nf: NetworkFunction, *, profile_name: str = "high", packets: int 
     finally:
         environment.close()
 
+    # One slot numbering for both: run side by side, they share the guard map, and a
+    # data-plane bump by one must move the same map's version for the other.
+    slots = {m: n for n, m in enumerate(candidates)}
+
     def variant(label: str, guarded: list[str]) -> Subject:
-        slots = {m: n for n, m in enumerate(guarded)}
         result = specialize(program, spec, prog, facts, snapshots, heat, options,
-                            guard_versions={m: 0 for m in guarded}, guard_slots=slots,
+                            guard_versions={m: 0 for m in guarded},
+                            guard_slots={m: slots[m] for m in guarded},
                             bump_slots={m: slots[m] for m in data_plane})
         return Subject(label, nf.object_path, nf.program, program=result.program,
-                       extra_maps=result.extra_maps)
+                       extra_maps=dict(result.extra_maps))
 
     def prepare(env: Any) -> None:
         # Both start from the state the profiling left (connection tables, learnt MACs).
@@ -90,6 +95,8 @@ def guard_cost(nf: NetworkFunction, *, profile_name: str = "high", packets: int 
 
     try:
         subjects = [variant("dp-guards", data_plane), variant("agent", candidates)]
+        if GUARD_MAP in subjects[0].extra_maps:  # sized for every slot
+            subjects[0].extra_maps[GUARD_MAP] = subjects[1].extra_maps[GUARD_MAP]
         report = run_bench(subjects, trace, nf=nf, rounds=rounds, throughput=False,
                            latency=False, check=False, prepare=prepare)
     finally:

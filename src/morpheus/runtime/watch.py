@@ -21,6 +21,13 @@ version before and after reading a map has a consistent copy. A single bump afte
 is not enough: the new value is visible a few hundred nanoseconds before the syscall returns
 (a data-plane reader running next to a writer saw it in ~3% of its reads).
 
+Outliving the agent: `WriteWatcher.pin` pins the two links and the watcher's maps (the guard
+map is the agent's, pinned by it), so the programs keep bumping versions after the process
+that loaded them is gone, by a kill -9 included; `from_pins` takes a pinned watcher over
+(a restarted agent adopts it instead of adding a second), and `remove_pins` detaches it
+(entry first, exit once the writes in flight are done). No process is exempted from a
+pinned watcher: a pid baked into a program that outlives its process could be reused.
+
 Struct offsets (task, files, fdtable, file, file operations, bpf_map, pt_regs) come from the
 running kernel's BTF and the address of `bpf_map_release` from /proc/kallsyms, so nothing is
 compiled for one kernel build.
@@ -612,11 +619,17 @@ class WriteWatcher:
         finally:
             if state is not None:
                 state.close()
+        gone: list[int] = []
+        if (directory / PIN_EXIT).exists():
+            with contextlib.suppress(KernelError), Link.from_pin(directory / PIN_EXIT) as link:
+                gone.append(link.info().prog_id)
         for name in (PIN_EXIT, PIN_WATCHED, PIN_STATE):
             path = directory / name
             if path.exists():
                 path.unlink()
                 removed.append(path)
+        # As close(): once this returns, nothing of the watcher is left in the kernel.
+        _wait_gone(gone, [])
         return removed
 
     @property

@@ -23,17 +23,20 @@ from typing import Any
 
 from ..nf import NetworkFunction, get
 from ..optimizer import (
-    analyze_program,
+    Guards,
+    HeatReader,
+    PlanOptions,
+    SpecializeRequest,
+    Target,
     instrument,
-    profile,
     sampled_sites,
     snapshot_maps,
     specialize,
 )
 from ..passes.inline import GUARD_MAP
-from ..runtime.plan import PlanOptions
 from ..traffic.generate import generate
 from .compare import Subject, _warm_up, open_environment, run_bench
+from .replay import Replay
 
 
 def guard_cost(nf: NetworkFunction, *, profile_name: str = "high", packets: int = 10_000,
@@ -41,12 +44,13 @@ def guard_cost(nf: NetworkFunction, *, profile_name: str = "high", packets: int 
     """Benchmark the specialization with data-plane guards only (A) against the agent's
     fully guarded one (B) on `nf`'s default configuration."""
     from ..kernel import Map
-    from ..loader import create_map
+    from ..loader import create_map, load_program_spec
 
     trace = generate(nf, profile_name, packets, seed)
     original = Subject("original", nf.object_path, nf.program)
     spec, prog = original.load_spec(), original.program_spec()
-    program, facts = analyze_program(prog, spec.maps)
+    target = Target.analyze(spec, prog)
+    program, facts = target.program, target.facts
     options = PlanOptions()
     candidates = sorted({s.map for s in facts.lookups() if s.specializable})
     data_plane = sorted({s.map for s in facts.lookups() if s.specializable and s.guarded})
@@ -64,12 +68,19 @@ def guard_cost(nf: NetworkFunction, *, profile_name: str = "high", packets: int 
             for name, mspec in inst_specs.items():
                 extra[name] = create_map(mspec, object_name=spec.name)
         try:
-            heat = profile(prog, spec.btf, environment.maps, trace.frames, instrumented,
-                           extra, layout, ingress=ingress, namespace=environment.namespace)
+            all_maps = {**environment.maps, **extra}
+            with Replay(prog, spec.btf, all_maps, trace.frames, program=instrumented,
+                        ingress_ifindex=ingress, namespace=environment.namespace) as replay:
+                replay.run(1)
+            heat = HeatReader(layout, all_maps, decay=1.0).read()
         finally:
             for m in extra.values():
                 m.close()
         snapshots = snapshot_maps(environment.maps, facts, spec.maps, heat, options)
+        with environment.namespace.entered(), load_program_spec(
+                prog, environment.maps, btf_fd=environment.btf_fd) as loaded:
+            # The yardstick of the verifier budget, as the agent measures it.
+            verifier_base = loaded.info().verified_insns
         with environment.namespace.entered():
             saved = {n: environment.maps[n].clone() for n in written}
     finally:
@@ -80,10 +91,11 @@ def guard_cost(nf: NetworkFunction, *, profile_name: str = "high", packets: int 
     slots = {m: n for n, m in enumerate(candidates)}
 
     def variant(label: str, guarded: list[str]) -> Subject:
-        result = specialize(program, spec, prog, facts, snapshots, heat, options,
-                            guard_versions={m: 0 for m in guarded},
-                            guard_slots={m: slots[m] for m in guarded},
-                            bump_slots={m: slots[m] for m in data_plane})
+        guards = Guards(slots={m: slots[m] for m in guarded},
+                        bumps={m: slots[m] for m in data_plane},
+                        versions={m: 0 for m in guarded})
+        result = specialize(SpecializeRequest(target, snapshots, heat, options, guards,
+                                              verifier_base=verifier_base))
         return Subject(label, nf.object_path, nf.program, program=result.program,
                        extra_maps=dict(result.extra_maps))
 

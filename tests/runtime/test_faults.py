@@ -92,7 +92,7 @@ class Traffic:
                         redirect_ifindex=self.tx) as gen:
                 while not self._stop.is_set():
                     gen.run(1)
-                    time.sleep(0.01)
+                    time.sleep(0.05)  # leave the agent some CPU (two cores)
         except BaseException as exc:  # reported by stop()
             self.error = exc
 
@@ -152,7 +152,7 @@ def _run_agent(name: str, netns: str, iface: str, fault: str | None,
         env[ENV] = fault
     return subprocess.Popen(
         [*MORPHEUS, "run", str(get("router").object_path), "--iface", iface, "--netns", netns,
-         "--name", name, "--interval", "0.1", "--no-measure-sampling-cost",
+         "--name", name, "--interval", "0.05", "--no-measure-sampling-cost",
          "--log-level", "WARNING"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=env)
 
@@ -225,10 +225,9 @@ def test_kill_at_random_points_of_the_cycle_keeps_the_data_plane_correct() -> No
         def target(run: int) -> tuple[int, int]:  # port, next hop: alternating
             return (b, 901) if run % 2 == 0 else (a, 900)
         def nth(point: str) -> int:  # which passage through the point kills
-            return 1 if point.startswith("adopt.") else rng.randint(1, 3)
+            return 1 if point.startswith("adopt.") else 1 + int(rng.random() * 3)
 
         plan = [(p, nth(p)) for p in CYCLE_POINTS]
-        plan += [(p, nth(p)) for p in rng.sample(CYCLE_POINTS, 3)]
         plan += [("outside-kill", 0)] * 2
         rng.shuffle(plan)
         for run, (point, nth) in enumerate(plan):
@@ -236,9 +235,10 @@ def test_kill_at_random_points_of_the_cycle_keeps_the_data_plane_correct() -> No
             fault = None if point == "outside-kill" else f"{point}:{nth}"
             with Traffic(env, trace.frames, tx):
                 proc = _run_agent(name, env.namespace.name, iface, fault)
-                if point.startswith("write."):
+                if point.startswith(("write.", "outside-kill")):
                     line = proc.stdout.readline()  # type: ignore[union-attr]
                     assert line, f"{what}: the agent died before serving"
+                if point.startswith("write."):
                     for _ in range(nth):
                         with contextlib.suppress(RuntimeError, OSError, ValueError):
                             request(socket_path(name), {
@@ -247,7 +247,7 @@ def test_kill_at_random_points_of_the_cycle_keeps_the_data_plane_correct() -> No
                                 "value": encode_route(Route(dst, 32,
                                                             target(run - 1)[1])).hex()})
                 elif point == "outside-kill":
-                    time.sleep(rng.uniform(0.3, 1.5))
+                    time.sleep(rng.uniform(0.0, 1.2))  # in its cycles
                     proc.send_signal(signal.SIGKILL)
                 _wait_killed(proc, what)
             state = json.loads((STATE_DIR / f"{name}.json").read_text())

@@ -328,25 +328,11 @@ class Agent:
                 if watcher.watched.get(self.maps[name].id) != slot:
                     watcher.watch(self.maps[name], slot)
             if not watcher.pinned:
-                self._pin_watcher(watcher, directory)
+                watcher.pin(directory, after=lambda step: faults.reach(f"watcher.{step}"))
             self._watcher = watcher
         except Exception as exc:  # the agent still works; writes must go through it
             self.errors.append(f"external write watcher unavailable: {exc}")
             log.warning(json.dumps({"event": "watcher-unavailable", "error": str(exc)}))
-
-    def _pin_watcher(self, watcher: Any, directory: Path) -> None:
-        from .watch import PIN_ENTER, PIN_EXIT, PIN_STATE, PIN_WATCHED
-
-        # The same order as WriteWatcher.pin, with a fault point after each step.
-        directory.mkdir(exist_ok=True)
-        watcher._watched_map.pin(directory / PIN_WATCHED)
-        watcher._state.pin(directory / PIN_STATE)
-        faults.reach("watcher.maps")
-        watcher._exit_link.pin(directory / PIN_EXIT)
-        faults.reach("watcher.exit")
-        watcher._enter_link.pin(directory / PIN_ENTER)
-        watcher._pinned_at = directory
-        faults.reach("watcher.pinned")
 
     def _load_fresh(self) -> None:
         self._write_state(phase="starting")

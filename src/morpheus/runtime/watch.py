@@ -538,22 +538,28 @@ class WriteWatcher:
 
     # --- outliving the process ------------------------------------------------------------
 
-    def pin(self, directory: Path) -> None:
+    def pin(self, directory: Path, *, after: Callable[[str], None] | None = None) -> None:
         """Pin the watcher under `directory` (on bpffs) so that it keeps bumping versions
         after this process exits, by a crash or a kill included. Maps first and the entry
         link last: a process killed part-way leaves either nothing attached at entry (a
         pinned exit program alone bumps nothing, having nothing in flight) or the whole
-        watcher; `from_pins` takes only a complete one and `remove_pins` clears either."""
+        watcher; `from_pins` takes only a complete one and `remove_pins` clears either.
+        `after(step)` is called after each step ("maps", "exit", "pinned"; crash tests kill
+        the process there)."""
         if not self.started:
             raise ValueError("start the watcher before pinning it")
         assert self._watched_map is not None and self._state is not None
         assert self._exit_link is not None and self._enter_link is not None
+        step = after or (lambda _: None)
         directory.mkdir(exist_ok=True)
         self._watched_map.pin(directory / PIN_WATCHED)
         self._state.pin(directory / PIN_STATE)
+        step("maps")
         self._exit_link.pin(directory / PIN_EXIT)
+        step("exit")
         self._enter_link.pin(directory / PIN_ENTER)
         self._pinned_at = directory
+        step("pinned")
 
     @classmethod
     def from_pins(cls, guard: Map, directory: Path) -> WriteWatcher:

@@ -27,9 +27,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         "prog-array trampoline: faster swaps, one tail call per packet")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1")
     p.add_argument("--detach-on-exit", action="store_true",
-                   help="remove the program when the agent stops (default: keep it running)")
+                   help="remove the program when the agent stops (default: keep it running, "
+                        "with its pinned write watcher, for a later agent to adopt)")
     p.add_argument("--no-watch", action="store_true",
-                   help="do not watch for map writes that bypass the agent")
+                   help="do not watch for map writes that bypass the agent (then only "
+                        "writes made through a running agent are honoured by inlined code)")
     p.add_argument("--run-stats", action="store_true",
                    help="enable BPF run-time statistics (ns/packet in status; costs ~35 ns "
                         "per packet)")

@@ -18,6 +18,7 @@ SIOCETHTOOL = 0x8946
 ETHTOOL_GSTRINGS = 0x1B
 ETHTOOL_GSTATS = 0x1D
 ETHTOOL_GSSET_INFO = 0x37
+ETHTOOL_GGRO = 0x2B
 ETH_SS_STATS = 1
 ETH_GSTRING_LEN = 32
 _IFREQ = struct.Struct("16sP8x")  # ifr_name, ifr_data; 40 bytes on 64-bit
@@ -50,3 +51,13 @@ def ethtool_stats(ifname: str) -> dict[str, int]:
              .split(b"\0", 1)[0].decode() for i in range(count)]
     values = struct.unpack_from(f"<{count}Q", stats, 8)
     return dict(zip(names, values, strict=True))
+
+
+def gro_enabled(ifname: str) -> bool:
+    """Whether generic receive offload is on for `ifname` (what `ethtool -k` shows as
+    generic-receive-offload); a veth without an XDP program takes redirected frames only
+    with GRO on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        value = ctypes.create_string_buffer(struct.pack("<II", ETHTOOL_GGRO, 0))
+        _ioctl(sock, ifname, value, "GRO state")
+        return bool(struct.unpack_from("<I", value, 4)[0])

@@ -213,6 +213,16 @@ class NetNamespace:
                 return 0
             return int(xdp.get("IFLA_XDP_PROG_ID") or 0)
 
+    def veth_peer(self, dev: str) -> str | None:
+        """Name of `dev`'s veth peer when it is a veth whose peer is in this namespace."""
+        with self.netlink() as ipr:
+            (link,) = ipr.get_links(self._index(ipr, dev))
+            kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+            if kind != "veth" or link.get("IFLA_LINK_NETNSID") is not None:
+                return None
+            peers = ipr.get_links(int(link.get("IFLA_LINK")))
+            return str(peers[0].get("IFLA_IFNAME")) if peers else None
+
     def ifindex(self, dev: str) -> int:
         with self.entered():
             try:

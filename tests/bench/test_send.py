@@ -129,6 +129,23 @@ def test_errors_are_specific() -> None:
             Sender(SendRequest(_frames(10), "lonely", ns))
 
 
+def test_a_veth_peer_with_gro_on_takes_the_frames_without_an_xdp_program() -> None:
+    from pyroute2.ethtool.ioctl import IoctlEthtool
+
+    with temporary_netns("morpheus-sendtest") as ns:
+        ns.add_veth("tx", "rx")
+        with ns.entered():
+            ethtool = IoctlEthtool("rx")
+            try:
+                ethtool.set_offload_flag("generic-receive-offload", 1)
+            finally:
+                ethtool.close()
+        before = ns.link_stats("rx")["rx_packets"]
+        result = Sender(SendRequest(_frames(400), "tx", ns)).send()
+        # The kernel's own IPv6 chatter may add a few packets of its own.
+        assert result.sent == 400 and ns.link_stats("rx")["rx_packets"] - before >= 400
+
+
 def test_cli_send_json_and_text(tmp_path: Path) -> None:
     pcap = tmp_path / "t.pcap"
     write_pcap(pcap, _frames(200))

@@ -12,13 +12,14 @@ import fcntl
 import socket
 import struct
 
+from pyroute2.ethtool.ioctl import IoctlEthtool
+
 from .errors import KernelError
 
 SIOCETHTOOL = 0x8946
 ETHTOOL_GSTRINGS = 0x1B
 ETHTOOL_GSTATS = 0x1D
 ETHTOOL_GSSET_INFO = 0x37
-ETHTOOL_GGRO = 0x2B
 ETH_SS_STATS = 1
 ETH_GSTRING_LEN = 32
 _IFREQ = struct.Struct("16sP8x")  # ifr_name, ifr_data; 40 bytes on 64-bit
@@ -35,6 +36,8 @@ def _ioctl(sock: socket.socket, ifname: str, request: ctypes.Array[ctypes.c_char
 
 def ethtool_stats(ifname: str) -> dict[str, int]:
     """Driver statistics of `ifname` in the caller's network namespace, by name."""
+    # By hand rather than pyroute2's IoctlEthtool.get_statistics: 0.36 ms against 8 ms per
+    # read on this VM, and the demo reads them inside its 0.25 s measurement slices.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         info = ctypes.create_string_buffer(struct.pack("<IIQ", ETHTOOL_GSSET_INFO, 0,
                                                        1 << ETH_SS_STATS) + bytes(4))
@@ -53,11 +56,18 @@ def ethtool_stats(ifname: str) -> dict[str, int]:
     return dict(zip(names, values, strict=True))
 
 
+
 def gro_enabled(ifname: str) -> bool:
-    """Whether generic receive offload is on for `ifname` (what `ethtool -k` shows as
-    generic-receive-offload); a veth without an XDP program takes redirected frames only
-    with GRO on."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        value = ctypes.create_string_buffer(struct.pack("<II", ETHTOOL_GGRO, 0))
-        _ioctl(sock, ifname, value, "GRO state")
-        return bool(struct.unpack_from("<I", value, 4)[0])
+    """Whether generic receive offload is on for `ifname` in the caller's namespace (what
+    `ethtool -k` shows as generic-receive-offload); a veth without an XDP program takes
+    redirected frames only with GRO on."""
+    try:
+        ethtool = IoctlEthtool(ifname)
+    except OSError as exc:
+        raise KernelError(exc.errno or 0, f"GRO state of {ifname!r}") from None
+    try:
+        return bool(ethtool.get_offload_flags()["generic-receive-offload"])
+    except OSError as exc:
+        raise KernelError(exc.errno or 0, f"GRO state of {ifname!r}") from None
+    finally:
+        ethtool.close()

@@ -28,6 +28,9 @@ def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
+    # setuptools packs whatever build/lib holds: a module deleted since the last build
+    # would still ship.
+    shutil.rmtree(REPO / "build" / "lib", ignore_errors=True)
     # No isolation: the dev extra has setuptools and build, so nothing is fetched to build.
     _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
           str(REPO)])

@@ -4,9 +4,11 @@ test creates, counted at the other end by an XDP program."""
 from __future__ import annotations
 
 import json
+import signal
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +86,19 @@ def test_every_packet_of_every_loop_arrives_with_its_bytes() -> None:
     assert result.loops == 7 and not result.interrupted
     assert result.bytes == 7 * sum(len(f) for f in frames)
     assert (packets, nbytes) == (2100, result.bytes)
+
+
+def test_a_trace_longer_than_a_window_goes_window_by_window(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from morpheus.bench import send
+
+    monkeypatch.setattr(send, "WINDOW", 64)  # 150 packets: windows of 64, 64 and 22
+    frames = _frames(150)
+    with veth_with_receiver() as (ns, rx):
+        result = Sender(SendRequest(frames, "tx", ns, loops=2)).send()
+        packets, nbytes = rx.counts()
+    assert result.sent == packets == 300 and result.loops == 2
+    assert result.bytes == nbytes == 2 * sum(len(f) for f in frames)
 
 
 def test_rate_is_paced_and_the_measured_rate_reported() -> None:
@@ -168,3 +183,24 @@ def test_cli_send_json_and_text(tmp_path: Path) -> None:
                              text=True, timeout=60)
     assert missing.returncode == 1
     assert "no network namespace named 'morpheus-no-such-ns'" in missing.stderr
+
+
+def test_loop_zero_sends_until_interrupted_and_reports_what_was_sent(tmp_path: Path) -> None:
+    pcap = tmp_path / "t.pcap"
+    write_pcap(pcap, _frames(100))
+    with veth_with_receiver() as (ns, rx):
+        proc = subprocess.Popen([sys.executable, "-m", "morpheus.cli.main", "send", str(pcap),
+                                 "--iface", "tx", "--netns", ns.name, "--loop", "0",
+                                 "--rate", "20000", "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while rx.counts()[0] < 2000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        received = rx.counts()[0]
+    assert proc.returncode == 130, err
+    report = json.loads(out)
+    assert report["interrupted"] is True and report["sent"] >= 2000
+    assert report["sent"] == received  # exact, wherever the interrupt fell
+    assert report["loops"] == report["sent"] // 100

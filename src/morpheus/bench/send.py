@@ -19,6 +19,8 @@ user's namespace gets no helper devices.
 
 from __future__ import annotations
 
+import itertools
+import signal
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -149,7 +151,6 @@ class Sender:
         frames = req.frames
         windows = [frames[i:i + WINDOW] for i in range(0, len(frames), WINDOW)]
         refused_before = _refused_frames(req.namespace, req.iface)
-        loops_done = 0
         interrupted = False
         with ExitStack() as stack:
             helper = NetNamespace.create("morpheus-send")
@@ -159,7 +160,7 @@ class Sender:
             reusable = self._generator(windows[0], helper, stack) if len(windows) == 1 else None
             start = self.clock()
             try:
-                while req.loops == 0 or loops_done < req.loops:
+                for _ in itertools.count() if req.loops == 0 else range(req.loops):
                     for window in windows:
                         if reusable is not None:
                             self._transmit(reusable, window, start)
@@ -167,7 +168,6 @@ class Sender:
                             with ExitStack() as inner:
                                 self._transmit(self._generator(window, helper, inner),
                                                window, start)
-                    loops_done += 1
             except KeyboardInterrupt:
                 interrupted = True
             elapsed = self.clock() - start
@@ -182,8 +182,8 @@ class Sender:
                 f"{req.iface} refused all {refused} frames: a veth takes XDP frames only "
                 "while its peer runs an XDP program (or has GRO enabled)")
         return SendResult(req.iface, None if req.namespace.path else req.namespace.name,
-                          len(frames), loops_done, self.generated, refused, self.bytes,
-                          elapsed, req.rate_pps, interrupted)
+                          len(frames), self.generated // len(frames), self.generated,
+                          refused, self.bytes, elapsed, req.rate_pps, interrupted)
 
     def _generator(self, window: Sequence[bytes], helper: NetNamespace,
                    stack: ExitStack) -> Replay:
@@ -200,28 +200,40 @@ class Sender:
         return gen
 
     def _transmit(self, gen: Replay, window: Sequence[bytes], start: float) -> None:
-        """One pass over `window` (the generator restarts at its first packet)."""
+        """One pass over `window` (the generator restarts at its first packet).
+
+        What was sent is read back from the harness's own frame counter when the pass ends,
+        also when Ctrl-C interrupts it: an interrupt between a call and the bookkeeping
+        after it cannot make the count wrong."""
         gen.reset()
         rate = self.request.rate_pps
         # Paced: bursts of about a millisecond's worth of packets.
         burst_max = max(1, min(MAX_BURST, int(rate / 1000))) if rate else MAX_BURST
-        sizes = [len(f) for f in window]
+        base = self.generated
         done = 0
         frame = bytes(gen.frame_len)
-        with self.request.namespace.entered():
-            while done < len(window):
-                burst = min(burst_max, len(window) - done)
-                if rate:
-                    due = start + (self.generated + burst - 1) / rate
-                    wait = due - self.clock()
-                    if wait > 0:
-                        self.sleep(wait)
-                test_run(gen.program.fd, frame, repeat=burst, ctx_out_size=0,
-                         data_out_size=0, flags=F_TEST_XDP_LIVE_FRAMES,
-                         batch_size=min(FLUSH_BATCH, burst))
-                self.bytes += sum(sizes[done:done + burst])
-                done += burst
-                self.generated += burst
-        errors = gen.state()["errors"]
-        if errors:
-            raise SendError(f"{errors} frames could not be filled with their packet")
+        try:
+            with self.request.namespace.entered():
+                while done < len(window):
+                    burst = min(burst_max, len(window) - done)
+                    if rate:
+                        due = start + (base + done + burst - 1) / rate
+                        wait = due - self.clock()
+                        if wait > 0:
+                            self.sleep(wait)
+                    test_run(gen.program.fd, frame, repeat=burst, ctx_out_size=0,
+                             data_out_size=0, flags=F_TEST_XDP_LIVE_FRAMES,
+                             batch_size=min(FLUSH_BATCH, burst))
+                    done += burst
+        finally:
+            # A second Ctrl-C must not cut the bookkeeping short: held until it is done.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                state = gen.state()
+                frames = int(state["frames"])  # type: ignore[call-overload]
+                self.generated = base + frames
+                self.bytes += sum(len(f) for f in window[:frames])
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        if state["errors"]:
+            raise SendError(f"{state['errors']} frames could not be filled with their packet")

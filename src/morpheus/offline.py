@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .bench.compare import Environment, Subject, _warm_up, open_environment, run_bench
+from .bench.compare import run_bench
 from .bench.replay import Replay
 from .ir import Program
 from .kernel import Map, VerifierError, xdp_ctx
@@ -43,62 +43,62 @@ from .optimizer import (
 from .passes.inline import GUARD_MAP
 from .passes.instrument import SamplingLayout
 from .passes.pipeline import Pass
-from .runtime.check import table_state
 from .traffic.generate import Trace, generate
 from .uapi import MapType
+from .world import CheckRequest, CheckResult, Side, check, written_maps
+from .world.environment import Environment, Subject, add_extra_maps, open_environment, warm_up
 
 
-def state_copier(source: Mapping[str, Map], names: list[str]):  # type: ignore[no-untyped-def]
-    """A `prepare` hook copying the named maps' contents from `source` into an environment."""
+def state_copier(source: Mapping[str, Map], names: list[str],
+                 shared: Mapping[str, Map] | None = None):  # type: ignore[no-untyped-def]
+    """A `prepare` hook giving an environment the state to start from: the named maps'
+    contents copied from `source`, and the `shared` maps (a user's maps the data plane only
+    reads) used as they are instead of the environment's own."""
     def prepare(environment: Environment) -> None:
         with environment.namespace.entered():
+            for name, m in (shared or {}).items():
+                if name in environment.maps:
+                    handle = Map.from_fd(m.fd, name)
+                    environment.stack.callback(handle.close)
+                    environment.maps[name] = handle
             for name in names:
                 if name in environment.maps and name in source:
                     environment.maps[name].copy_from(source[name])
     return prepare
 
 
-def run_individually(environment: Environment, spec: Any, program: Any, trace: Trace,
-                     ingress: int) -> list[tuple[int, bytes]]:
-    with environment.namespace.entered():
-        prog = load_program_spec(spec, environment.maps, program=program,
-                                 btf_fd=environment.btf_fd)
-    try:
-        out = []
-        with environment.namespace.entered():
-            for frame in trace.frames:
-                ctx = xdp_ctx(ingress, len(frame)) if ingress else None
-                result = prog.test_run(frame, ctx=ctx)
-                out.append((result.retval, result.data or b""))
-        return out
-    finally:
-        prog.close()
-
-
 def check_equivalence(nf: NetworkFunction | None, original: Subject, specialized: Subject,
                       trace: Trace, prepare: Any, written: list[str]) -> dict[str, Any]:
-    """Run every packet through both programs from the same state; compare verdicts,
-    output bytes and the data-plane-written tables at the end."""
-    ingress = trace.main_ingress if trace.main_ingress >= 2 else 0
-    results = []
-    tables = []
-    for subject in (original, specialized):
-        environment = open_environment(subject, nf)
-        try:
-            _warm_up(environment, subject, trace)
+    """Run every packet through both programs from the same state (`morpheus.world`):
+    verdicts, output bytes and length, redirect targets, and every key and value of every
+    map either program writes. Returns the `morpheus check` JSON shape."""
+    return check_subjects(nf, original, specialized, trace, prepare, written).to_json()
+
+
+def check_subjects(nf: NetworkFunction | None, original: Subject, specialized: Subject,
+                   trace: Trace, prepare: Any = None, written: Sequence[str] = ()
+                   ) -> CheckResult:
+    """`check_equivalence`'s result object (with notes and packets-to-catch)."""
+    environment = open_environment(original, nf)
+    try:
+        warm_up(environment, original, trace)
+        add_extra_maps(environment, specialized)
+        if prepare is not None:
             prepare(environment)
-            results.append(run_individually(environment, subject.program_spec(),
-                                            subject.program, trace, ingress))
-            tables.append({n: table_state(environment.maps[n]) for n in written
-                           if n in environment.maps})
-        finally:
-            environment.close()
-    mismatches = [i for i, (a, b) in enumerate(zip(*results, strict=True)) if a != b]
-    table_diff = [n for n in tables[0] if tables[0][n] != tables[1].get(n)]
-    return {"equivalent": not mismatches and not table_diff, "packets_checked": len(trace),
-            "mismatches": len(mismatches),
-            "first_mismatch": mismatches[0] if mismatches else None,
-            "tables_differing": table_diff}
+        packets = [(frame, port if nf is not None and port >= 2 else 0)
+                   for frame, port in zip(trace.frames, trace.ingress, strict=True)]
+        base_spec = original.load_spec()
+        request = CheckRequest(
+            environment.maps,
+            Side(original.label, original.program_spec(), original.program,
+                 spec=base_spec, btf_fd=environment.btf_fd),
+            Side(specialized.label, specialized.program_spec(), specialized.program,
+                 spec=specialized.load_spec(), btf_fd=environment.btf_fd),
+            packets, written=written)
+        with environment.namespace.entered():
+            return check(request)
+    finally:
+        environment.close()
 
 
 def optimize_nf(nf: NetworkFunction, profile_name: str, *, packets: int = 10_000,
@@ -132,17 +132,24 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
     analysis_ms = (time.perf_counter() - t0) * 1000
     guarded = target.guarded_maps()
     guard_slots = {name: n for n, name in enumerate(guarded)}
-    written = target.written_maps()
-    # Maps holding fds (prog arrays, maps of maps) cannot be copied by value.
-    copy_names = list(written) if source_maps is None else sorted(
-        n for n, m in spec.maps.items() if not m.type.holds_fds or m.type in (
-            MapType.DEVMAP, MapType.DEVMAP_HASH))
+    may_write = written_maps([target.program], spec.maps, prog.type)  # conservative on lost maps
+    written = sorted(n for n in may_write if n in spec.maps)
+    # Only the maps the data plane writes are copied; a user's maps it only reads are
+    # shared (read, never written) by the profile, the check and the benchmark.
+    copy_names = list(written)
+    shared: dict[str, Map] = {}
     ingress = trace.main_ingress if trace.main_ingress >= 2 else 0
 
     environment = open_environment(subject, nf)
     try:
         if source_maps is not None:
-            state_copier(source_maps, copy_names)(environment)
+            inner_written = {n.removesuffix("[inner]") for n in may_write}
+            shared = {n: m for n, m in source_maps.items()
+                      if n in spec.maps and n not in copy_names and (
+                          not m.type.holds_fds or m.type in (MapType.DEVMAP,
+                                                             MapType.DEVMAP_HASH)
+                          or (m.type.is_map_of_maps and n not in inner_written))}
+            state_copier(source_maps, copy_names, shared)(environment)
         env_maps: dict[str, Map] = dict(environment.maps)
         base, extra_specs = with_guard_bumps(target, guard_slots)
         sites = sampled_sites(facts, spec.maps, options)
@@ -190,7 +197,7 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
     finally:
         environment.close()
     try:
-        prepare = state_copier(saved, copy_names)
+        prepare = state_copier(saved, copy_names, shared)
         original = subject
         special = Subject("specialized", subject.object_path, subject.program_name,
                           program=result.program, extra_maps=result.extra_maps)
@@ -225,9 +232,11 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         if verify_error is not None:
             report["error"] = verify_error
             return report
-        eq = check_equivalence(nf, original, special, trace, prepare, written)
+        checked = check_subjects(nf, original, special, trace, prepare, written)
+        eq = checked.to_json()
         report["equivalent"] = eq["equivalent"]
         report["packets_checked"] = eq["packets_checked"]
+        report["check"] = eq
         if not eq["equivalent"]:
             report["mismatch"] = eq
             return report

@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .bench.compare import Subject
 from .kernel import Map
 from .kernel.pin import is_bpffs
 from .loader import load_collection
@@ -23,6 +22,7 @@ from .obj import read_object
 from .optimizer import PlanOptions
 from .traffic.generate import from_frames
 from .traffic.pcap import read_pcap
+from .world.environment import Subject
 
 STATE_DIR = Path("/run/morpheus/pins")
 

@@ -58,7 +58,7 @@ from ..passes.inline import GUARD_MAP
 from ..passes.instrument import CTL_MAP, SAMPLES_MAP, Instrument, layout_for
 from ..passes.pipeline import PassContext
 from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
-from .check import CheckResult, check_candidate
+from .check import CandidatePair, CheckResult, check_candidate
 from .guard import GuardMap
 from .trampoline import Trampoline
 
@@ -210,11 +210,6 @@ class Agent:
         if self.options.run_stats:
             with contextlib.suppress(KernelError, OSError):
                 self._stats_fd = enable_run_stats()
-        if self.options.check_frames:
-            nested = [n for n, m in self.spec.maps.items() if m.type.is_map_of_maps]
-            if nested:
-                raise AgentError(f"cannot check candidates on packets: map {nested[0]!r} is "
-                                 "a map of maps, which cannot be copied for the check")
         if (self.pin_dir / "link").exists():
             self._adopt()
         else:
@@ -519,17 +514,10 @@ class Agent:
     def _check_equivalence(self, version: Version) -> CheckResult:
         """Run the candidate and the unspecialized program on the check packets."""
         assert version.source is not None
-        candidate = version.source
-        written = sorted(m.name for m in self.facts.maps.values() if m.written_by_data_plane)
-
-        def load(kind: str, maps: Mapping[str, Map]) -> LoadedProgram:
-            program = self._base_program(instrumented=False) if kind == "base" else candidate
-            return load_program_spec(self.prog, maps, program=program, btf_fd=self.btf_fd)
-
-        ifindex = self._ifindex()
+        pair = CandidatePair(self.prog, self.spec, self._base_program(instrumented=False),
+                             version.source, self.btf_fd)
         with self._in_netns():
-            return check_candidate(self.maps, self.options.check_frames, ifindex, load,
-                                   written)
+            return check_candidate(self.maps, self.options.check_frames, self._ifindex(), pair)
 
     def _should_measure_instrumentation(self, heat: Mapping[int, Any]) -> bool:
         return (self.options.measure_instrumentation and bool(self.layout.sites)

@@ -45,18 +45,28 @@ from .passes.instrument import SamplingLayout
 from .passes.pipeline import Pass
 from .traffic.generate import Trace, generate
 from .uapi import MapType
-from .world import CheckRequest, CheckResult, Side, check, written_maps
+from .world import CheckRequest, CheckResult, Side, World, check, written_maps
 from .world.environment import Environment, Subject, add_extra_maps, open_environment, warm_up
 from .world.traces import check_trace
 
 
 def state_copier(source: Mapping[str, Map], names: list[str],
-                 shared: Mapping[str, Map] | None = None):  # type: ignore[no-untyped-def]
+                 shared: Mapping[str, Map] | None = None,
+                 outers: Sequence[str] = ()):  # type: ignore[no-untyped-def]
     """A `prepare` hook giving an environment the state to start from: the named maps'
-    contents copied from `source`, and the `shared` maps (a user's maps the data plane only
-    reads) used as they are instead of the environment's own."""
+    contents copied from `source`, the `shared` maps (a user's maps the data plane only
+    reads) used as they are instead of the environment's own, and the `outers` (maps of
+    maps whose inner maps the data plane writes) reproduced from `source`: a new outer map
+    holding clones of the source's inner maps, so the program runs the path it runs in
+    production (Katran's per-CPU LRU maps, not its fallback) without touching the
+    source's inner maps."""
     def prepare(environment: Environment) -> None:
         with environment.namespace.entered():
+            for name in outers:
+                if name in environment.maps and name in source:
+                    world = World.build({name: source[name]}, {f"{name}[inner]"})
+                    environment.stack.callback(world.close)
+                    environment.maps[name] = world.maps[name]
             for name, m in (shared or {}).items():
                 if name in environment.maps:
                     handle = Map.from_fd(m.fd, name)
@@ -186,6 +196,9 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
     # Only the maps the data plane writes are copied; a user's maps it only reads are
     # shared (read, never written) by the profile, the check and the benchmark.
     copy_names = list(written)
+    # Maps of maps whose inner maps are written: reproduced (clones inside a new outer).
+    outers = [n for n, m in spec.maps.items()
+              if m.type.is_map_of_maps and f"{n}[inner]" in may_write]
     shared: dict[str, Map] = {}
     ingress = trace.main_ingress if trace.main_ingress >= 2 else 0
 
@@ -198,7 +211,7 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
                           not m.type.holds_fds or m.type in (MapType.DEVMAP,
                                                              MapType.DEVMAP_HASH)
                           or (m.type.is_map_of_maps and n not in inner_written))}
-            state_copier(source_maps, copy_names, shared)(environment)
+            state_copier(source_maps, copy_names, shared, outers)(environment)
         env_maps: dict[str, Map] = dict(environment.maps)
         base, extra_specs = with_guard_bumps(target, guard_slots)
         sites = sampled_sites(facts, spec.maps, options)
@@ -243,10 +256,13 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         # Every comparison starts from the state the profiling run left behind.
         copy_names += [GUARD_MAP] if guarded else []
         saved = {n: _clone(env_maps[n], environment) for n in copy_names}
+        with environment.namespace.entered():
+            saved_outers = World.build({n: env_maps[n] for n in outers},
+                                       {f"{n}[inner]" for n in outers})
     finally:
         environment.close()
     try:
-        prepare = state_copier(saved, copy_names, shared)
+        prepare = state_copier({**saved, **saved_outers.maps}, copy_names, shared, outers)
         original = subject
         special = Subject("specialized", subject.object_path, subject.program_name,
                           program=result.program, extra_maps=result.extra_maps)
@@ -325,6 +341,7 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
     finally:
         for m in saved.values():
             m.close()
+        saved_outers.close()
 
 
 def _same_code(a: Program, b: Program) -> bool:

@@ -188,3 +188,33 @@ def test_the_check_world_runs_the_production_path(katran: tuple[Path, KatranShap
     finally:
         for m in maps.values():
             m.close()
+
+
+def test_optimize_profiles_checks_and_benches_the_production_path(
+        katran: tuple[Path, KatranShape], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`optimize DIR` reproduces the user's per-CPU LRU maps inside the array of maps for
+    the profile, the check and the benchmark: the state every check starts from (what the
+    profiling run left) shows no packet on the fallback LRU, and the user's maps are not
+    written."""
+    import morpheus.offline as offline
+
+    directory, shape = katran
+    pcap = tmp_path / "high.pcap"
+    write_pcap(pcap, trace(shape, 400))
+    starts: list[tuple[int, int]] = []
+    real_check = offline.check
+
+    def recording_check(request):  # type: ignore[no-untyped-def]
+        stats = request.source["stats"]
+        seen = sum(struct.unpack("<QQ", v)[0] for v in stats.lookup(LRU))
+        fallback = sum(struct.unpack("<QQ", v)[0] for v in stats.lookup(FALLBACK))
+        starts.append((seen, fallback))
+        return real_check(request)
+
+    monkeypatch.setattr(offline, "check", recording_check)
+    report = optimize_pinned(directory, pcap, program="balancer_ingress", rounds=1)
+    assert report["equivalent"], report.get("mismatch") or report.get("error")
+    assert starts and all(seen > 0 and fallback == 0 for seen, fallback in starts), starts
+    with Map.from_pin(directory / "maps" / "stats") as live:
+        assert all(struct.unpack("<QQ", v)[0] == 0 for v in live.lookup(LRU))  # type: ignore[union-attr]

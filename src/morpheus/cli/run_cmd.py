@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..runtime.agent import Agent, AgentOptions
     from ..runtime.plan import PlanOptions
-    from ..runtime.server import ControlServer, MetricsServer, prometheus_text, socket_path
+    from ..runtime.server import ControlServer, socket_path
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
@@ -82,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
     control.start()
     metrics = None
     if args.metrics_port is not None:
-        metrics = MetricsServer(lambda: prometheus_text(agent.status(), control.stats()),
-                                args.metrics_port)
-        metrics.start()
+        from ..runtime.metrics import serve
+
+        _, metrics = serve(agent, control, args.metrics_port)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

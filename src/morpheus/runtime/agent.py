@@ -861,6 +861,7 @@ class Agent:
                                "source": source},
                 "traffic": {"bps": round(rate.bps, 1) if rate.bps is not None else None,
                             "window_s": round(rate.window_s, 3) if rate.window_s else None,
+                            "window_end": round(rate.at, 3) if rate.at else None,
                             "rx_packets": latest.packets if latest else None,
                             "rx_bytes": latest.bytes if latest else None,
                             "history": [[round(t, 3), round(p, 1)]

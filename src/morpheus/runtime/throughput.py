@@ -37,14 +37,15 @@ class LinkSample:
 
 @dataclass(frozen=True)
 class Rate:
-    """Packets and bytes per second over a window of two samples; `pps` is None (unknown)
-    with `error` saying why when the counters cannot be read."""
+    """Packets and bytes per second over a window of two samples, ending at wall time `at`;
+    `pps` is None (unknown) with `error` saying why when the counters cannot be read."""
 
     pps: float | None
     bps: float | None
     window_s: float | None
     source: str
     error: str | None = None
+    at: float | None = None
 
 
 class LinkCounters:
@@ -155,7 +156,7 @@ class ThroughputMeter:
                 break
         dt = newest.monotonic - older.monotonic
         return Rate((newest.packets - older.packets) / dt, (newest.bytes - older.bytes) / dt,
-                    dt, self.source)
+                    dt, self.source, at=newest.wall)
 
     def latest(self) -> LinkSample | None:
         with self._lock:

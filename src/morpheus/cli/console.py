@@ -1,0 +1,90 @@
+"""Terminal output through rich: styled tables and progress bars on a terminal, plain text
+(no colours, no cursor movement) when the output is a pipe or a file. `--json` output never
+goes through here."""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich import box
+from rich.console import Console, RenderableType
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+# Tables keep one row per line and a rule under the header: readable styled and plain.
+TABLE_BOX = box.SIMPLE_HEAD
+PLAIN_WIDTH = 120
+
+
+def is_terminal(stream: Any = None) -> bool:
+    stream = stream if stream is not None else sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def stdout() -> Console:
+    """A console on standard output: styled on a terminal, plain and wide enough for the
+    tables otherwise."""
+    if is_terminal():
+        return Console(highlight=False)
+    return Console(width=PLAIN_WIDTH, color_system=None, highlight=False, soft_wrap=False)
+
+
+def plain(renderable: RenderableType, width: int = PLAIN_WIDTH) -> str:
+    """`renderable` as plain text (no styles), trailing blanks removed."""
+    console = Console(file=io.StringIO(), width=width, color_system=None, highlight=False,
+                      force_terminal=False)
+    console.print(renderable)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n")
+
+
+def show(renderable: RenderableType) -> None:
+    """Print to standard output: styled on a terminal, plain text otherwise."""
+    if is_terminal():
+        stdout().print(renderable)
+    else:
+        print(plain(renderable), flush=True)
+
+
+def table(*columns: str, title: str | None = None, right: tuple[str, ...] = ()) -> Table:
+    """A table with these column headers; headers in `right` are right-aligned (numbers)."""
+    t = Table(box=TABLE_BOX, title=title, title_justify="left", show_edge=False,
+              pad_edge=False, header_style="bold")
+    for name in columns:
+        t.add_column(name, justify="right" if name in right else "left")
+    return t
+
+
+@contextmanager
+def progress(description: str, total: float | None, *, enabled: bool = True
+             ) -> Iterator[Any]:
+    """A progress bar on standard error while the body runs, when standard error is a
+    terminal; otherwise a task object whose updates do nothing. Yields a callable
+    `advance(amount=1, description=None)`."""
+    if not enabled or not is_terminal(sys.stderr):
+        yield lambda amount=1.0, description=None: None
+        return
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True), transient=True)
+    with bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(amount: float = 1.0, description: str | None = None) -> None:
+            if description is None:
+                bar.advance(task, amount)
+            else:
+                bar.update(task, advance=amount, description=description)
+
+        yield advance

@@ -16,6 +16,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -67,24 +68,37 @@ def table(*columns: str, title: str | None = None, right: tuple[str, ...] = ()) 
 
 
 @contextmanager
-def progress(description: str, total: float | None, *, enabled: bool = True
-             ) -> Iterator[Any]:
-    """A progress bar on standard error while the body runs, when standard error is a
-    terminal; otherwise a task object whose updates do nothing. Yields a callable
-    `advance(amount=1, description=None)`."""
-    if not enabled or not is_terminal(sys.stderr):
-        yield lambda amount=1.0, description=None: None
+def progress_lines(description: str, total: int | None = None) -> Iterator[Any]:
+    """For long work that reports a line per step: on a terminal, a progress bar on standard
+    error that advances with every line (printed above the bar); otherwise the lines go to
+    standard error as they come. Yields `report(line)`."""
+    if not is_terminal(sys.stderr):
+        yield lambda line: print(line, file=sys.stderr, flush=True)
         return
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True), transient=True)
+    console = Console(stderr=True, highlight=False)
+    columns: list[Any] = [TextColumn("[bold]{task.description}"), BarColumn()]
+    if total is not None:
+        columns += [MofNCompleteColumn(), TimeRemainingColumn()]
+    bar = Progress(*columns, TimeElapsedColumn(), console=console, transient=True)
     with bar:
         task = bar.add_task(description, total=total)
 
-        def advance(amount: float = 1.0, description: str | None = None) -> None:
-            if description is None:
-                bar.advance(task, amount)
-            else:
-                bar.update(task, advance=amount, description=description)
+        def report(line: str) -> None:
+            bar.console.print(line, markup=False)
+            bar.advance(task)
 
-        yield advance
+        yield report
+
+
+@contextmanager
+def working(description: str) -> Iterator[None]:
+    """A spinner with the elapsed time on standard error while long work without steps of
+    its own runs (a terminal only)."""
+    if not is_terminal(sys.stderr):
+        yield
+        return
+    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                   console=Console(stderr=True), transient=True)
+    with bar:
+        bar.add_task(description, total=None)
+        yield

@@ -33,13 +33,15 @@ def test_rate_over_the_window_and_history() -> None:
     readings: list[LinkSample | Exception] = [
         LinkSample(10.0 + i * 0.5, 1000.0 + i * 0.5, i * 50_000, i * 3_200_000)
         for i in range(5)]
-    meter = ThroughputMeter(FakeCounters(readings), period=1e9, window=1.0)
-    for _ in range(4):
+    readings.insert(2, LinkSample(10.6, 1000.6, 62_000, 0))  # a reading between periods
+    meter = ThroughputMeter(FakeCounters(readings), period=0.5, window=1.0)
+    for _ in range(5):
         meter.sample()
-    rate = meter.rate()  # the newest reading is fresh: no new one is taken
+    rate = meter.rate()  # the last reading is old by the real clock: takes the sixth
     assert rate.pps == pytest.approx(100_000) and rate.bps == pytest.approx(6_400_000)
     assert rate.window_s == pytest.approx(1.0) and rate.source == "fake counters"
-    assert [p for _, p in meter.history()] == [pytest.approx(100_000)] * 3
+    # One history point per period; the reading in between starts no rate of its own.
+    assert [p for _, p in meter.history()] == [pytest.approx(100_000)] * 4
 
 
 def test_unreadable_counters_make_the_rate_unknown() -> None:

@@ -63,7 +63,9 @@ def table(*columns: str, title: str | None = None, right: tuple[str, ...] = ()) 
     t = Table(box=TABLE_BOX, title=title, title_justify="left", show_edge=False,
               pad_edge=False, header_style="bold")
     for name in columns:
-        t.add_column(name, justify="right" if name in right else "left")
+        # One line per row: a cell too wide for the screen is cut with an ellipsis.
+        t.add_column(name, justify="right" if name in right else "left", no_wrap=True,
+                     overflow="ellipsis", min_width=len(name))
     return t
 
 

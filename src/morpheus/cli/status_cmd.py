@@ -140,8 +140,8 @@ def sites_table(status: dict[str, Any]) -> Any:
         s = sampling.get(site["instruction"])
         if site.get("hit_rate") is not None:
             hit = f"{site['hit_rate']:.0%}"
-        elif site["specialized"] and site["mode"] == "whole":
-            hit = "all keys"
+        elif site["specialized"] and site["mode"] in ("table", "constant"):
+            hit = "all (whole table)"  # every lookup is answered inline
         else:
             hit = "not sampled" if s is None else "-"
         rate = f"1/{s['rate']}" if s and s.get("rate") else "not sampled"
@@ -191,7 +191,7 @@ def cycles_table(status: dict[str, Any], count: int = 5) -> Any:
     for c in status.get("cycles", [])[-count:]:
         ms = c.get("ms", {})
         t.add_row(c["outcome"], _ms(ms.get("total")), *(_ms(ms.get(p), "-") for p in _PHASES),
-                  c["reason"][:60])
+                  c["reason"][:56])
     return t
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..ir import Program
-from ..kernel import FD, KernelError, Link, LoadedProgram, Map, VerifierError
+from ..kernel import FD, ClosedError, KernelError, Link, LoadedProgram, Map, VerifierError
 from ..kernel.netns import NetNamespace
 from ..kernel.prog import enable_run_stats
 from ..loader import create_map, load_collection, load_program_spec
@@ -816,7 +816,8 @@ class Agent:
                 out["guards"] = {m: versions[s] for m, s in self.guard_slots.items()}
         if current is not None:
             info = None
-            with contextlib.suppress(KernelError):
+            # A swap may close this version's fd while status is read from another thread.
+            with contextlib.suppress(KernelError, ClosedError):
                 info = current.program.info()
             out["version"] = {"number": current.number, "kind": current.kind,
                               "insns": current.insns, "since": round(current.created, 3),

@@ -101,6 +101,7 @@ class ThroughputMeter:
         self._samples: deque[LinkSample] = deque(maxlen=keep + 1)
         self._history: deque[tuple[float, float]] = deque(maxlen=keep)  # wall time, pps
         self._error: str | None = None
+        self._history_mark: LinkSample | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -124,9 +125,16 @@ class ThroughputMeter:
             if last is not None and s.packets < last.packets:
                 self._samples.clear()
                 last = None
-            if last is not None and s.monotonic > last.monotonic:
-                self._history.append((s.wall, (s.packets - last.packets)
-                                      / (s.monotonic - last.monotonic)))
+            # The history has one rate per period: readings taken in between (status asked
+            # for a fresh figure) would make rates over a few ms, which frames arriving in
+            # batches turn into spikes.
+            mark = self._history_mark
+            if mark is None or s.packets < mark.packets:
+                self._history_mark = s
+            elif s.monotonic - mark.monotonic >= 0.9 * self.period:
+                self._history.append((s.wall, (s.packets - mark.packets)
+                                      / (s.monotonic - mark.monotonic)))
+                self._history_mark = s
             self._samples.append(s)
         return s
 

@@ -186,11 +186,11 @@ def run(out: Path, seconds: float) -> None:
 def _plot(port: int, start: float, end: float, path: Path) -> None:
     board = json.loads(BOARD.read_text())
     panels = board["panels"]
-    swaps = _query_range(port, _grafana(board["annotations"]["list"][0]["expr"]), start, end)
-    swap_times = sorted({float(t) for series in swaps for t, v in series["values"]
+    # The annotation marks changes of morpheus_version: here, every step where it moved.
+    versions = _query_range(port, _grafana(board["annotations"]["list"][0]["expr"])
+                            .replace("$__interval", "2s"), start, end)
+    swap_marks = sorted({float(t) for series in versions for t, v in series["values"]
                          if float(v) > 0})
-    # One line per swap: the annotation is true for a minute after each change.
-    swap_marks = [t for i, t in enumerate(swap_times) if i == 0 or t - swap_times[i - 1] > 1.5]
     cols = 2
     rows = math.ceil(len(panels) / cols)
     import matplotlib

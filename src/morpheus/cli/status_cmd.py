@@ -191,7 +191,7 @@ def cycles_table(status: dict[str, Any], count: int = 5) -> Any:
     for c in status.get("cycles", [])[-count:]:
         ms = c.get("ms", {})
         t.add_row(c["outcome"], _ms(ms.get("total")), *(_ms(ms.get(p), "-") for p in _PHASES),
-                  c["reason"][:56])
+                  c["reason"][:40])
     return t
 
 

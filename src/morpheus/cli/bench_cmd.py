@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     program = args.program or (nf.program if nf else None)
     subjects = [Subject(label, Path(path), program)
                 for label, path in zip("AB", args.objects, strict=False)]
-    with working(f"benchmarking {' vs '.join(s.path.name for s in subjects)} "
+    with working(f"benchmarking {' vs '.join(s.object_path.name for s in subjects)} "
                  f"({args.rounds} rounds, {len(trace)} packets)"):
         report = run_bench(subjects, trace, nf=nf, rounds=args.rounds,
                            throughput=not args.no_throughput, cpu=args.cpu)

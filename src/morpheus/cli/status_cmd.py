@@ -110,8 +110,13 @@ def status_view(status: dict[str, Any], control: dict[str, Any]) -> RenderableTy
     header = Text()
     header.append(f"{status['program']} on {status['iface']}", style="bold")
     header.append(f"  (pins: {status['pin_dir']})")
-    version = Text(f"version {v.get('number')} ({v.get('kind')}), {v.get('insns')} "
-                   f"instructions, {_per_packet(status)}")
+    if v:
+        insns = f"{v['insns']} instructions" if v.get("insns") else "instructions unknown " \
+            "(adopted from a previous agent)"
+        version = Text(f"version {v.get('number')} ({v.get('kind')}), {insns}, "
+                       f"{_per_packet(status)}")
+    else:
+        version = Text("no version running yet")
     parts: list[RenderableType] = [header, version, throughput_line(status)]
     sites = sites_table(status)
     if sites is not None:

@@ -811,7 +811,7 @@ class Agent:
         }
         out.update(self._throughput_status())
         if self.guard is not None:
-            with contextlib.suppress(KernelError):
+            with contextlib.suppress(KernelError, ClosedError):
                 versions = self.guard.versions()
                 out["guards"] = {m: versions[s] for m, s in self.guard_slots.items()}
         if current is not None:

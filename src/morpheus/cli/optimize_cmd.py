@@ -21,6 +21,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--nf", choices=NAMES, help="a built-in network function")
     p.add_argument("--profile", choices=PROFILES, help="trace locality (with --nf)")
     p.add_argument("--trace", help="pcap trace (with DIR)")
+    p.add_argument("--program", metavar="NAME",
+                   help="the program of DIR to optimize (needed when DIR holds several)")
+    p.add_argument("--pin", metavar="DIR2",
+                   help="pin the specialized program and its maps under DIR2 (with DIR; only "
+                        "when it was verified equivalent)")
     p.add_argument("--packets", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
@@ -42,9 +47,13 @@ def run(args: argparse.Namespace) -> int:
         from ..pinned import optimize_pinned
 
         with working(f"optimizing {args.pinned}"):
-            report = optimize_pinned(args.pinned, args.trace, rounds=args.rounds,
-                                     options=options)
+            report = optimize_pinned(args.pinned, args.trace, program=args.program,
+                                     rounds=args.rounds, options=options)
+        if args.pin:
+            report["pinned"] = _pin(args, report)
     else:
+        if args.program or args.pin:
+            raise ValueError("--program and --pin go with a pinned DIR")
         if not args.nf or not args.profile:
             raise ValueError("give --nf NAME --profile P, or a pinned DIR with --trace")
         from ..offline import optimize_nf
@@ -55,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
                                  seed=args.seed, rounds=args.rounds, options=options,
                                  throughput=args.throughput)
     report.pop("specialization", None)
+    for link in report.get("chain", ()):
+        link.pop("specialization", None)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -62,8 +73,21 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report.get("equivalent") else 2
 
 
+def _pin(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, Any]:
+    """Pin the specialized version, if there is a verified one."""
+    from ..pinned import pin_specialized
+
+    if not report.get("equivalent") or report.get("specialization") is None:
+        return {"directory": args.pin, "error": "not pinned: no specialized version was "
+                "verified equivalent"}
+    chain = [(link["array"], link["slot"], link["program"], link.get("specialization"))
+             for link in report.get("chain", ())]
+    return pin_specialized(args.pinned, args.pin, report["program"], report["specialization"],
+                           chain)
+
+
 def report_view(r: dict[str, Any]) -> RenderableType:
-    """What `optimize` found, as text and a table of the sites."""
+    """What `optimize` found: timings, a table of the sites, the check and the speedup."""
     parts: list[RenderableType] = [
         Text(f"{r.get('nf') or r.get('program')}  trace {r.get('profile') or r.get('trace')}",
              style="bold"),
@@ -80,9 +104,12 @@ def report_view(r: dict[str, Any]) -> RenderableType:
     if r.get("error"):
         parts.append(Text(f"not loaded: {r['error']}", style="red"))
         return Group(*parts)
-    parts.append(Text(f"equivalent on {r['packets_checked']} packets: "
-                      f"{'yes' if r['equivalent'] else 'NO'}",
-                      style="green" if r["equivalent"] else "bold red"))
+    if r.get("identical"):
+        parts.append(Text("nothing specialized: the candidate is the original program"))
+    else:
+        parts.append(Text(f"equivalent on {r['packets_checked']} packets: "
+                          f"{'yes' if r['equivalent'] else 'NO'}",
+                          style="green" if r["equivalent"] else "bold red"))
     if r.get("speedup"):
         s = r["speedup"]
         ns = r["ns_per_packet"]
@@ -90,9 +117,21 @@ def report_view(r: dict[str, Any]) -> RenderableType:
                           f"{ns['specialized']['median']:.0f}"))
         parts.append(Text(f"speedup: min {s['min']:.2f}  median {s['median']:.2f}  "
                           f"max {s['max']:.2f}", style="bold"))
+    for link in r.get("chain", ()):
+        state = ("equivalent" if link.get("equivalent") else "NOT equivalent"
+                 if "equivalent" in link else "optimized above")
+        speedup = link.get("speedup") or {}
+        parts.append(Text(f"tail call {link['array']}[{link['slot']}] → {link['program']}: "
+                          f"{state}" + (f", speedup median {speedup['median']:.2f}"
+                                        if speedup else "")))
+    if r.get("pinned"):
+        pinned = r["pinned"]
+        parts.append(Text(pinned["error"] if "error" in pinned else
+                          f"pinned: {pinned['directory']}/progs/{pinned['program']} (id "
+                          f"{pinned['id']}) with maps {', '.join(pinned['maps'])}"))
     return Group(*parts)
 
 
 def format_report(r: dict[str, Any]) -> str:
-    """The report as plain text."""
+    """The report as plain text (what `optimize` prints when not on a terminal)."""
     return plain(report_view(r))

@@ -77,10 +77,10 @@ def check_equivalence(nf: NetworkFunction | None, original: Subject, specialized
 
 
 def check_subjects(nf: NetworkFunction | None, original: Subject, specialized: Subject,
-                   trace: Trace, prepare: Any = None, written: Sequence[str] = ()
-                   ) -> CheckResult:
+                   trace: Trace, prepare: Any = None, written: Sequence[str] = (),
+                   config: Any = None) -> CheckResult:
     """`check_equivalence`'s result object (with notes and packets-to-catch)."""
-    environment = open_environment(original, nf)
+    environment = open_environment(original, nf, config)
     try:
         warm_up(environment, original, trace)
         add_extra_maps(environment, specialized)
@@ -118,10 +118,11 @@ Variants = Callable[[Program, Mapping[str, MapSpec]], Mapping[str, Variant]]
 
 def _check_variants(nf: NetworkFunction | None, original: Subject, special: Subject,
                     trace: Trace, prepare: Any, written: Sequence[str],
-                    programs: Mapping[str, Variant]) -> dict[str, dict[str, Any]]:
+                    programs: Mapping[str, Variant], config: Any = None
+                    ) -> dict[str, dict[str, Any]]:
     """Check each variant like the specialized program, all from one starting state."""
     out: dict[str, dict[str, Any]] = {}
-    environment = open_environment(original, nf)
+    environment = open_environment(original, nf, config)
     try:
         warm_up(environment, original, trace)
         add_extra_maps(environment, special)
@@ -161,11 +162,13 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
                      options: PlanOptions | None = None, rounds: int = 5,
                      throughput: bool = False, cleanup: bool = True,
                      passes: Sequence[Pass] | None = None, bench: bool = True,
-                     variants: Variants | None = None) -> dict[str, Any]:
+                     variants: Variants | None = None, config: Any = None
+                     ) -> dict[str, Any]:
     """Profile, specialize, verify, check and benchmark one program on `trace`.
 
     The maps start as `nf`'s default configuration, or as copies of `source_maps` (a
-    user's live maps, which are only read). `variants`, given the specialized program,
+    user's live maps, which are only read). With `nf`, `config` is the configuration the
+    maps get (default: the NF's default configuration). `variants`, given the specialized program,
     names other versions to check against the original from the same state (mutation
     testing of the checker); their results are under "variants".
     """
@@ -186,7 +189,7 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
     shared: dict[str, Map] = {}
     ingress = trace.main_ingress if trace.main_ingress >= 2 else 0
 
-    environment = open_environment(subject, nf)
+    environment = open_environment(subject, nf, config)
     try:
         if source_maps is not None:
             inner_written = {n.removesuffix("[inner]") for n in may_write}
@@ -248,7 +251,7 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         special = Subject("specialized", subject.object_path, subject.program_name,
                           program=result.program, extra_maps=result.extra_maps)
         report: dict[str, Any] = {}
-        verify_ms, verify_error = _verify(special, nf)
+        verify_ms, verify_error = _verify(special, nf, config)
         converged: frozenset[int] = frozenset()
         dropped: frozenset[int] = frozenset()
         attempts = 1
@@ -260,7 +263,7 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
             result = specialize(request.relieved(converged, dropped))
             special = Subject("specialized", subject.object_path, subject.program_name,
                               program=result.program, extra_maps=result.extra_maps)
-            verify_ms, verify_error = _verify(special, nf)
+            verify_ms, verify_error = _verify(special, nf, config)
             attempts += 1
         report.update({"equivalent": False, "packets_checked": 0, "speedup": None,
                        "analysis_ms": round(analysis_ms, 2),
@@ -286,17 +289,19 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         # The check sees more than the profile: held-back flows on every port, the NF's edge
         # cases, and near-miss keys of every specialized site.
         checked_trace = check_trace(
-            trace, nf=nf, facts=facts,
+            trace, nf=nf, facts=facts, config=config,
             sites=[d.site.index for d in result.decisions if d.plan is not None])
-        checked = check_subjects(nf, original, special, checked_trace, prepare, written)
+        checked = check_subjects(nf, original, special, checked_trace, prepare, written,
+                                 config)
         eq = checked.to_json()
         report["equivalent"] = eq["equivalent"]
         report["packets_checked"] = eq["packets_checked"]
         report["check"] = eq
+        report["check_verdicts"] = checked.verdict_counts()
         if variants is not None:
             wanted = variants(result.program, result.extra_maps)
             report["variants"] = _check_variants(nf, original, special, checked_trace,
-                                                 prepare, written, wanted)
+                                                 prepare, written, wanted, config)
         if not eq["equivalent"]:
             report["mismatch"] = eq
             return report
@@ -305,7 +310,7 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
             return report
         measured = run_bench([original, special], trace, nf=nf, rounds=rounds,
                           throughput=throughput and nf is not None, prepare=prepare,
-                          check=False)
+                          check=False, config=config)
         measured.pop("_series", None)
         report["speedup"] = measured["speedup"]
         report["ns_per_packet"] = {"original": measured["A"]["ns_per_packet"],
@@ -346,9 +351,10 @@ def _clone(m: Map, environment: Environment) -> Map:
         return m.clone()
 
 
-def _verify(subject: Subject, nf: NetworkFunction | None) -> tuple[float, str | None]:
+def _verify(subject: Subject, nf: NetworkFunction | None, config: Any = None
+            ) -> tuple[float, str | None]:
     """Load the specialized program once; the verifier's verdict and the time it took."""
-    environment = open_environment(subject, nf)
+    environment = open_environment(subject, nf, config)
     try:
         start = time.perf_counter()
         try:

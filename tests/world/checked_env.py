@@ -33,14 +33,18 @@ class CheckedEnv:
 
 
 def configure(coll: Collection) -> None:
-    maps = coll.maps
+    configure_maps(coll.maps, coll.spec)
+
+
+def configure_maps(maps: dict[str, Map], spec: ObjectSpec) -> None:
+    """Routes, the sampling mask, two devmap ports, one inner LRU map per possible CPU."""
     for addr, port in ROUTES.items():
         maps["routes"].update(struct.pack("<I", 32) + struct.pack(">I", ip4(addr)),
                               struct.pack("<I", port))
     maps["config"].update(0, struct.pack("<I", 3))
     for slot in (1, 2):
         maps["ports"].update(slot, struct.pack("<I", 1))  # lo: only test runs redirect
-    inner_spec = coll.spec.maps["conns"].inner
+    inner_spec = spec.maps["conns"].inner
     assert inner_spec is not None
     for cpu in range(8):
         with Map.create(MapType.LRU_HASH, 4, 8, inner_spec.max_entries,

@@ -416,6 +416,7 @@ SPECIALIZED = (
     Mutation("absent key served the first entry", table_miss_as_hit),
     Mutation("branch on an inlined field swapped", branch_after_inlined_value_swapped),
 )
+GUARD = Mutation("guard that never fires", guard_never_fires)
 
 def generic(stores: int = -1, verdict: int | None = 0) -> tuple[Mutation, ...]:
     """Operators for any program; `stores` and `verdict` pick which candidate site (first

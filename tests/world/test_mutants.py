@@ -73,7 +73,7 @@ def test_mutants_of_a_specialized_nf_are_caught_by_optimizes_check(
     nf = get(name)
     generic, key_mutant = NF_MUTANTS[name]
     mutations = [m for m in M.SPECIALIZED if m.name not in KEY_MUTANTS or m.name == key_mutant]
-    mutations += generic
+    mutations += list(generic)
 
     def variants(program, extra):  # type: ignore[no-untyped-def]
         out = {}

@@ -48,14 +48,14 @@ Prepare = Callable[[Environment], None]
 
 
 def check_verdicts(subject: Subject, trace: Trace, nf: NetworkFunction | None, *,
-                   prepare: Prepare | None = None) -> dict[str, Any]:
+                   prepare: Prepare | None = None, config: Any = None) -> dict[str, Any]:
     """Replay once and run every packet individually, each from the same fresh state;
     compare the per-packet verdicts."""
     from ..loader import load_program_spec
 
     ingress = _ingress(trace, nf)
     pspec = subject.program_spec()
-    first = open_environment(subject, nf)
+    first = open_environment(subject, nf, config)
     try:
         warm_up(first, subject, trace)
         if prepare is not None:
@@ -66,7 +66,7 @@ def check_verdicts(subject: Subject, trace: Trace, nf: NetworkFunction | None, *
             replayed = replay.verdicts()
     finally:
         first.close()
-    second = open_environment(subject, nf)
+    second = open_environment(subject, nf, config)
     try:
         warm_up(second, subject, trace)
         if prepare is not None:
@@ -124,8 +124,8 @@ def _throughput_devices(ingress: int) -> tuple[str, str]:
 
 def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction | None = None,
               rounds: int = 5, throughput: bool = True, latency: bool = True,
-              check: bool = True, cpu: int = 0, prepare: Prepare | None = None
-              ) -> dict[str, Any]:
+              check: bool = True, cpu: int = 0, prepare: Prepare | None = None,
+              config: Any = None) -> dict[str, Any]:
     """Measure the subjects interleaved; returns the report as a JSON-ready dict."""
     if not 1 <= len(subjects) <= 2:
         raise ValueError("benchmark one program, or two side by side")
@@ -134,7 +134,8 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
         "trace": {"profile": trace.profile or None, **trace.summary()},
         "rounds": rounds,
     }
-    checks = [check_verdicts(s, trace, nf, prepare=prepare) for s in subjects] if check else []
+    checks = [check_verdicts(s, trace, nf, prepare=prepare, config=config)
+              for s in subjects] if check else []
     ingress = _ingress(trace, nf)
     shared = len(subjects) == 2 and maps_compatible(subjects[0], subjects[1])
     report["shared_maps"] = shared
@@ -146,7 +147,7 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
             if environment is None or not shared:
                 # Programs with the same maps run against the same map instances, so that
                 # only their code differs (not where the kernel put their tables).
-                environment = open_environment(subject, nf)
+                environment = open_environment(subject, nf, config)
                 stack.callback(environment.close)
                 warm_up(environment, subject, trace)
                 if prepare is not None:

@@ -82,6 +82,14 @@ class CheckResult:
     redirects_differing: int = 0
     first_table: tuple[int, str] | None = None  # first checkpoint where tables differed
     notes: list[str] = field(default_factory=list)
+    base_verdicts: list[int] = field(default_factory=list)  # the base program's, per packet
+
+    def verdict_counts(self) -> dict[int, int]:
+        """How many packets got each verdict from the base program."""
+        out: dict[int, int] = {}
+        for v in self.base_verdicts:
+            out[v] = out.get(v, 0) + 1
+        return dict(sorted(out.items()))
 
     @property
     def equivalent(self) -> bool:
@@ -155,6 +163,7 @@ def check(request: CheckRequest) -> CheckResult:
         for index, (frame, ingress) in enumerate(request.packets):
             a = runners[0].run(index, frame, ingress)
             b = runners[1].run(index, frame, ingress)
+            result.base_verdicts.append(a.verdict)
             what = _difference(a, b)
             if what is not None:
                 result.mismatches.append(index)

@@ -64,13 +64,16 @@ class Environment:
         self.stack.close()
 
 
-def open_environment(subject: Subject, nf: NetworkFunction | None) -> Environment:
-    """Fresh maps for `subject` (configured by `nf`'s default configuration if given)."""
+def open_environment(subject: Subject, nf: NetworkFunction | None,
+                     config: Any = None) -> Environment:
+    """Fresh maps for `subject`, configured by `nf` with `config` (default: the NF's default
+    configuration) if an NF is given."""
     spec = subject.load_spec()
     stack = ExitStack()
     try:
         if nf is not None:
-            env = stack.enter_context(NFEnv.start(nf, object_path=subject.object_path))
+            env = stack.enter_context(NFEnv.start(nf, config=config,
+                                                  object_path=subject.object_path))
             environment = Environment(env.namespace, dict(env.collection.maps), spec, stack,
                                       env.collection.btf_fd, env)
         else:

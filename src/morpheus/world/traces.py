@@ -4,6 +4,8 @@ A specialized program is fast on the keys it saw; the check must also visit what
 not see. `check_trace` extends a profiling trace with, in this order:
 
 - near-miss keys (below), first, while the inlined tables are still current;
+- moves: the hottest flows' destinations answering from every other port, each answer
+  followed by the flow's own packet;
 - held-back packets: flows of the same configuration the profile never contained (so
   mostly misses of every inlined hot-key table), arriving on every ingress port the NF
   serves, not only the main one;
@@ -29,6 +31,7 @@ from ..traffic.generate import Trace, generate
 
 NEAR_MISS_FLOWS = 64  # hottest flows whose key bytes are flipped (as many as a site inlines)
 SECOND_BIT_FLOWS = 8  # the hottest also get their lowest bit flipped
+MOVED_FLOWS = 4  # hottest flows replayed on every other port
 HELD_BACK = 300  # packets of flows the profile did not contain
 
 
@@ -49,19 +52,47 @@ def check_trace(trace: Trace, *, nf: NetworkFunction | None = None,
             ingress.append(port)
     if nf is not None:
         config = config if config is not None else nf.default_config()
+        edge = list(nf.module.edge_cases(config, rng)) if hasattr(nf.module, "edge_cases") \
+            else []
+        ports = sorted({p for p in ingress if p >= 2} | {p for _, p in edge if p >= 2})
+        for frame, port in moved(trace, ports):
+            frames.append(frame)
+            ingress.append(port)
         if held_back:
             extra = generate(nf, trace.profile or "none", held_back, trace.seed + 7919 + seed,
                              config=config, single_ingress=False)
             frames += extra.frames
             ingress += extra.ingress
-        if hasattr(nf.module, "edge_cases"):
-            for frame, port in nf.module.edge_cases(config, rng):
-                frames.append(frame)
-                ingress.append(port)
+        for frame, port in edge:
+            frames.append(frame)
+            ingress.append(port)
     flow_ids = list(trace.flow_ids) + [-1] * (len(frames) - len(trace.frames))
     return Trace(frames, flow_ids, ingress, trace.nf, trace.profile, trace.seed,
                  {**trace.meta, "check_extra": len(frames) - len(trace.frames)},
                  list(trace.warmup))
+
+
+def moved(trace: Trace, ports: Sequence[int], flows: int = MOVED_FLOWS
+          ) -> list[tuple[bytes, int]]:
+    """For the hottest flows: their destination answers (the frame with its Ethernet
+    addresses swapped) from every other port, each time followed by the flow's own packet.
+    A station that moves is a data-plane write to what may be inlined (a learning switch's
+    table), which a guard must notice; a frame on a port that does not serve it is an edge
+    case of its own."""
+    first: dict[int, int] = {}
+    for i, flow in enumerate(trace.flow_ids):
+        first.setdefault(flow, i)
+    out = []
+    for flow, _ in Counter(trace.flow_ids).most_common(flows):
+        index = first[flow]
+        frame, home = trace.frames[index], trace.ingress[index]
+        if len(frame) < 14:
+            continue
+        answer = frame[6:12] + frame[:6] + frame[12:]
+        for port in ports:
+            if port != home:
+                out += [(answer, port), (frame, home)]
+    return out
 
 
 def key_packet_offsets(facts: ProgramFacts, sites: Iterable[int]) -> list[int]:

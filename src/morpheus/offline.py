@@ -144,7 +144,7 @@ def _check_variants(nf: NetworkFunction | None, original: Subject, special: Subj
             # Maps the variant brings itself (other inlined values) replace the source's.
             own = {n: m for n, m in extra.items() if special.extra_maps.get(n) != m}
             variant = Subject(name, special.object_path, special.program_name,
-                              program=program, extra_maps=dict(extra))
+                              program=program, spec=special.spec, extra_maps=dict(extra))
             try:
                 result = _check_in(environment, nf, original, variant, trace, written, own)
             except VerifierError as exc:
@@ -264,8 +264,11 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
     try:
         prepare = state_copier({**saved, **saved_outers.maps}, copy_names, shared, outers)
         original = subject
+        # The specialized program comes from the object as the original was read (with the
+        # user's --type, --btf, --legacy-maps): re-reading it by path would lose them.
         special = Subject("specialized", subject.object_path, subject.program_name,
-                          program=result.program, extra_maps=result.extra_maps)
+                          program=result.program, spec=spec,
+                          extra_maps=result.extra_maps)
         report: dict[str, Any] = {}
         verify_ms, verify_error = _verify(special, nf, config)
         converged: frozenset[int] = frozenset()
@@ -278,7 +281,8 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
             converged, dropped = relief
             result = specialize(request.relieved(converged, dropped))
             special = Subject("specialized", subject.object_path, subject.program_name,
-                              program=result.program, extra_maps=result.extra_maps)
+                              program=result.program, spec=spec,
+                              extra_maps=result.extra_maps)
             verify_ms, verify_error = _verify(special, nf, config)
             attempts += 1
         report.update({"equivalent": False, "packets_checked": 0, "speedup": None,

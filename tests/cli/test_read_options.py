@@ -78,3 +78,35 @@ def test_load_with_type_pins_programs(
         from morpheus.pinned import _state_path
 
         shutil.rmtree(_state_path(pin), ignore_errors=True)
+
+
+@pytest.mark.kernel
+def test_optimize_a_program_loaded_with_type(
+        test_objects: dict[str, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`optimize DIR` reads the object as `load --type` did, for the specialized program
+    too (the xdp-tutorial objects use section names no loader knows)."""
+    from morpheus.traffic.packet import IPPROTO_UDP, ethernet, ipv4, l4, mac
+    from morpheus.traffic.pcap import write_pcap
+
+    pin = Path("/sys/fs/bpf") / f"morpheus-readopt-{uuid.uuid4().hex[:8]}"
+    pcap = tmp_path / "t.pcap"
+    frames = [ethernet(mac("02:00:00:00:00:02"), mac("02:00:00:00:00:01"), 0x0800,
+                       ipv4("10.0.0.1", "10.0.0.2", IPPROTO_UDP,
+                            l4(IPPROTO_UDP, "10.0.0.1", "10.0.0.2", 1000, 53, b"x" * n)))
+              for n in (0, 40) * 20]
+    write_pcap(pcap, frames)
+    try:
+        assert cli(["load", str(test_objects["typed/nonstd.v3"]), "--pin", str(pin),
+                    "--type", "xdp"]) == 0
+        capsys.readouterr()
+        code = cli(["optimize", str(pin), "--program", "xdp_nonstd_drop", "--trace",
+                    str(pcap), "--json", "--rounds", "1"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        assert json.loads(captured.out)["equivalent"]
+    finally:
+        shutil.rmtree(pin, ignore_errors=True)
+        from morpheus.pinned import _state_path
+
+        shutil.rmtree(_state_path(pin), ignore_errors=True)

@@ -67,6 +67,7 @@ class MapBinding:
 
     header: bytes
     values_address: int
+    type: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,12 @@ _CTX_ARG = {"redirect": 2, "redirect_map": 4, "loop": 4}
 _ENV_ARG = {"ktime_get_ns": 4, "ktime_get_boot_ns": 4, "ktime_get_coarse_ns": 4,
             "get_prandom_u32": 4, "get_smp_processor_id": 4}
 _TAIL_CALL = 12
+_MAP_LOOKUP = 1
+# Lookups specialized by map type, used when the lifter knows which map r1 holds.
+_TYPED_LOOKUP = {2: "rt_lookup_array", 6: "rt_lookup_percpu_array", 1: "rt_lookup_hash",
+                 5: "rt_lookup_hash", 9: "rt_lookup_hash", 10: "rt_lookup_hash",
+                 25: "rt_lookup_hash", 11: "rt_lookup_lpm", 12: "rt_lookup_array_of_maps",
+                 13: "rt_lookup_hash_of_maps"}
 
 _COND = {0x10: "eq", 0x20: "ugt", 0x30: "uge", 0x50: "ne", 0x60: "sgt", 0x70: "sge",
          0xA0: "ult", 0xB0: "ule", 0xC0: "slt", 0xD0: "sle"}
@@ -140,6 +147,8 @@ class _Lifter:
         self.declares: set[str] = set()
         self.functions = self.program.functions()
         self.fn_names = {f.name for f in self.functions}
+        self.known: dict[int, str] = {}  # register → map it holds, within the current block
+        self.values: dict[int, str] = {}  # register → SSA value holding it, current block
 
     # --- module --------------------------------------------------------------------------
     def module(self) -> str:
@@ -189,7 +198,10 @@ class _Lifter:
                     fn.emit(f"br label %L{index}")
                 fn.lines.append(f"L{index}:")
                 terminated = False
+                self.known.clear()
+                self.values.clear()
             terminated = self.instruction(fn, index, insns[index])
+            self.track_maps(insns[index])
         if not terminated:
             # The verifier forbids falling off the end; keep LLVM's IR well-formed anyway.
             fn.emit("unreachable")
@@ -220,16 +232,42 @@ class _Lifter:
                             "its function")
         return target
 
+    def track_maps(self, insn: Instruction) -> None:
+        """Follow which registers hold a map loaded by ld_imm64 (copied by mov), so that a
+        lookup on it calls the runtime's code for that map type only."""
+        known = self.known
+        op = insn.opcode
+        if insn.is_call:
+            for r in range(6):
+                known.pop(r, None)
+        elif op == LD_IMM64 and insn.src in (PSEUDO_MAP_FD, PSEUDO_MAP_IDX) and insn.reference:
+            known[insn.dst] = insn.reference
+        elif op == 0xBF and insn.off == 0:  # mov64 dst, src
+            if insn.src in known:
+                known[insn.dst] = known[insn.src]
+            else:
+                known.pop(insn.dst, None)
+        elif (op & 0x07) in (C_ALU, C_ALU64, C_LDX) or op == LD_IMM64:
+            known.pop(insn.dst, None)
+        elif (op & 0xE0) == M_ATOMIC and (op & 0x07) == C_STX:
+            known.pop(insn.src, None)
+            known.pop(0, None)
+
     # --- helpers for operands ------------------------------------------------------------
-    @staticmethod
-    def load_reg(fn: _Function, reg: int) -> str:
+    # Within a block, a register's current value is reused instead of loaded again: fewer
+    # instructions for LLVM to clean up, which is most of the JIT's time.
+    def load_reg(self, fn: _Function, reg: int) -> str:
+        cached = self.values.get(reg)
+        if cached is not None:
+            return cached
         v = fn.v()
         fn.emit(f"{v} = load i64, ptr %r{reg}")
+        self.values[reg] = v
         return v
 
-    @staticmethod
-    def store_reg(fn: _Function, reg: int, value: str) -> None:
+    def store_reg(self, fn: _Function, reg: int, value: str) -> None:
         fn.emit(f"store i64 {value}, ptr %r{reg}")
+        self.values[reg] = value
 
     def address(self, fn: _Function, reg: int, off: int) -> str:
         base = self.load_reg(fn, reg)
@@ -561,6 +599,16 @@ class _Lifter:
             args[_CTX_ARG[name]] = "%ctx"
         if name in _ENV_ARG:
             args[_ENV_ARG[name]] = str(self.req.env_address)
+        if helper == _MAP_LOOKUP and 1 in self.known:
+            typed = _TYPED_LOOKUP.get(self.req.maps[self.known[1]].type)
+            if typed is not None:
+                symbol = typed
+                args = args[:2]
+                self.declares.add(f"declare i64 @{symbol}(i64, i64)")
+                r = fn.v()
+                fn.emit(f"{r} = call i64 @{symbol}(i64 {args[0]}, i64 {args[1]})")
+                self.store_reg(fn, 0, r)
+                return
         self.declares.add(f"declare i64 @{symbol}(i64, i64, i64, i64, i64)")
         r = fn.v()
         fn.emit(f"{r} = call i64 @{symbol}(" + ", ".join(f"i64 {a}" for a in args) + ")")
@@ -581,6 +629,7 @@ class _Lifter:
         fn.emit(f"{r} = tail call i64 {target}(i64 {ctx})")
         fn.emit(f"ret i64 {r}")
         fn.lines.append(f"tc{index}.miss:")
+        self.values.clear()
 
 
 def lift(request: LiftRequest) -> str:

@@ -432,7 +432,7 @@ static s64 lpm_delete(struct rt_map *m, const void *key)
 
 /* ---------------------------------------------------------------- generic map operations */
 
-static INLINE void *map_lookup(struct rt_map *m, const void *key)
+static void *map_lookup(struct rt_map *m, const void *key)
 {
 	u32 t = m->type;
 	if (is_array(t)) {
@@ -612,9 +612,55 @@ void rt_map_clear(struct rt_map *m)
 
 #define HELPER(name) INLINE u64 rt_helper_##name(u64 r1, u64 r2, u64 r3, u64 r4, u64 r5)
 
-HELPER(map_lookup_elem)
+/* Any map (maps of maps hand out inner maps whose type is known only at run time). */
+u64 rt_helper_map_lookup_elem(u64 r1, u64 r2, u64 r3, u64 r4, u64 r5)
 {
 	return (u64)map_lookup((struct rt_map *)r1, (const void *)r2);
+}
+
+/* Lookups for a map the lifter knows statically (the map of an ld_imm64 in r1): only that
+ * type's code is inlined, and the constant header folds the rest. */
+INLINE u64 rt_lookup_array(u64 map, u64 key)
+{
+	struct rt_map *m = (struct rt_map *)map;
+	u32 idx = *(const u32 *)key;
+	if (idx >= m->max_entries)
+		return 0;
+	return (u64)(m->values + (u64)idx * m->elem_size);
+}
+
+INLINE u64 rt_lookup_percpu_array(u64 map, u64 key)
+{
+	struct rt_map *m = (struct rt_map *)map;
+	u32 idx = *(const u32 *)key;
+	if (idx >= m->max_entries)
+		return 0;
+	return (u64)(m->values + (u64)idx * m->elem_size + (u64)m->env->cpu * m->stride);
+}
+
+INLINE u64 rt_lookup_hash(u64 map, u64 key)
+{
+	return (u64)hash_lookup((struct rt_map *)map, (const void *)key);
+}
+
+INLINE u64 rt_lookup_hash_of_maps(u64 map, u64 key)
+{
+	void *v = hash_lookup((struct rt_map *)map, (const void *)key);
+	return v ? *(u64 *)v : 0;
+}
+
+INLINE u64 rt_lookup_array_of_maps(u64 map, u64 key)
+{
+	struct rt_map *m = (struct rt_map *)map;
+	u32 idx = *(const u32 *)key;
+	if (idx >= m->max_entries)
+		return 0;
+	return *(u64 *)(m->values + (u64)idx * m->elem_size);
+}
+
+INLINE u64 rt_lookup_lpm(u64 map, u64 key)
+{
+	return (u64)lpm_lookup((struct rt_map *)map, (const void *)key);
 }
 
 HELPER(map_update_elem)

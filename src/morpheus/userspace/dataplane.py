@@ -114,7 +114,7 @@ class UserProgram:
 class UserDataPlane:
     """Native maps of one object plus the programs compiled against them."""
 
-    spec: ObjectSpec
+    spec: ObjectSpec | None
     env: Env
     maps: dict[str, UserMap] = field(default_factory=dict)
     programs: list[UserProgram] = field(default_factory=list)
@@ -122,13 +122,13 @@ class UserDataPlane:
     _ctx: XdpContext = field(default_factory=XdpContext)
 
     @classmethod
-    def create(cls, spec: ObjectSpec, *, cpu: int = 0,
+    def create(cls, spec: ObjectSpec | None = None, *, cpu: int = 0,
                extra_maps: Mapping[str, MapSpec] | None = None) -> Self:
         """Maps for every map of `spec` (and `extra_maps`), with their initial data."""
         env = Env(cpu=cpu, ncpus=possible_cpus(), prandom=0x9E3779B97F4A7C15, fake_time=0)
         plane = cls(spec, env)
         try:
-            for name, mspec in {**spec.maps, **(extra_maps or {})}.items():
+            for name, mspec in {**(spec.maps if spec else {}), **(extra_maps or {})}.items():
                 plane.maps[name] = plane.create_map(name, mspec)
             plane._frames = LowMemory(FRAME_SLOT)
         except BaseException:
@@ -273,7 +273,7 @@ class UserDataPlane:
                 mine.update(key, value)
 
     def _copy_map_of_maps(self, name: str, mine: UserMap, theirs: Map) -> None:
-        mspec = self.spec.maps.get(name)
+        mspec = self.spec.maps.get(name) if self.spec is not None else None
         if mspec is None or mspec.inner is None:
             raise UserMapError(f"map {name}: no inner map template to copy into")
         for key, value in theirs.items():

@@ -720,22 +720,36 @@ INLINE u64 rt_helper_get_numa_node_id(u64 r1, u64 r2, u64 r3, u64 r4, u64 r5)
 	return 0;
 }
 
-HELPER(csum_diff)
+static inline u32 csum_words(const u32 *p, u32 words, u32 seed)
 {
-	/* Like the kernel: a one's complement sum of the "to" words and the complemented
-	 * "from" words, folded to 32 bits (x86's csum_partial, end-around carry). */
-	const u32 *from = (const u32 *)r1, *to = (const u32 *)r3;
-	u32 from_size = (u32)r2, to_size = (u32)r4;
-	if (((from_size | to_size) & 3) || from_size > 512 || to_size > 512)
-		return (u64)-EINVAL;
-	u64 sum = (u32)r5;
-	for (u32 i = 0; i < from_size / 4; i++)
-		sum += (u32)~from[i];
-	for (u32 i = 0; i < to_size / 4; i++)
-		sum += to[i];
+	/* One's complement sum with end-around carry, as x86's csum_partial computes it. */
+	u64 sum = seed;
+	for (u32 i = 0; i < words; i++)
+		sum += p[i];
 	sum = (sum & 0xffffffffull) + (sum >> 32);
 	sum = (sum & 0xffffffffull) + (sum >> 32);
 	return (u32)sum;
+}
+
+HELPER(csum_diff)
+{
+	/* As the kernel since 6.13 ("bpf_csum_diff: optimize and homogenize for all archs"):
+	 * the sum of "to" minus the sum of "from", folded to 16 bits. */
+	const u32 *from = (const u32 *)r1, *to = (const u32 *)r3;
+	u32 from_size = (u32)r2, to_size = (u32)r4, ret = (u32)r5;
+	if (((from_size | to_size) & 3) || from_size > 512 || to_size > 512)
+		return (u64)-EINVAL;
+	if (from_size && to_size) {
+		u32 a = csum_words(to, to_size / 4, ret), b = ~csum_words(from, from_size / 4, 0);
+		ret = a + b;
+		ret += ret < b;
+	} else if (to_size) {
+		ret = csum_words(to, to_size / 4, ret);
+	} else if (from_size) {
+		ret = ~csum_words(from, from_size / 4, ~ret);
+	}
+	ret += (ret >> 16) | (ret << 16);
+	return (u16)(ret >> 16);
 }
 
 HELPER(redirect)

@@ -20,7 +20,7 @@ from ..obj import MapSpec, ObjectSpec, ProgramSpec
 from ..uapi import MapType, ProgType
 from .jit import CompiledModule, compile_module, engine, fresh_symbol
 from .lift import LiftRequest, MapBinding, lift
-from .maps import REFERENCE_TYPES, Env, UserMap, UserMapError
+from .maps import REFERENCE_TYPES, SUPPORTED, Env, UserMap, UserMapError
 
 FRAME_SLOT = 4096
 HEADROOM = 256
@@ -118,6 +118,7 @@ class UserDataPlane:
     env: Env
     maps: dict[str, UserMap] = field(default_factory=dict)
     programs: list[UserProgram] = field(default_factory=list)
+    unsupported: dict[str, str] = field(default_factory=dict)  # map name → its type
     _frames: LowMemory | None = None
     _ctx: XdpContext = field(default_factory=XdpContext)
 
@@ -129,6 +130,10 @@ class UserDataPlane:
         plane = cls(spec, env)
         try:
             for name, mspec in {**(spec.maps if spec else {}), **(extra_maps or {})}.items():
+                if mspec.type not in SUPPORTED:
+                    # Only an error for a program that uses it (see _check_maps).
+                    plane.unsupported[name] = mspec.type.name.lower()
+                    continue
                 plane.maps[name] = plane.create_map(name, mspec)
             plane._frames = LowMemory(FRAME_SLOT)
         except BaseException:
@@ -222,6 +227,11 @@ class UserDataPlane:
 
     def _check_maps(self, program: Program) -> None:
         for insn in program.insns:
+            if insn.is_map_load and insn.reference in self.unsupported:
+                raise UserspaceError(
+                    f"program {program.name}: map {insn.reference!r} is a "
+                    f"{self.unsupported[insn.reference]} map, which the user-space backend "
+                    "does not implement")
             if insn.is_map_load and insn.reference not in self.maps:
                 raise UserspaceError(f"program {program.name}: map {insn.reference!r} has no "
                                      "user-space counterpart")
@@ -263,8 +273,11 @@ class UserDataPlane:
             if name not in kernel_maps:
                 continue
             mine, theirs = self.maps[name], kernel_maps[name]
-            if mine.type == MapType.PROG_ARRAY:
+            if mine.type in (MapType.PROG_ARRAY, MapType.RINGBUF):
                 continue
+            for inner in mine.referenced.values():
+                if isinstance(inner, UserMap):
+                    inner.close()
             mine.clear()
             if mine.type in REFERENCE_TYPES:
                 self._copy_map_of_maps(name, mine, theirs)

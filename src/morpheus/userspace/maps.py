@@ -20,7 +20,7 @@ SUPPORTED = frozenset({
     MapType.HASH, MapType.ARRAY, MapType.PROG_ARRAY, MapType.PERCPU_HASH,
     MapType.PERCPU_ARRAY, MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.LPM_TRIE,
     MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS, MapType.DEVMAP, MapType.DEVMAP_HASH,
-    MapType.XSKMAP, MapType.CPUMAP,
+    MapType.XSKMAP, MapType.CPUMAP, MapType.RINGBUF,
 })
 REFERENCE_TYPES = frozenset({MapType.PROG_ARRAY, MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS})
 PER_CPU = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH})
@@ -160,6 +160,8 @@ class UserMap:
         self.referenced.clear()
 
     def items(self) -> Iterator[tuple[bytes, bytes | list[bytes]]]:
+        if self.type == MapType.RINGBUF:
+            return
         key = ctypes.create_string_buffer(max(self.key_size, 4))
         value = ctypes.create_string_buffer(self._stride * self.ncpus)
         slot = self._api["rt_map_slot"]

@@ -53,7 +53,7 @@ int clock_gettime(int clk, struct timespec *ts);
 enum {
 	T_HASH = 1, T_ARRAY = 2, T_PROG_ARRAY = 3, T_PERCPU_HASH = 5, T_PERCPU_ARRAY = 6,
 	T_LRU_HASH = 9, T_LRU_PERCPU_HASH = 10, T_LPM_TRIE = 11, T_ARRAY_OF_MAPS = 12,
-	T_HASH_OF_MAPS = 13, T_DEVMAP = 14, T_CPUMAP = 16, T_XSKMAP = 17, T_DEVMAP_HASH = 25,
+	T_HASH_OF_MAPS = 13, T_DEVMAP = 14, T_CPUMAP = 16, T_XSKMAP = 17, T_DEVMAP_HASH = 25, T_RINGBUF = 27,
 };
 
 enum { XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT };
@@ -182,6 +182,12 @@ struct rt_map *rt_map_new(u32 type, u32 key_size, u32 value_size, u32 max_entrie
 	m->ncpus = is_percpu(type) ? env->ncpus : 1;
 	m->stride = round8(value_size);
 	m->st = calloc(1, sizeof(struct rt_state));
+	if (type == T_RINGBUF) {
+		/* Records are produced and never consumed (no reader in user space): the ring
+		 * fills exactly as the kernel's does when nobody reads it. */
+		m->values = calloc(max_entries ? max_entries : 1, 1);
+		return m;
+	}
 	if (is_array(type)) {
 		m->key_off_value = 0;
 		m->elem_size = m->stride * m->ncpus;
@@ -504,6 +510,8 @@ s64 rt_map_read(struct rt_map *m, const void *key, u8 *out)
 {
 	u32 t = m->type;
 	u8 *base;
+	if (t == T_RINGBUF)
+		return -EINVAL;
 	if (is_array(t)) {
 		u32 idx = *(const u32 *)key;
 		if (idx >= m->max_entries)
@@ -530,6 +538,8 @@ s64 rt_map_read(struct rt_map *m, const void *key, u8 *out)
 s64 rt_map_write(struct rt_map *m, const void *key, const void *value, u64 flags)
 {
 	u32 t = m->type;
+	if (t == T_RINGBUF)
+		return -EINVAL;
 	if (is_array(t)) {
 		u32 idx = *(const u32 *)key;
 		if (idx >= m->max_entries)
@@ -547,7 +557,10 @@ s64 rt_map_write(struct rt_map *m, const void *key, const void *value, u64 flags
 	return hash_update(m, key, value, flags, 1);
 }
 
-s64 rt_map_remove(struct rt_map *m, const void *key) { return map_delete(m, key); }
+s64 rt_map_remove(struct rt_map *m, const void *key)
+{
+	return m->type == T_RINGBUF ? -EINVAL : map_delete(m, key);
+}
 
 /* Element by position, for iteration from Python: copies key and values of the `pos`-th
  * slot if it is in use. Returns 1 (copied), 0 (free slot), -1 (past the end). */
@@ -584,6 +597,11 @@ s64 rt_map_slot(struct rt_map *m, u32 pos, u8 *key_out, u8 *value_out)
 void rt_map_clear(struct rt_map *m)
 {
 	u32 t = m->type;
+	if (t == T_RINGBUF) {
+		m->st->clock = 0;
+		m->st->count = 0;
+		return;
+	}
 	if (is_array(t)) {
 		memset(m->values, 0, (u64)m->max_entries * m->elem_size);
 		memset(m->used, 0, m->max_entries);
@@ -864,6 +882,40 @@ HELPER(loop)
 		if (fn(i, r3, 0, 0, 0, r5)) /* r5: the context, passed by the lifter */
 			return i + 1;
 	return i;
+}
+
+#define RINGBUF_HDR 8
+#define EAGAIN 11
+
+static u8 *ringbuf_alloc(struct rt_map *m, u64 size)
+{
+	u64 len = (size + RINGBUF_HDR + 7) & ~7ull;
+	if (size > m->max_entries - RINGBUF_HDR || m->st->clock + len > m->max_entries - 1)
+		return 0;
+	u8 *rec = m->values + m->st->clock;
+	*(u32 *)rec = (u32)size;
+	m->st->clock += len;
+	m->st->count++;
+	return rec + RINGBUF_HDR;
+}
+
+HELPER(ringbuf_reserve)
+{
+	if (r3)
+		return 0;
+	return (u64)ringbuf_alloc((struct rt_map *)r1, r2);
+}
+
+HELPER(ringbuf_submit) { return 0; }
+HELPER(ringbuf_discard) { return 0; }
+
+HELPER(ringbuf_output)
+{
+	u8 *rec = ringbuf_alloc((struct rt_map *)r1, r3);
+	if (!rec)
+		return (u64)-EAGAIN;
+	memcpy(rec, (const void *)r2, r3);
+	return 0;
 }
 
 typedef u64 (*bpf_entry)(u64 ctx);

@@ -43,42 +43,41 @@ def _specialized(nf_name: str, trace) -> tuple[Program, dict[str, MapSpec]]:  # 
     return result.program, dict(result.extra_maps)
 
 
-def _check(nf_name: str, program: Program | None, extra: dict[str, MapSpec], trace) -> None:  # type: ignore[no-untyped-def]
-    nf = get(nf_name)
-    with NFEnv.start(nf) as env:
-        maps = dict(env.collection.maps)
-        with env.entered():
-            for name, mspec in extra.items():
-                m = create_map(mspec, object_name=env.spec.name)
-                env._stack.callback(m.close)
-                maps[name] = m
-            for frame, port in trace.warmup:
-                env.run(frame, port)
-            pspec = env.spec.program(nf.program)
-            kernel_prog = load_program_spec(pspec, maps, program=program,
-                                            btf_fd=env.collection.btf_fd)
-        try:
-            def setup(plane: UserDataPlane) -> UserProgram:
-                with env.entered():
-                    return plane.load(pspec, maps, program=program,
-                                      btf_fd=env.collection.btf_fd)
+def _check(env: NFEnv, program: Program | None, extra: dict[str, MapSpec], trace) -> None:  # type: ignore[no-untyped-def]
+    """From the environment's current state, kernel and user space on every packet."""
+    maps = dict(env.collection.maps)
+    with env.entered():
+        for name, mspec in extra.items():
+            m = create_map(mspec, object_name=env.spec.name)
+            env._stack.callback(m.close)
+            maps[name] = m
+        pspec = env.spec.program(env.nf.program)
+        kernel_prog = load_program_spec(pspec, maps, program=program,
+                                        btf_fd=env.collection.btf_fd)
+    try:
+        def setup(plane: UserDataPlane) -> UserProgram:
+            with env.entered():
+                return plane.load(pspec, maps, program=program, btf_fd=env.collection.btf_fd)
 
-            user = user_side(env.spec, maps, setup, extra_maps=extra)
-            try:
-                frames = list(zip(trace.frames, trace.ingress, strict=True))
-                report = compare_runs(frames, kernel_runner(kernel_prog, env.namespace), user,
-                                      maps)
-            finally:
-                user.close()
+        user = user_side(env.spec, maps, setup, extra_maps=extra)
+        try:
+            frames = list(zip(trace.frames, trace.ingress, strict=True))
+            report = compare_runs(frames, kernel_runner(kernel_prog, env.namespace), user,
+                                  maps)
         finally:
-            kernel_prog.close()
+            user.close()
+    finally:
+        kernel_prog.close()
     assert report.equal, report.summary()
     assert report.nondeterministic_packets == 0
 
 
 @pytest.mark.parametrize("nf_name", NAMES)
 def test_nf_original_and_specialized_match_the_kernel(nf_name: str) -> None:
-    trace = generate(get(nf_name), "high", 400, 3)
-    _check(nf_name, None, {}, trace)
+    trace = generate(get(nf_name), "high", 300, 3)
     program, extra = _specialized(nf_name, trace)
-    _check(nf_name, program, extra, trace)
+    with NFEnv.start(get(nf_name)) as env:
+        for frame, port in trace.warmup:
+            env.run(frame, port)
+        _check(env, None, {}, trace)  # original, from the warmed-up state
+        _check(env, program, extra, trace)  # specialized, from the state the original left

@@ -20,7 +20,7 @@ from ..obj import MapSpec, ObjectSpec, ProgramSpec
 from ..uapi import MapType, ProgType
 from .jit import CompiledModule, compile_module, engine, fresh_symbol
 from .lift import LiftRequest, MapBinding, lift
-from .maps import REFERENCE_TYPES, SUPPORTED, Env, UserMap, UserMapError
+from .maps import ARRAYS, REFERENCE_TYPES, SUPPORTED, Env, UserMap, UserMapError
 
 FRAME_SLOT = 4096
 HEADROOM = 256
@@ -266,9 +266,12 @@ class UserDataPlane:
 
     # --- state ----------------------------------------------------------------------------
     def copy_from_kernel(self, kernel_maps: Mapping[str, Map],
-                         names: list[str] | None = None) -> None:
+                         names: list[str] | None = None,
+                         snapshot: Mapping[str, object] | None = None
+                         ) -> None:
         """Make the user-space maps hold what the kernel maps hold (prog arrays excepted:
-        their slots name kernel programs, fill them with `set_program`)."""
+        their slots name kernel programs, fill them with `set_program`). `snapshot` (from
+        `kernel_snapshot`) saves reading the kernel maps again."""
         for name in names if names is not None else list(self.maps):
             if name not in kernel_maps:
                 continue
@@ -282,8 +285,15 @@ class UserDataPlane:
             if mine.type in REFERENCE_TYPES:
                 self._copy_map_of_maps(name, mine, theirs)
                 continue
-            for key, value in theirs.items():
-                mine.update(key, value)
+            if mine.type in ARRAYS:
+                raw = (snapshot[name] if snapshot is not None and name in snapshot
+                       else read_array_raw(theirs))
+                mine.load_array_raw(raw)  # type: ignore[arg-type]
+                continue
+            entries = (snapshot[name] if snapshot is not None and name in snapshot
+                       else read_entries(theirs))
+            for key, value in entries:
+                mine.update(key, value)  # type: ignore[arg-type]
 
     def _copy_map_of_maps(self, name: str, mine: UserMap, theirs: Map) -> None:
         mspec = self.spec.maps.get(name) if self.spec is not None else None
@@ -296,3 +306,38 @@ class UserDataPlane:
                 for k, v in kernel_inner.items():
                     inner.update(k, v)
             mine.set_reference(key, inner, inner.address)
+
+
+def read_entries(m: Map) -> list[tuple[bytes, object]]:
+    """All entries of a kernel map, by batch lookup where the map type has it."""
+    from ..kernel import KernelError
+
+    try:
+        return [(bytes(k), v) for k, v in m.lookup_batch(4096)]
+    except KernelError:
+        return [(bytes(k), v) for k, v in m.items()]
+
+
+def read_array_raw(m: Map) -> bytes:
+    """An array's values in index order, as the batch lookup returns them (one bytes object:
+    the Maglev ring of the load balancer has 262,000 entries)."""
+    size = m._value_buf_size  # the kernel layer's per-entry size in batch buffers
+    parts = []
+    for count, _keys, values in m._batches(4096):
+        parts.append(bytes(values[:count * size]))
+    return b"".join(parts)
+
+
+def kernel_snapshot(kernel_maps: Mapping[str, Map], names: list[str]) -> dict[str, object]:
+    """The entries of the named value maps (not prog arrays, maps of maps, ring buffers):
+    arrays as `read_array_raw` bytes, other maps as (key, value) lists."""
+    out: dict[str, object] = {}
+    for name in names:
+        m = kernel_maps.get(name)
+        if m is None:
+            continue
+        mtype = MapType(m.info.type)
+        if mtype in (REFERENCE_TYPES | {MapType.RINGBUF}):
+            continue
+        out[name] = read_array_raw(m) if mtype in ARRAYS else read_entries(m)
+    return out

@@ -173,7 +173,51 @@ class UserMap:
                 yield key.raw[: self.key_size], self._decode(value.raw)
 
     def contents(self) -> dict[bytes, bytes | list[bytes]]:
+        if self.type in ARRAYS:
+            return {n.to_bytes(4, "little"): v for n, v in enumerate(self.array_values())}
         return dict(self.items())
+
+    def array_values(self) -> list[bytes | list[bytes]]:
+        """Every value of an array, read in one copy (large arrays: the Maglev ring)."""
+        blob = ctypes.string_at(self.values_address, self.max_entries * self._stride * self.ncpus)
+        step = self._stride * self.ncpus
+        return [self._decode(blob[n * step:(n + 1) * step]) for n in range(self.max_entries)]
+
+    def kernel_layout_size(self) -> int:
+        """Bytes per entry in the kernel's batch layout (per-CPU: 8-byte aligned copies)."""
+        return self._stride * self.ncpus if self.type in PER_CPU else self.value_size
+
+    def array_raw(self) -> bytes:
+        """All values of an array in the kernel's batch layout, index order."""
+        step = self._stride * self.ncpus
+        blob = ctypes.string_at(self.values_address, self.max_entries * step)
+        size = self.kernel_layout_size()
+        if size == step:
+            return blob
+        return b"".join(blob[n * step:n * step + size] for n in range(self.max_entries))
+
+    def load_array_raw(self, raw: bytes) -> None:
+        """Write all values of an array from the kernel's batch layout."""
+        step = self._stride * self.ncpus
+        size = self.kernel_layout_size()
+        if len(raw) != size * self.max_entries:
+            raise UserMapError(f"map {self.name}: {len(raw)} bytes for {self.max_entries} "
+                               f"entries of {size}")
+        if size != step:
+            pad = b"\0" * (step - size)
+            raw = b"".join(raw[n * size:(n + 1) * size] + pad for n in range(self.max_entries))
+        ctypes.memmove(self.values_address, raw, len(raw))
+
+    def load_array(self, values: list[tuple[bytes, bytes | list[bytes]]]) -> None:
+        """Write many array entries at once ((index, value) pairs as the kernel's batch
+        lookup returns them)."""
+        step = self._stride * self.ncpus
+        blob = bytearray(ctypes.string_at(self.values_address, self.max_entries * step))
+        for key, value in values:
+            index = int.from_bytes(key[:4], "little")
+            if index < self.max_entries:
+                blob[index * step:(index + 1) * step] = self._encode(value)
+        ctypes.memmove(self.values_address, bytes(blob), len(blob))
 
     def __len__(self) -> int:
         return sum(1 for _ in self.items())

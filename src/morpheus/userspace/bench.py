@@ -90,6 +90,22 @@ def _verdict_counts(verdicts: Sequence[int]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def kernel_verdicts(r: _UserSubject, trace: Trace, nf: NetworkFunction | None) -> list[int]:
+    """The kernel's verdict for every packet, run one by one on the subject's kernel maps
+    from the state the user-space plane was copied from (the kernel maps then move on)."""
+    from ..loader import load_program_spec
+
+    env = r.environment
+    ingress = _ingress(trace, nf)
+    with env.namespace.entered():
+        prog = load_program_spec(r.subject.program_spec(), env.maps, program=r.subject.program,
+                                 btf_fd=env.btf_fd)
+        try:
+            return [env.run_one(prog, frame, ingress) for frame in trace.frames]
+        finally:
+            prog.close()
+
+
 def run_user_bench(subjects: Sequence[Subject], trace: Trace, *,
                    nf: NetworkFunction | None = None, rounds: int = 5, cpu: int = 0,
                    prepare: Prepare | None = None) -> dict[str, Any]:
@@ -108,10 +124,12 @@ def run_user_bench(subjects: Sequence[Subject], trace: Trace, *,
         runners = [open_user_subject(stack, s, trace, nf, native, cpu=cpu, prepare=prepare)
                    for s in subjects]
         overhead = UserReplay(runners[0].plane, None, native)
-        verdicts = []
-        for r in runners:  # unmeasured pass; its verdicts are reported
+        verdicts, matches = [], []
+        for r in runners:  # an unmeasured pass, checked against the kernel packet by packet
+            expected = kernel_verdicts(r, trace, nf)
             r.replay.run(record=True)
             verdicts.append(r.replay.verdicts())
+            matches.append(verdicts[-1] == expected)
         overheads, ratios = [], []
         for n in range(rounds):
             order = runners if n % 2 == 0 else runners[::-1]
@@ -130,7 +148,8 @@ def run_user_bench(subjects: Sequence[Subject], trace: Trace, *,
                 ratios.append(max(min(samples[id(a)]) - base, 0.1)
                               / max(min(samples[id(b)]) - base, 0.1))
         report["harness_overhead_ns"] = spread(overheads, 1)
-        for key, r, v in zip("AB", runners, verdicts, strict=False):
+        report["verdicts_match"] = all(matches)
+        for key, r, v, m in zip("AB", runners, verdicts, matches, strict=False):
             report[key] = {
                 "object": str(r.subject.object_path),
                 "label": r.subject.label,
@@ -142,6 +161,7 @@ def run_user_bench(subjects: Sequence[Subject], trace: Trace, *,
                 "jit_ms": round(r.program.jit_ms, 1),
                 "jit_cpu_ms": round(r.program.jit_cpu_ms, 1),
                 "verdicts": _verdict_counts(v),
+                "verdicts_match": m,
             }
         if len(runners) == 2:
             report["speedup"] = spread(ratios)

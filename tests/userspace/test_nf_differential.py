@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from morpheus.bench.compare import Subject
+from morpheus.world.environment import Subject
 from morpheus.ir import Program
 from morpheus.loader import create_map, load_program_spec
 from morpheus.nf import NAMES, get

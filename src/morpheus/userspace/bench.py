@@ -22,17 +22,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..bench.compare import (
-    Environment,
-    Prepare,
-    Subject,
-    _ingress,
-    _warm_up,
-    open_environment,
-    spread,
-)
+from ..bench.compare import Prepare, _ingress, spread
 from ..nf import NetworkFunction
 from ..traffic.generate import Trace
+from ..world.environment import Environment, Subject, open_environment, warm_up
 from .dataplane import UserDataPlane, UserProgram
 from .replay import NativeTrace, UserReplay
 
@@ -63,13 +56,14 @@ class _UserSubject:
 def open_user_subject(stack: ExitStack, subject: Subject, trace: Trace,
                       nf: NetworkFunction | None, native: NativeTrace, *, cpu: int = 0,
                       prepare: Prepare | None = None,
-                      environment: Environment | None = None) -> _UserSubject:
+                      environment: Environment | None = None,
+                      config: Any = None) -> _UserSubject:
     """The subject's kernel environment (configured, warmed up), a user-space plane holding
     the same state, and the program verified by the kernel and compiled."""
     if environment is None:
-        environment = open_environment(subject, nf)
+        environment = open_environment(subject, nf, config)
         stack.callback(environment.close)
-        _warm_up(environment, subject, trace)
+        warm_up(environment, subject, trace)
         if prepare is not None:
             prepare(environment)
     spec = subject.load_spec()
@@ -108,7 +102,7 @@ def kernel_verdicts(r: _UserSubject, trace: Trace, nf: NetworkFunction | None) -
 
 def run_user_bench(subjects: Sequence[Subject], trace: Trace, *,
                    nf: NetworkFunction | None = None, rounds: int = 5, cpu: int = 0,
-                   prepare: Prepare | None = None) -> dict[str, Any]:
+                   prepare: Prepare | None = None, config: Any = None) -> dict[str, Any]:
     """`morpheus bench --backend userspace`: the subjects in user space, interleaved."""
     if not 1 <= len(subjects) <= 2:
         raise ValueError("benchmark one program, or two side by side")
@@ -121,7 +115,8 @@ def run_user_bench(subjects: Sequence[Subject], trace: Trace, *,
     }
     native = NativeTrace(trace.frames, _ingress(trace, nf) or 1)
     with ExitStack() as stack, pinned(cpu):
-        runners = [open_user_subject(stack, s, trace, nf, native, cpu=cpu, prepare=prepare)
+        runners = [open_user_subject(stack, s, trace, nf, native, cpu=cpu, prepare=prepare,
+                                     config=config)
                    for s in subjects]
         overhead = UserReplay(runners[0].plane, None, native)
         verdicts, matches = [], []
@@ -171,8 +166,8 @@ def run_user_bench(subjects: Sequence[Subject], trace: Trace, *,
 
 
 def compare_backends(subject: Subject, trace: Trace, *, nf: NetworkFunction | None = None,
-                     rounds: int = 5, cpu: int = 0, prepare: Prepare | None = None
-                     ) -> dict[str, Any]:
+                     rounds: int = 5, cpu: int = 0, prepare: Prepare | None = None,
+                     config: Any = None) -> dict[str, Any]:
     """The same program in the kernel and in user space, interleaved: ns/packet of each
     (net of its own harness) and kernel/user ratios (> 1: user space is faster)."""
     from ..bench.replay import Replay
@@ -180,9 +175,9 @@ def compare_backends(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
     ingress = _ingress(trace, nf)
     native = NativeTrace(trace.frames, ingress or 1)
     with ExitStack() as stack, pinned(cpu):
-        environment = open_environment(subject, nf)
+        environment = open_environment(subject, nf, config)
         stack.callback(environment.close)
-        _warm_up(environment, subject, trace)
+        warm_up(environment, subject, trace)
         if prepare is not None:
             prepare(environment)
         user = open_user_subject(stack, subject, trace, nf, native, cpu=cpu,

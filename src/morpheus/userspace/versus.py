@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-from ..bench.compare import Subject
+from ..world.environment import Subject
 from ..nf import NAMES, get
 from ..offline import optimize_program
 from ..traffic.generate import PROFILES, generate
@@ -28,12 +28,13 @@ def versus_nf(name: str, profile: str, packets: int, rounds: int, seed: int = 1
     trace = generate(nf, profile, packets, seed)
     captured: dict[str, Any] = {}
 
-    def measure(subjects, trace, *, nf, rounds, prepare):  # type: ignore[no-untyped-def]
+    def measure(subjects, trace, *, nf, rounds, prepare,  # type: ignore[no-untyped-def]
+                config=None):
         generic, special = subjects
         captured["generic"] = compare_backends(generic, trace, nf=nf, rounds=rounds,
-                                               prepare=prepare)
+                                               prepare=prepare, config=config)
         captured["specialized"] = compare_backends(special, trace, nf=nf, rounds=rounds,
-                                                   prepare=prepare)
+                                                   prepare=prepare, config=config)
         k = captured["generic"]["kernel_ns_per_packet"]["median"]
         s = captured["specialized"]["kernel_ns_per_packet"]["median"]
         return {"speedup": {"min": k / s, "median": k / s, "max": k / s},

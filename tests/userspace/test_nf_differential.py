@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from morpheus.world.environment import Subject
 from morpheus.ir import Program
 from morpheus.loader import create_map, load_program_spec
 from morpheus.nf import NAMES, get
@@ -19,6 +18,7 @@ from morpheus.offline import optimize_program
 from morpheus.traffic.generate import generate
 from morpheus.userspace.dataplane import UserDataPlane, UserProgram
 from morpheus.userspace.differential import compare_runs, kernel_runner, user_side
+from morpheus.world.environment import Subject
 
 pytestmark = pytest.mark.kernel
 

@@ -15,10 +15,10 @@ import json
 import sys
 from typing import Any
 
-from ..world.environment import Subject
 from ..nf import NAMES, get
 from ..offline import optimize_program
 from ..traffic.generate import PROFILES, generate
+from ..world.environment import Subject
 from .bench import compare_backends
 
 

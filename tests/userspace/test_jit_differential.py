@@ -51,7 +51,7 @@ def plane():
         yield p
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
+@settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(program=random_program(), packet=st.binary(min_size=PACKET, max_size=PACKET))

@@ -74,7 +74,7 @@ def _check(env: NFEnv, program: Program | None, extra: dict[str, MapSpec], trace
 
 @pytest.mark.parametrize("nf_name", NAMES)
 def test_nf_original_and_specialized_match_the_kernel(nf_name: str) -> None:
-    trace = generate(get(nf_name), "high", 300, 3)
+    trace = generate(get(nf_name), "high", 200, 3)
     program, extra = _specialized(nf_name, trace)
     with NFEnv.start(get(nf_name)) as env:
         for frame, port in trace.warmup:

@@ -41,6 +41,7 @@ _API = {
     "rt_run_frame": (_u64, (_ptr, _ptr, _ptr, _ptr, _u32, _u32, _ptr)),
     "rt_replay": (_u64, (_ptr, _ptr, _ptr, _ptr, _ptr, _u32, _ptr)),
     "rt_replay_overhead": (_u64, (_ptr, _ptr, _ptr, _ptr, _u32)),
+    "rt_xsk_batch": (_u32, (_ptr, _ptr, _ptr, _ptr, _u32, _u32)),
 }
 
 

@@ -1005,3 +1005,85 @@ u64 rt_replay_overhead(const struct rt_trace *t, u8 *slot, struct rt_xdp *x,
 	bpf_entry volatile e = rt_nop_entry;
 	return rt_replay(e, t, slot, x, env, passes, 0);
 }
+
+/* ---------------------------------------------------------------- AF_XDP */
+
+struct xdp_desc_ {
+	u64 addr;
+	u32 len;
+	u32 options;
+};
+
+/* The four rings of one AF_XDP socket (pointers into the kernel's mmapped rings) and its
+ * UMEM (below 4 GiB). Counters: frames per verdict. */
+struct rt_xsk {
+	u32 *rx_prod, *rx_cons;
+	struct xdp_desc_ *rx;
+	u32 *fr_prod, *fr_cons;
+	u64 *fr;
+	u32 *tx_prod, *tx_cons;
+	struct xdp_desc_ *tx;
+	u32 *cr_prod, *cr_cons;
+	u64 *cr;
+	u8 *umem;
+	u32 rx_mask, fr_mask, tx_mask, cr_mask;
+	u32 frame_size, headroom;
+	u64 verdicts[5];
+	u64 other;
+	u32 tx_pending;
+	u32 pad;
+};
+
+static inline u32 load_acquire(u32 *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void store_release(u32 *p, u32 v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
+/* Receives up to `budget` frames, runs each through `entry`, sends XDP_TX frames back out
+ * of the socket and recycles the others into the fill ring. Returns the frames received. */
+u32 rt_xsk_batch(struct rt_xsk *s, bpf_entry entry, struct rt_xdp *x, struct rt_env *env,
+		 u32 ingress, u32 budget)
+{
+	/* Frames the kernel finished sending go back to the fill ring. */
+	u32 cr_cons = *s->cr_cons, cr_prod = load_acquire(s->cr_prod);
+	u32 fr_prod = *s->fr_prod;
+	for (; cr_cons != cr_prod; cr_cons++)
+		s->fr[fr_prod++ & s->fr_mask] = s->cr[cr_cons & s->cr_mask];
+	store_release(s->cr_cons, cr_cons);
+
+	u32 rx_cons = *s->rx_cons, rx_prod = load_acquire(s->rx_prod);
+	u32 tx_prod = *s->tx_prod;
+	u32 n = 0;
+	for (; rx_cons != rx_prod && n < budget; rx_cons++, n++) {
+		struct xdp_desc_ *d = &s->rx[rx_cons & s->rx_mask];
+		u64 chunk = d->addr - d->addr % s->frame_size;
+		u8 *base = s->umem + chunk;
+		x->hard_start = (u64)base;
+		x->hard_end = (u64)base + s->frame_size;
+		x->data = (u32)(u64)(s->umem + d->addr);
+		x->data_meta = x->data;
+		x->data_end = x->data + d->len;
+		x->ingress_ifindex = ingress;
+		x->rx_queue_index = 0;
+		x->egress_ifindex = 0;
+		x->env = env;
+		x->tail_calls = 0;
+		x->redirect_kind = 0;
+		u32 v = (u32)entry((u64)x);
+		if (v < 5)
+			s->verdicts[v]++;
+		else
+			s->other++;
+		if (v == XDP_TX && tx_prod - load_acquire(s->tx_cons) <= s->tx_mask) {
+			struct xdp_desc_ *t = &s->tx[tx_prod++ & s->tx_mask];
+			t->addr = x->data - (u64)s->umem;
+			t->len = x->data_end - x->data;
+			t->options = 0;
+			s->tx_pending++;
+		} else {
+			s->fr[fr_prod++ & s->fr_mask] = chunk;
+		}
+	}
+	store_release(s->rx_cons, rx_cons);
+	store_release(s->fr_prod, fr_prod);
+	store_release(s->tx_prod, tx_prod);
+	return n;
+}

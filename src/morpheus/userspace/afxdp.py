@@ -31,6 +31,7 @@ XDP_COPY = 1 << 1
 PGOFF_RX, PGOFF_TX = 0, 0x80000000
 PGOFF_FILL, PGOFF_COMPLETION = 0x100000000, 0x180000000
 XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.setsockopt.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
@@ -68,6 +69,9 @@ class XskOptions:
     frames: int = 4096
     frame_size: int = 4096
     ring_size: int = 2048
+    # Native XDP for the redirect program: needed when frames arrive as XDP frames (a veth
+    # peer's generator: without a native program the veth refuses them); generic otherwise.
+    native: bool = False
 
 
 class XskPort:
@@ -143,7 +147,8 @@ class XskPort:
         self._coll = coll
         self.xsks = coll.maps["xsks"]
         self.xsks.update(0, struct.pack("<I", self.fd))
-        self.link = Link.xdp(coll.programs["xsk_redirect"], self.ifindex, XDP_FLAGS_SKB_MODE)
+        self.link = Link.xdp(coll.programs["xsk_redirect"], self.ifindex,
+                             XDP_FLAGS_DRV_MODE if o.native else XDP_FLAGS_SKB_MODE)
 
     def poll(self, budget: int = 256) -> int:
         """Process what the receive ring holds (up to `budget` frames); kick TX if needed."""

@@ -82,7 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--packets", type=int, default=10_000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--afxdp", action="store_true",
+                   help="instead: end-to-end Mpps over the NF's veth pair, AF_XDP into user "
+                        "space vs native XDP in the kernel (generic programs)")
     args = p.parse_args(argv)
+    if args.afxdp:
+        from .throughput import afxdp_vs_kernel
+
+        print(json.dumps([afxdp_vs_kernel(n, profile=args.profile, rounds=args.rounds)
+                          for n in args.nf or NAMES], indent=2))
+        return 0
     results = [versus_nf(n, args.profile, args.packets, args.rounds) for n in args.nf or NAMES]
     print(json.dumps(results, indent=2))
     if args.markdown:

@@ -44,8 +44,8 @@ def xsk_throughput(plane: UserDataPlane, program: UserProgram, frames: list[byte
     passes = max(1, -(-min_packets // len(frames)))
     sent = passes * len(frames)
     with namespace.entered():
-        port = XskPort(plane, program, namespace.ifindex(rx_dev), XskOptions(ring_size=4096, frames=8192,
-                                                                             native=True))
+        options = XskOptions(ring_size=4096, frames=8192, native=True)
+        port = XskPort(plane, program, namespace.ifindex(rx_dev), options)
         generator = Replay(None, None, {}, frames, namespace=namespace,
                            redirect_ifindex=namespace.ifindex(tx_dev), cpu=generator_cpu)
     stop = threading.Event()

@@ -87,7 +87,7 @@ def afxdp_vs_kernel(nf_name: str, *, profile: str = "high", packets: int = 2000,
                     rounds: int = 3, seed: int = 1) -> dict[str, Any]:
     """The NF's generic program over the veth pair its trace arrives on: AF_XDP into user
     space and native XDP in the kernel, alternating, `rounds` times each."""
-    from ..bench.compare import spread
+    from ..bench.compare import _throughput_devices, spread
     from ..bench.throughput import Throughput
     from ..nf import get
     from ..traffic.generate import generate
@@ -100,8 +100,7 @@ def afxdp_vs_kernel(nf_name: str, *, profile: str = "high", packets: int = 2000,
     user, kernel = [], []
     try:
         warm_up(env, subject, trace)
-        ingress = trace.main_ingress
-        rx, tx = f"port{ingress}", f"port{ingress + 1 if ingress % 2 == 0 else ingress - 1}"
+        rx, tx = _throughput_devices(trace.main_ingress)
         with UserDataPlane.create(env.spec) as plane:
             plane.copy_from_kernel(env.maps)
             with env.namespace.entered():

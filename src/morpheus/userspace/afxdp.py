@@ -156,8 +156,12 @@ class XskPort:
             ctypes.addressof(self.xsk), self.program.entry_address,
             ctypes.addressof(self.plane._ctx), ctypes.addressof(self.plane.env),
             self.ifindex, budget)
-        if self.xsk.tx_pending:
-            _libc.sendto(self.fd, None, 0, socket.MSG_DONTWAIT, None, 0)
+        pending = self.xsk.tx_pending
+        if pending:
+            # In copy mode one sendto transmits at most 32 descriptors (the kernel's
+            # TX_BATCH_SIZE): kick once per 32, or the TX ring holds the UMEM hostage.
+            for _ in range(-(-pending // 32)):
+                _libc.sendto(self.fd, None, 0, socket.MSG_DONTWAIT, None, 0)
             self.xsk.tx_pending = 0
         return n
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .bench.compare import run_bench
-from .bench.replay import Replay
+from .bench.skb_replay import open_replay
 from .ir import Program
 from .kernel import Map, VerifierError, xdp_ctx
 from .loader import create_map, load_program_spec
@@ -301,6 +301,11 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         if verify_error is not None:
             report["error"] = verify_error
             return report
+        if _same_code(result.program, prog.program):
+            # Nothing was specialized and the cleanup found nothing: the candidate is the
+            # original, instruction for instruction; there is nothing to check or measure.
+            report.update({"equivalent": True, "identical": True, "specialization": result})
+            return report
         # The check sees more than the profile: held-back flows on every port, the NF's edge
         # cases, and near-miss keys of every specialized site.
         checked_trace = check_trace(
@@ -345,13 +350,20 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
             m.close()
 
 
+def _same_code(a: Program, b: Program) -> bool:
+    """The same instructions (labels and provenance aside)."""
+    def key(p: Program) -> list[tuple[object, ...]]:
+        return [(i.opcode, i.dst, i.src, i.off, i.imm, i.reference) for i in p.insns]
+    return len(a.insns) == len(b.insns) and key(a) == key(b)
+
+
 def profile(prog: ProgramSpec, btf: object, maps: Mapping[str, Map], frames: Sequence[bytes],
             program: Program, extra_maps: Mapping[str, Map], layout: SamplingLayout, *,
             ingress: int = 0, namespace: Any = None, passes: int = 1) -> dict[int, SiteHeat]:
     """Replay the trace through the instrumented program and read the sampled keys."""
     all_maps = {**maps, **extra_maps}
-    with Replay(prog, btf, all_maps, frames, program=program, ingress_ifindex=ingress,
-                namespace=namespace) as replay:
+    with open_replay(prog, btf, all_maps, frames, program=program, ingress_ifindex=ingress,
+                     namespace=namespace) as replay:
         replay.run(passes)
     return HeatReader(layout, all_maps, decay=1.0).read()
 

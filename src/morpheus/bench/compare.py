@@ -31,6 +31,7 @@ from ..world.environment import (
     warm_up,
 )
 from .replay import Replay, latency_percentiles
+from .skb_replay import open_replay
 from .throughput import Throughput
 
 SAMPLES = 3  # alternating passes per program copy
@@ -59,7 +60,7 @@ def check_verdicts(subject: Subject, trace: Trace, nf: NetworkFunction | None, *
         warm_up(first, subject, trace)
         if prepare is not None:
             prepare(first)
-        with Replay(pspec, first.spec.btf, first.maps, trace.frames, program=subject.program,
+        with open_replay(pspec, first.spec.btf, first.maps, trace.frames, program=subject.program,
                     ingress_ifindex=ingress, namespace=first.namespace) as replay:
             replay.run()
             replayed = replay.verdicts()
@@ -157,12 +158,12 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
                     prepare(environment)
             pspec = subject.program_spec()
             btf = subject.load_spec().btf
-            replay = stack.enter_context(Replay(
+            replay = stack.enter_context(open_replay(
                 pspec, btf, environment.maps, trace.frames, program=subject.program,
                 ingress_ifindex=ingress, namespace=environment.namespace, cpu=cpu,
                 share_trace_with=first_replay))
             first_replay = first_replay or replay
-            lat = stack.enter_context(Replay(
+            lat = stack.enter_context(open_replay(
                 pspec, btf, environment.maps, trace.frames, program=subject.program,
                 ingress_ifindex=ingress, namespace=environment.namespace, cpu=cpu,
                 record_latency=True, share_trace_with=first_replay)) if latency else None
@@ -175,14 +176,14 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
             def factory(pspec: ProgramSpec = pspec, btf: Any = btf,
                         environment: Environment = environment,
                         subject: Subject = subject, shared: Replay = first_replay) -> Replay:
-                return Replay(pspec, btf, environment.maps, trace.frames,
+                return open_replay(pspec, btf, environment.maps, trace.frames,
                               program=subject.program, ingress_ifindex=ingress,
                               namespace=environment.namespace, cpu=cpu,
                               share_trace_with=shared)
 
             runners.append(_Runner(subject, environment, replay, lat, tput, factory=factory))
         overhead = stack.enter_context(
-            Replay(None, None, {}, trace.frames, ingress_ifindex=0, cpu=cpu,
+            open_replay(None, None, {}, trace.frames, ingress_ifindex=0, cpu=cpu,
                    namespace=runners[0].environment.namespace, share_trace_with=first_replay))
         for runner in runners:  # one unmeasured pass: caches, branch predictors, lazy state
             runner.replay.run()

@@ -148,12 +148,13 @@ def _check_variants(nf: NetworkFunction | None, original: Subject, special: Subj
 
 def optimize_nf(nf: NetworkFunction, profile_name: str, *, packets: int = 10_000,
                 seed: int = 1, rounds: int = 5, options: PlanOptions | None = None,
-                throughput: bool = False, cleanup: bool = True) -> dict[str, Any]:
+                throughput: bool = False, cleanup: bool = True,
+                measure: Any = None) -> dict[str, Any]:
     """The offline cycle on a built-in NF with its default configuration."""
     trace = generate(nf, profile_name, packets, seed)
     subject = Subject("original", nf.object_path, nf.program)
     report = optimize_program(subject, trace, nf=nf, options=options, rounds=rounds,
-                              throughput=throughput, cleanup=cleanup)
+                              throughput=throughput, cleanup=cleanup, measure=measure)
     return {"nf": nf.name, "profile": profile_name, **report}
 
 
@@ -162,15 +163,17 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
                      options: PlanOptions | None = None, rounds: int = 5,
                      throughput: bool = False, cleanup: bool = True,
                      passes: Sequence[Pass] | None = None, bench: bool = True,
-                     variants: Variants | None = None, config: Any = None
-                     ) -> dict[str, Any]:
+                     variants: Variants | None = None, config: Any = None,
+                     measure: Any = None) -> dict[str, Any]:
     """Profile, specialize, verify, check and benchmark one program on `trace`.
 
     The maps start as `nf`'s default configuration, or as copies of `source_maps` (a
     user's live maps, which are only read). With `nf`, `config` is the configuration the
     maps get (default: the NF's default configuration). `variants`, given the specialized program,
     names other versions to check against the original from the same state (mutation
-    testing of the checker); their results are under "variants".
+    testing of the checker); their results are under "variants". `measure` replaces
+    `run_bench` for the benchmark (the user-space backend passes its own, with the same
+    arguments and report).
     """
     options = options or PlanOptions()
     spec: ObjectSpec = subject.load_spec()
@@ -308,9 +311,13 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         report["specialization"] = result
         if not bench:
             return report
-        measured = run_bench([original, special], trace, nf=nf, rounds=rounds,
-                          throughput=throughput and nf is not None, prepare=prepare,
-                          check=False, config=config)
+        if measure is not None:
+            measured = measure([original, special], trace, nf=nf, rounds=rounds,
+                               prepare=prepare, config=config)
+        else:
+            measured = run_bench([original, special], trace, nf=nf, rounds=rounds,
+                                 throughput=throughput and nf is not None, prepare=prepare,
+                                 check=False, config=config)
         measured.pop("_series", None)
         report["speedup"] = measured["speedup"]
         report["ns_per_packet"] = {"original": measured["A"]["ns_per_packet"],

@@ -9,8 +9,9 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from ..obj import read_object
+from ..loader import read_for_kernel
 from .console import show, table
+from .read_args import add_read_arguments, read_options
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -21,11 +22,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="load it with our loader and show each program's kernel tag")
     p.add_argument("--sites", action="store_true",
                    help="analyse each program's map access sites: can they be specialized?")
+    add_read_arguments(p)
     p.set_defaults(func=run)
 
 
-def describe(path: str, *, load: bool = False, sites: bool = False) -> dict:
-    spec = read_object(path)
+def describe(path: str, *, load: bool = False, sites: bool = False,
+             read: dict | None = None) -> dict:
+    spec = read_for_kernel(path, **(read or {}))
     programs = [
         {"name": p.name, "section": p.section, "type": p.type.name.lower(),
          "insns": p.insn_count}
@@ -60,7 +63,7 @@ def describe(path: str, *, load: bool = False, sites: bool = False) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = describe(args.object, load=args.load, sites=args.sites)
+    info = describe(args.object, load=args.load, sites=args.sites, read=read_options(args))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -52,8 +52,8 @@ from ..ir import Program
 from ..kernel import FD, ClosedError, KernelError, Link, LoadedProgram, Map, VerifierError
 from ..kernel.netns import NetNamespace
 from ..kernel.prog import enable_run_stats
-from ..loader import create_map, load_collection, load_program_spec
-from ..obj import MapSpec, ObjectSpec, ProgramSpec, read_object
+from ..loader import create_map, load_collection, load_program_spec, read_for_kernel
+from ..obj import MapSpec, ObjectSpec, ProgramSpec
 from ..optimizer import (
     Guards,
     HeatReader,
@@ -193,7 +193,7 @@ class Agent:
         self.program_name = program
         self.netns = NetNamespace(netns) if netns else None
         self.options = options or AgentOptions()
-        self.spec: ObjectSpec = read_object(self.object_path)
+        self.spec: ObjectSpec = read_for_kernel(self.object_path)
         self.prog: ProgramSpec = self.spec.program(program)
         self.name = check_name(name if name is not None else self.prog.name)
         self.pin_dir = Path(pin_root) / self.name

@@ -45,7 +45,7 @@ from .passes.instrument import SamplingLayout
 from .passes.pipeline import Pass
 from .traffic.generate import Trace, generate
 from .uapi import MapType
-from .world import CheckRequest, CheckResult, Side, check, written_maps
+from .world import CheckRequest, CheckResult, Side, Write, check, written_maps
 from .world.environment import Environment, Subject, add_extra_maps, open_environment, warm_up
 from .world.traces import check_trace
 
@@ -78,7 +78,7 @@ def check_equivalence(nf: NetworkFunction | None, original: Subject, specialized
 
 def check_subjects(nf: NetworkFunction | None, original: Subject, specialized: Subject,
                    trace: Trace, prepare: Any = None, written: Sequence[str] = (),
-                   config: Any = None) -> CheckResult:
+                   config: Any = None, writes: Sequence[Write] = ()) -> CheckResult:
     """`check_equivalence`'s result object (with notes and packets-to-catch)."""
     environment = open_environment(original, nf, config)
     try:
@@ -86,14 +86,16 @@ def check_subjects(nf: NetworkFunction | None, original: Subject, specialized: S
         add_extra_maps(environment, specialized)
         if prepare is not None:
             prepare(environment)
-        return _check_in(environment, nf, original, specialized, trace, written)
+        return _check_in(environment, nf, original, specialized, trace, written,
+                         writes=writes)
     finally:
         environment.close()
 
 
 def _check_in(environment: Environment, nf: NetworkFunction | None, original: Subject,
               specialized: Subject, trace: Trace, written: Sequence[str],
-              own_maps: Mapping[str, MapSpec] | None = None) -> CheckResult:
+              own_maps: Mapping[str, MapSpec] | None = None, *,
+              writes: Sequence[Write] = ()) -> CheckResult:
     """The check from the state `environment` holds (which it leaves as it found it)."""
     packets = [(frame, port if nf is not None and port >= 2 else 0)
                for frame, port in zip(trace.frames, trace.ingress, strict=True)]
@@ -105,9 +107,26 @@ def _check_in(environment: Environment, nf: NetworkFunction | None, original: Su
              spec=original.load_spec(), btf_fd=environment.btf_fd),
         Side(specialized.label, specialized.program_spec(), specialized.program,
              spec=specialized.load_spec(), btf_fd=environment.btf_fd, fresh_maps=own),
-        packets, written=written)
+        packets, written=written, writes=writes)
     with environment.namespace.entered():
         return check(request)
+
+
+def guarded_writes(result: Any, after: int, per_site: int = 3) -> list[Write]:
+    """Control-plane writes for the check: the first inlined entries of every guarded site
+    change (one bit of their value) after packet `after`, with the guard moved as the API
+    moves it. The specialized program must notice (its guard fails, the generic path reads
+    the new value); one whose guard never fires serves the stale inlined value."""
+    out: list[Write] = []
+    for d in result.decisions:
+        plan = d.plan
+        if plan is None or plan.guard_slot is None:
+            continue
+        for entry in [e for e in plan.entries if e.value][:per_site]:
+            value = bytes([entry.value[0] ^ 1]) + entry.value[1:]
+            out.append(Write(after, plan.map, entry.key, value,
+                             guard=(GUARD_MAP, 8 * plan.guard_slot)))
+    return out
 
 
 # Given the specialized program and the maps it brings (inlined values), other versions to
@@ -118,8 +137,8 @@ Variants = Callable[[Program, Mapping[str, MapSpec]], Mapping[str, Variant]]
 
 def _check_variants(nf: NetworkFunction | None, original: Subject, special: Subject,
                     trace: Trace, prepare: Any, written: Sequence[str],
-                    programs: Mapping[str, Variant], config: Any = None
-                    ) -> dict[str, dict[str, Any]]:
+                    programs: Mapping[str, Variant], config: Any = None,
+                    writes: Sequence[Write] = ()) -> dict[str, dict[str, Any]]:
     """Check each variant like the specialized program, all from one starting state."""
     out: dict[str, dict[str, Any]] = {}
     environment = open_environment(original, nf, config)
@@ -136,7 +155,8 @@ def _check_variants(nf: NetworkFunction | None, original: Subject, special: Subj
             variant = Subject(name, special.object_path, special.program_name,
                               program=program, extra_maps=dict(extra))
             try:
-                result = _check_in(environment, nf, original, variant, trace, written, own)
+                result = _check_in(environment, nf, original, variant, trace, written, own,
+                                   writes=writes)
             except VerifierError as exc:
                 out[name] = {"rejected": str(exc).splitlines()[0]}
                 continue
@@ -294,8 +314,11 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         checked_trace = check_trace(
             trace, nf=nf, facts=facts, config=config,
             sites=[d.site.index for d in result.decisions if d.plan is not None])
+        # After the near misses (which need the inlined code live), before the moves and
+        # the held-back flows (which reach the written keys).
+        writes = guarded_writes(result, len(trace) + checked_trace.meta["near_misses"] - 1)
         checked = check_subjects(nf, original, special, checked_trace, prepare, written,
-                                 config)
+                                 config, writes)
         eq = checked.to_json()
         report["equivalent"] = eq["equivalent"]
         report["packets_checked"] = eq["packets_checked"]
@@ -304,7 +327,7 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         if variants is not None:
             wanted = variants(result.program, result.extra_maps)
             report["variants"] = _check_variants(nf, original, special, checked_trace,
-                                                 prepare, written, wanted, config)
+                                                 prepare, written, wanted, config, writes)
         if not eq["equivalent"]:
             report["mismatch"] = eq
             return report

@@ -6,11 +6,13 @@ network function and a generated trace, and `morpheus optimize` prints its repor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import os
 import struct
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,7 @@ from .uapi import MapFlags, MapType
 
 HOT_VALUES_MAP = "mph_hot"  # values of hot keys (the first inline pass uses mph_values)
 HOT_OFFSETS_MAP = "mph_hot_offs"
+PATH_ARRAY_MAX = 4096  # arrays up to this size are snapshotted whole for path specialization
 
 
 def cleanup_passes() -> list[Pass]:
@@ -105,11 +108,14 @@ def snapshot_maps(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[s
             half = max(1, share // 2)
             snap.crowded = live.count(limit=half) >= half
         small = spec.max_entries <= options.whole_max
-        if small:
+        # Arrays the data plane only reads are read whole when affordable: path
+        # specialization turns their variable indices into constants (next hop, backend).
+        path_array = (spec.type == MapType.ARRAY and options.path_budget > 0
+                      and spec.max_entries <= PATH_ARRAY_MAX
+                      and not facts.maps[name].written_by_data_plane)
+        if small or path_array:
             if spec.type == MapType.ARRAY:
-                for index in range(spec.max_entries):
-                    raw = struct.pack("<I", index)
-                    snap.entries[raw] = live.lookup(raw)  # type: ignore[assignment]
+                snap.entries.update(_array_entries(live, spec))
             else:
                 for k, v in live.items():
                     snap.entries[k] = v  # type: ignore[assignment]
@@ -125,6 +131,17 @@ def snapshot_maps(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[s
                 snap.entries[key] = live.lookup(key)  # type: ignore[assignment]
         out[name] = snap
     return out
+
+
+def _array_entries(live: Map, spec: MapSpec) -> dict[bytes, bytes]:
+    """Every index of an array: one batch walk when the kernel offers it."""
+    if spec.max_entries > 64:
+        try:
+            return dict(live.lookup_batch())  # type: ignore[arg-type]
+        except OSError:
+            pass
+    return {struct.pack("<I", i): live.lookup(struct.pack("<I", i))  # type: ignore[misc]
+            for i in range(spec.max_entries)}
 
 
 def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: ProgramFacts,
@@ -145,6 +162,36 @@ def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: Pro
     `bump_slots` for the maps the data plane writes (which get version bumps). Sites of
     the maps in `skip_maps` are left alone, with the reason given there.
     """
+    with _collector_paused():
+        return _specialize(program, spec, prog, facts, snapshots, heat, options,
+                           guard_versions=guard_versions, passes=passes, validate=validate,
+                           converge=converge, drop=drop, verifier_base=verifier_base,
+                           skip_maps=skip_maps, guard_slots=guard_slots,
+                           bump_slots=bump_slots, sampling=sampling)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the duration: the passes allocate hundreds of
+    thousands of short-lived tuples (instructions, abstract states) and make no cycles, and
+    its generation-2 sweeps over that heap took 40% of a specialization."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: ProgramFacts,
+                snapshots: Mapping[str, MapSnapshot], heat: Mapping[int, SiteHeat],
+                options: PlanOptions | None, *, guard_versions: Mapping[str, int] | None,
+                passes: Sequence[Pass] | None, validate: bool, converge: frozenset[int],
+                drop: frozenset[int], verifier_base: int | None,
+                skip_maps: Mapping[str, str] | None, guard_slots: Mapping[str, int] | None,
+                bump_slots: Mapping[str, int] | None, sampling: SamplingLayout | None
+                ) -> Specialization:
     start = time.perf_counter()
     options = options or PlanOptions()
     data_plane = sorted({s.map for s in facts.lookups() if s.specializable and s.guarded})
@@ -203,6 +250,12 @@ def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: Pro
                                             offsets_map=HOT_OFFSETS_MAP, missing_ok=True))
     pipeline = Pipeline(pipeline_passes, validate=validate)
     out = pipeline.run(program, ctx)
+    finished = False
+    if late.sites and options.path_budget > 0:
+        out, finished = _second_round(out, ctx, late, facts, snapshots, options, pipeline,
+                                      passes, guard_slots, guard_versions)
+    if options.coalesce_stores and not finished:
+        out = _coalesce_stores(out, ctx, pipeline, passes)
     extra = {k: v for k, v in ctx.maps.items() if k not in spec.maps}
     if used_guards and GUARD_MAP not in extra:
         extra[GUARD_MAP] = ctx.maps[GUARD_MAP]
@@ -210,6 +263,48 @@ def specialize(program: Program, spec: ObjectSpec, prog: ProgramSpec, facts: Pro
                             {t.name: round(t.ms, 3) for t in pipeline.timings}, dict(ctx.stats))
     result.timings_ms["total"] = round((time.perf_counter() - start) * 1000, 3)
     return result
+
+
+def _second_round(out: Program, ctx: PassContext, late: InlinePlan, facts: ProgramFacts,
+                  snapshots: Mapping[str, MapSnapshot], options: PlanOptions,
+                  pipeline: Pipeline, passes: Sequence[Pass] | None,
+                  guard_slots: Mapping[str, int], guard_versions: Mapping[str, int] | None
+                  ) -> tuple[Program, bool]:
+    """Path specialization after the hot-key trees (see `path_specialization`); also
+    coalesces stores when it ran (True)."""
+    from .passes.stores import CoalesceStores
+    from .path_specialization import PathRequest, specialize_paths
+
+    request = PathRequest(
+        late, HOT_VALUES_MAP, snapshots, options,
+        inlinable_maps={s.map for s in facts.lookups() if s.specializable},
+        guard_slots=guard_slots, guard_versions=guard_versions or {},
+        cleanup=list(passes) if passes is not None else cleanup_passes(),
+        budget=options.path_budget)
+    finish = [CoalesceStores()] if options.coalesce_stores else []
+    out, _, timings = specialize_paths(out, ctx, request, finish)
+    pipeline.timings += [dataclasses.replace(t, name=f"paths:{t.name}") for t in timings]
+    return out, any(t.name == "stores" for t in timings)
+
+
+def _coalesce_stores(out: Program, ctx: PassContext, pipeline: Pipeline,
+                     passes: Sequence[Pass] | None) -> Program:
+    """Wide stores for the constant bytes the specialization left (then drop dead moves)."""
+    from .passes.stores import CoalesceStores
+
+    before = ctx.stats.get("coalesced_stores", 0)
+    steps: list[Pass] = [CoalesceStores()]
+    tail = Pipeline(steps)
+    out = tail.run(out, ctx)
+    if ctx.stats.get("coalesced_stores", 0) > before:
+        dce = [p for p in (list(passes) if passes is not None else cleanup_passes())
+               if p.name == "dce"]
+        more = Pipeline(dce)
+        out = more.run(out, ctx)
+        tail.timings += more.timings
+    pipeline.timings += [dataclasses.replace(t, name=f"stores:{t.name}")
+                         for t in tail.timings]
+    return out
 
 
 def verifier_estimate(plan: InlinePlan, base_cost: int,
@@ -330,8 +425,9 @@ def prepare(program: Program) -> tuple[Program, dict[int, int]]:
 
 def analyze_program(prog: ProgramSpec, maps: Mapping[str, MapSpec]) -> tuple[Program,
                                                                                ProgramFacts]:
-    program, _ = prepare(prog.program)
-    return program, analyze(program, maps, prog_type=prog.type)
+    with _collector_paused():
+        program, _ = prepare(prog.program)
+        return program, analyze(program, maps, prog_type=prog.type)
 
 
 def all_read_ranges(facts: ProgramFacts, maps: list[str]

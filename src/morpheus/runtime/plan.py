@@ -34,6 +34,10 @@ class PlanOptions:
     # bound; the verifier here takes about 1 µs per instruction): above it comparison trees
     # converge their hits, least used first, then the least used are dropped.
     verifier_budget: int = 400_000
+    # Instructions path specialization may add (copies of the code after hot hits, one per
+    # distinct inlined value); 0 turns it off.
+    path_budget: int = 12_000
+    coalesce_stores: bool = True  # runs of constant byte stores become wide stores
 
 
 @dataclass

@@ -1,0 +1,99 @@
+"""The second specialization round: copies of the code after hot hits, then what they fold.
+
+`passes.paths` gives each inlined hot value its own continuation; constant propagation then
+turns that value's fields into constants, and lookups keyed by them (the router's next hop
+and egress interface, the load balancer's backend) get constant keys. This round analyses
+the result again and inlines those lookups from the snapshot, like the first round inlines
+constant keys, then cleans up once more.
+
+Only maps the data plane does not write are inlined here: the version bumps at data-plane
+writes were placed by the first round for the maps it inlined, and a second-round inline
+of another written map would read a guard nothing moves. Guards for the maps the caller
+guards (the agent guards every map it may inline) are placed exactly as in the first round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+from .analysis import ProgramFacts, analyze
+from .ir import Program
+from .ir.program import with_origins
+from .passes.inline import InlinePlan, InlineTables
+from .passes.paths import DEFAULT_BUDGET, SpecializePaths
+from .passes.pipeline import Pass, PassContext, PassTiming, Pipeline
+from .runtime.plan import MapSnapshot, PlanOptions, SiteDecision, plan_sites
+
+PATH_VALUES_MAP = "mph_path"
+PATH_OFFSETS_MAP = "mph_path_offs"
+
+
+@dataclass(frozen=True)
+class PathRequest:
+    """What the second round works from (the first round's plan and its inputs)."""
+
+    plan: InlinePlan  # the first round's hot-key sites
+    values_map: str  # where the first round put the hot values
+    snapshots: Mapping[str, MapSnapshot]
+    options: PlanOptions
+    inlinable_maps: Collection[str]  # maps with a specializable site in the original
+    guard_slots: Mapping[str, int]
+    guard_versions: Mapping[str, int]
+    cleanup: Sequence[Pass]
+    budget: int = DEFAULT_BUDGET
+
+
+def path_sites(plan: InlinePlan) -> tuple[int, ...]:
+    """Hot-key comparison trees whose hits carry a constant pointer (not converged)."""
+    return tuple(p.site for p in plan.sites
+                 if not p.constant_key and not p.complete and not p.converge and p.entries)
+
+
+def specialize_paths(program: Program, ctx: PassContext, request: PathRequest,
+                     finish: Sequence[Pass] = ()) -> tuple[Program, list[SiteDecision],
+                                                           list[PassTiming]]:
+    """Copy continuations, fold, inline the lookups that became constant, fold again.
+
+    `finish` runs just before the last dead-code elimination (store coalescing, which
+    wants the folded constants and leaves dead moves behind). The copies are not cleaned
+    up before the second analysis: one dead-code elimination at the end does it for both.
+    """
+    sites = path_sites(request.plan)
+    timings: list[PassTiming] = []
+    if not sites:
+        return program, [], timings
+    fold = [p for p in request.cleanup if p.name != "dce"]
+    dce = [p for p in request.cleanup if p.name == "dce"]
+    first = Pipeline([SpecializePaths(sites, request.values_map, request.budget,
+                                      trees=sites), *fold])
+    copied = first.run(program, ctx)
+    timings += first.timings
+    if not ctx.stats.get("path_copies"):
+        return program, [], timings
+    prepared = with_origins(copied)
+    facts = analyze(prepared, ctx.maps, prog_type=ctx.prog_type)
+    candidates = {
+        index: site for index, site in facts.sites.items()
+        if site.is_lookup and site.specializable and site.constant_key is not None
+        and not site.guarded and site.map in request.inlinable_maps
+        and site.map in request.snapshots
+        # the first round's own miss paths (`mphN.miss`) stay calls
+        and not (prepared.insns[index].label or "").startswith("mph")}
+    plan = InlinePlan(())
+    decisions: list[SiteDecision] = []
+    if candidates:
+        narrowed = ProgramFacts(prepared, facts.analysis, candidates, facts.maps)
+        plan, decisions = plan_sites(narrowed, request.snapshots, {}, request.options,
+                                     guard_slots=request.guard_slots,
+                                     guard_versions=request.guard_versions, guard_all=True)
+        plan = InlinePlan(plan.sites, max(plan.guard_slots, request.plan.guard_slots))
+    steps: list[Pass] = []
+    if plan.sites:
+        steps += [InlineTables(plan, values_map=PATH_VALUES_MAP,
+                               offsets_map=PATH_OFFSETS_MAP), *fold]
+    second = Pipeline([*steps, *finish, *dce])
+    out = second.run(prepared, ctx)
+    timings += second.timings
+    ctx.stats["path_inlined_sites"] = len(plan.sites)
+    return out, decisions, timings

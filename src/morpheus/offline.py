@@ -118,12 +118,13 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
                      source_maps: Mapping[str, Map] | None = None,
                      options: PlanOptions | None = None, rounds: int = 5,
                      throughput: bool = False, cleanup: bool = True,
-                     passes: Sequence[Pass] | None = None, bench: bool = True
-                     ) -> dict[str, Any]:
+                     passes: Sequence[Pass] | None = None, bench: bool = True,
+                     measure: Any = None) -> dict[str, Any]:
     """Profile, specialize, verify, check and benchmark one program on `trace`.
 
     The maps start as `nf`'s default configuration, or as copies of `source_maps` (a
-    user's live maps, which are only read).
+    user's live maps, which are only read). `measure(original, specialized, trace,
+    prepare)`, if given, runs after the benchmark and its dict joins the report.
     """
     options = options or PlanOptions()
     spec: ObjectSpec = subject.load_spec()
@@ -256,6 +257,11 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         if "mpps" in measured["A"]:
             report["mpps"] = {"original": measured["A"]["mpps"],
                               "specialized": measured["B"]["mpps"]}
+        if "latency_ns" in measured["A"]:
+            report["latency_ns"] = {"original": measured["A"]["latency_ns"],
+                                    "specialized": measured["B"]["latency_ns"]}
+        if measure is not None:
+            report.update(measure(original, special, trace, prepare))
         return report
     finally:
         for m in saved.values():

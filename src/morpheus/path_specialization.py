@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from .analysis import ProgramFacts, analyze
 from .ir import Program
 from .ir.program import with_origins
+from .passes.constprop import fold_known_loads
 from .passes.inline import InlinePlan, InlineTables
 from .passes.paths import DEFAULT_BUDGET, SpecializePaths
 from .passes.pipeline import Pass, PassContext, PassTiming, Pipeline
@@ -56,8 +57,9 @@ def specialize_paths(program: Program, ctx: PassContext, request: PathRequest,
     """Copy continuations, fold, inline the lookups that became constant, fold again.
 
     `finish` runs just before the last dead-code elimination (store coalescing, which
-    wants the folded constants and leaves dead moves behind). The copies are not cleaned
-    up before the second analysis: one dead-code elimination at the end does it for both.
+    wants the folded constants and leaves dead moves behind). The copies are neither folded
+    nor cleaned up before the second analysis: one constant propagation and one dead-code
+    elimination at the end do it for both.
     """
     sites = path_sites(request.plan)
     timings: list[PassTiming] = []
@@ -66,11 +68,16 @@ def specialize_paths(program: Program, ctx: PassContext, request: PathRequest,
     fold = [p for p in request.cleanup if p.name != "dce"]
     dce = [p for p in request.cleanup if p.name == "dce"]
     first = Pipeline([SpecializePaths(sites, request.values_map, request.budget,
-                                      trees=sites), *fold])
+                                      trees=sites)])
     copied = first.run(program, ctx)
     timings += first.timings
     if not ctx.stats.get("path_copies"):
         return program, [], timings
+    # The values' fields the copies load become constants before the analysis (a register
+    # dataflow, not the full constant propagation): keys stored from them are then seen as
+    # constant keys, and one constant propagation after the second inlining does the rest.
+    if fold:
+        copied = fold_known_loads(copied, ctx.known_values)
     prepared = with_origins(copied)
     facts = analyze(prepared, ctx.maps, prog_type=ctx.prog_type)
     candidates = {

@@ -14,6 +14,7 @@ from ..obj import MapSpec
 from ..optimizer import all_read_ranges, analyze_program, instrument, sampled_sites
 from ..passes.guards import GuardBumps
 from ..passes.inline import GUARD_MAP
+from ..passes.instrument import SampledSite
 from ..passes.pipeline import PassContext
 from ..runtime.plan import PlanOptions
 from ..traffic.generate import generate
@@ -22,7 +23,10 @@ from .compare import Subject, run_bench
 
 
 def instrumentation_cost(nf: NetworkFunction, *, profile: str = "high", packets: int = 10_000,
-                         rounds: int = 5, rate: int = 16) -> dict[str, Any]:
+                         rounds: int = 5, rate: int = 16, every_site: bool = False
+                         ) -> dict[str, Any]:
+    """A against B as above. With `every_site`, B is the naive instrumentation instead:
+    key sampling at every lookup with a variable key (whatever its map), and no guards."""
     trace = generate(nf, profile, packets, seed=1)
     original = Subject("original", nf.object_path, nf.program)
     spec = original.load_spec()
@@ -30,8 +34,12 @@ def instrumentation_cost(nf: NetworkFunction, *, profile: str = "high", packets:
     program, facts = analyze_program(prog, spec.maps)
     options = PlanOptions()
     sites = sampled_sites(facts, spec.maps, options)
+    if every_site:
+        sites = [SampledSite(s.index, s.map, spec.maps[s.map].key_size)
+                 for s in facts.lookups() if s.constant_key is None and s.map in spec.maps]
     extra: dict[str, MapSpec] = {}
-    data_plane = sorted({s.map for s in facts.lookups() if s.specializable and s.guarded})
+    data_plane = [] if every_site else sorted(
+        {s.map for s in facts.lookups() if s.specializable and s.guarded})
     base = program
     if data_plane:
         slots = {m: n for n, m in enumerate(data_plane)}
@@ -48,6 +56,6 @@ def instrumentation_cost(nf: NetworkFunction, *, profile: str = "high", packets:
     report.pop("_series", None)
     a, b = report["A"]["ns_per_packet"]["median"], report["B"]["ns_per_packet"]["median"]
     return {"nf": nf.name, "sites": [f"{s.map}@{s.site}" for s in sites],
-            "rate": rate, "original_ns": a, "instrumented_ns": b,
+            "rate": rate, "every_site": every_site, "original_ns": a, "instrumented_ns": b,
             "cost_ns": round(b - a, 1), "cost_ratio": round(b / a, 3) if a else None,
             "verdicts_match": report.get("verdicts_match")}

@@ -25,7 +25,7 @@ from ..ir import Instruction, Program
 from ..ir.opcodes import LD_IMM64, PSEUDO_MAP_VALUE
 from .pipeline import PassContext, register
 
-DEFAULT_BUDGET = 12_000  # instructions the copies may add, over all sites
+DEFAULT_BUDGET = 4_000  # instructions the copies may add, over all sites
 
 
 @register

@@ -36,7 +36,7 @@ class PlanOptions:
     verifier_budget: int = 400_000
     # Instructions path specialization may add (copies of the code after hot hits, one per
     # distinct inlined value); 0 turns it off.
-    path_budget: int = 12_000
+    path_budget: int = 4_000
     coalesce_stores: bool = True  # runs of constant byte stores become wide stores
 
 

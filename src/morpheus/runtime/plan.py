@@ -112,7 +112,9 @@ def plan_sites(facts: ProgramFacts, snapshots: Mapping[str, MapSnapshot],
             guard_slot = guard_slots[site.map]
             guard_version = guard_versions.get(site.map, 0)
         common = {"site": origin, "map": site.map, "guard_slot": guard_slot,
-                  "guard_version": guard_version or 0}
+                  "guard_version": guard_version or 0,
+                  "known_bytes": tuple(b.value if b.kind == "const" else None
+                                       for b in site.key_bytes or ())}
         key = site.constant_key
         if key is not None:
             value = _value_of(snap, key)

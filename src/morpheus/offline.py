@@ -18,36 +18,34 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .analysis import ProgramFacts
 from .bench.compare import Environment, Subject, _warm_up, open_environment, run_bench
+from .bench.replay import Replay
+from .ir import Program
 from .kernel import Map, VerifierError, xdp_ctx
 from .loader import create_map, load_program_spec
 from .nf import NetworkFunction
-from .obj import MapSpec, ObjectSpec
+from .obj import ObjectSpec, ProgramSpec
 from .optimizer import (
-    all_read_ranges as _all_read_ranges,
-)
-from .optimizer import (
-    analyze_program,
+    Guards,
+    HeatReader,
+    PlanOptions,
+    SiteHeat,
+    SpecializeRequest,
+    Target,
     instrument,
     is_complexity_error,
     next_relief,
-    profile,
     sampled_sites,
     snapshot_maps,
     specialize,
+    with_guard_bumps,
 )
-from .passes.guards import GuardBumps
 from .passes.inline import GUARD_MAP
-from .passes.pipeline import Pass, PassContext
+from .passes.instrument import SamplingLayout
+from .passes.pipeline import Pass
 from .runtime.check import table_state
-from .runtime.plan import PlanOptions
 from .traffic.generate import Trace, generate
 from .uapi import MapType
-
-
-def _guarded_maps(facts: ProgramFacts) -> list[str]:
-    return sorted({s.map for s in facts.lookups() if s.specializable and s.guarded})
 
 
 def state_copier(source: Mapping[str, Map], names: list[str]):  # type: ignore[no-untyped-def]
@@ -130,13 +128,12 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
     spec: ObjectSpec = subject.load_spec()
     prog = subject.program_spec()
     t0 = time.perf_counter()
-    program, facts = analyze_program(prog, spec.maps)
+    target = Target.analyze(spec, prog)
+    facts = target.facts
     analysis_ms = (time.perf_counter() - t0) * 1000
-    guarded = _guarded_maps(facts)
+    guarded = target.guarded_maps()
     guard_slots = {name: n for n, name in enumerate(guarded)}
-    read_ranges = _all_read_ranges(facts, guarded)
-    written = sorted(m.name for m in facts.maps.values()
-                     if m.written_by_data_plane and m.name in spec.maps)
+    written = target.written_maps()
     # Maps holding fds (prog arrays, maps of maps) cannot be copied by value.
     copy_names = list(written) if source_maps is None else sorted(
         n for n, m in spec.maps.items() if not m.type.holds_fds or m.type in (
@@ -148,13 +145,7 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         if source_maps is not None:
             state_copier(source_maps, copy_names)(environment)
         env_maps: dict[str, Map] = dict(environment.maps)
-        base = program
-        extra_specs: dict[str, MapSpec] = {}
-        if guarded:
-            ctx = PassContext(dict(spec.maps), prog.type)
-            ctx.maps[GUARD_MAP] = MapSpec(GUARD_MAP, MapType.ARRAY, 4, 8 * len(guarded), 1)
-            base = GuardBumps(guard_slots, read_ranges).run(program, ctx)
-            extra_specs[GUARD_MAP] = ctx.maps[GUARD_MAP]
+        base, extra_specs = with_guard_bumps(target, guard_slots)
         sites = sampled_sites(facts, spec.maps, options)
         instrumented, inst_specs, layout = instrument(base, spec, prog, sites)
         extra_specs.update(inst_specs)
@@ -189,10 +180,11 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         if passes is None and not cleanup:
             passes = []
         t2 = time.perf_counter()
-        result = specialize(program, spec, prog, facts, snapshots, heat, options,
-                            guard_versions=versions, verifier_base=base_cost, passes=passes)
+        request = SpecializeRequest(target, snapshots, heat, options,
+                                    guards=Guards(versions=versions), passes=passes,
+                                    verifier_base=base_cost)
+        result = specialize(request)
         specialize_ms = (time.perf_counter() - t2) * 1000
-        args = (program, spec, prog, facts, snapshots, heat, options)
         # Every comparison starts from the state the profiling run left behind.
         copy_names += [GUARD_MAP] if guarded else []
         saved = {n: _clone(env_maps[n], environment) for n in copy_names}
@@ -213,8 +205,7 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
             if relief is None:
                 break
             converged, dropped = relief
-            result = specialize(*args, guard_versions=versions, converge=converged,
-                                drop=dropped, verifier_base=base_cost, passes=passes)
+            result = specialize(request.relieved(converged, dropped))
             special = Subject("specialized", subject.object_path, subject.program_name,
                               program=result.program, extra_maps=result.extra_maps)
             verify_ms, verify_error = _verify(special, nf)
@@ -266,6 +257,17 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
     finally:
         for m in saved.values():
             m.close()
+
+
+def profile(prog: ProgramSpec, btf: object, maps: Mapping[str, Map], frames: Sequence[bytes],
+            program: Program, extra_maps: Mapping[str, Map], layout: SamplingLayout, *,
+            ingress: int = 0, namespace: Any = None, passes: int = 1) -> dict[int, SiteHeat]:
+    """Replay the trace through the instrumented program and read the sampled keys."""
+    all_maps = {**maps, **extra_maps}
+    with Replay(prog, btf, all_maps, frames, program=program, ingress_ifindex=ingress,
+                namespace=namespace) as replay:
+        replay.run(passes)
+    return HeatReader(layout, all_maps, decay=1.0).read()
 
 
 def _clone(m: Map, environment: Environment) -> Map:

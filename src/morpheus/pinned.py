@@ -20,7 +20,7 @@ from .kernel import Map
 from .kernel.pin import is_bpffs
 from .loader import load_collection
 from .obj import read_object
-from .runtime.plan import PlanOptions
+from .optimizer import PlanOptions
 from .traffic.generate import from_frames
 from .traffic.pcap import read_pcap
 

@@ -11,10 +11,8 @@ import pytest
 
 from morpheus.loader import create_map, load_collection, load_program_spec
 from morpheus.obj import read_object
-from morpheus.optimizer import analyze_program, specialize
+from morpheus.optimizer import Guards, MapSnapshot, SiteHeat, SpecializeRequest, Target, specialize
 from morpheus.passes.inline import GUARD_MAP
-from morpheus.runtime.heat import SiteHeat
-from morpheus.runtime.plan import MapSnapshot
 
 pytestmark = pytest.mark.kernel
 
@@ -29,7 +27,8 @@ def test_data_plane_write_invalidates_inlined_entries(test_objects: dict[str, Pa
                                                       program_name: str, map_name: str) -> None:
     spec = read_object(test_objects["learn.v3"])
     prog = spec.program(program_name)
-    program, facts = analyze_program(prog, spec.maps)
+    target = Target.analyze(spec, prog)
+    facts = target.facts
     (site,) = [s for s in facts.lookups() if s.map == map_name]
     assert site.specializable and site.guarded
     with load_collection(spec, programs=[]) as coll:
@@ -39,8 +38,8 @@ def test_data_plane_write_invalidates_inlined_entries(test_objects: dict[str, Pa
         heat = {site.index: SiteHeat(Counter({struct.pack("<I", k): 10 - k for k in range(10)}))}
         snap = MapSnapshot(spec.maps[map_name], {struct.pack("<I", k): table.lookup(k)
                                                  for k in range(10)})
-        result = specialize(program, spec, prog, facts, {map_name: snap}, heat,
-                            guard_versions={map_name: 0})
+        result = specialize(SpecializeRequest(target, {map_name: snap}, heat,
+                                              guards=Guards(versions={map_name: 0})))
         assert result.stats.get("guard_bumps") == 1
         maps = dict(coll.maps)
         extras = {name: create_map(mspec) for name, mspec in result.extra_maps.items()}
@@ -68,15 +67,16 @@ def test_a_write_from_outside_is_caught_by_bumping_the_version(
     """The agent bumps the version for writes that bypass the program (control plane)."""
     spec = read_object(test_objects["learn.v3"])
     prog = spec.program("xdp_learn")
-    program, facts = analyze_program(prog, spec.maps)
+    target = Target.analyze(spec, prog)
+    facts = target.facts
     (site,) = [s for s in facts.lookups() if s.map == "table"]
     with load_collection(spec, programs=[]) as coll:
         table = coll.maps["table"]
         table.update(7, 1)
         heat = {site.index: SiteHeat(Counter({struct.pack("<I", 7): 5}))}
         snap = MapSnapshot(spec.maps["table"], {struct.pack("<I", 7): table.lookup(7)})
-        result = specialize(program, spec, prog, facts, {"table": snap}, heat,
-                            guard_versions={"table": 0})
+        result = specialize(SpecializeRequest(target, {"table": snap}, heat,
+                                              guards=Guards(versions={"table": 0})))
         extras = {name: create_map(mspec) for name, mspec in result.extra_maps.items()}
         try:
             maps = {**coll.maps, **extras}

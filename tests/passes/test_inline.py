@@ -15,11 +15,9 @@ from morpheus.ir.asm import R0, R1, R2, R10
 from morpheus.ir.program import with_origins
 from morpheus.loader import create_map, load_collection, load_program_spec
 from morpheus.obj import MapSpec, read_object
-from morpheus.optimizer import analyze_program, specialize
+from morpheus.optimizer import Guards, MapSnapshot, SiteHeat, SpecializeRequest, Target, specialize
 from morpheus.passes.inline import InlineEntry, InlinePlan, InlineTables, SitePlan
 from morpheus.passes.pipeline import PassContext
-from morpheus.runtime.heat import SiteHeat
-from morpheus.runtime.plan import MapSnapshot
 from morpheus.uapi import MapType, ProgType
 
 
@@ -97,8 +95,8 @@ def test_specialized_lookups_answer_like_the_map(contents: dict[int, int], hot_f
                                                  test_objects: dict[str, Path]) -> None:
     spec = read_object(test_objects["learn.v3"])
     prog = spec.program("xdp_learn")
-    program, facts = analyze_program(prog, spec.maps)
-    (site,) = [s for s in facts.lookups() if s.map == "table"]
+    target = Target.analyze(spec, prog)
+    (site,) = [s for s in target.facts.lookups() if s.map == "table"]
     keys = sorted(contents)
     hot = keys[: max(1, int(len(keys) * hot_fraction))]
     absent_hot = [k for k in extra[:3] if k not in contents]
@@ -109,8 +107,8 @@ def test_specialized_lookups_answer_like_the_map(contents: dict[int, int], hot_f
             coll.maps["table"].update(k, v)
         snap = MapSnapshot(spec.maps["table"], {struct.pack("<I", k): coll.maps["table"].lookup(k)
                                                 for k in hot + absent_hot})
-        result = specialize(program, spec, prog, facts, {"table": snap}, heat,
-                            guard_slots={}, bump_slots={})
+        result = specialize(SpecializeRequest(target, {"table": snap}, heat,
+                                              guards=Guards(slots={}, bumps={})))
         extras = {n: create_map(m) for n, m in result.extra_maps.items()}
         try:
             maps = {**coll.maps, **extras}

@@ -11,9 +11,8 @@ from morpheus.analysis.sites import analyze
 from morpheus.ir.program import with_origins
 from morpheus.loader import create_map, load_collection, load_program_spec
 from morpheus.obj import read_object
-from morpheus.optimizer import instrument
+from morpheus.optimizer import HeatReader, instrument
 from morpheus.passes.instrument import SampledSite
-from morpheus.runtime.heat import HeatReader
 
 pytestmark = pytest.mark.kernel
 

@@ -10,15 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..nf import NetworkFunction
-from ..obj import MapSpec
-from ..optimizer import all_read_ranges, analyze_program, instrument, sampled_sites
-from ..passes.guards import GuardBumps
-from ..passes.inline import GUARD_MAP
+from ..optimizer import PlanOptions, Target, instrument, sampled_sites, with_guard_bumps
 from ..passes.instrument import SampledSite
-from ..passes.pipeline import PassContext
-from ..runtime.plan import PlanOptions
 from ..traffic.generate import generate
-from ..uapi import MapType
 from .compare import Subject, run_bench
 
 
@@ -31,22 +25,14 @@ def instrumentation_cost(nf: NetworkFunction, *, profile: str = "high", packets:
     original = Subject("original", nf.object_path, nf.program)
     spec = original.load_spec()
     prog = original.program_spec()
-    program, facts = analyze_program(prog, spec.maps)
-    options = PlanOptions()
-    sites = sampled_sites(facts, spec.maps, options)
+    target = Target.analyze(spec, prog)
+    sites = sampled_sites(target.facts, spec.maps, PlanOptions())
     if every_site:
         sites = [SampledSite(s.index, s.map, spec.maps[s.map].key_size)
-                 for s in facts.lookups() if s.constant_key is None and s.map in spec.maps]
-    extra: dict[str, MapSpec] = {}
-    data_plane = [] if every_site else sorted(
-        {s.map for s in facts.lookups() if s.specializable and s.guarded})
-    base = program
-    if data_plane:
-        slots = {m: n for n, m in enumerate(data_plane)}
-        ctx = PassContext(dict(spec.maps), prog.type)
-        ctx.maps[GUARD_MAP] = MapSpec(GUARD_MAP, MapType.ARRAY, 4, 8 * len(slots), 1)
-        base = GuardBumps(slots, all_read_ranges(facts, data_plane)).run(program, ctx)
-        extra[GUARD_MAP] = ctx.maps[GUARD_MAP]
+                 for s in target.facts.lookups()
+                 if s.constant_key is None and s.map in spec.maps]
+    guarded = [] if every_site else target.guarded_maps()
+    base, extra = with_guard_bumps(target, {m: n for n, m in enumerate(guarded)})
     instrumented, inst_maps, _layout = instrument(base, spec, prog, sites, rate=rate)
     extra.update(inst_maps)
     subject = Subject("instrumented", nf.object_path, nf.program, program=instrumented,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..nf import all_nfs, get
-from ..runtime.plan import PlanOptions
+from ..optimizer import PlanOptions
 from .report import PROFILES, machine
 
 RATES = (1, 4, 16, 64, 256, 1024)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..nf import all_nfs, get
-from ..runtime.plan import PlanOptions
+from ..optimizer import PlanOptions
 from .report import machine
 
 

@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime.plan import PlanOptions
+    from ..optimizer import PlanOptions
 
     options = PlanOptions(hot_max=args.hot_max, whole_max=args.whole_max)
     if args.pinned:

@@ -26,9 +26,7 @@ def optimize_timing(spec: object, rounds: int) -> list[dict[str, object]]:
     import random
     from collections import Counter
 
-    from ..optimizer import analyze_program, specialize
-    from ..runtime.heat import SiteHeat
-    from ..runtime.plan import MapSnapshot
+    from ..optimizer import MapSnapshot, SiteHeat, SpecializeRequest, Target, specialize
 
     out = []
     rng = random.Random(1)
@@ -36,7 +34,8 @@ def optimize_timing(spec: object, rounds: int) -> list[dict[str, object]]:
         analysis, special = [], []
         for _ in range(max(3, rounds // 5)):
             t0 = time.perf_counter()
-            program, facts = analyze_program(prog, spec.maps)  # type: ignore[attr-defined]
+            target = Target.analyze(spec, prog)  # type: ignore[arg-type]
+            facts = target.facts
             analysis.append((time.perf_counter() - t0) * 1000)
             heat, snaps = {}, {}
             for site in facts.lookups():
@@ -49,7 +48,7 @@ def optimize_timing(spec: object, rounds: int) -> list[dict[str, object]]:
                 for k in keys:
                     snap.entries[k] = bytes(mspec.value_size)
             t1 = time.perf_counter()
-            result = specialize(program, spec, prog, facts, snaps, heat)  # type: ignore[arg-type]
+            result = specialize(SpecializeRequest(target, snaps, heat))
             special.append((time.perf_counter() - t1) * 1000)
         out.append({"program": prog.name, "insns": prog.insn_count,
                     "sites": sum(1 for d in result.decisions if d.plan is not None),

@@ -11,7 +11,7 @@ import threading
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..runtime.plan import PlanOptions
+    from ..optimizer import PlanOptions
 
     p = sub.add_parser(name, help="run a program on an interface under the agent")
     p.add_argument("object")
@@ -51,8 +51,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..optimizer import PlanOptions
     from ..runtime.agent import Agent, AgentOptions
-    from ..runtime.plan import PlanOptions
     from ..runtime.server import ControlServer, MetricsServer, prometheus_text, socket_path
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,

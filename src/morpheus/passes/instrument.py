@@ -3,7 +3,7 @@
 Before each instrumented lookup call the program bumps a per-CPU lookup counter for the
 site; one lookup in `rate` (a power of two) also copies the key into the site's ring of
 `slots` per-CPU sample slots. Memory is bounded (sites * slots * key size, per CPU) and the
-reader (`morpheus.runtime.heat`) uses the counters to know which slots are new.
+reader (`morpheus.optimizer.heat`) uses the counters to know which slots are new.
 
 Two maps are added: `mph_ctl` (per-CPU array, one value of 16 bytes per site: lookups,
 samples) and `mph_samples` (per-CPU array, `slots` entries per site, each a key padded to a

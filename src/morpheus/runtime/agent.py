@@ -40,8 +40,12 @@ from ..kernel.prog import enable_run_stats
 from ..loader import create_map, load_collection, load_program_spec
 from ..obj import MapSpec, ObjectSpec, ProgramSpec, read_object
 from ..optimizer import (
+    Guards,
+    HeatReader,
+    PlanOptions,
+    SpecializeRequest,
+    Target,
     all_read_ranges,
-    analyze_program,
     cleanup_passes,
     is_complexity_error,
     next_relief,
@@ -56,8 +60,6 @@ from ..passes.pipeline import PassContext
 from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
 from .check import CheckResult, check_candidate
 from .guard import GuardMap
-from .heat import HeatReader
-from .plan import PlanOptions
 from .trampoline import Trampoline
 
 log = logging.getLogger("morpheus.agent")
@@ -194,7 +196,8 @@ class Agent:
     def start(self) -> Agent:
         """Load and attach (or adopt a pinned running instance), then analyse."""
         t0 = time.perf_counter()
-        self.program, self.facts = analyze_program(self.prog, self.spec.maps)
+        self.target = Target.analyze(self.spec, self.prog)
+        self.program, self.facts = self.target.program, self.target.facts
         self.analysis_ms = (time.perf_counter() - t0) * 1000
         candidates = sorted({s.map for s in self.facts.lookups() if s.specializable})
         self.guard_slots = {name: n for n, name in enumerate(candidates)}
@@ -394,12 +397,8 @@ class Agent:
             self._update_stability(heat)
             self._follow_guards(versions)
             t2 = time.perf_counter()
-            result = specialize(self.program, self.spec, self.prog, self.facts, snapshots,
-                                heat, self.options.plan, guard_versions=versions,
-                                guard_slots=self.guard_slots, bump_slots=self.bump_slots,
-                                sampling=self._sampling(), passes=self._passes(),
-                                verifier_base=self._verifier_base(),
-                                skip_maps=self._skip_maps())
+            request = self._request(snapshots, heat, versions)
+            result = specialize(request)
             report.timings_ms["specialize"] = _ms(t2)
             signature = (*_signature(result), self._sampling().rates)
             if not self._dirty and self.current is not None and \
@@ -414,8 +413,7 @@ class Agent:
             program = result.program
             self._ensure_extra_maps(result.extra_maps)
             t3 = time.perf_counter()
-            version = self._load_with_relief(program, result, snapshots, heat, versions,
-                                             signature)
+            version = self._load_with_relief(program, result, request, signature)
             report.timings_ms["verify"] = _ms(t3)
             if self.options.check_frames:
                 t_check = time.perf_counter()
@@ -483,9 +481,18 @@ class Agent:
                 self._owned.remove(old)
                 old.close()
 
-    def _load_with_relief(self, program: Program, result: Any, snapshots: Any, heat: Any,
-                          versions: Mapping[str, int], signature: tuple[object, ...]
-                          ) -> Version:
+    def _request(self, snapshots: Mapping[str, Any], heat: Mapping[int, Any],
+                 versions: Mapping[str, int]) -> SpecializeRequest:
+        """What this cycle asks the optimizer for: every candidate map guarded (the control
+        plane and outside writers change them too), sampling kept in the new version."""
+        return SpecializeRequest(
+            self.target, snapshots, heat, self.options.plan,
+            guards=Guards(self.guard_slots, self.bump_slots, versions),
+            passes=self._passes(), sampling=self._sampling(), skip_maps=self._skip_maps(),
+            verifier_base=self._verifier_base())
+
+    def _load_with_relief(self, program: Program, result: Any, request: SpecializeRequest,
+                          signature: tuple[object, ...]) -> Version:
         converged: frozenset[int] = frozenset()
         dropped: frozenset[int] = frozenset()
         for _attempt in range(8):
@@ -504,14 +511,7 @@ class Agent:
                 if relief is None:
                     raise
                 converged, dropped = relief
-                result = specialize(self.program, self.spec, self.prog, self.facts, snapshots,
-                                    heat, self.options.plan, guard_versions=versions,
-                                    guard_slots=self.guard_slots, bump_slots=self.bump_slots,
-                                    converge=converged, drop=dropped,
-                                    sampling=self._sampling(),
-                                    passes=self._passes(),
-                                    verifier_base=self._verifier_base(),
-                                    skip_maps=self._skip_maps())
+                result = specialize(request.relieved(converged, dropped))
                 program = result.program
                 self._ensure_extra_maps(result.extra_maps)
         raise AgentError("the verifier refused every relieved version")

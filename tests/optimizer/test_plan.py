@@ -8,9 +8,7 @@ from pathlib import Path
 
 from morpheus.nf import get
 from morpheus.obj import read_object
-from morpheus.optimizer import analyze_program
-from morpheus.runtime.heat import SiteHeat
-from morpheus.runtime.plan import MapSnapshot, PlanOptions, plan_sites
+from morpheus.optimizer import MapSnapshot, PlanOptions, SiteHeat, analyze_program, plan_sites
 
 
 def test_router_sites_are_planned_by_kind() -> None:

@@ -17,14 +17,14 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from .analysis import ProgramFacts, analyze
-from .ir import Program
-from .ir.program import with_origins
-from .passes.constprop import fold_known_loads
-from .passes.inline import InlinePlan, InlineTables
-from .passes.paths import DEFAULT_BUDGET, SpecializePaths
-from .passes.pipeline import Pass, PassContext, PassTiming, Pipeline
-from .runtime.plan import MapSnapshot, PlanOptions, SiteDecision, plan_sites
+from ..analysis import ProgramFacts, analyze
+from ..ir import Program
+from ..ir.program import with_origins
+from ..passes.constprop import fold_known_loads
+from ..passes.inline import InlinePlan, InlineTables
+from ..passes.paths import DEFAULT_BUDGET, SpecializePaths
+from ..passes.pipeline import Pass, PassContext, PassTiming, Pipeline
+from .plan import MapSnapshot, PlanOptions, SiteDecision, plan_sites
 
 PATH_VALUES_MAP = "mph_path"
 PATH_OFFSETS_MAP = "mph_path_offs"

@@ -1,0 +1,197 @@
+"""Deciding what to inline at each site (pure: works on a snapshot and a heat profile).
+
+Rules, in order, for a lookup site the analysis calls specializable:
+1. a constant key: inline the one value (or NULL) the key maps to;
+2. a small table (at most `whole_max` entries): inline all of it; a miss is then NULL;
+3. a large table with a heat profile: inline its hottest keys (at most `hot_max`, enough to
+   cover `hot_cover` of the sampled lookups) with an exact key match; a miss calls the map;
+4. otherwise leave the site alone and say why.
+Sites on maps the data plane writes get a version guard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..analysis import ProgramFacts, Site
+from ..obj import MapSpec
+from ..passes.inline import InlineEntry, InlinePlan, SitePlan
+from ..uapi import MapType
+from .heat import SiteHeat
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    whole_max: int = 64  # tables up to this many entries are inlined whole
+    hot_max: int = 64  # hot keys inlined per site
+    hot_cover: float = 0.99  # stop adding hot keys once they cover this share of samples
+    min_samples: int = 32  # below this, a site's heat is noise
+    # Hot keys that answer fewer lookups than this are not worth a comparison tree in front
+    # of every lookup (uniform traffic would pay the tree and the map on most packets).
+    min_coverage: float = 0.5
+    # Estimated instructions the verifier processes (optimizer.verifier_estimate, an upper
+    # bound; the verifier here takes about 1 µs per instruction): above it comparison trees
+    # converge their hits, least used first, then the least used are dropped.
+    verifier_budget: int = 400_000
+    # Instructions path specialization may add (copies of the code after hot hits, one per
+    # distinct inlined value); 0 turns it off.
+    path_budget: int = 4_000
+    coalesce_stores: bool = True  # runs of constant byte stores become wide stores
+
+
+@dataclass
+class MapSnapshot:
+    """The contents the plan is based on.
+
+    `entries` is the whole table when `complete`; otherwise it holds the values of the keys
+    that were asked for (a None value: the key is absent). For LPM tries the value of an
+    exact key is the result of a lookup with that key (the longest matching prefix).
+    """
+
+    spec: MapSpec
+    entries: dict[bytes, bytes | None] = field(default_factory=dict)
+    complete: bool = False
+    # LRU maps: at least half full, so that an insert may evict (see plan_sites).
+    crowded: bool = False
+
+
+@dataclass
+class SiteDecision:
+    site: Site
+    plan: SitePlan | None
+    mode: str  # "constant", "table", "hot", "none"
+    reason: str
+    keys: int = 0
+    coverage: float | None = None  # share of sampled lookups the inlined keys cover
+
+
+def plan_sites(facts: ProgramFacts, snapshots: Mapping[str, MapSnapshot],
+               heat: Mapping[int, SiteHeat], options: PlanOptions = PlanOptions(),
+               *, origin_of: Mapping[int, int] | None = None,
+               guard_slots: Mapping[str, int] | None = None,
+               guard_versions: Mapping[str, int] | None = None, guard_all: bool = False
+               ) -> tuple[InlinePlan, list[SiteDecision]]:
+    """The inline plan and, for every lookup site, what was decided and why.
+
+    Sites are reported and planned by provenance (`origin_of` maps instruction index to
+    provenance; identity by default). Guarded sites need `guard_slots[map]` and the version
+    the snapshot was taken at in `guard_versions[map]`.
+    """
+    origin_of = origin_of or {}
+    guard_slots = guard_slots or {}
+    guard_versions = guard_versions or {}
+    plans: list[SitePlan] = []
+    decisions: list[SiteDecision] = []
+    for site in facts.lookups():
+        origin = origin_of.get(site.index, site.index)
+        snap = snapshots.get(site.map)
+        if not site.specializable:
+            decisions.append(SiteDecision(site, None, "none", site.reason))
+            continue
+        if snap is None:
+            decisions.append(SiteDecision(site, None, "none", "no snapshot of the map"))
+            continue
+        if snap.crowded:
+            # An LRU map evicts by recency, and inlined hits do not refresh it: once inserts
+            # may evict, the specialized program could lose other entries than the original.
+            # Below half full no insert evicts (and the first one moves the guard anyway).
+            decisions.append(SiteDecision(site, None, "none",
+                                          "LRU map at least half full: inserts may evict by "
+                                          "a recency the inlined hits would not refresh"))
+            continue
+        guard_slot = guard_version = None
+        if guard_all and site.map in guard_slots:
+            guard_slot = guard_slots[site.map]
+            guard_version = guard_versions.get(site.map, 0)
+        elif site.guarded:
+            if site.map not in guard_slots:
+                decisions.append(SiteDecision(site, None, "none",
+                                              "map written by the data plane and no guard slot"))
+                continue
+            guard_slot = guard_slots[site.map]
+            guard_version = guard_versions.get(site.map, 0)
+        common = {"site": origin, "map": site.map, "guard_slot": guard_slot,
+                  "guard_version": guard_version or 0,
+                  "known_bytes": tuple(b.value if b.kind == "const" else None
+                                       for b in site.key_bytes or ())}
+        key = site.constant_key
+        if key is not None:
+            value = _value_of(snap, key)
+            if value is _UNKNOWN:
+                decisions.append(SiteDecision(site, None, "none", "constant key not in snapshot"))
+                continue
+            plan = SitePlan(entries=(InlineEntry(key, value),), constant_key=True, complete=True,
+                            **common)  # type: ignore[arg-type]
+            plans.append(plan)
+            decisions.append(SiteDecision(site, plan, "constant", "constant key", 1, 1.0))
+            continue
+        if snap.spec.type == MapType.ARRAY:
+            # The verifier already turns an array lookup into a bounds check and an address
+            # computation: a comparison tree would be slower. Only constant indices pay.
+            decisions.append(SiteDecision(site, None, "none",
+                                          "array lookup with a variable index (already cheap)"))
+            continue
+        if snap.complete and len(snap.entries) <= options.whole_max:
+            site_heat = heat.get(origin)
+            weights = dict(site_heat.keys) if site_heat is not None else {}
+            entries = tuple(InlineEntry(k, v, weights.get(k, 0.0))
+                            for k, v in sorted(snap.entries.items()) if v is not None)
+            plan = SitePlan(entries=entries, complete=True, **common)  # type: ignore[arg-type]
+            plans.append(plan)
+            decisions.append(SiteDecision(site, plan, "table",
+                                          f"whole table ({len(entries)} entries)", len(entries),
+                                          1.0))
+            continue
+        site_heat = heat.get(origin)
+        if site_heat is None or sum(site_heat.keys.values()) < 1e-9:
+            decisions.append(SiteDecision(site, None, "none",
+                                          "large table and no heat profile for the site"))
+            continue
+        if site_heat.samples and site_heat.samples < options.min_samples and \
+                sum(site_heat.keys.values()) < options.min_samples:
+            decisions.append(SiteDecision(site, None, "none", "too few samples"))
+            continue
+        hot = site_heat.hottest(options.hot_max, cover=options.hot_cover)
+        entries_list = []
+        for k, share in hot:
+            value = _value_of(snap, k)
+            if value is _UNKNOWN:
+                continue
+            entries_list.append(InlineEntry(k, value, share))
+        if not entries_list:
+            decisions.append(SiteDecision(site, None, "none", "hot keys not in the snapshot"))
+            continue
+        coverage = site_heat.share({e.key for e in entries_list})
+        if coverage < options.min_coverage:
+            decisions.append(SiteDecision(site, None, "none",
+                                          f"hot keys cover only {coverage:.0%} of sampled "
+                                          f"lookups (under {options.min_coverage:.0%})",
+                                          len(entries_list), coverage))
+            continue
+        plan = SitePlan(entries=tuple(entries_list), complete=False, **common)  # type: ignore[arg-type]
+        plans.append(plan)
+        decisions.append(SiteDecision(site, plan, "hot",
+                                      f"{len(entries_list)} hot keys cover {coverage:.0%} of "
+                                      "sampled lookups", len(entries_list), coverage))
+    slots = 1 + max(guard_slots.values()) if guard_slots else 0
+    return InlinePlan(tuple(plans), slots), decisions
+
+
+class _Unknown:
+    pass
+
+
+_UNKNOWN = _Unknown()
+
+
+def _value_of(snap: MapSnapshot, key: bytes) -> bytes | _Unknown | None:
+    if key in snap.entries:
+        return snap.entries[key]
+    if snap.spec.type == MapType.ARRAY:
+        index = int.from_bytes(key[:4], "little")
+        if index >= snap.spec.max_entries:
+            return None
+    if snap.complete:
+        return None
+    return _UNKNOWN

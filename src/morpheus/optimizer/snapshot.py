@@ -1,0 +1,77 @@
+"""Reading the map contents a plan is based on: small tables whole, large ones at their hot
+keys."""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Mapping
+
+from ..analysis import ProgramFacts
+from ..kernel import Map
+from ..obj import MapSpec
+from ..uapi import MapFlags, MapType
+from .heat import SiteHeat
+from .plan import MapSnapshot, PlanOptions
+
+PATH_ARRAY_MAX = 4096  # arrays up to this size are snapshotted whole for path specialization
+
+
+def _array_entries(live: Map, spec: MapSpec) -> dict[bytes, bytes]:
+    """Every index of an array: one batch walk when the kernel offers it."""
+    if spec.max_entries > 64:
+        try:
+            return dict(live.lookup_batch())  # type: ignore[arg-type]
+        except OSError:
+            pass
+    return {struct.pack("<I", i): live.lookup(struct.pack("<I", i))  # type: ignore[misc]
+            for i in range(spec.max_entries)}
+
+
+def snapshot_maps(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[str, MapSpec],
+                  heat: Mapping[int, SiteHeat], options: PlanOptions) -> dict[str, MapSnapshot]:
+    """Read what the plan needs: small tables whole, large ones at their hot keys."""
+    wanted: dict[str, set[bytes]] = {}
+    for site in facts.lookups():
+        if not site.specializable or site.map not in maps:
+            continue
+        keys = wanted.setdefault(site.map, set())
+        if site.constant_key is not None:
+            keys.add(site.constant_key)
+        h = heat.get(site.index)
+        if h is not None:
+            keys.update(k for k, _ in h.hottest(options.hot_max, cover=options.hot_cover))
+    out: dict[str, MapSnapshot] = {}
+    for name, keys in wanted.items():
+        live, spec = maps[name], specs[name]
+        snap = MapSnapshot(spec)
+        if spec.type == MapType.LRU_HASH:
+            # Per-CPU LRU lists evict once one CPU used its share of the entries.
+            share = (spec.max_entries // (os.cpu_count() or 1)
+                     if spec.flags & MapFlags.NO_COMMON_LRU else spec.max_entries)
+            half = max(1, share // 2)
+            snap.crowded = live.count(limit=half) >= half
+        small = spec.max_entries <= options.whole_max
+        # Arrays the data plane only reads are read whole when affordable: path
+        # specialization turns their variable indices into constants (next hop, backend).
+        path_array = (spec.type == MapType.ARRAY and options.path_budget > 0
+                      and spec.max_entries <= PATH_ARRAY_MAX
+                      and not facts.maps[name].written_by_data_plane)
+        if small or path_array:
+            if spec.type == MapType.ARRAY:
+                snap.entries.update(_array_entries(live, spec))
+            else:
+                for k, v in live.items():
+                    snap.entries[k] = v  # type: ignore[assignment]
+            snap.complete = True
+        elif spec.type == MapType.HASH and live.count(limit=options.whole_max + 1) \
+                <= options.whole_max:
+            # A hash map may hold few entries although it could hold many.
+            for k, v in live.items():
+                snap.entries[k] = v  # type: ignore[assignment]
+            snap.complete = True
+        for key in keys:
+            if key not in snap.entries:
+                snap.entries[key] = live.lookup(key)  # type: ignore[assignment]
+        out[name] = snap
+    return out

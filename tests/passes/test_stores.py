@@ -115,7 +115,7 @@ store = st.tuples(st.sampled_from([1, 2, 4, 8]), st.integers(0, FRAME - 8),
 
 
 @pytest.mark.kernel
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck),
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck),
           derandomize=True)
 @given(stores=st.lists(store, min_size=2, max_size=24))
 def test_the_kernel_sees_the_same_bytes_and_registers(stores: list[tuple[int, int, int,

@@ -219,7 +219,9 @@ def _second_round(out: Program, ctx: PassContext, late: InlinePlan,
         inlinable_maps={s.map for s in request.target.facts.lookups() if s.specializable},
         guard_slots=guard_slots, guard_versions=request.guards.versions,
         cleanup=list(request.passes) if request.passes is not None else cleanup_passes(),
-        budget=options.path_budget)
+        budget=options.path_budget,
+        written_maps={m.name for m in request.target.facts.maps.values()
+                      if m.written_by_data_plane})
     finish = [CoalesceStores()] if options.coalesce_stores else []
     out, _, timings = specialize_paths(out, ctx, path_request, finish)
     pipeline.timings += [dataclasses.replace(t, name=f"paths:{t.name}") for t in timings]

@@ -70,8 +70,11 @@ def specialize_paths(program: Program, ctx: PassContext, request: PathRequest,
     timings: list[PassTiming] = []
     if not sites:
         return program, [], timings
-    fold = [p for p in request.cleanup if p.name != "dce"]
+    # Constant propagation folds, dead-code elimination runs last but one; any other pass
+    # the caller gave runs after both, as it does in the first round.
+    fold = [p for p in request.cleanup if p.name == "constprop"]
     dce = [p for p in request.cleanup if p.name == "dce"]
+    others = [p for p in request.cleanup if p.name not in ("constprop", "dce")]
     first = Pipeline([SpecializePaths(sites, request.values_map, request.budget,
                                       trees=sites)])
     copied = first.run(program, ctx)
@@ -104,7 +107,7 @@ def specialize_paths(program: Program, ctx: PassContext, request: PathRequest,
     if plan.sites:
         steps += [InlineTables(plan, values_map=PATH_VALUES_MAP,
                                offsets_map=PATH_OFFSETS_MAP), *fold]
-    second = Pipeline([*steps, *finish, *dce])
+    second = Pipeline([*steps, *finish, *dce, *others])
     out = second.run(prepared, ctx)
     timings += second.timings
     ctx.stats["path_inlined_sites"] = len(plan.sites)

@@ -24,9 +24,10 @@ pytestmark = pytest.mark.kernel
 def optimize(name: str, *, profile: str = "high", packets: int = 3000, seed: int = 1,
              config_seed: int = 1, passes: list | None = None) -> dict:
     nf = get(name)
-    trace = generate(nf, profile, packets, seed, config=nf.default_config(config_seed))
+    config = nf.default_config(config_seed)
+    trace = generate(nf, profile, packets, seed, config=config)
     subject = Subject("original", nf.object_path, nf.program)
-    return optimize_program(subject, trace, nf=nf, bench=False, passes=passes)
+    return optimize_program(subject, trace, nf=nf, bench=False, passes=passes, config=config)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -34,7 +35,8 @@ def test_every_nf_is_specialized_and_equivalent(name: str) -> None:
     report = optimize(name)
     assert "error" not in report, report.get("error")
     assert report["equivalent"], report.get("mismatch")
-    assert report["packets_checked"] == 3000
+    # The profiling trace, then held-back flows, edge cases, moves and near-miss keys.
+    assert report["packets_checked"] > 3000
     inlined = [s for s in report["sites"] if s["specialized"]]
     assert len(inlined) >= 3, report["sites"]
     assert any(s["mode"] in ("hot", "table") for s in inlined)
@@ -59,6 +61,12 @@ def test_random_configurations_and_traffic(name: str, config_seed: int, traffic_
     report = optimize(name, profile=profile, packets=1500, seed=traffic_seed,
                       config_seed=config_seed)
     assert report["equivalent"], (config_seed, traffic_seed, report.get("mismatch"))
+    # The trace was made for this configuration, and the maps hold it: the packets reach
+    # the lookups keyed on them (under another configuration a router passes them all as
+    # "not for me"), so some site is specialized to the keys the traffic brings.
+    assert any(s["mode"] == "hot" for s in report["sites"]), report["sites"]
+    verdicts = report["check_verdicts"]
+    assert len(verdicts) > 1 or 2 not in verdicts, verdicts
 
 
 @dataclass(frozen=True)

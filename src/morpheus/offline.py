@@ -15,16 +15,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .bench.compare import Environment, Subject, _warm_up, open_environment, run_bench
-from .bench.replay import Replay
+from .bench.compare import run_bench
+from .bench.skb_replay import open_replay
 from .ir import Program
 from .kernel import Map, VerifierError, xdp_ctx
 from .loader import create_map, load_program_spec
 from .nf import NetworkFunction
-from .obj import ObjectSpec, ProgramSpec
+from .obj import MapSpec, ObjectSpec, ProgramSpec
 from .optimizer import (
     Guards,
     HeatReader,
@@ -43,62 +43,107 @@ from .optimizer import (
 from .passes.inline import GUARD_MAP
 from .passes.instrument import SamplingLayout
 from .passes.pipeline import Pass
-from .runtime.check import table_state
 from .traffic.generate import Trace, generate
 from .uapi import MapType
+from .world import CheckRequest, CheckResult, Side, check, written_maps
+from .world.environment import Environment, Subject, add_extra_maps, open_environment, warm_up
+from .world.traces import check_trace
 
 
-def state_copier(source: Mapping[str, Map], names: list[str]):  # type: ignore[no-untyped-def]
-    """A `prepare` hook copying the named maps' contents from `source` into an environment."""
+def state_copier(source: Mapping[str, Map], names: list[str],
+                 shared: Mapping[str, Map] | None = None):  # type: ignore[no-untyped-def]
+    """A `prepare` hook giving an environment the state to start from: the named maps'
+    contents copied from `source`, and the `shared` maps (a user's maps the data plane only
+    reads) used as they are instead of the environment's own."""
     def prepare(environment: Environment) -> None:
         with environment.namespace.entered():
+            for name, m in (shared or {}).items():
+                if name in environment.maps:
+                    handle = Map.from_fd(m.fd, name)
+                    environment.stack.callback(handle.close)
+                    environment.maps[name] = handle
             for name in names:
                 if name in environment.maps and name in source:
                     environment.maps[name].copy_from(source[name])
     return prepare
 
 
-def run_individually(environment: Environment, spec: Any, program: Any, trace: Trace,
-                     ingress: int) -> list[tuple[int, bytes]]:
-    with environment.namespace.entered():
-        prog = load_program_spec(spec, environment.maps, program=program,
-                                 btf_fd=environment.btf_fd)
-    try:
-        out = []
-        with environment.namespace.entered():
-            for frame in trace.frames:
-                ctx = xdp_ctx(ingress, len(frame)) if ingress else None
-                result = prog.test_run(frame, ctx=ctx)
-                out.append((result.retval, result.data or b""))
-        return out
-    finally:
-        prog.close()
-
-
 def check_equivalence(nf: NetworkFunction | None, original: Subject, specialized: Subject,
                       trace: Trace, prepare: Any, written: list[str]) -> dict[str, Any]:
-    """Run every packet through both programs from the same state; compare verdicts,
-    output bytes and the data-plane-written tables at the end."""
-    ingress = trace.main_ingress if trace.main_ingress >= 2 else 0
-    results = []
-    tables = []
-    for subject in (original, specialized):
-        environment = open_environment(subject, nf)
-        try:
-            _warm_up(environment, subject, trace)
+    """Run every packet through both programs from the same state (`morpheus.world`):
+    verdicts, output bytes and length, redirect targets, and every key and value of every
+    map either program writes. Returns the `morpheus check` JSON shape."""
+    return check_subjects(nf, original, specialized, trace, prepare, written).to_json()
+
+
+def check_subjects(nf: NetworkFunction | None, original: Subject, specialized: Subject,
+                   trace: Trace, prepare: Any = None, written: Sequence[str] = (),
+                   config: Any = None) -> CheckResult:
+    """`check_equivalence`'s result object (with notes and packets-to-catch)."""
+    environment = open_environment(original, nf, config)
+    try:
+        warm_up(environment, original, trace)
+        add_extra_maps(environment, specialized)
+        if prepare is not None:
             prepare(environment)
-            results.append(run_individually(environment, subject.program_spec(),
-                                            subject.program, trace, ingress))
-            tables.append({n: table_state(environment.maps[n]) for n in written
-                           if n in environment.maps})
-        finally:
-            environment.close()
-    mismatches = [i for i, (a, b) in enumerate(zip(*results, strict=True)) if a != b]
-    table_diff = [n for n in tables[0] if tables[0][n] != tables[1].get(n)]
-    return {"equivalent": not mismatches and not table_diff, "packets_checked": len(trace),
-            "mismatches": len(mismatches),
-            "first_mismatch": mismatches[0] if mismatches else None,
-            "tables_differing": table_diff}
+        return _check_in(environment, nf, original, specialized, trace, written)
+    finally:
+        environment.close()
+
+
+def _check_in(environment: Environment, nf: NetworkFunction | None, original: Subject,
+              specialized: Subject, trace: Trace, written: Sequence[str],
+              own_maps: Mapping[str, MapSpec] | None = None) -> CheckResult:
+    """The check from the state `environment` holds (which it leaves as it found it)."""
+    packets = [(frame, port if nf is not None and port >= 2 else 0)
+               for frame, port in zip(trace.frames, trace.ingress, strict=True)]
+    own = dict(own_maps or {})
+    source = {n: m for n, m in environment.maps.items() if n not in own}
+    request = CheckRequest(
+        source,
+        Side(original.label, original.program_spec(), original.program,
+             spec=original.load_spec(), btf_fd=environment.btf_fd),
+        Side(specialized.label, specialized.program_spec(), specialized.program,
+             spec=specialized.load_spec(), btf_fd=environment.btf_fd, fresh_maps=own),
+        packets, written=written)
+    with environment.namespace.entered():
+        return check(request)
+
+
+# Given the specialized program and the maps it brings (inlined values), other versions to
+# check like it: name -> program, or (program, its own extra maps).
+Variant = Program | tuple[Program, Mapping[str, MapSpec]]
+Variants = Callable[[Program, Mapping[str, MapSpec]], Mapping[str, Variant]]
+
+
+def _check_variants(nf: NetworkFunction | None, original: Subject, special: Subject,
+                    trace: Trace, prepare: Any, written: Sequence[str],
+                    programs: Mapping[str, Variant], config: Any = None
+                    ) -> dict[str, dict[str, Any]]:
+    """Check each variant like the specialized program, all from one starting state."""
+    out: dict[str, dict[str, Any]] = {}
+    environment = open_environment(original, nf, config)
+    try:
+        warm_up(environment, original, trace)
+        add_extra_maps(environment, special)
+        if prepare is not None:
+            prepare(environment)
+        for name, version in programs.items():
+            program, extra = version if isinstance(version, tuple) else (version,
+                                                                           special.extra_maps)
+            # Maps the variant brings itself (other inlined values) replace the source's.
+            own = {n: m for n, m in extra.items() if special.extra_maps.get(n) != m}
+            variant = Subject(name, special.object_path, special.program_name,
+                              program=program, extra_maps=dict(extra))
+            try:
+                result = _check_in(environment, nf, original, variant, trace, written, own)
+            except VerifierError as exc:
+                out[name] = {"rejected": str(exc).splitlines()[0]}
+                continue
+            out[name] = {**result.to_json(), "packets_to_catch": result.packets_to_catch}
+    finally:
+        environment.close()
+    return out
 
 
 def optimize_nf(nf: NetworkFunction, profile_name: str, *, packets: int = 10_000,
@@ -117,12 +162,17 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
                      options: PlanOptions | None = None, rounds: int = 5,
                      throughput: bool = False, cleanup: bool = True,
                      passes: Sequence[Pass] | None = None, bench: bool = True,
+                     variants: Variants | None = None, config: Any = None,
                      measure: Any = None) -> dict[str, Any]:
     """Profile, specialize, verify, check and benchmark one program on `trace`.
 
     The maps start as `nf`'s default configuration, or as copies of `source_maps` (a
-    user's live maps, which are only read). `measure(original, specialized, trace,
-    prepare)`, if given, runs after the benchmark and its dict joins the report.
+    user's live maps, which are only read). With `nf`, `config` is the configuration the
+    maps get (default: the NF's default configuration). `variants`, given the specialized program,
+    names other versions to check against the original from the same state (mutation
+    testing of the checker); their results are under "variants". `measure(original,
+    specialized, trace, prepare)`, if given, runs after the benchmark and its dict joins
+    the report.
     """
     options = options or PlanOptions()
     spec: ObjectSpec = subject.load_spec()
@@ -133,17 +183,24 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
     analysis_ms = (time.perf_counter() - t0) * 1000
     guarded = target.guarded_maps()
     guard_slots = {name: n for n, name in enumerate(guarded)}
-    written = target.written_maps()
-    # Maps holding fds (prog arrays, maps of maps) cannot be copied by value.
-    copy_names = list(written) if source_maps is None else sorted(
-        n for n, m in spec.maps.items() if not m.type.holds_fds or m.type in (
-            MapType.DEVMAP, MapType.DEVMAP_HASH))
+    may_write = written_maps([target.program], spec.maps, prog.type)  # conservative on lost maps
+    written = sorted(n for n in may_write if n in spec.maps)
+    # Only the maps the data plane writes are copied; a user's maps it only reads are
+    # shared (read, never written) by the profile, the check and the benchmark.
+    copy_names = list(written)
+    shared: dict[str, Map] = {}
     ingress = trace.main_ingress if trace.main_ingress >= 2 else 0
 
-    environment = open_environment(subject, nf)
+    environment = open_environment(subject, nf, config)
     try:
         if source_maps is not None:
-            state_copier(source_maps, copy_names)(environment)
+            inner_written = {n.removesuffix("[inner]") for n in may_write}
+            shared = {n: m for n, m in source_maps.items()
+                      if n in spec.maps and n not in copy_names and (
+                          not m.type.holds_fds or m.type in (MapType.DEVMAP,
+                                                             MapType.DEVMAP_HASH)
+                          or (m.type.is_map_of_maps and n not in inner_written))}
+            state_copier(source_maps, copy_names, shared)(environment)
         env_maps: dict[str, Map] = dict(environment.maps)
         base, extra_specs = with_guard_bumps(target, guard_slots)
         sites = sampled_sites(facts, spec.maps, options)
@@ -191,12 +248,12 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
     finally:
         environment.close()
     try:
-        prepare = state_copier(saved, copy_names)
+        prepare = state_copier(saved, copy_names, shared)
         original = subject
         special = Subject("specialized", subject.object_path, subject.program_name,
                           program=result.program, extra_maps=result.extra_maps)
         report: dict[str, Any] = {}
-        verify_ms, verify_error = _verify(special, nf)
+        verify_ms, verify_error = _verify(special, nf, config)
         converged: frozenset[int] = frozenset()
         dropped: frozenset[int] = frozenset()
         attempts = 1
@@ -208,7 +265,7 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
             result = specialize(request.relieved(converged, dropped))
             special = Subject("specialized", subject.object_path, subject.program_name,
                               program=result.program, extra_maps=result.extra_maps)
-            verify_ms, verify_error = _verify(special, nf)
+            verify_ms, verify_error = _verify(special, nf, config)
             attempts += 1
         report.update({"equivalent": False, "packets_checked": 0, "speedup": None,
                        "analysis_ms": round(analysis_ms, 2),
@@ -226,9 +283,27 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         if verify_error is not None:
             report["error"] = verify_error
             return report
-        eq = check_equivalence(nf, original, special, trace, prepare, written)
+        if _same_code(result.program, prog.program):
+            # Nothing was specialized and the cleanup found nothing: the candidate is the
+            # original, instruction for instruction; there is nothing to check or measure.
+            report.update({"equivalent": True, "identical": True, "specialization": result})
+            return report
+        # The check sees more than the profile: held-back flows on every port, the NF's edge
+        # cases, and near-miss keys of every specialized site.
+        checked_trace = check_trace(
+            trace, nf=nf, facts=facts, config=config,
+            sites=[d.site.index for d in result.decisions if d.plan is not None])
+        checked = check_subjects(nf, original, special, checked_trace, prepare, written,
+                                 config)
+        eq = checked.to_json()
         report["equivalent"] = eq["equivalent"]
         report["packets_checked"] = eq["packets_checked"]
+        report["check"] = eq
+        report["check_verdicts"] = checked.verdict_counts()
+        if variants is not None:
+            wanted = variants(result.program, result.extra_maps)
+            report["variants"] = _check_variants(nf, original, special, checked_trace,
+                                                 prepare, written, wanted, config)
         if not eq["equivalent"]:
             report["mismatch"] = eq
             return report
@@ -237,7 +312,7 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
             return report
         measured = run_bench([original, special], trace, nf=nf, rounds=rounds,
                           throughput=throughput and nf is not None, prepare=prepare,
-                          check=False)
+                          check=False, config=config)
         measured.pop("_series", None)
         report["speedup"] = measured["speedup"]
         report["ns_per_packet"] = {"original": measured["A"]["ns_per_packet"],
@@ -259,13 +334,20 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
             m.close()
 
 
+def _same_code(a: Program, b: Program) -> bool:
+    """The same instructions (labels and provenance aside)."""
+    def key(p: Program) -> list[tuple[object, ...]]:
+        return [(i.opcode, i.dst, i.src, i.off, i.imm, i.reference) for i in p.insns]
+    return len(a.insns) == len(b.insns) and key(a) == key(b)
+
+
 def profile(prog: ProgramSpec, btf: object, maps: Mapping[str, Map], frames: Sequence[bytes],
             program: Program, extra_maps: Mapping[str, Map], layout: SamplingLayout, *,
             ingress: int = 0, namespace: Any = None, passes: int = 1) -> dict[int, SiteHeat]:
     """Replay the trace through the instrumented program and read the sampled keys."""
     all_maps = {**maps, **extra_maps}
-    with Replay(prog, btf, all_maps, frames, program=program, ingress_ifindex=ingress,
-                namespace=namespace) as replay:
+    with open_replay(prog, btf, all_maps, frames, program=program, ingress_ifindex=ingress,
+                     namespace=namespace) as replay:
         replay.run(passes)
     return HeatReader(layout, all_maps, decay=1.0).read()
 
@@ -276,9 +358,10 @@ def _clone(m: Map, environment: Environment) -> Map:
         return m.clone()
 
 
-def _verify(subject: Subject, nf: NetworkFunction | None) -> tuple[float, str | None]:
+def _verify(subject: Subject, nf: NetworkFunction | None, config: Any = None
+            ) -> tuple[float, str | None]:
     """Load the specialized program once; the verifier's verdict and the time it took."""
-    environment = open_environment(subject, nf)
+    environment = open_environment(subject, nf, config)
     try:
         start = time.perf_counter()
         try:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from .bench.compare import Subject
 from .kernel import Map
 from .kernel.pin import is_bpffs
 from .loader import load_collection
@@ -23,6 +24,7 @@ from .obj import read_object
 from .optimizer import PlanOptions
 from .traffic.generate import from_frames
 from .traffic.pcap import read_pcap
+from .world.environment import Subject
 
 STATE_DIR = Path("/run/morpheus/pins")
 
@@ -91,9 +93,10 @@ def open_pinned_maps(directory: str | Path) -> dict[str, Map]:
 
 
 def optimize_pinned(directory: str | Path, trace_path: str | Path, *, program: str | None = None,
-                    rounds: int = 5, ingress: int = 0, options: PlanOptions | None = None
-                    ) -> dict[str, Any]:
-    """The offline cycle on a pinned program, its live maps (read only) and a pcap trace."""
+                    rounds: int = 5, ingress: int = 0, options: PlanOptions | None = None,
+                    passes: Any = None) -> dict[str, Any]:
+    """The offline cycle on a pinned program, its live maps (read only) and a pcap trace.
+    `passes` replaces the cleanup passes (tests inject miscompiles this way)."""
     from .offline import optimize_program
 
     info = pinned_info(directory)
@@ -106,8 +109,135 @@ def optimize_pinned(directory: str | Path, trace_path: str | Path, *, program: s
     maps = open_pinned_maps(directory)
     try:
         report = optimize_program(subject, trace, source_maps=maps, options=options,
-                                  rounds=rounds)
+                                  rounds=rounds, passes=passes)
+        chain = tail_call_chain(spec, name, maps, info)
+        if chain:
+            # The programs the root reaches through the object's prog arrays are optimized
+            # with it, on the same trace (a root that dispatches without rewriting the
+            # packet, as Katran's does, hands them exactly these packets).
+            reports: dict[str, dict[str, Any]] = {}
+            for _array, _slot, callee in chain:
+                if callee not in reports and callee != name:
+                    reports[callee] = optimize_program(
+                        Subject("original", Path(info["object"]), callee, spec=spec), trace,
+                        source_maps=maps, options=options, rounds=rounds, passes=passes)
+            report["chain"] = [{"array": array, "slot": slot, "program": callee,
+                                **reports.get(callee, {})}
+                               for array, slot, callee in chain]
+            report["equivalent"] = bool(report["equivalent"]) and all(
+                r["equivalent"] for r in reports.values())
     finally:
         for m in maps.values():
             m.close()
     return {"program": name, "directory": str(directory), "trace": str(trace_path), **report}
+
+
+def tail_call_chain(spec: Any, root: str, maps: dict[str, Map], info: dict[str, Any]
+                    ) -> list[tuple[str, int, str]]:
+    """(prog array, slot, program) for every program of the object that `root` reaches by
+    tail calls, directly or not, through the object's prog arrays as they are filled now.
+    Slots holding programs of other objects are left out: they run as they are."""
+    from .optimizer import tail_call_arrays
+    from .uapi import MapType
+
+    ids = {pid: n for n, pid in info["programs"].items()}
+    out: list[tuple[str, int, str]] = []
+    seen, todo = {root}, [root]
+    while todo:
+        prog = spec.program(todo.pop())
+        for array in sorted(tail_call_arrays(prog.program, spec.maps, prog.type) or ()):
+            m = maps.get(array)
+            if m is None or m.type != MapType.PROG_ARRAY:
+                continue
+            for key, value in m.items():
+                assert isinstance(value, bytes)
+                callee = ids.get(int.from_bytes(value[:4], "little"))
+                if callee is None:
+                    continue
+                out.append((array, int.from_bytes(key[:4], "little"), callee))
+                if callee not in seen:
+                    seen.add(callee)
+                    todo.append(callee)
+    return out
+
+
+def pin_specialized(directory: str | Path, destination: str | Path, program: str,
+                    specialization: Any, chain: Sequence[tuple[str, int, str, Any]] = ()
+                    ) -> dict[str, Any]:
+    """Pin a specialized version of `program` (loaded from `directory`) under `destination`:
+    the program as progs/<name>, and every map it uses as maps/<name> — the user's own maps
+    from `directory` (the same kernel maps, pinned a second time) and the maps the
+    specialization added (inlined values, guards), so bpftool and the user's tools can run
+    and inspect it.
+
+    `chain` holds (prog array, slot, program, its specialization or None) for the programs
+    `program` tail-calls: they are loaded too, and the pinned root tail-calls them through
+    new prog arrays of its own (the user's arrays keep their programs), so the pinned chain
+    is specialized end to end.
+
+    The inlined values are those of the maps when `optimize` read them. Sites on maps the
+    data plane writes check a version guard that the program's own writes move; writes by
+    the control plane are not seen by this copy (`morpheus run` is what keeps a specialized
+    program true to its maps while they change).
+    """
+    from .kernel import load_btf
+    from .loader import create_map, load_program_spec
+    from .uapi import MapType
+
+    destination = Path(destination)
+    if not is_bpffs(destination.parent if not destination.exists() else destination):
+        raise PinError(f"{destination} is not on a bpffs mount (use a path under /sys/fs/bpf)")
+    if destination.exists() and any(destination.iterdir()):
+        raise PinError(f"{destination} is not empty; unpin it first (rm -r {destination})")
+    info = pinned_info(directory)
+    spec = read_object(info["object"])
+    maps = open_pinned_maps(directory)
+    with ExitStack() as stack:
+        for m in maps.values():
+            stack.callback(m.close)
+        btf_fd = stack.enter_context(load_btf(spec.btf.blob())) if spec.btf is not None \
+            else None
+        used: dict[str, Map] = dict(maps)
+        pinned: dict[str, Any] = {}
+
+        def load(name: str, special: Any) -> Any:
+            for extra, mspec in (special.extra_maps.items() if special is not None else ()):
+                if extra not in used:
+                    used[extra] = stack.enter_context(create_map(mspec))
+            prog_spec = spec.program(name)
+            program = special.program if special is not None else None
+            loaded = stack.enter_context(load_program_spec(prog_spec, used, program=program,
+                                                           btf_fd=btf_fd))
+            pinned[name] = (loaded, prog_spec.with_program(program or prog_spec.program))
+            return loaded
+
+        for array, _slot, _callee, _special in chain:
+            if array not in pinned and isinstance(used.get(array), Map) and \
+                    used[array].type == MapType.PROG_ARRAY and array in maps:
+                source = maps[array]
+                used[array] = stack.enter_context(Map.create(
+                    MapType.PROG_ARRAY, source.key_size, source.value_size, source.max_entries,
+                    name=source.info.name[:15]))
+                used[array].name = array
+                pinned[array] = None
+        for array, slot, callee, special in chain:
+            loaded = pinned[callee][0] if callee in pinned else load(callee, special)
+            used[array].update(slot, loaded)
+        root = load(program, specialization)
+        try:
+            (destination / "progs").mkdir(parents=True, exist_ok=True)
+            (destination / "maps").mkdir(parents=True, exist_ok=True)
+            names: set[str] = set()
+            for name, entry in pinned.items():
+                if entry is None:
+                    continue
+                entry[0].pin(destination / "progs" / name)
+                names |= entry[1].map_names
+            for name in sorted(names):
+                used[name].pin(destination / "maps" / (name.lstrip(".") or name))
+        except BaseException:
+            shutil.rmtree(destination, ignore_errors=True)
+            raise
+        return {"directory": str(destination), "program": program, "id": root.id,
+                "maps": sorted(names),
+                "chain": [{"array": a, "slot": s, "program": c} for a, s, c, _ in chain]}

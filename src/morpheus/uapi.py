@@ -155,6 +155,11 @@ class ProgType(IntEnum):
     SYSCALL = 31
     NETFILTER = 32
 
+    @property
+    def is_tc(self) -> bool:
+        """A TC program: runs on an skb, attaches through tcx (or cls_bpf)."""
+        return self in (ProgType.SCHED_CLS, ProgType.SCHED_ACT)
+
 
 class AttachType(IntEnum):
     CGROUP_INET_INGRESS = 0

@@ -66,7 +66,7 @@ def test_namespace_helpers_keep_the_host_clean() -> None:
     try:
         ns.add_veth("x0", "x1")
         assert ns.ifindex("x0") > 0
-        assert "x0" in ns.ip("-o", "link", "show")
+        assert "x0" in ns.links()
     finally:
         ns.delete()
     assert struct.calcsize("<I") == 4

@@ -174,6 +174,23 @@ def test_route_update_through_the_agent_is_never_stale(testbed: Bed) -> None:
     assert _per_packet_counts(bed.counters).get(egress + 1, 0) - after.get(egress + 1, 0) == sent
 
 
+def test_a_cycle_with_no_new_samples_and_no_map_change_does_no_work(testbed: Bed) -> None:
+    bed = testbed
+    _specialize(bed)
+    report = bed.agent.cycle()  # the samples taken before the swap are read here
+    for _ in range(3):
+        report = bed.agent.cycle()
+        assert report.outcome == "idle", report.reason
+        assert "specialize" not in report.timings_ms and "snapshot" not in report.timings_ms
+    _, dst = _hottest(bed.trace)
+    port = next(p for p in PORTS if p != bed.trace.main_ingress)  # no traffic: only the map moves
+    cp = get("router").control_plane(bed.agent.control_maps())
+    with bed.env.entered():
+        cp.set_nexthop(NextHop(901, port, bytes.fromhex("02aa00000002")))
+        cp.add_route(Route(dst, 32, 901))
+    assert bed.agent.cycle().outcome == "swapped"  # a map changed: planned again
+
+
 def _other_port(bed: Bed, frame: bytes) -> int:
     """A router port that is neither the ingress nor where `frame` goes now."""
     before = _per_packet_counts(bed.counters)

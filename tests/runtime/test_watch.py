@@ -39,6 +39,7 @@ from morpheus.kernel.tracing import Field, KernelFactError, bpf_syscall_numbers
 from morpheus.runtime import watch
 from morpheus.runtime.watch import (
     PROGRAM_NAMES,
+    WatchError,
     WatchLayout,
     WatchUnavailable,
     WriteWatcher,
@@ -429,6 +430,43 @@ def test_close_leaves_nothing(maps: tuple[Map, Map, Map]) -> None:
     assert before[SLOT] == 2 and all(v % 2 == 0 for v in before), "a version was left odd"
     target.update(1, bytes(8))
     assert versions(guard) == before
+
+
+def test_a_pinned_watcher_outlives_its_process_and_is_taken_over(
+        maps: tuple[Map, Map, Map]) -> None:
+    guard, target, _ = maps
+    directory = pathlib.Path(f"/sys/fs/bpf/mph-watch-test-{os.getpid()}")
+    directory.mkdir()
+    try:
+        w = WriteWatcher(guard).start()
+        w.watch(target, SLOT)
+        w.pin(directory)
+        held = w.objects()
+        w.close()  # pinned: only our fds go
+        # A process that never knew the watcher writes: the pins keep it bumping.
+        before = versions(guard)
+        child("""
+            import sys
+            from morpheus.kernel import Map
+            Map.from_id(int(sys.argv[1])).update(1, bytes(8))
+            """, target.id)
+        assert moved(before, versions(guard)) == {SLOT: 2}
+        again = WriteWatcher.from_pins(guard, directory)
+        assert again.pinned and again.watched == {target.id: SLOT}
+        assert sorted(again.objects()["programs"]) == sorted(held["programs"])  # not a second
+        again.close()
+        with Map.create(MapType.ARRAY, 4, 8 * SLOTS, 1, name="mph_t_other") as other, \
+                pytest.raises(WatchError, match="another guard map"):
+            WriteWatcher.from_pins(other, directory)
+        removed = WriteWatcher.remove_pins(directory)
+        assert sorted(p.name for p in removed) == sorted(watch.PIN_NAMES)
+        progs = {p["id"] for p in json.loads(bpftool("-j", "prog", "show"))}
+        assert not set(held["programs"]) & progs, "watcher programs are still loaded"
+        before = versions(guard)
+        target.update(1, bytes(8))
+        assert versions(guard) == before and all(v % 2 == 0 for v in before)
+    finally:
+        subprocess.run(["rm", "-rf", str(directory)], check=False)
 
 
 def test_start_failure_leaves_nothing(maps: tuple[Map, Map, Map],

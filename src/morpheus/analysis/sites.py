@@ -27,6 +27,7 @@ from .values import (
     K_STACK,
     K_VALUE,
     K_VALUE_OR_NULL,
+    K_VALUES,
     LOOKUP,
     LOOKUP_AND_DELETE,
     MAP_HELPERS_READ,
@@ -38,6 +39,8 @@ from .values import (
     Value,
     analyze_values,
     map_name,
+    map_set,
+    value_refs,
 )
 
 MAX_KEY_SIZE = 64  # keys compared inline; larger ones are not worth a comparison tree
@@ -72,13 +75,14 @@ class Site:
     index: int  # instruction index of the call
     function: str
     helper: int
-    map: str
+    map: str  # a name, `outer[inner]`, `a|b` for one of several maps, "?" for unknown
     key: Value | None = None  # the key pointer (r2)
     key_bytes: tuple[KeyByte, ...] | None = None  # when the key is on the stack
     uses: list[ValueUse] = field(default_factory=list)
     specializable: bool = False
     guarded: bool = False  # the map may change under the site: needs a version guard
     reason: str = ""
+    maps: frozenset[str] | None = None  # every map the site may act on (None: any map)
 
     @property
     def is_lookup(self) -> bool:
@@ -153,9 +157,13 @@ class ProgramFacts:
 def analyze(program: Program, maps: Mapping[str, MapSpec], *,
             prog_type: int = ProgType.XDP) -> ProgramFacts:
     """Find every map access site of `program` and what the data plane does to each map."""
-    analysis = analyze_values(program, prog_type)
+    analysis = analyze_values(program, prog_type, {n: s.type for n, s in maps.items()})
     sites: dict[int, Site] = {}
     facts: dict[str, MapFacts] = {name: MapFacts(name, spec) for name, spec in maps.items()}
+    # What an unidentified map may be: any map of the object, or an inner map of any of
+    # its maps of maps.
+    any_map = frozenset([*maps, *(f"{n}[inner]" for n, s in maps.items()
+                                  if s.type.is_map_of_maps)])
     function_of = {}
     for fn in program.functions():
         for i in range(fn.start, fn.end):
@@ -173,18 +181,27 @@ def analyze(program: Program, maps: Mapping[str, MapSpec], *,
         helper = insn.imm
         if helper in (LOOKUP, UPDATE, DELETE, LOOKUP_AND_DELETE) or helper in MAP_HELPERS_WRITE:
             name = map_name(state.regs[1])
-            site = Site(index, function_of.get(index, "?"), helper, name, state.regs[2])
+            site = Site(index, function_of.get(index, "?"), helper, name, state.regs[2],
+                        maps=map_set(state.regs[1]))
             site.key_bytes = _key_bytes(state, state.regs[2], maps.get(name))
             sites[index] = site
-            mf = facts_for(name)
             if helper == LOOKUP:
-                mf.lookups.append(index)
-            else:
-                mf.data_plane_writes.append(f"{site.kind} helper at instruction {index}")
+                facts_for(name).lookups.append(index)
+                continue
+            # A write through a map that may be several is a possible write to each; through
+            # one the analysis lost, a possible write to any.
+            where = f"{site.kind} helper at instruction {index}"
+            if site.maps is None:
+                where += " on a map the analysis could not identify"
+            elif len(site.maps) > 1:
+                where += f" on one of {', '.join(sorted(site.maps))}"
+            for member in sorted(site.maps if site.maps is not None else any_map | {name}):
+                mf = facts_for(member)
+                mf.data_plane_writes.append(where)
                 mf.helper_writes = True
                 mf.written_ranges.append(None)
 
-    _collect_value_uses(program, analysis, sites, facts_for)
+    _collect_value_uses(program, analysis, sites, facts_for, any_map)
     for site in sites.values():
         _judge(site, facts.get(site.map), maps.get(site.map))
     return ProgramFacts(program, analysis, sites, facts)
@@ -217,12 +234,18 @@ def _key_bytes(state: State, key: Value, spec: MapSpec | None) -> tuple[KeyByte,
 
 
 def _collect_value_uses(program: Program, analysis: Analysis, sites: dict[int, Site],
-                        facts_for: object) -> None:
+                        facts_for: object, any_map: frozenset[str]) -> None:
     """Attribute every dereference or leak of a map value pointer to its lookup site."""
     get_facts = facts_for  # type: ignore[assignment]
 
     def record(value: Value, kind: str, size: int, index: int, detail: str = "", *,
                extra_off: int = 0) -> None:
+        if value.kind == K_VALUES:
+            # Into one of several lookups' values: a use of each.
+            for ref in sorted(value_refs(value)):
+                record(Value(K_VALUE, value.const, ref), kind, size, index, detail,
+                       extra_off=extra_off)
+            return
         if value.kind not in (K_VALUE, K_VALUE_OR_NULL, K_DIRECT):
             return
         if value.kind == K_DIRECT:
@@ -236,16 +259,22 @@ def _collect_value_uses(program: Program, analysis: Analysis, sites: dict[int, S
         if site is not None:
             site.uses.append(use)
         if kind != "read":
-            mf = get_facts(name)  # type: ignore[operator]
             where = f"{kind} through a value pointer at instruction {index}"
             if detail:
                 where += f" ({detail})"
-            mf.data_plane_writes.append(where)
-            mf.written_ranges.append(None if offset is None or kind in ("helper", "escape",
-                                                                          "call")
-                                     else (offset, offset + size))
+            # The value of a lookup on one of several maps is in one of them; of a lookup on
+            # a map the analysis lost, in any.
+            members: frozenset[str] | None = frozenset({name})
+            if site is not None:
+                members = site.maps
+            for member in sorted(members if members is not None else any_map | {name}):
+                mf = get_facts(member)  # type: ignore[operator]
+                mf.data_plane_writes.append(where)
+                mf.written_ranges.append(None if offset is None or kind in ("helper", "escape",
+                                                                              "call")
+                                         else (offset, offset + size))
 
-    pointers = (K_VALUE, K_VALUE_OR_NULL, K_DIRECT)
+    pointers = (K_VALUE, K_VALUE_OR_NULL, K_DIRECT, K_VALUES)
     for index, insn in enumerate(program.insns):
         state = analysis.states[index]
         if state is None:
@@ -270,7 +299,7 @@ def _collect_value_uses(program: Program, analysis: Analysis, sites: dict[int, S
             record(regs[insn.dst], "write", insn.size_bytes, index, extra_off=insn.off)
             if cls == C_STX:
                 stored = regs[insn.src]
-                if stored.kind in (K_VALUE, K_VALUE_OR_NULL) and \
+                if stored.kind in (K_VALUE, K_VALUE_OR_NULL, K_VALUES) and \
                         regs[insn.dst].kind != K_STACK:
                     record(stored, "escape", 0, index, "pointer stored in memory")
         elif insn.is_atomic:
@@ -279,7 +308,7 @@ def _collect_value_uses(program: Program, analysis: Analysis, sites: dict[int, S
             helper = insn.imm
             for r in range(1, 6):
                 arg = regs[r]
-                if arg.kind not in (K_VALUE, K_VALUE_OR_NULL):
+                if arg.kind not in (K_VALUE, K_VALUE_OR_NULL, K_VALUES):
                     continue
                 if helper in (LOOKUP, UPDATE, DELETE) and r in (1, 2, 3):
                     if r == 1:
@@ -303,8 +332,13 @@ def _judge(site: Site, facts: MapFacts | None, spec: MapSpec | None) -> None:
         site.reason = f"{site.kind} helper: writes the map"
         return
     if site.map == "?" or spec is None:
-        site.reason = ("map of maps: inner maps are not inlined" if site.map.endswith("[inner]")
-                       else "map not identified (passed in a register the analysis lost)")
+        if site.maps is not None and len(site.maps) > 1:
+            site.reason = (f"map chosen at run time among {', '.join(sorted(site.maps))}: "
+                           "not inlined")
+        elif site.map.endswith("[inner]"):
+            site.reason = "map of maps: inner maps are not inlined"
+        else:
+            site.reason = "map not identified (passed in a register the analysis lost)"
         return
     if spec.type.is_per_cpu:
         site.reason = "per-CPU map: each CPU sees its own value"
@@ -317,6 +351,11 @@ def _judge(site: Site, facts: MapFacts | None, spec: MapSpec | None) -> None:
         return
     if spec.key_size > MAX_KEY_SIZE:
         site.reason = f"key of {spec.key_size} bytes is too large to compare inline"
+        return
+    if spec.type == MapType.ARRAY and site.constant_key is None:
+        # The verifier already turns an array lookup into a bounds check and an address
+        # computation: a comparison tree would be slower. Only constant indices pay.
+        site.reason = "array lookup with a variable index (already cheap)"
         return
     if site.value_writes:
         first = site.value_writes[0]

@@ -45,7 +45,7 @@ from ..ir.opcodes import (
     SRC_X,
     Mode,
 )
-from ..uapi import ProgType
+from ..uapi import MapType, ProgType
 from . import alu
 from .cfg import CFG, build_cfg
 
@@ -61,11 +61,13 @@ class Kind(IntEnum):
     VALUE = 7  # pointer into a map value; ref = (map name, site index)
     VALUE_OR_NULL = 8  # what a lookup returns before the NULL check
     DIRECT = 9  # ld_imm64 pseudo map value: ref = map name, off = offset in the value
+    MAPS = 10  # a map that is one of several (a join): ref = frozenset of map designators
+    VALUES = 11  # into the value of one of several lookups: ref = frozenset of VALUE refs
 
 
 # The kinds under plain module names (see the opcode aliases in ir.opcodes for why).
 (K_UNINIT, K_SCALAR, K_STACK, K_CTX, K_PKT, K_PKT_END, K_MAP, K_VALUE, K_VALUE_OR_NULL,
- K_DIRECT) = Kind
+ K_DIRECT, K_MAPS, K_VALUES) = Kind
 
 
 class Value(NamedTuple):
@@ -130,9 +132,20 @@ class State:
         return (tuple(self.regs), tuple(sorted(self.stack.items())))
 
 
-def join_values(a: Value, b: Value) -> Value:
+def join_values(a: Value, b: Value, nested: frozenset[str] = frozenset()) -> Value:
+    """The least abstract value covering both. `nested` names the maps of maps: a lookup
+    result of one of them, once not NULL, is an inner map, so joined with another map it
+    becomes a set of maps (Katran's "this CPU's LRU, or the fallback LRU")."""
     if a == b:
         return a
+    left, right = map_members(a, nested), map_members(b, nested)
+    if left is not None and right is not None:
+        return Value(K_MAPS, None, left | right)
+    if a.kind in (K_VALUE, K_VALUES) and b.kind in (K_VALUE, K_VALUES) and a.ref != b.ref:
+        # Two lookups' values meeting (clang merges the stores that follow them): a write
+        # through the result is a write to each.
+        return Value(K_VALUES, a.const if a.const == b.const else None,
+                     value_refs(a) | value_refs(b))
     if a.kind == b.kind:
         if a.kind == K_SCALAR:
             return Value(K_SCALAR, None, None, a.origin if a.origin == b.origin else None)
@@ -149,14 +162,35 @@ def join_values(a: Value, b: Value) -> Value:
     return UNKNOWN
 
 
-def join_states(a: State, b: State) -> State:
-    regs = [join_values(x, y) for x, y in zip(a.regs, b.regs, strict=True)]
+def join_states(a: State, b: State, nested: frozenset[str] = frozenset()) -> State:
+    regs = [join_values(x, y, nested) for x, y in zip(a.regs, b.regs, strict=True)]
     stack: Stack = {}
     for off, (size, value) in a.stack.items():
         other = b.stack.get(off)
         if other is not None and other[0] == size:
-            stack[off] = (size, join_values(value, other[1]))
+            stack[off] = (size, join_values(value, other[1], nested))
     return State(regs, stack)
+
+
+def value_refs(value: Value) -> frozenset[tuple[str, int]]:
+    """The (map, lookup site) pairs a value pointer may point into."""
+    if value.kind == K_VALUES:
+        return value.ref  # type: ignore[return-value]
+    if value.kind in (K_VALUE, K_VALUE_OR_NULL) and isinstance(value.ref, tuple):
+        return frozenset({value.ref})  # type: ignore[arg-type]
+    return frozenset()
+
+
+def map_members(value: Value, nested: frozenset[str] = frozenset()) -> frozenset[str] | None:
+    """The maps a map-pointer value may designate (names, `outer[inner]` for an inner map
+    of a map of maps in `nested`); None when the value is not known to be a map."""
+    if value.kind == K_MAP:
+        return frozenset({str(value.ref)})
+    if value.kind == K_MAPS:
+        return value.ref  # type: ignore[return-value]
+    if value.kind == K_VALUE and isinstance(value.ref, tuple) and value.ref[0] in nested:
+        return frozenset({f"{value.ref[0]}[inner]"})
+    return None
 
 
 # Context layouts: offset → what a load of that field yields.
@@ -200,6 +234,8 @@ def analyze_values(program: Program, prog_type: int = ProgType.XDP,
     states: list[State | None] = [None] * len(program.insns)
     cfgs: dict[str, CFG] = {}
     ctx_layout = _XDP_CTX if prog_type == ProgType.XDP else _SKB_CTX
+    nested = frozenset(name for name, kind in (map_types or {}).items()
+                       if kind in _MAP_OF_MAPS_TYPES)
     for n, function in enumerate(program.functions()):
         cfg = build_cfg(program, function)
         cfgs[function.name] = cfg
@@ -210,12 +246,15 @@ def analyze_values(program: Program, prog_type: int = ProgType.XDP,
         for r in range(2, 6):
             if n:
                 entry.regs[r] = UNKNOWN
-        _fixpoint(program, cfg, entry, states, ctx_layout)
+        _fixpoint(program, cfg, entry, states, ctx_layout, nested)
     return Analysis(program, states, cfgs)
 
 
+_MAP_OF_MAPS_TYPES = frozenset({MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS})
+
+
 def _fixpoint(program: Program, cfg: CFG, entry: State, states: list[State | None],
-              ctx_layout: Mapping[int, Kind]) -> None:
+              ctx_layout: Mapping[int, Kind], nested: frozenset[str]) -> None:
     block_in: dict[int, State] = {cfg.entry: entry}
     order = {b: i for i, b in enumerate(cfg.reverse_postorder())}
     # Blocks in reverse postorder: a heap of (rank, block), with a set against duplicates.
@@ -247,7 +286,7 @@ def _fixpoint(program: Program, cfg: CFG, entry: State, states: list[State | Non
                     # A jump to the next instruction: both edges reach the same block.
                     prior = out.get(block.end)
                     out[block.end] = (fallthrough if prior is None
-                                      else join_states(prior, fallthrough))
+                                      else join_states(prior, fallthrough, nested))
                 break
             _step(insn, state, index, ctx_layout)
             if insn.is_exit:
@@ -263,7 +302,7 @@ def _fixpoint(program: Program, cfg: CFG, entry: State, states: list[State | Non
                 block_in[succ] = succ_state.copy()
                 push(succ)
                 continue
-            joined = join_states(old, succ_state)
+            joined = join_states(old, succ_state, nested)
             if visits.get(succ, 0) > 8:
                 joined = _widen(joined)
             if joined.regs != old.regs or joined.stack != old.stack:
@@ -272,6 +311,8 @@ def _fixpoint(program: Program, cfg: CFG, entry: State, states: list[State | Non
 
 
 def _widen(state: State) -> State:
+    # Kinds and refs survive widening (only constants are dropped), and a set of maps only
+    # grows, to at most every map: the fixed point still terminates.
     regs = [Value(v.kind, None, v.ref) if v.kind != K_UNINIT else v for v in state.regs]
     regs[10] = Value(K_STACK, 0)
     return State(regs, {o: (s, Value(v.kind, None, v.ref)) for o, (s, v) in state.stack.items()})
@@ -408,6 +449,8 @@ def _load(insn: Instruction, state: State, ctx_layout: Mapping[int, Kind]) -> Va
         return Value(K_SCALAR, None, None, ("pkt", off, size))
     if base.kind == K_VALUE:
         return Value(K_SCALAR, None, None, ("value", base.ref, off, size))
+    if base.kind == K_VALUES:
+        return Value(K_SCALAR, None, None, ("value", None, off, size))
     if base.kind == K_DIRECT:
         return Value(K_SCALAR, None, None, ("direct", base.ref, off, size))
     return UNKNOWN
@@ -471,12 +514,22 @@ def _call(insn: Instruction, state: State, index: int) -> None:
 
 def map_name(value: Value) -> str:
     """The map a register designates: a map name, `outer[inner]` for a map taken out of a
-    map of maps (a lookup result of the outer map), or "?" when unknown."""
+    map of maps (a lookup result of the outer map), `a|b` for one of several maps, or "?"
+    when unknown."""
     if value.kind == K_MAP:
         return str(value.ref)
     if value.kind == K_VALUE and isinstance(value.ref, tuple):
         return f"{value.ref[0]}[inner]"
+    if value.kind == K_MAPS:
+        return "|".join(sorted(value.ref))  # type: ignore[call-overload]
     return "?"
+
+
+def map_set(value: Value) -> frozenset[str] | None:
+    """The maps a register passed as a map argument may be (None: any map)."""
+    if value.kind == K_VALUE and isinstance(value.ref, tuple):
+        return frozenset({f"{value.ref[0]}[inner]"})  # as `map_name` reads it
+    return map_members(value)
 
 
 def _clobber_escaped_stack(insn: Instruction, state: State) -> None:
@@ -539,6 +592,7 @@ def _refine_null(state: State, value: Value, *, null: bool) -> None:
 
 
 __all__ = ["UNINIT", "UNKNOWN", "Analysis", "Kind", "State", "Value", "analyze_values",
-           "const", "join_states", "join_values", "s32"]
+           "const", "join_states", "join_values", "map_members", "map_name", "map_set", "s32",
+           "value_refs"]
 
 _ = Mode  # re-exported for users of the module's constants

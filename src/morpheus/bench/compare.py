@@ -17,134 +17,26 @@ import statistics
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ..ir import Program
-from ..kernel import FD, Map, xdp_ctx
-from ..kernel.netns import NetNamespace
-from ..loader import Collection, load_collection
 from ..nf import NetworkFunction
-from ..nf.env import NFEnv
-from ..obj import MapSpec, ObjectSpec, ProgramSpec, read_object
+from ..obj import ProgramSpec
 from ..traffic.generate import Trace
+from ..world.environment import (
+    Environment,
+    Subject,
+    add_extra_maps,
+    maps_compatible,
+    open_environment,
+    warm_up,
+)
 from .replay import Replay, latency_percentiles
+from .skb_replay import open_replay
 from .throughput import Throughput
 
 SAMPLES = 3  # alternating passes per program copy
 COPIES = 4  # fresh loads of each program per round (identical code placed elsewhere by the
 # JIT runs a little faster or slower; fresh copies average that out)
-
-
-@dataclass
-class Subject:
-    """A program to measure: an object file, the program in it, optionally other code."""
-
-    label: str
-    object_path: Path
-    program_name: str | None = None
-    program: Program | None = None  # replaces the object's instructions (a specialization)
-    spec: ObjectSpec | None = None
-    # Maps the replacement program needs besides the object's (e.g. inlined values).
-    extra_maps: dict[str, MapSpec] = field(default_factory=dict)
-
-    def load_spec(self) -> ObjectSpec:
-        if self.spec is None:
-            self.spec = read_object(self.object_path)
-        return self.spec
-
-    def program_spec(self) -> ProgramSpec:
-        return self.load_spec().program(self.program_name)
-
-
-@dataclass
-class Environment:
-    """Maps of one subject, configured, in a namespace: an NFEnv or a bare object."""
-
-    namespace: NetNamespace
-    maps: dict[str, Map]
-    spec: ObjectSpec
-    stack: ExitStack
-    btf_fd: FD | None
-    env: NFEnv | None = None
-
-    def run_one(self, program: Any, frame: bytes, ingress: int) -> int:
-        with self.namespace.entered():
-            ctx = xdp_ctx(ingress, len(frame)) if ingress else None
-            return program.test_run(frame, ctx=ctx).retval
-
-    def close(self) -> None:
-        self.stack.close()
-
-
-def open_environment(subject: Subject, nf: NetworkFunction | None) -> Environment:
-    """Fresh maps for `subject` (configured by `nf`'s default configuration if given)."""
-    spec = subject.load_spec()
-    stack = ExitStack()
-    try:
-        if nf is not None:
-            env = stack.enter_context(NFEnv.start(nf, object_path=subject.object_path))
-            environment = Environment(env.namespace, dict(env.collection.maps), spec, stack,
-                                      env.collection.btf_fd, env)
-        else:
-            namespace = NetNamespace.create("morpheus-bench")
-            stack.callback(namespace.delete)
-            with namespace.entered():
-                coll: Collection = stack.enter_context(load_collection(spec, programs=[]))
-            environment = Environment(namespace, dict(coll.maps), spec, stack, coll.btf_fd)
-        add_extra_maps(environment, subject)
-        return environment
-    except BaseException:
-        stack.close()
-        raise
-
-
-def add_extra_maps(environment: Environment, subject: Subject) -> None:
-    """Create the maps a subject's replacement program needs, owned by the environment."""
-    from ..loader import create_map
-
-    for name, mspec in subject.extra_maps.items():
-        if name in environment.maps:
-            continue
-        m = create_map(mspec, object_name=environment.spec.name)
-        environment.stack.callback(m.close)
-        environment.maps[name] = m
-
-
-def maps_compatible(a: Subject, b: Subject) -> bool:
-    """Whether B's program can run against A's maps: every map B uses exists in A with the
-    same type, sizes and flags."""
-    a_maps = a.load_spec().maps
-    b_spec = b.load_spec()
-    program = b.program or b.program_spec().program
-    used = {i.reference for i in program.insns if i.is_map_load} - set(b.extra_maps)
-    for name in used:
-        if name not in b_spec.maps:
-            return False
-        mine, theirs = b_spec.maps[name], a_maps.get(str(name))
-        if theirs is None:
-            return False
-        if (mine.type, mine.key_size, mine.value_size, mine.max_entries, mine.flags,
-                mine.inner) != (theirs.type, theirs.key_size, theirs.value_size,
-                                theirs.max_entries, theirs.flags, theirs.inner):
-            return False
-    return True
-
-
-def _warm_up(environment: Environment, subject: Subject, trace: Trace) -> None:
-    """Process the trace's warm-up frames (e.g. a switch learning its stations) one by one."""
-    if not trace.warmup:
-        return
-    from ..loader import load_program_spec
-
-    with environment.namespace.entered():
-        prog = load_program_spec(subject.program_spec(), environment.maps,
-                                 program=subject.program, btf_fd=environment.btf_fd)
-    try:
-        for frame, ingress in trace.warmup:
-            environment.run_one(prog, frame, ingress)
-    finally:
-        prog.close()
 
 
 def _ingress(trace: Trace, nf: NetworkFunction | None) -> int:
@@ -156,27 +48,27 @@ Prepare = Callable[[Environment], None]
 
 
 def check_verdicts(subject: Subject, trace: Trace, nf: NetworkFunction | None, *,
-                   prepare: Prepare | None = None) -> dict[str, Any]:
+                   prepare: Prepare | None = None, config: Any = None) -> dict[str, Any]:
     """Replay once and run every packet individually, each from the same fresh state;
     compare the per-packet verdicts."""
     from ..loader import load_program_spec
 
     ingress = _ingress(trace, nf)
     pspec = subject.program_spec()
-    first = open_environment(subject, nf)
+    first = open_environment(subject, nf, config)
     try:
-        _warm_up(first, subject, trace)
+        warm_up(first, subject, trace)
         if prepare is not None:
             prepare(first)
-        with Replay(pspec, first.spec.btf, first.maps, trace.frames, program=subject.program,
+        with open_replay(pspec, first.spec.btf, first.maps, trace.frames, program=subject.program,
                     ingress_ifindex=ingress, namespace=first.namespace) as replay:
             replay.run()
             replayed = replay.verdicts()
     finally:
         first.close()
-    second = open_environment(subject, nf)
+    second = open_environment(subject, nf, config)
     try:
-        _warm_up(second, subject, trace)
+        warm_up(second, subject, trace)
         if prepare is not None:
             prepare(second)
         with second.namespace.entered():
@@ -232,8 +124,8 @@ def _throughput_devices(ingress: int) -> tuple[str, str]:
 
 def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction | None = None,
               rounds: int = 5, throughput: bool = True, latency: bool = True,
-              check: bool = True, cpu: int = 0, prepare: Prepare | None = None
-              ) -> dict[str, Any]:
+              check: bool = True, cpu: int = 0, prepare: Prepare | None = None,
+              config: Any = None) -> dict[str, Any]:
     """Measure the subjects interleaved; returns the report as a JSON-ready dict."""
     if not 1 <= len(subjects) <= 2:
         raise ValueError("benchmark one program, or two side by side")
@@ -242,7 +134,8 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
         "trace": {"profile": trace.profile or None, **trace.summary()},
         "rounds": rounds,
     }
-    checks = [check_verdicts(s, trace, nf, prepare=prepare) for s in subjects] if check else []
+    checks = [check_verdicts(s, trace, nf, prepare=prepare, config=config)
+              for s in subjects] if check else []
     ingress = _ingress(trace, nf)
     shared = len(subjects) == 2 and maps_compatible(subjects[0], subjects[1])
     report["shared_maps"] = shared
@@ -254,9 +147,9 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
             if environment is None or not shared:
                 # Programs with the same maps run against the same map instances, so that
                 # only their code differs (not where the kernel put their tables).
-                environment = open_environment(subject, nf)
+                environment = open_environment(subject, nf, config)
                 stack.callback(environment.close)
-                _warm_up(environment, subject, trace)
+                warm_up(environment, subject, trace)
                 if prepare is not None:
                     prepare(environment)
             else:
@@ -265,12 +158,12 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
                     prepare(environment)
             pspec = subject.program_spec()
             btf = subject.load_spec().btf
-            replay = stack.enter_context(Replay(
+            replay = stack.enter_context(open_replay(
                 pspec, btf, environment.maps, trace.frames, program=subject.program,
                 ingress_ifindex=ingress, namespace=environment.namespace, cpu=cpu,
                 share_trace_with=first_replay))
             first_replay = first_replay or replay
-            lat = stack.enter_context(Replay(
+            lat = stack.enter_context(open_replay(
                 pspec, btf, environment.maps, trace.frames, program=subject.program,
                 ingress_ifindex=ingress, namespace=environment.namespace, cpu=cpu,
                 record_latency=True, share_trace_with=first_replay)) if latency else None
@@ -283,14 +176,14 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
             def factory(pspec: ProgramSpec = pspec, btf: Any = btf,
                         environment: Environment = environment,
                         subject: Subject = subject, shared: Replay = first_replay) -> Replay:
-                return Replay(pspec, btf, environment.maps, trace.frames,
+                return open_replay(pspec, btf, environment.maps, trace.frames,
                               program=subject.program, ingress_ifindex=ingress,
                               namespace=environment.namespace, cpu=cpu,
                               share_trace_with=shared)
 
             runners.append(_Runner(subject, environment, replay, lat, tput, factory=factory))
         overhead = stack.enter_context(
-            Replay(None, None, {}, trace.frames, ingress_ifindex=0, cpu=cpu,
+            open_replay(None, None, {}, trace.frames, ingress_ifindex=0, cpu=cpu,
                    namespace=runners[0].environment.namespace, share_trace_with=first_replay))
         for runner in runners:  # one unmeasured pass: caches, branch predictors, lazy state
             runner.replay.run()
@@ -377,3 +270,7 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
                                    "latencies": r.latencies}
                              for key, r in zip("AB", runners, strict=False)}
     return report
+
+
+__all__ = ["Environment", "Subject", "add_extra_maps", "check_verdicts", "maps_compatible",
+           "open_environment", "run_bench", "spread", "warm_up"]

@@ -18,7 +18,8 @@ from ..nf import NetworkFunction
 from ..passes.blockcount import COUNTER_MAP, CountBlocks
 from ..passes.pipeline import PassContext
 from ..traffic.generate import Trace
-from .compare import Subject, _ingress, _throughput_devices, _warm_up, open_environment
+from ..world.environment import Subject, open_environment, warm_up
+from .compare import _ingress, _throughput_devices
 from .replay import Replay
 from .throughput import Throughput
 
@@ -36,7 +37,7 @@ def executed_insns(subject: Subject, trace: Trace, nf: NetworkFunction | None,
                        extra_maps={**subject.extra_maps, COUNTER_MAP: ctx.maps[COUNTER_MAP]})
     environment = open_environment(counting, nf)
     try:
-        _warm_up(environment, subject, trace)
+        warm_up(environment, subject, trace)
         if prepare is not None:
             prepare(environment)
         with Replay(prog, spec.btf, environment.maps, trace.frames, program=counted,

@@ -1,8 +1,15 @@
 """The project's own BPF C sources (network functions, replay harness) and their build.
 
-Objects are compiled with clang-16 into a build directory: `<repo>/build/bpf` when the package
-runs from a source checkout, otherwise `$XDG_CACHE_HOME/morpheus/bpf`. `MORPHEUS_BPF_DIR`
-overrides both. Compilation happens once; an object newer than its sources is reused.
+Where an object comes from, first match wins:
+
+- `MORPHEUS_BPF_DIR` set: compiled there with clang-16 (a user's own build of our sources);
+- a source checkout (`<repo>/pyproject.toml`, writable): compiled into `<repo>/build/bpf`;
+- an installed wheel: the objects the wheel was built with, in `morpheus/bpf/prebuilt`
+  (compiled by the build hook in setup.py, `build_prebuilt`); no clang needed;
+- otherwise (an install without prebuilt objects): compiled into
+  `$XDG_CACHE_HOME/morpheus/bpf`.
+
+Compilation happens once; an object newer than its sources is reused.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent
+PREBUILT_DIR = SOURCE_DIR / "prebuilt"
 CLANG_CANDIDATES = ("clang-16", "clang")
 
 
@@ -45,13 +53,20 @@ def _multiarch_include() -> list[str]:
     return [f"-I{path}"] if path.is_dir() else []
 
 
-def default_build_dir() -> Path:
+def _checkout_build_dir() -> Path | None:
     override = os.environ.get("MORPHEUS_BPF_DIR")
     if override:
         return Path(override)
     repo = SOURCE_DIR.parents[2]
     if (repo / "pyproject.toml").is_file() and os.access(repo, os.W_OK):
         return repo / "build" / "bpf"
+    return None
+
+
+def default_build_dir() -> Path:
+    checkout = _checkout_build_dir()
+    if checkout is not None:
+        return checkout
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "morpheus" / "bpf"
 
@@ -97,13 +112,15 @@ def compile_object(
 
 
 def build_all(
-    sources: Iterable[Path] | None = None, out_dir: Path | None = None, *, cpu: str = "v3"
+    sources: Iterable[Path] | None = None, out_dir: Path | None = None, *, cpu: str = "v3",
+    force: bool = False,
 ) -> list[Path]:
     """Compile the package's BPF sources (or `sources`) into `out_dir`."""
     out_dir = out_dir or default_build_dir()
     sources = sorted(sources) if sources is not None else sorted(SOURCE_DIR.glob("*.bpf.c"))
     return [
-        compile_object(src, out_dir / (src.name.removesuffix(".bpf.c") + ".o"), cpu=cpu)
+        compile_object(src, out_dir / (src.name.removesuffix(".bpf.c") + ".o"), cpu=cpu,
+                       force=force)
         for src in sources
     ]
 
@@ -114,4 +131,15 @@ def object_path(name: str) -> Path:
     if not source.is_file():
         known = sorted(p.name.removesuffix(".bpf.c") for p in SOURCE_DIR.glob("*.bpf.c"))
         raise FileNotFoundError(f"no BPF source named {name!r}; known: {', '.join(known)}")
+    prebuilt = PREBUILT_DIR / f"{name}.o"
+    if _checkout_build_dir() is None and prebuilt.is_file():
+        # Shipped with the wheel next to the sources it was compiled from: no clang needed.
+        return prebuilt
     return compile_object(source, default_build_dir() / f"{name}.o")
+
+
+def build_prebuilt(out_dir: Path) -> list[Path]:
+    """Build hook (setup.py): compile every source into `out_dir`, the wheel's
+    `morpheus/bpf/prebuilt`. Uses only the standard library, so setup.py can load this
+    module by path before the package is installed."""
+    return build_all(out_dir=out_dir, force=True)

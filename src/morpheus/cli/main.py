@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 # command name → module under morpheus.cli providing `add_parser(subparsers)` and `run(args)`
 COMMANDS = {
@@ -16,13 +17,26 @@ COMMANDS = {
     "traffic": "traffic_cmd",
     "bench": "bench_cmd",
     "optimize": "optimize_cmd",
+    "check": "check_cmd",
     "load": "load_cmd",
     "run": "run_cmd",
     "status": "status_cmd",
     "map": "map_cmd",
     "demo": "demo_cmd",
     "report": "report_cmd",
+    "send": "send_cmd",
 }
+
+
+def _version() -> str:
+    # The installed distribution's metadata, so that a wheel reports what pip installed;
+    # a bare source tree (PYTHONPATH=src) falls back to the package's own constant.
+    try:
+        return metadata.version("morpheus-xdp")
+    except metadata.PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="morpheus",
         description="Run-time specialization of eBPF/XDP programs to their maps and traffic.",
     )
+    parser.add_argument("--version", action="version",
+                        version=f"morpheus (morpheus-xdp) {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
         mod = importlib.import_module(f"morpheus.cli.{module}")

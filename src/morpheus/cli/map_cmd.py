@@ -25,6 +25,9 @@ def run(args: argparse.Namespace) -> int:
         if args.value is None:
             raise ValueError("update needs a value")
         payload["value"] = args.value
+    elif args.value is not None:
+        raise ValueError(f"{args.op} takes a map and a key only, not a value "
+                         f"({args.value!r})")
     reply = request(agent_socket(args.name), payload)
     if not reply.get("ok"):
         raise RuntimeError(reply.get("error"))

@@ -27,9 +27,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         "prog-array trampoline: faster swaps, one tail call per packet")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1")
     p.add_argument("--detach-on-exit", action="store_true",
-                   help="remove the program when the agent stops (default: keep it running)")
+                   help="remove the program when the agent stops (default: keep it running, "
+                        "with its pinned write watcher, for a later agent to adopt)")
     p.add_argument("--no-watch", action="store_true",
-                   help="do not watch for map writes that bypass the agent")
+                   help="do not watch for map writes that bypass the agent (then only "
+                        "writes made through a running agent are honoured by inlined code)")
     p.add_argument("--run-stats", action="store_true",
                    help="enable BPF run-time statistics (ns/packet in status; costs ~35 ns "
                         "per packet)")
@@ -77,26 +79,28 @@ def run(args: argparse.Namespace) -> int:
                            plan=PlanOptions(verifier_budget=args.verifier_budget))
     agent = Agent(args.object, iface=args.iface, program=args.program, netns=args.netns,
                   name=args.name, options=options)
-    agent.start()
-    control = ControlServer(agent, socket_path(agent.name))
-    control.start()
-    metrics = None
-    if args.metrics_port is not None:
-        metrics = MetricsServer(lambda: prometheus_text(agent.status(), control.stats()),
-                                args.metrics_port)
-        metrics.start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(json.dumps({"event": "running", "name": agent.name, "socket":
-                      str(socket_path(agent.name)), "metrics_port": metrics.port if metrics
-                      else None}), flush=True)
+    agent.start()  # takes the name's lock: one agent per name
+    control = metrics = None
     try:
+        control = ControlServer(agent, socket_path(agent.name))
+        control.start()
+        if args.metrics_port is not None:
+            served = control
+            metrics = MetricsServer(lambda: prometheus_text(agent.status(), served.stats()),
+                                    args.metrics_port)
+            metrics.start()
+        print(json.dumps({"event": "running", "name": agent.name, "socket":
+                          str(socket_path(agent.name)), "metrics_port": metrics.port
+                          if metrics else None}), flush=True)
         while not stop.is_set():
             agent.cycle()
             stop.wait(args.interval)
     finally:
-        control.close()
+        if control is not None:
+            control.close()
         if metrics is not None:
             metrics.close()
         agent.stop(detach=args.detach_on_exit)

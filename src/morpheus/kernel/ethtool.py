@@ -12,6 +12,8 @@ import fcntl
 import socket
 import struct
 
+from pyroute2.ethtool.ioctl import IoctlEthtool
+
 from .errors import KernelError
 
 SIOCETHTOOL = 0x8946
@@ -34,6 +36,8 @@ def _ioctl(sock: socket.socket, ifname: str, request: ctypes.Array[ctypes.c_char
 
 def ethtool_stats(ifname: str) -> dict[str, int]:
     """Driver statistics of `ifname` in the caller's network namespace, by name."""
+    # By hand rather than pyroute2's IoctlEthtool.get_statistics: 0.36 ms against 8 ms per
+    # read on this VM, and the demo reads them inside its 0.25 s measurement slices.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         info = ctypes.create_string_buffer(struct.pack("<IIQ", ETHTOOL_GSSET_INFO, 0,
                                                        1 << ETH_SS_STATS) + bytes(4))
@@ -50,3 +54,20 @@ def ethtool_stats(ifname: str) -> dict[str, int]:
              .split(b"\0", 1)[0].decode() for i in range(count)]
     values = struct.unpack_from(f"<{count}Q", stats, 8)
     return dict(zip(names, values, strict=True))
+
+
+
+def gro_enabled(ifname: str) -> bool:
+    """Whether generic receive offload is on for `ifname` in the caller's namespace (what
+    `ethtool -k` shows as generic-receive-offload); a veth without an XDP program takes
+    redirected frames only with GRO on."""
+    try:
+        ethtool = IoctlEthtool(ifname)
+    except OSError as exc:
+        raise KernelError(exc.errno or 0, f"GRO state of {ifname!r}") from None
+    try:
+        return bool(ethtool.get_offload_flags()["generic-receive-offload"])
+    except OSError as exc:
+        raise KernelError(exc.errno or 0, f"GRO state of {ifname!r}") from None
+    finally:
+        ethtool.close()

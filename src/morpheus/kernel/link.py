@@ -1,4 +1,4 @@
-"""BPF links: attach XDP programs, replace them atomically, detach."""
+"""BPF links: attach XDP and TC (tcx) programs, replace them atomically, detach."""
 
 from __future__ import annotations
 
@@ -51,6 +51,22 @@ class Link(OwnsFD):
             attr,
             f"attach XDP program {prog.name!r} to ifindex {ifindex}",
             "EBUSY means another program or link already owns the hook",
+        )
+        return cls(FD(fd, "link"))
+
+    @classmethod
+    def tcx(cls, prog: LoadedProgram, ifindex: int, *, egress: bool = False) -> Link:
+        """Attach a TC (sched_cls) program to the tcx ingress (or egress) hook of `ifindex`,
+        after the programs already there (CONFIG_NET_XGRESS)."""
+        hook = AttachType.TCX_EGRESS if egress else AttachType.TCX_INGRESS
+        attr = Attr().u32(0, prog.fd.number).u32(4, ifindex).u32(8, hook).u32(12, 0)
+        fd = bpf(
+            Cmd.LINK_CREATE,
+            attr,
+            f"attach TC program {prog.name!r} to tcx {'egress' if egress else 'ingress'} of "
+            f"ifindex {ifindex}",
+            "EINVAL means the kernel has no tcx (CONFIG_NET_XGRESS) or the program is not a "
+            "TC classifier",
         )
         return cls(FD(fd, "link"))
 

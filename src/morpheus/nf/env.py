@@ -50,11 +50,8 @@ class NFEnv:
             namespace = NetNamespace.create(f"morpheus-{nf.name}")
             stack.callback(namespace.delete)
             for index in range(INTERFACE_INDEXES[0], INTERFACE_INDEXES[-1] + 1, 2):
-                namespace.ip("link", "add", f"port{index}", "index", str(index), "type",
-                             "veth", "peer", "name", f"port{index + 1}", "index",
-                             str(index + 1))
-                for dev in (f"port{index}", f"port{index + 1}"):
-                    namespace.ip("link", "set", dev, "up")
+                namespace.add_veth(f"port{index}", f"port{index + 1}",
+                                   indexes=(index, index + 1))
             spec = read_object(object_path or nf.object_path)
             with namespace.entered():
                 collection = stack.enter_context(

@@ -29,6 +29,7 @@ from .target import (
     instrument,
     prepare,
     sampled_sites,
+    tail_call_arrays,
     with_guard_bumps,
 )
 
@@ -37,5 +38,6 @@ __all__ = [
     "SiteDecision", "SiteHeat", "Specialization", "SpecializeRequest", "Target",
     "all_read_ranges", "analyze_program", "cleanup_passes", "guarded_maps", "instrument",
     "is_complexity_error", "next_relief", "plan_sites", "prepare", "relieve_for_budget",
-    "sampled_sites", "snapshot_maps", "specialize", "verifier_estimate", "with_guard_bumps",
+    "sampled_sites", "snapshot_maps", "specialize", "tail_call_arrays", "verifier_estimate",
+    "with_guard_bumps",
 ]

@@ -1,6 +1,8 @@
 """Deciding what to inline at each site (pure: works on a snapshot and a heat profile).
 
-Rules, in order, for a lookup site the analysis calls specializable:
+Rules, in order, for a lookup site the analysis calls specializable (whether a site can be
+specialized at all is decided there, in `analysis.sites`, and only there: `inspect --sites`
+and the plan give the same reason):
 1. a constant key: inline the one value (or NULL) the key maps to;
 2. a small table (at most `whole_max` entries): inline all of it; a miss is then NULL;
 3. a large table with a heat profile: inline its hottest keys (at most `hot_max`, enough to
@@ -125,12 +127,6 @@ def plan_sites(facts: ProgramFacts, snapshots: Mapping[str, MapSnapshot],
                             **common)  # type: ignore[arg-type]
             plans.append(plan)
             decisions.append(SiteDecision(site, plan, "constant", "constant key", 1, 1.0))
-            continue
-        if snap.spec.type == MapType.ARRAY:
-            # The verifier already turns an array lookup into a bounds check and an address
-            # computation: a comparison tree would be slower. Only constant indices pay.
-            decisions.append(SiteDecision(site, None, "none",
-                                          "array lookup with a variable index (already cheap)"))
             continue
         if snap.complete and len(snap.entries) <= options.whole_max:
             site_heat = heat.get(origin)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..analysis import ProgramFacts, analyze
+from ..analysis.values import TAIL_CALL, analyze_values, map_set
 from ..ir import Program
 from ..ir.program import index_by_origin, with_origins
 from ..obj import MapSpec, ObjectSpec, ProgramSpec
@@ -75,8 +76,8 @@ def sampled_sites(facts: ProgramFacts, maps: Mapping[str, MapSpec],
         spec = maps.get(site.map)
         if not site.specializable or spec is None or site.constant_key is not None:
             continue
-        if spec.max_entries <= options.whole_max or spec.type == MapType.ARRAY:
-            continue  # inlined whole, or an array (variable indices are not inlined)
+        if spec.max_entries <= options.whole_max:
+            continue  # inlined whole
         out.append(SampledSite(site.index, site.map, spec.key_size))
     return out
 
@@ -103,6 +104,23 @@ def with_guard_bumps(target: Target, slots: Mapping[str, int]
     out = GuardBumps(dict(slots), all_read_ranges(target.facts, list(slots))).run(
         target.program, ctx)
     return out, {GUARD_MAP: ctx.maps[GUARD_MAP]}
+
+
+def tail_call_arrays(program: Program, maps: Mapping[str, MapSpec],
+                     prog_type: int) -> frozenset[str] | None:
+    """The prog arrays `program` tail-calls through (None: a tail call through a map the
+    analysis could not identify)."""
+    analysis = analyze_values(program, prog_type, {n: s.type for n, s in maps.items()})
+    out: set[str] = set()
+    for index, insn in enumerate(program.insns):
+        state = analysis.states[index]
+        if state is None or not insn.is_helper_call or insn.imm != TAIL_CALL:
+            continue
+        members = map_set(state.regs[2])
+        if members is None:
+            return None
+        out |= members
+    return frozenset(out)
 
 
 def all_read_ranges(facts: ProgramFacts, maps: list[str]

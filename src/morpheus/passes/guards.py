@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..analysis.sites import analyze
-from ..analysis.values import DELETE, UPDATE, Kind
+from ..analysis.sites import ProgramFacts, analyze
+from ..analysis.values import DELETE, UPDATE, Kind, Value, map_set, value_refs
 from ..ir import Instruction, Program, asm
 from ..ir.asm import FP, R0, R1, R2, R3, R5
 from ..ir.edit import rewrite
@@ -50,32 +50,32 @@ class GuardBumps:
             state = facts.analysis.states[index]
             if state is None:
                 continue
-            target = None
             if insn.is_helper_call and insn.imm in (UPDATE, DELETE):
-                reg = state.regs[1]
-                if reg.kind == Kind.MAP and reg.ref in self.slots:
-                    target = str(reg.ref)
+                # The map may be one of several: bump every guarded one it may be.
+                targets = sorted(m for m in (map_set(state.regs[1]) or self.slots)
+                                 if m in self.slots)
+                if targets:
                     scratch = R5 if insn.imm == UPDATE else R3
                     # After the call r1-r5 are dead (the call clobbered them); r0 is the
                     # helper's result and must survive.
-                    edits[index] = [*self._bump_at_call(target, R0, scratch), insn,
-                                    *self._bump_at_call(target, R1, R2)]
+                    before = [i for m in targets for i in self._bump_at_call(m, R0, scratch)]
+                    after = [i for m in targets for i in self._bump_at_call(m, R1, R2)]
+                    edits[index] = [*before, insn, *after]
                     bumps += 1
                 continue
             cls = insn.opcode & 0x07
             if cls in (Class.ST, Class.STX) and insn.mode in (Mode.MEM, Mode.ATOMIC):
                 base = state.regs[insn.dst]
-                if base.kind == Kind.VALUE and isinstance(base.ref, tuple) and \
-                        base.ref[0] in self.slots:
-                    target = str(base.ref[0])
-                    offset = None if base.const is None else base.const + insn.off
-                    if self._touches_read_bytes(target, offset, insn.size_bytes):
-                        floor = floors[_function_of(program, index)]
-                        free = [r for r in range(6) if state.regs[r].kind == Kind.UNINIT
-                                and r not in (insn.dst, insn.src)]
-                        bump = self._bump_anywhere(target, floor, free)
-                        edits[index] = [*bump, insn, *bump]
-                        bumps += 1
+                offset = None if base.const is None else base.const + insn.off
+                targets = sorted(m for m in _value_maps(base, facts) if m in self.slots
+                                 and self._touches_read_bytes(m, offset, insn.size_bytes))
+                if targets:
+                    floor = floors[_function_of(program, index)]
+                    free = [r for r in range(6) if state.regs[r].kind == Kind.UNINIT
+                            and r not in (insn.dst, insn.src)]
+                    bump = [i for m in targets for i in self._bump_anywhere(m, floor, free)]
+                    edits[index] = [*bump, insn, *bump]
+                    bumps += 1
         ctx.stats["guard_bumps"] = bumps
         return rewrite(program, edits) if edits else program
 
@@ -111,3 +111,13 @@ class GuardBumps:
                  asm.atomic(8, AtomicOp.ADD, a, 0, b, note="guard bump")]
         code += [asm.ldx(8, reg, FP, off, note="guard bump") for reg, off in reversed(saved)]
         return code
+
+
+def _value_maps(base: Value, facts: ProgramFacts) -> set[str]:
+    """The maps a store through `base` may write: the maps of every lookup its value may
+    come from (each of several, for a lookup on one of several maps)."""
+    out: set[str] = set()
+    for name, site_index in value_refs(base) if base.kind in (Kind.VALUE, Kind.VALUES) else ():
+        site = facts.sites.get(site_index)
+        out |= set(site.maps) if site is not None and site.maps is not None else {name}
+    return out

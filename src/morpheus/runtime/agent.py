@@ -14,8 +14,23 @@ at entry and exit (`runtime.watch`). Snapshots are taken between two reads of th
 and retried if they moved.
 
 Failure. A pass that raises, a verifier rejection or a failed check leaves the running
-version in place; the cause is logged and reported by `status()`. Maps, the guard and the
-link are pinned, so the agent can stop and a new one adopt the running program.
+version in place; the cause is logged and reported by `status()`. Maps, the guard, the link
+and the write watcher are pinned, so the agent can stop and a new one adopt the running
+program.
+
+Without the agent. Correctness does not depend on the agent being alive: every inlined site
+checks its map's guard version (one load and one compare) and takes the generic lookup when
+it moved, and the write watcher's programs and links are pinned under the agent's pin
+directory, so they keep moving versions after the agent exits, by a kill -9 included. A
+write made while no agent runs sends the sites of that map to their generic code from the
+moment the writer's syscall starts; a restarted agent adopts the pinned watcher and
+re-plans. (The window that remains is the watcher's: see `runtime.watch` for its blind
+spots.)
+
+One agent per name: the agent holds a lock (`lifecycle.AgentLock`) for its whole life.
+The state file records, before they are made, the pins the agent creates, so a restart
+after a kill part-way through a start removes exactly those, and a stop with detach
+removes nothing else.
 """
 
 from __future__ import annotations
@@ -57,9 +72,19 @@ from ..passes.guards import GuardBumps
 from ..passes.inline import GUARD_MAP
 from ..passes.instrument import CTL_MAP, SAMPLES_MAP, Instrument, layout_for
 from ..passes.pipeline import PassContext
-from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
-from .check import CheckResult, check_candidate
+from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, AttachType, ProgType
+from . import faults
+from .check import CandidatePair, CheckResult, check_candidate
 from .guard import GuardMap
+from .lifecycle import (
+    AgentError,
+    AgentLock,
+    check_name,
+    read_state,
+    remove_pins,
+    remove_stale_tmp,
+    write_state,
+)
 from .trampoline import Trampoline
 
 log = logging.getLogger("morpheus.agent")
@@ -69,8 +94,11 @@ DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/morpheus")
 _MIN_STABILITY_SAMPLES = 8
 
 
-class AgentError(RuntimeError):
-    pass
+# Pins the agent may create under its pin directory (the write watcher's are added from
+# runtime.watch.PIN_NAMES); the state file records them before any is made.
+_FIXED_PINS = ("guard", CTL_MAP, SAMPLES_MAP, "slots", "link")
+_WATCHER_DIR = "watcher"
+_UPDATE_FLAGS = (0, 1, 2, 4)  # BPF_ANY, BPF_NOEXIST, BPF_EXIST, BPF_F_LOCK
 
 
 @dataclass(frozen=True)
@@ -156,9 +184,10 @@ class Agent:
         self.options = options or AgentOptions()
         self.spec: ObjectSpec = read_object(self.object_path)
         self.prog: ProgramSpec = self.spec.program(program)
-        self.name = name or self.prog.name
+        self.name = check_name(name if name is not None else self.prog.name)
         self.pin_dir = Path(pin_root) / self.name
         self.state_file = STATE_DIR / f"{self.name}.json"
+        self._agent_lock = AgentLock(STATE_DIR / f"{self.name}.lock", self.name)
         self.maps: dict[str, Map] = {}
         self.guard: GuardMap | None = None
         self.link: Link | None = None
@@ -182,6 +211,7 @@ class Agent:
         self.last_swap_us: float | None = None  # the link or prog-array update alone
         self.instrumentation: dict[str, Any] = {"state": "not measured yet"}
         self._next_measurement = 0.0
+        self._adopted: dict[str, Any] = {}
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -194,7 +224,22 @@ class Agent:
                 yield
 
     def start(self) -> Agent:
-        """Load and attach (or adopt a pinned running instance), then analyse."""
+        """Load and attach (or adopt a pinned running instance), then analyse. Raises
+        AgentError when another agent of this name runs, or when the pins left by an
+        earlier one do not match this start (another object, interface or namespace)."""
+        holder = ""
+        with contextlib.suppress(AgentError):
+            holder = str((read_state(self.state_file) or {}).get("pid", ""))
+        self._agent_lock.acquire(holder)
+        faults.reach("start.locked")
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         t0 = time.perf_counter()
         self.target = Target.analyze(self.spec, self.prog)
         self.program, self.facts = self.target.program, self.target.facts
@@ -210,23 +255,48 @@ class Agent:
         if self.options.run_stats:
             with contextlib.suppress(KernelError, OSError):
                 self._stats_fd = enable_run_stats()
-        if self.options.check_frames:
-            nested = [n for n, m in self.spec.maps.items() if m.type.is_map_of_maps]
-            if nested:
-                raise AgentError(f"cannot check candidates on packets: map {nested[0]!r} is "
-                                 "a map of maps, which cannot be copied for the check")
+        remove_stale_tmp(self.state_file)
+        state = read_state(self.state_file)
         if (self.pin_dir / "link").exists():
-            self._adopt()
+            self._adopt(state)
         else:
+            self._recover(state)
             self._load_fresh()
         self.reader = HeatReader(self.layout, self.maps, decay=self.options.decay)
-        if self.options.watch_external:
+        if self.options.watch_external or (self.pin_dir / _WATCHER_DIR).exists():
             self._start_watcher()
+        self._write_state()
         log.info(json.dumps({"event": "started", "program": self.prog.name,
                              "iface": self.iface, "version": self.current.number
                              if self.current else None,
                              "analysis_ms": round(self.analysis_ms, 2)}))
-        return self
+
+    def _planned_pins(self) -> list[str]:
+        from .watch import PIN_NAMES
+
+        return [*(f"maps/{_pin_name(n)}" for n in self.spec.maps), *_FIXED_PINS,
+                *(f"{_WATCHER_DIR}/{n}" for n in PIN_NAMES)]
+
+    def _recover(self, state: dict[str, Any] | None) -> None:
+        """Before a fresh start: remove what an earlier agent of this name recorded and left
+        without a running link (killed part-way through its start, or a failed attach).
+        Pins no state records are not ours: refuse rather than remove them."""
+        if not self.pin_dir.exists():
+            return
+        if state is not None:
+            from .watch import WriteWatcher
+
+            WriteWatcher.remove_pins(self.pin_dir / _WATCHER_DIR)
+            removed = remove_pins(self.pin_dir, list(state.get("pins", [])))
+            if removed:
+                log.warning(json.dumps({"event": "recovered", "pin_dir": str(self.pin_dir),
+                                        "removed": removed}))
+        clash = [rel for rel in self._planned_pins() if (self.pin_dir / rel).exists()]
+        if clash:
+            raise AgentError(
+                f"{self.pin_dir / clash[0]} exists but no state in {self.state_file} says "
+                f"agent {self.name!r} made it: remove it yourself if it is not in use "
+                f"(rm {self.pin_dir / clash[0]}), or choose another --name")
 
     def _start_watcher(self) -> None:
         try:
@@ -234,19 +304,46 @@ class Agent:
         except ImportError:
             self.errors.append("external write watcher unavailable: module missing")
             return
+        directory = self.pin_dir / _WATCHER_DIR
         try:
-            # The agent brackets its own writes with bumps; the watcher takes the others.
-            watcher = WriteWatcher(self.guard.map,  # type: ignore[union-attr]
-                                   ignore_pid=os.getpid())
-            watcher.start()
+            assert self.guard is not None
+            if (directory / "enter").exists():
+                # A pinned watcher outlived its agent (or ours): take it over, do not add a
+                # second one.
+                watcher = WriteWatcher.from_pins(self.guard.map, directory)
+            else:
+                # Half-pinned by an agent killed while pinning it: start afresh.
+                WriteWatcher.remove_pins(directory)
+                # No process is exempt (the agent's own writes are bracketed twice): a pid
+                # baked into a pinned program could be reused after the agent dies.
+                watcher = WriteWatcher(self.guard.map)
+                watcher.start()
+                faults.reach("watcher.started")
             for name, slot in self.guard_slots.items():
-                watcher.watch(self.maps[name], slot)
+                if watcher.watched.get(self.maps[name].id) != slot:
+                    watcher.watch(self.maps[name], slot)
+            if not watcher.pinned:
+                watcher.pin(directory, after=lambda step: faults.reach(f"watcher.{step}"))
             self._watcher = watcher
         except Exception as exc:  # the agent still works; writes must go through it
             self.errors.append(f"external write watcher unavailable: {exc}")
             log.warning(json.dumps({"event": "watcher-unavailable", "error": str(exc)}))
 
     def _load_fresh(self) -> None:
+        self._write_state(phase="starting")
+        faults.reach("start.state")
+        try:
+            self._create_and_attach()
+        except BaseException:
+            # Nothing runs on the interface: what was pinned serves no one.
+            self._close_objects()
+            with contextlib.suppress(OSError, AgentError):
+                remove_pins(self.pin_dir, self._planned_pins())
+            with contextlib.suppress(FileNotFoundError):
+                self.state_file.unlink()
+            raise
+
+    def _create_and_attach(self) -> None:
         self.pin_dir.mkdir(parents=True, exist_ok=True)
         (self.pin_dir / "maps").mkdir(exist_ok=True)
         with self._in_netns():
@@ -256,16 +353,21 @@ class Agent:
         self.maps = dict(coll.maps)
         for name, m in self.maps.items():
             m.pin(self.pin_dir / "maps" / _pin_name(name))
+        faults.reach("fresh.maps")
         self.guard = GuardMap(len(self.guard_slots))
         self.guard.map.pin(self.pin_dir / "guard")
         self.maps[GUARD_MAP] = self.guard.map
+        faults.reach("fresh.guard")
         for name, mspec in self._sampling_specs().items():
             m = create_map(mspec)
-            m.pin(self.pin_dir / name)
             self.maps[name] = m
             self._owned.append(m)
+            m.pin(self.pin_dir / name)
+        faults.reach("fresh.sampling")
         base = self._base_program(instrumented=True)
         version = self._load_version(base, "base", self.layout.sites, sampling=self.layout)
+        self.current = version  # closed by stop() if what follows fails
+        faults.reach("fresh.loaded")
         ifindex = self._ifindex()
         flags = XDP_FLAGS_DRV_MODE if self.options.xdp_mode == "native" else XDP_FLAGS_SKB_MODE
         attached = version.program
@@ -277,15 +379,40 @@ class Agent:
             self.trampoline.slots.pin(self.pin_dir / "slots")
             attached = self.trampoline.program
         with self._in_netns():
-            self.link = Link.xdp(attached, ifindex, flags)
+            if ProgType(self.prog.type).is_tc:  # TC programs attach through a tcx link
+                self.link = Link.tcx(attached, ifindex, egress=self.prog.attach_type
+                                     == AttachType.TCX_EGRESS)
+            else:
+                self.link = Link.xdp(attached, ifindex, flags)
+        faults.reach("fresh.attached")
         self.link.pin(self.pin_dir / "link")
+        faults.reach("fresh.link")
+        self.current = None
         self._set_current(version)
-        self._write_state()
 
-    def _adopt(self) -> None:
-        state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
-        if state.get("object") and Path(state["object"]) != self.object_path.resolve():
-            raise AgentError(f"{self.pin_dir} runs {state['object']}, not {self.object_path}")
+    def _check_adoptable(self, state: dict[str, Any] | None) -> None:
+        if state is None:
+            raise AgentError(
+                f"{self.pin_dir / 'link'} is pinned but there is no agent state "
+                f"{self.state_file}: it was not made by an agent named {self.name!r} (or "
+                f"its state was removed). Detach it yourself (rm -r {self.pin_dir}) or "
+                "choose another --name")
+        mismatches = []
+        here = {"object": str(self.object_path.resolve()), "program": self.prog.name,
+                "iface": self.iface, "netns": self.netns.name if self.netns else None}
+        for key, wanted in here.items():
+            if key in state and state[key] != wanted:
+                mismatches.append(f"{key} {state[key]!r} (asked: {wanted!r})")
+        if mismatches:
+            raise AgentError(
+                f"agent {self.name!r} already runs with {', '.join(mismatches)} "
+                f"(pins in {self.pin_dir}, state in {self.state_file}): restart it with "
+                "the same arguments, stop it with --detach-on-exit first, or choose another "
+                "--name")
+
+    def _adopt(self, state: dict[str, Any] | None) -> None:
+        self._check_adoptable(state)
+        assert state is not None
         for name in self.spec.maps:
             m = Map.from_pin(self.pin_dir / "maps" / _pin_name(name))
             m.name = name
@@ -301,7 +428,12 @@ class Agent:
                 self.maps[name] = m
                 self._owned.append(m)
         self.link = Link.from_pin(self.pin_dir / "link")
-        attached = LoadedProgram.from_id(self.link.info().prog_id)
+        link_info = self.link.info()
+        ifindex = self._ifindex()
+        if link_info.ifindex not in (0, ifindex):
+            raise AgentError(f"{self.pin_dir / 'link'} is attached to ifindex "
+                             f"{link_info.ifindex}, not to {self.iface} (ifindex {ifindex})")
+        attached = LoadedProgram.from_id(link_info.prog_id)
         if (self.pin_dir / "slots").exists():
             self.trampoline = Trampoline.from_pins(self.pin_dir / "slots", attached)
             running_id = self.trampoline.running_id()
@@ -317,8 +449,12 @@ class Agent:
             self.btf_fd = load_btf(self.spec.btf.blob())
             self._owned.append(self.btf_fd)
         self._version_counter = int(state.get("version", 0))
+        # What the adopted program is, as its maker recorded (kept in the state until this
+        # agent swaps in its own version).
+        self._adopted = {"kind": state.get("kind"), "inlined": state.get("inlined", [])}
         self._set_current(Version(self._version_counter, running, "adopted", time.time()))
         self._dirty = True
+        faults.reach("adopt.opened")
 
     def _sampling_specs(self) -> dict[str, MapSpec]:
         ctx = PassContext(dict(self.spec.maps), self.prog.type)
@@ -365,13 +501,19 @@ class Agent:
         if old is not None and old.program is not version.program:
             old.program.close()
 
-    def _write_state(self) -> None:
-        STATE_DIR.mkdir(parents=True, exist_ok=True)
+    def _write_state(self, phase: str = "running") -> None:
+        current = self.current
         state = {"object": str(self.object_path.resolve()), "program": self.prog.name,
                  "iface": self.iface, "netns": self.netns.name if self.netns else None,
-                 "pin_dir": str(self.pin_dir), "pid": os.getpid(),
-                 "version": self._version_counter}
-        self.state_file.write_text(json.dumps(state))
+                 "pin_dir": str(self.pin_dir), "pid": os.getpid(), "phase": phase,
+                 "version": self._version_counter,
+                 "kind": current.kind if current is not None else None,
+                 "inlined": sorted({d["map"] for d in current.decisions if d["specialized"]})
+                 if current is not None else [],
+                 **(self._adopted if current is not None and current.kind == "adopted"
+                    else {}),
+                 "pins": self._planned_pins()}
+        write_state(self.state_file, state)
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -383,6 +525,7 @@ class Agent:
         try:
             heat = self.reader.read()
             report.timings_ms["profile"] = _ms(t0)
+            faults.reach("cycle.profile")
             if self._should_measure_instrumentation(heat):
                 t_measure = time.perf_counter()
                 self._measure_instrumentation()
@@ -391,15 +534,21 @@ class Agent:
                     and self.current.kind == "specialized" and not self._dirty:
                 report.outcome, report.reason = "no-traffic", "no samples since last cycle"
                 return self._finish(report)
+            if self._idle(heat):
+                report.outcome = "idle"
+                report.reason = "no new samples and no map changed since the last cycle"
+                return self._finish(report)
             t1 = time.perf_counter()
             snapshots, versions = self._consistent_snapshot(heat)
             report.timings_ms["snapshot"] = _ms(t1)
+            faults.reach("cycle.snapshot")
             self._update_stability(heat)
             self._follow_guards(versions)
             t2 = time.perf_counter()
             request = self._request(snapshots, heat, versions)
             result = specialize(request)
             report.timings_ms["specialize"] = _ms(t2)
+            faults.reach("cycle.specialize")
             signature = (*_signature(result), self._sampling().rates)
             if not self._dirty and self.current is not None and \
                     self.current.kind == "specialized":
@@ -415,6 +564,7 @@ class Agent:
             t3 = time.perf_counter()
             version = self._load_with_relief(program, result, request, signature)
             report.timings_ms["verify"] = _ms(t3)
+            faults.reach("cycle.load")
             if self.options.check_frames:
                 t_check = time.perf_counter()
                 outcome = self._check_equivalence(version)
@@ -519,17 +669,10 @@ class Agent:
     def _check_equivalence(self, version: Version) -> CheckResult:
         """Run the candidate and the unspecialized program on the check packets."""
         assert version.source is not None
-        candidate = version.source
-        written = sorted(m.name for m in self.facts.maps.values() if m.written_by_data_plane)
-
-        def load(kind: str, maps: Mapping[str, Map]) -> LoadedProgram:
-            program = self._base_program(instrumented=False) if kind == "base" else candidate
-            return load_program_spec(self.prog, maps, program=program, btf_fd=self.btf_fd)
-
-        ifindex = self._ifindex()
+        pair = CandidatePair(self.prog, self.spec, self._base_program(instrumented=False),
+                             version.source, self.btf_fd)
         with self._in_netns():
-            return check_candidate(self.maps, self.options.check_frames, ifindex, load,
-                                   written)
+            return check_candidate(self.maps, self.options.check_frames, self._ifindex(), pair)
 
     def _should_measure_instrumentation(self, heat: Mapping[int, Any]) -> bool:
         return (self.options.measure_instrumentation and bool(self.layout.sites)
@@ -612,6 +755,19 @@ class Agent:
                     self._dirty = True  # traffic moved: sample densely again and re-plan
                 self._stable_for[site.site] = 0
 
+    def _idle(self, heat: Mapping[int, Any]) -> bool:
+        """Nothing this cycle could plan differently from the last one: no sample and no
+        lookup since then, and no guard moved (every write to a map the agent may inline
+        moves one: through the agent, from outside via the watcher, by the data plane via
+        its bumps). Decay alone scales every key alike and changes no ranking."""
+        if self._dirty or self.current is None or self._paused or not self._last_versions \
+                or self.guard is None:
+            return False
+        if any(h.samples or h.lookups for h in heat.values()):
+            return False
+        now = self.guard.versions()
+        return {m: now[s] for m, s in self.guard_slots.items()} == self._last_versions
+
     def _follow_guards(self, versions: Mapping[str, int]) -> None:
         """Re-plan when a map the running version inlines changed behind it (the data
         plane, or a writer the watcher caught, moved its guard: the site now always takes
@@ -669,12 +825,14 @@ class Agent:
     def _swap(self, version: Version) -> None:
         assert self.link is not None and self.current is not None
         with self.lock:
+            faults.reach("swap.before")
             t0 = time.perf_counter()
             if self.trampoline is not None:
                 self.trampoline.swap(version.program)
             else:
                 self.link.update(version.program, expected_old=self.current.program)
             self.last_swap_us = (time.perf_counter() - t0) * 1e6
+            faults.reach("swap.after")
             self._set_current(version)
             self._write_state()
 
@@ -696,21 +854,38 @@ class Agent:
             self.guard.bump(slot)
 
     def update(self, map_name: str, key: bytes | int, value: Any, flags: int = 0) -> None:
-        """Write an entry. Once this returns, every packet sees the new value."""
+        """Write an entry. Once this returns, every packet sees the new value. A key or
+        value of the wrong size, or flags other than BPF_ANY, BPF_NOEXIST, BPF_EXIST or
+        BPF_F_LOCK, are refused (ValueError) before anything moves."""
         m = self._map(map_name)
+        if isinstance(flags, bool) or not isinstance(flags, int) or flags not in _UPDATE_FLAGS:
+            raise ValueError(f"flags must be one of {', '.join(map(str, _UPDATE_FLAGS))} "
+                             f"(BPF_ANY, BPF_NOEXIST, BPF_EXIST, BPF_F_LOCK), not {flags!r}")
+        _check_size(m, "key", key, m.key_size)
+        if isinstance(value, (bytes, bytearray)):
+            _check_size(m, "value", value, m.value_size)
         with self.lock:
             self._bump(map_name)
-            with self._in_netns():
-                m.update(key, value, flags)
-            self._bump(map_name)
-            self._dirty = True
+            try:
+                faults.reach("write.bumped")
+                with self._in_netns():
+                    m.update(key, value, flags)
+                faults.reach("write.done")
+            finally:
+                self._bump(map_name)
+                self._dirty = True
 
     def delete(self, map_name: str, key: bytes | int) -> None:
+        """Remove an entry; KeyError (naming the key in hex) if it is absent."""
         m = self._map(map_name)
+        _check_size(m, "key", key, m.key_size)
         with self.lock:
             self._bump(map_name)
             try:
                 m.delete(key)
+            except KeyError:
+                shown = key.hex() if isinstance(key, (bytes, bytearray)) else str(key)
+                raise KeyError(f"map {map_name!r} has no key {shown}") from None
             finally:
                 self._bump(map_name)
                 self._dirty = True
@@ -757,7 +932,9 @@ class Agent:
         }
         if current is not None:
             info = None
-            with contextlib.suppress(KernelError):
+            # The cycle thread closes a version's fd once it is swapped out: read under the
+            # lock it swaps under, and take a fd closed anyway (ClosedError) as "no stats".
+            with self.lock, contextlib.suppress(KernelError, ValueError):
                 info = current.program.info()
             out["version"] = {"number": current.number, "kind": current.kind,
                               "insns": current.insns, "since": round(current.created, 3),
@@ -791,18 +968,30 @@ class Agent:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if self._watcher is not None:
-            self._watcher.close()
-            self._watcher = None
-        if detach:
+        if detach and self._agent_lock.held:
+            # Only a running agent (holding the lock) removes pins, and only those its
+            # state names: the data plane first, then the watcher, then the rest.
             if self.link is not None:
                 with contextlib.suppress(KernelError):
                     self.link.detach()
-            import shutil
+            from .watch import WriteWatcher
 
-            shutil.rmtree(self.pin_dir, ignore_errors=True)
+            if self._watcher is not None:
+                self._watcher.close()  # our fds only, while pinned
+                self._watcher = None
+            with contextlib.suppress(OSError, KernelError):
+                WriteWatcher.remove_pins(self.pin_dir / _WATCHER_DIR)
+            with contextlib.suppress(OSError, AgentError):
+                remove_pins(self.pin_dir, self._planned_pins())
             with contextlib.suppress(FileNotFoundError):
                 self.state_file.unlink()
+        self._close_objects()
+        self._agent_lock.release()
+
+    def _close_objects(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()  # a pinned watcher stays attached
+            self._watcher = None
         if self.link is not None:
             self.link.close()
             self.link = None
@@ -868,6 +1057,12 @@ class AgentMap:
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
+
+
+def _check_size(m: Map, what: str, data: Any, size: int) -> None:
+    if isinstance(data, (bytes, bytearray)) and len(data) != size:
+        raise ValueError(f"map {m.name!r}: {what} is {len(data)} bytes, the map's {what} "
+                         f"size is {size}")
 
 
 def _pin_name(name: str) -> str:

@@ -21,6 +21,13 @@ version before and after reading a map has a consistent copy. A single bump afte
 is not enough: the new value is visible a few hundred nanoseconds before the syscall returns
 (a data-plane reader running next to a writer saw it in ~3% of its reads).
 
+Outliving the agent: `WriteWatcher.pin` pins the two links and the watcher's maps (the guard
+map is the agent's, pinned by it), so the programs keep bumping versions after the process
+that loaded them is gone, by a kill -9 included; `from_pins` takes a pinned watcher over
+(a restarted agent adopts it instead of adding a second), and `remove_pins` detaches it
+(entry first, exit once the writes in flight are done). No process is exempted from a
+pinned watcher: a pid baked into a program that outlives its process could be reused.
+
 Struct offsets (task, files, fdtable, file, file operations, bpf_map, pt_regs) come from the
 running kernel's BTF and the address of `bpf_map_release` from /proc/kallsyms, so nothing is
 compiled for one kernel build.
@@ -36,13 +43,18 @@ arguments from x86_64 registers.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import functools
+import json
+import os
 import platform
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, Self
 
 from ..ir import Instruction, Program, asm, encode
@@ -100,6 +112,13 @@ WRITE_COMMANDS: dict[int, int] = {
 
 _DRAIN_TIMEOUT = 2.0
 
+# Pin names under the directory given to `WriteWatcher.pin`.
+PIN_ENTER = "enter"
+PIN_EXIT = "exit"
+PIN_WATCHED = "watched"
+PIN_STATE = "state"
+PIN_NAMES = (PIN_WATCHED, PIN_STATE, PIN_EXIT, PIN_ENTER)
+
 
 class WatchUnavailable(RuntimeError):
     """The kernel will not let us watch map writes; `reason` says why (lockdown, missing BTF,
@@ -142,10 +161,70 @@ class WatchLayout:
     bpf_map_release: int
 
 
+# Parsing the kernel's BTF for the layout takes 1-3 s here, most of an agent's start: the
+# result is kept for the running boot (root only: it holds a kernel address).
+LAYOUT_CACHE = Path("/run/morpheus/watch-layout.json")
+
+
+def _boot_key() -> str:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        btf = Path("/sys/kernel/btf/vmlinux").stat()
+    except OSError:
+        return ""
+    return f"{boot}/{platform.release()}/{btf.st_size}/{btf.st_mtime_ns}"
+
+
 @functools.cache
 def running_layout() -> WatchLayout:
-    """The layout of the running kernel (cached: parsing its BTF takes a fraction of a
-    second). Raises KernelFactError when a fact is missing."""
+    """The layout of the running kernel (cached in memory, and in LAYOUT_CACHE for the
+    running boot). Raises KernelFactError when a fact is missing."""
+    key = _boot_key()
+    if key:
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            cached = json.loads(LAYOUT_CACHE.read_text())
+            if cached["key"] == key:
+                return _layout_from_json(cached["layout"])
+    layout = _parse_layout()
+    if key:
+        with contextlib.suppress(OSError):
+            LAYOUT_CACHE.parent.mkdir(parents=True, exist_ok=True)
+            tmp = LAYOUT_CACHE.with_name(f".{LAYOUT_CACHE.name}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump({"key": key, "layout": dataclasses.asdict(layout)}, out)
+            os.replace(tmp, LAYOUT_CACHE)
+    return layout
+
+
+def _layout_from_json(raw: dict[str, object]) -> WatchLayout:
+    def field(value: object) -> Field:
+        assert isinstance(value, dict)
+        return Field(int(value["offset"]), int(value["size"]))
+
+    def pair(value: object) -> tuple[Field, Field] | None:
+        if value is None:
+            return None
+        a, b = value  # type: ignore[misc]
+        return field(a), field(b)
+
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(WatchLayout):
+        value = raw[f.name]
+        if f.name in ("bpf_nr", "bpf_map_release"):
+            values[f.name] = int(value)  # type: ignore[call-overload]
+        elif f.name == "bpf_compat_nr":
+            values[f.name] = None if value is None else int(value)  # type: ignore[call-overload]
+        elif f.name.startswith("regs_"):
+            values[f.name] = pair(value)
+        else:
+            values[f.name] = field(value)
+    if values["regs_native"] is None:
+        raise ValueError("no native registers")
+    return WatchLayout(**values)  # type: ignore[arg-type]
+
+
+def _parse_layout() -> WatchLayout:
     machine = platform.machine()
     if machine != "x86_64":
         # pt_regs member names (di, si, bx, cx) and the compat syscall number are x86's.
@@ -429,6 +508,7 @@ class WriteWatcher:
         self._exit_link: Link | None = None
         self._watched_map: Map | None = None
         self._state: Map | None = None
+        self._pinned_at: Path | None = None
 
     @property
     def started(self) -> bool:
@@ -455,6 +535,126 @@ class WriteWatcher:
             self._release()
             raise
         return self
+
+    # --- outliving the process ------------------------------------------------------------
+
+    def pin(self, directory: Path, *, after: Callable[[str], None] | None = None) -> None:
+        """Pin the watcher under `directory` (on bpffs) so that it keeps bumping versions
+        after this process exits, by a crash or a kill included. Maps first and the entry
+        link last: a process killed part-way leaves either nothing attached at entry (a
+        pinned exit program alone bumps nothing, having nothing in flight) or the whole
+        watcher; `from_pins` takes only a complete one and `remove_pins` clears either.
+        `after(step)` is called after each step ("maps", "exit", "pinned"; crash tests kill
+        the process there)."""
+        if not self.started:
+            raise ValueError("start the watcher before pinning it")
+        assert self._watched_map is not None and self._state is not None
+        assert self._exit_link is not None and self._enter_link is not None
+        step = after or (lambda _: None)
+        directory.mkdir(exist_ok=True)
+        self._watched_map.pin(directory / PIN_WATCHED)
+        self._state.pin(directory / PIN_STATE)
+        step("maps")
+        self._exit_link.pin(directory / PIN_EXIT)
+        step("exit")
+        self._enter_link.pin(directory / PIN_ENTER)
+        self._pinned_at = directory
+        step("pinned")
+
+    @classmethod
+    def from_pins(cls, guard: Map, directory: Path) -> WriteWatcher:
+        """Take over a watcher pinned by `pin` (by this process or an earlier one) that
+        bumps `guard`; raises WatchError if the pins are incomplete or belong to another
+        guard map."""
+        if not (directory / PIN_ENTER).exists():
+            raise WatchError(f"{directory} holds no complete pinned watcher "
+                             f"(no {directory / PIN_ENTER})")
+        watcher = cls(guard)
+        try:
+            watcher._watched_map = Map.from_pin(directory / PIN_WATCHED)
+            watcher._watched_map.name = _WATCHED
+            watcher._maps.append(watcher._watched_map)
+            watcher._state = Map.from_pin(directory / PIN_STATE)
+            watcher._state.name = _STATE
+            watcher._maps.append(watcher._state)
+            watcher._exit_link = Link.from_pin(directory / PIN_EXIT)
+            watcher._enter_link = Link.from_pin(directory / PIN_ENTER)
+            for link in (watcher._exit_link, watcher._enter_link):
+                watcher._programs.append(LoadedProgram.from_id(link.info().prog_id))
+            watcher._enter_program = watcher._programs[-1]
+            if guard.id not in watcher._programs[-1].info().map_ids:
+                raise WatchError(f"the watcher pinned at {directory} bumps another guard map "
+                                 f"than {guard.name!r} (id {guard.id})")
+            for key, value in watcher._watched_map.items():
+                assert isinstance(key, bytes) and isinstance(value, bytes)
+                watcher._watched[struct.unpack("<I", key)[0]] = struct.unpack("<I", value)[0]
+        except BaseException:
+            watcher._pinned_at = None
+            watcher._forget()
+            raise
+        watcher._pinned_at = directory
+        return watcher
+
+    @staticmethod
+    def remove_pins(directory: Path) -> list[Path]:
+        """Unpin a watcher pinned at `directory` (complete or left half-pinned by a killed
+        process): entry first, and the exit program only once the writes in flight have
+        finished, so that no version is left odd. Removes only the watcher's own pin names;
+        returns the pins removed."""
+        removed: list[Path] = []
+        enter = directory / PIN_ENTER
+        state: Map | None = None
+        with contextlib.suppress(KernelError):
+            if (directory / PIN_STATE).exists():
+                state = Map.from_pin(directory / PIN_STATE)
+        try:
+            if enter.exists():
+                prog_id = None
+                with contextlib.suppress(KernelError), Link.from_pin(enter) as link:
+                    prog_id = link.info().prog_id
+                enter.unlink()
+                removed.append(enter)
+                if prog_id is not None:
+                    _wait_gone([prog_id], [])
+                deadline = time.monotonic() + _DRAIN_TIMEOUT
+                while state is not None and time.monotonic() < deadline:
+                    raw = state.lookup(0)
+                    if not isinstance(raw, bytes) or not struct.unpack_from("<Q", raw)[0]:
+                        break
+                    time.sleep(0.001)
+        finally:
+            if state is not None:
+                state.close()
+        gone: list[int] = []
+        if (directory / PIN_EXIT).exists():
+            with contextlib.suppress(KernelError), Link.from_pin(directory / PIN_EXIT) as link:
+                gone.append(link.info().prog_id)
+        for name in (PIN_EXIT, PIN_WATCHED, PIN_STATE):
+            path = directory / name
+            if path.exists():
+                path.unlink()
+                removed.append(path)
+        # As close(): once this returns, nothing of the watcher is left in the kernel.
+        _wait_gone(gone, [])
+        return removed
+
+    @property
+    def pinned(self) -> bool:
+        return self._pinned_at is not None
+
+    def _forget(self) -> None:
+        """Close our fds without waiting for the kernel objects to go (pinned: they stay)."""
+        for link in (self._enter_link, self._exit_link):
+            if link is not None:
+                link.close()
+        self._enter_link = self._exit_link = self._enter_program = None
+        for program in self._programs:
+            program.close()
+        for m in self._maps:
+            m.close()
+        self._programs.clear()
+        self._maps.clear()
+        self._watched_map = self._state = None
 
     def _create_maps(self) -> None:
         watched = Map.create(MapType.HASH, 4, 4, self.capacity, name=_WATCHED)
@@ -540,7 +740,14 @@ class WriteWatcher:
 
     def close(self) -> None:
         """Detach and close everything. Entry is detached first and exit only once the
-        writes in flight have finished, so that no version is left odd."""
+        writes in flight have finished, so that no version is left odd. A pinned watcher
+        stays attached: only this process's fds are closed (`remove_pins` first to
+        detach it)."""
+        if self._pinned_at is not None:
+            if (self._pinned_at / PIN_ENTER).exists():
+                self._forget()
+                return
+            self._pinned_at = None
         if self._enter_link is not None and self._enter_program is not None:
             enter_id = self._enter_program.id
             self._enter_link.close()
@@ -758,6 +965,7 @@ def measure_overhead(writes: int = 10_000, syscalls: int = 200_000, rounds: int 
 __all__ = [
     "ENTER_PROG",
     "EXIT_PROG",
+    "PIN_NAMES",
     "PROGRAM_NAMES",
     "WRITE_COMMANDS",
     "Overhead",

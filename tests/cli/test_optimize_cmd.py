@@ -1,0 +1,190 @@
+"""`morpheus optimize DIR` on pinned objects of the shapes users bring: a Katran-shaped load
+balancer (maps of maps, a 1M-slot ring, a root program tail-calling it) and a TC program."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from morpheus.analysis import analyze
+from morpheus.cli.main import main as cli
+from morpheus.ir import Program, asm
+from morpheus.ir.asm import R1
+from morpheus.kernel import LoadedProgram, Map, load_btf
+from morpheus.obj import read_object
+from morpheus.passes.pipeline import PassContext
+from morpheus.pinned import load_and_pin, open_pinned_maps, optimize_pinned, pinned_info
+from morpheus.traffic.packet import ETH_P_IP, IPPROTO_UDP, ethernet, ipv4, l4, mac
+from morpheus.traffic.pcap import write_pcap
+from morpheus.world import Clocks, Runner, World, pinned_cpu, written_maps
+from tests.optimizer.katran_env import KatranShape, configure, trace
+
+pytestmark = pytest.mark.kernel
+BPFFS = Path("/sys/fs/bpf")
+LRU, FALLBACK = 16, 17  # STATS_LRU, STATS_FALLBACK in katran_shape.c
+
+
+@pytest.fixture
+def pin_dirs() -> Iterator[tuple[Path, Path]]:
+    tag = uuid.uuid4().hex[:8]
+    dirs = (BPFFS / f"mph-opt-{tag}", BPFFS / f"mph-opt-{tag}-out")
+    try:
+        yield dirs
+    finally:
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        from morpheus.pinned import _state_path
+
+        shutil.rmtree(_state_path(dirs[0]), ignore_errors=True)
+
+
+@pytest.fixture
+def katran(test_objects: dict[str, Path], pin_dirs: tuple[Path, Path]
+           ) -> Iterator[tuple[Path, KatranShape]]:
+    """The Katran-shaped object loaded, pinned and configured as its control plane would."""
+    load_and_pin(test_objects["katran_shape.v3"], pin_dirs[0])
+    maps = open_pinned_maps(pin_dirs[0])
+    try:
+        shape = configure(maps)
+        with LoadedProgram.from_pin(pin_dirs[0] / "progs" / "balancer_ingress") as balancer:
+            maps["root_array"].update(0, struct.pack("<I", balancer.fd.number))
+        yield pin_dirs[0], shape
+    finally:
+        for m in maps.values():
+            m.close()
+        shape.close()
+
+
+def _optimize(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict, float]:
+    capsys.readouterr()
+    start = time.perf_counter()
+    code = cli(["optimize", *args, "--json", "--rounds", "2"])
+    wall = time.perf_counter() - start
+    return code, json.loads(capsys.readouterr().out), wall
+
+
+def test_optimize_a_katran_shaped_chain_and_pin_the_result(
+        katran: tuple[Path, KatranShape], pin_dirs: tuple[Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    directory, shape = katran
+    pcap = tmp_path / "high.pcap"
+    write_pcap(pcap, trace(shape, 3000))
+    code, report, wall = _optimize(capsys, str(directory), "--program", "xdp_root",
+                                   "--trace", str(pcap), "--pin", str(pin_dirs[1]))
+    assert code == 0 and report["equivalent"], report
+    assert wall < 10, report
+    (link,) = report["chain"]  # the root tail-calls the balancer: optimized together
+    assert (link["array"], link["slot"], link["program"]) == ("root_array", 0,
+                                                                "balancer_ingress")
+    assert link["equivalent"], link.get("mismatch") or link.get("error")
+    sites = {s["map"]: s for s in link["sites"]}
+    assert sites["vip_map"]["specialized"]
+    assert not sites["fallback_cache|lru_mapping[inner]"]["specialized"]
+    # The pinned chain: the root, and its own prog array holding the specialized balancer.
+    assert report["pinned"]["chain"] == [{"array": "root_array", "slot": 0,
+                                          "program": "balancer_ingress"}]
+    with LoadedProgram.from_pin(pin_dirs[1] / "progs" / "xdp_root") as root, \
+            LoadedProgram.from_pin(pin_dirs[1] / "progs" / "balancer_ingress") as special, \
+            LoadedProgram.from_pin(directory / "progs" / "balancer_ingress") as original, \
+            Map.from_pin(pin_dirs[1] / "maps" / "root_array") as array:
+        assert root.id == report["pinned"]["id"]
+        assert array.lookup(0) == struct.pack("<I", special.id) and special.id != original.id
+        frame = trace(shape, 1)[0]
+        assert root.test_run(frame).retval == original.test_run(frame).retval == 3  # XDP_TX
+
+
+def test_optimize_needs_a_program_name_when_the_object_has_several(
+        katran: tuple[Path, KatranShape], tmp_path: Path) -> None:
+    directory, shape = katran
+    pcap = tmp_path / "t.pcap"
+    write_pcap(pcap, trace(shape, 10))
+    assert cli(["optimize", str(directory), "--trace", str(pcap)]) == 1
+
+
+def _udp(dport: int) -> bytes:
+    segment = l4(IPPROTO_UDP, "10.0.0.1", "10.0.0.2", 4000, dport, b"q" * 10)
+    return ethernet(mac("02:00:00:00:00:02"), mac("02:00:00:00:00:01"), ETH_P_IP,
+                    ipv4("10.0.0.1", "10.0.0.2", IPPROTO_UDP, segment))
+
+
+def test_optimize_a_tc_program(test_objects: dict[str, Path], pin_dirs: tuple[Path, Path],
+                               tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    load_and_pin(test_objects["tc.v3"], pin_dirs[0])
+    maps = open_pinned_maps(pin_dirs[0])
+    try:
+        for port in range(100, 300):
+            maps["port_dscp"].update(struct.pack("<H", port), bytes([port % 64]))
+    finally:
+        for m in maps.values():
+            m.close()
+    pcap = tmp_path / "tc.pcap"
+    write_pcap(pcap, [_udp(100 + (i * i) % 7) for i in range(2000)])
+    code, report, _ = _optimize(capsys, str(pin_dirs[0]), "--program", "tc_dscp_mark",
+                                "--trace", str(pcap))
+    assert code == 0 and report["equivalent"], report.get("mismatch") or report.get("error")
+    assert {s["map"]: s["specialized"] for s in report["sites"]}["port_dscp"]
+    assert report["speedup"]["median"] > 0
+
+
+@dataclass(frozen=True)
+class DropFirstStatsStore:
+    """A miscompile the verifier accepts: the first store into a `stats` value is lost."""
+
+    name: ClassVar[str] = "drop-first-stats-store"
+
+    def run(self, program: Program, ctx: PassContext) -> Program:
+        facts = analyze(program, ctx.maps, prog_type=ctx.prog_type)
+        index = min(u.index for s in facts.lookups() if s.map == "stats" for u in s.uses
+                    if u.kind == "write")
+        insns = list(program.insns)
+        insns[index] = asm.mov64(R1, R1, label=insns[index].label)
+        return program.with_insns(tuple(insns))
+
+
+def test_a_miscompile_on_the_katran_shape_is_caught(katran: tuple[Path, KatranShape],
+                                                    tmp_path: Path) -> None:
+    directory, shape = katran
+    pcap = tmp_path / "high.pcap"
+    write_pcap(pcap, trace(shape, 500))
+    report = optimize_pinned(directory, pcap, program="balancer_ingress", rounds=1,
+                             passes=[DropFirstStatsStore()])
+    assert not report["equivalent"]
+    assert report["mismatch"]["tables_differing"] == ["stats"], report["mismatch"]
+
+
+def test_the_check_world_runs_the_production_path(katran: tuple[Path, KatranShape]) -> None:
+    """Copies of the per-CPU LRU maps in the array of maps: the check never takes the
+    fallback LRU, and its writes land in the copies, not in the user's maps."""
+    directory, shape = katran
+    spec = read_object(pinned_info(directory)["object"])
+    prog = spec.program("balancer_ingress")
+    frames = trace(shape, 400)
+    maps = open_pinned_maps(directory)
+    try:
+        written = written_maps([prog.program], spec.maps, prog.type)
+        assert {"stats", "fallback_cache", "lru_mapping[inner]"} <= written
+        with load_btf(spec.btf.blob()) as btf, World.build(maps, written) as world, \
+                pinned_cpu(None) as cpu:
+            runner = Runner(world, prog, None, btf_fd=btf, clocks=Clocks.now(), cpu=cpu)
+            with runner:
+                verdicts = [runner.run(i, f, 0).verdict for i, f in enumerate(frames)]
+            assert set(verdicts) == {3}  # XDP_TX to a real
+            fallback = world.maps["stats"].lookup(FALLBACK)
+            assert all(struct.unpack("<QQ", v)[0] == 0 for v in fallback)  # type: ignore[union-attr]
+            seen = world.maps["stats"].lookup(LRU)
+            assert struct.unpack("<QQ", seen[cpu])[0] == len(frames)  # type: ignore[index]
+            assert sum(len(t) for t in world.table("lru_mapping").values()) > 0
+        live = maps["stats"].lookup(LRU)
+        assert all(struct.unpack("<QQ", v)[0] == 0 for v in live)  # type: ignore[union-attr]
+    finally:
+        for m in maps.values():
+            m.close()

@@ -86,7 +86,7 @@ def _cycle(nf: Any, profile: str, *, packets: int, rounds: int, measure: Any
     """`optimize_nf` with the extra measurements, from the state the cycle left."""
     from ..offline import optimize_program
     from ..traffic.generate import generate
-    from .compare import Subject
+    from ..world.environment import Subject
 
     trace = generate(nf, profile, packets, 1)
     subject = Subject("original", nf.object_path, nf.program)

@@ -38,7 +38,7 @@ class PathRequest:
     values_map: str  # where the first round put the hot values
     snapshots: Mapping[str, MapSnapshot]
     options: PlanOptions
-    inlinable_maps: Collection[str]  # maps with a specializable site in the original
+    inlinable_maps: Collection[str]  # maps the second round may inline (guarded or read-only)
     guard_slots: Mapping[str, int]
     guard_versions: Mapping[str, int]
     cleanup: Sequence[Pass]
@@ -105,8 +105,9 @@ def specialize_paths(program: Program, ctx: PassContext, request: PathRequest,
         plan = InlinePlan(plan.sites, max(plan.guard_slots, request.plan.guard_slots))
     steps: list[Pass] = []
     if plan.sites:
-        steps += [InlineTables(plan, values_map=PATH_VALUES_MAP,
-                               offsets_map=PATH_OFFSETS_MAP), *fold]
+        steps.append(InlineTables(plan, values_map=PATH_VALUES_MAP,
+                                  offsets_map=PATH_OFFSETS_MAP))
+    steps += fold  # the copies fold even when no lookup in them became constant
     second = Pipeline([*steps, *finish, *dce, *others])
     out = second.run(prepared, ctx)
     timings += second.timings

@@ -216,7 +216,7 @@ def _second_round(out: Program, ctx: PassContext, late: InlinePlan,
     options = request.options
     path_request = PathRequest(
         late, HOT_VALUES_MAP, request.snapshots, options,
-        inlinable_maps={s.map for s in request.target.facts.lookups() if s.specializable},
+        inlinable_maps=_second_round_maps(request),
         guard_slots=guard_slots, guard_versions=request.guards.versions,
         cleanup=list(request.passes) if request.passes is not None else cleanup_passes(),
         budget=options.path_budget,
@@ -226,6 +226,16 @@ def _second_round(out: Program, ctx: PassContext, late: InlinePlan,
     out, _, timings = specialize_paths(out, ctx, path_request, finish)
     pipeline.timings += [dataclasses.replace(t, name=f"paths:{t.name}") for t in timings]
     return out, any(t.name == "stores" for t in timings)
+
+
+def _second_round_maps(request: SpecializeRequest) -> set[str]:
+    """Maps the second round may inline at the constant keys the copies make. With guard
+    slots given (the agent), only those maps: a write by anyone moves their guard. Without
+    (offline), the maps the data plane does not write, as in the first round."""
+    facts = request.target.facts
+    if request.guards.slots is not None:
+        return set(request.guards.slots)
+    return {name for name, m in facts.maps.items() if not m.written_by_data_plane}
 
 
 def _coalesce_stores(out: Program, ctx: PassContext, pipeline: Pipeline,

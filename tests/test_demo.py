@@ -30,3 +30,4 @@ def test_quick_demo_reports_every_phase_with_no_stale_verdict_and_no_loss(
     assert report["swaps"] >= 1
     assert report["adaptation_s"] is not None and report["adaptation_s"] < 5
     assert report["plot"] and Path(report["plot"]).stat().st_size > 1000
+    assert "netlink" in report["throughput_source"]  # the source status and metrics use

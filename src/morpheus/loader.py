@@ -7,6 +7,7 @@ far is closed; the caller owns the objects only once `load_collection` returns.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -14,15 +15,45 @@ from pathlib import Path
 from typing import Self
 
 from .ir import Program, encode
-from .kernel import FD, LoadedProgram, Map, load_btf, load_program
-from .obj import MapSpec, ObjectSpec, ProgramSpec
-from .uapi import BPF_OBJ_NAME_LEN
+from .ir.program import EncodedProgram
+from .kernel import FD, LoadedProgram, Map, VerifierError, load_btf, load_program, possible_cpus
+from .kernel.btf import running_target
+from .obj import MapSpec, ObjectSpec, ProgramSpec, read_object
+from .obj.core import POISON_IMM
+from .obj.reader import ReadOptions
+from .uapi import BPF_OBJ_NAME_LEN, MapFlags, MapType
 
 LIBBPF_PIN_BY_NAME = 1
+DEFAULT_PIN_ROOT = Path("/sys/fs/bpf")  # libbpf's default for LIBBPF_PIN_BY_NAME
 
 
 class LoadError(RuntimeError):
     """Loading an object failed; `__cause__` is the kernel error (e.g. a VerifierError)."""
+
+
+class PinnedMapMismatch(LoadError):
+    """A map declared LIBBPF_PIN_BY_NAME is pinned already with other parameters."""
+
+
+class PoisonedRelocation(LoadError):
+    """The verifier reached an instruction whose CO-RE relocation the target cannot satisfy
+    (libbpf's "bad relo" call): the message names program, instruction, type and access."""
+
+
+def read_for_kernel(
+    path: str | os.PathLike[str] | bytes,
+    *,
+    btf: str | None = None,
+    program_type: str | None = None,
+    legacy_maps: bool = False,
+    name: str | None = None,
+) -> ObjectSpec:
+    """Read an object for the running kernel: CO-RE relocations against its BTF (or the BTF
+    file `btf`, like libbpf's btf_custom_path), externs against its BTF and configuration.
+    The kernel's BTF is read at most once per process, and only if the object needs it."""
+    options = ReadOptions(target=lambda: running_target(btf), program_type=program_type,
+                          legacy_maps=legacy_maps)
+    return read_object(path, name, options)
 
 
 def kernel_map_name(object_name: str, spec: MapSpec) -> str:
@@ -101,24 +132,36 @@ def _pin_name(name: str) -> str:
     return name.lstrip(".") if name.startswith(".") else name
 
 
+def _max_entries(spec: MapSpec) -> int:
+    # As libbpf: a perf event array without max_entries gets one slot per possible CPU.
+    if spec.type == MapType.PERF_EVENT_ARRAY and not spec.max_entries:
+        return possible_cpus()
+    return spec.max_entries
+
+
 def create_map(spec: MapSpec, *, object_name: str = "", btf_fd: FD | None = None) -> Map:
     """Create one map from its spec and write its initial data (global data sections)."""
     inner = None
     if spec.inner is not None:
+        inner_btf = spec.inner.btf_key_type_id or spec.inner.btf_value_type_id
         inner = Map.create(
             spec.inner.type,
             spec.inner.key_size,
             spec.inner.value_size,
-            spec.inner.max_entries,
+            _max_entries(spec.inner),
             flags=spec.inner.flags,
             name=spec.inner.name[: BPF_OBJ_NAME_LEN - 1].replace(".", "_"),
+            btf_fd=btf_fd if inner_btf else None,
+            btf_key_type_id=spec.inner.btf_key_type_id,
+            btf_value_type_id=spec.inner.btf_value_type_id,
+            map_extra=spec.inner.map_extra,
         )
     try:
         m = Map.create(
             spec.type,
             spec.key_size,
             spec.value_size,
-            spec.max_entries,
+            _max_entries(spec),
             flags=spec.flags,
             name=kernel_map_name(object_name, spec),
             inner_map=inner,
@@ -158,8 +201,36 @@ def load_program_spec(
     if isinstance(maps, Collection):
         btf_fd = btf_fd if btf_fd is not None else maps.btf_fd
         maps = maps.maps
-    encoded = encode(program or spec.program, {n: m.fd.number for n, m in maps.items()})
+    program = program or spec.program
+    encoded = encode(program, {n: m.fd.number for n, m in maps.items()})
     with_btf = btf_fd is not None and bool(encoded.func_info)
+    try:
+        return _load(spec, encoded, btf_fd if with_btf else None, name, log_level)
+    except VerifierError as exc:
+        if f"unknown#{POISON_IMM}" not in exc.log:
+            raise
+        raise PoisonedRelocation(
+            f"program {spec.name}: the verifier reached an instruction whose CO-RE relocation "
+            f"the target kernel cannot satisfy: {'; '.join(_poison_notes(program))}"
+        ) from exc
+
+
+def _poison_notes(program: Program) -> list[str]:
+    """Where the program's poisoned CO-RE relocations are (slot numbers, as the verifier
+    counts instructions), and why."""
+    notes = []
+    slot = 0
+    for insn in program.insns:
+        note = insn.meta.note
+        if note and note.startswith("CO-RE"):
+            notes.append(f"instruction {slot}: {note}")
+        slot += insn.width
+    return notes or ["see the verifier log"]
+
+
+def _load(spec: ProgramSpec, encoded: EncodedProgram, btf_fd: FD | None, name: str | None,
+          log_level: int) -> LoadedProgram:
+    with_btf = btf_fd is not None
     return load_program(
         encoded.bytecode,
         spec.type,
@@ -186,38 +257,71 @@ def load_collection(
     """Create the object's maps and load its programs (all, or those named).
 
     `maps` supplies existing maps to use instead of creating them (by name; they are not
-    owned by the collection and are not closed with it). With `pin_root`, maps declared with
-    `__uint(pinning, LIBBPF_PIN_BY_NAME)` are reused from, or pinned at, `pin_root/<name>`.
+    owned by the collection and are not closed with it). Maps declared with
+    `__uint(pinning, LIBBPF_PIN_BY_NAME)` are reused from, or pinned at, `pin_root/<name>`
+    (default /sys/fs/bpf, as libbpf); a pinned map with other parameters is an error.
+    Static initialisers (`.values = {...}`) are written once the maps and programs exist.
     """
     wanted = list(spec.programs) if programs is None else list(programs)
     for name in wanted:
         spec.program(name)  # raises a KeyError naming the available programs
     coll = Collection(spec)
     borrowed = dict(maps or {})
+    created: set[str] = set()
     try:
         if spec.btf is not None:
             coll.btf_fd = load_btf(spec.btf.blob(), what=f"BTF of {spec.name}")
-        needed = set()
-        for name in wanted:
-            needed |= spec.programs[name].map_names
         for name, mspec in spec.maps.items():
             if name in borrowed:
                 coll.maps[name] = Map.from_fd(borrowed[name].fd, name)
                 continue
-            if mspec.pinning == LIBBPF_PIN_BY_NAME and pin_root is not None:
-                path = Path(pin_root) / name
+            if mspec.pinning == LIBBPF_PIN_BY_NAME:
+                path = Path(pin_root if pin_root is not None else DEFAULT_PIN_ROOT) / name
                 if path.exists():
-                    coll.maps[name] = Map.from_pin(path)
-                    coll.maps[name].name = name
+                    coll.maps[name] = _reuse_pinned(mspec, path)
                     continue
                 m = create_map(mspec, object_name=spec.name, btf_fd=coll.btf_fd)
                 coll.maps[name] = m
+                created.add(name)
                 m.pin(path)
                 continue
             coll.maps[name] = create_map(mspec, object_name=spec.name, btf_fd=coll.btf_fd)
+            created.add(name)
+        for name, mspec in spec.maps.items():
+            if mspec.init_slots and mspec.type != MapType.PROG_ARRAY and name in created:
+                for slot, inner in mspec.init_slots:
+                    coll.maps[name].update(slot, coll.maps[inner])
         for name in wanted:
             coll.programs[name] = load_program_spec(spec.programs[name], coll, log_level=log_level)
+        for name, mspec in spec.maps.items():
+            if mspec.type == MapType.PROG_ARRAY:
+                for slot, prog in mspec.init_slots:
+                    if prog in coll.programs:
+                        coll.maps[name].update(slot, coll.programs[prog])
     except BaseException:
         coll.close()
         raise
     return coll
+
+
+def _reuse_pinned(spec: MapSpec, path: Path) -> Map:
+    """The map pinned at `path`, if it is what `spec` declares (libbpf's
+    map_is_reuse_compat: type, key and value size, entries, flags, map_extra)."""
+    m = Map.from_pin(path)
+    info = m.info
+    flags = spec.flags
+    if spec.type in (MapType.DEVMAP, MapType.DEVMAP_HASH):
+        flags |= MapFlags.RDONLY_PROG  # the kernel adds it to every devmap
+    wanted = {"type": spec.type, "key_size": spec.key_size, "value_size": spec.value_size,
+              "max_entries": _max_entries(spec), "flags": flags,
+              "map_extra": spec.map_extra}
+    found = {"type": info.type, "key_size": info.key_size, "value_size": info.value_size,
+             "max_entries": info.max_entries, "flags": info.flags, "map_extra": info.map_extra}
+    differ = [f"{k} {found[k]} (declared {wanted[k]})" for k in wanted if found[k] != wanted[k]]
+    if differ:
+        m.close()
+        raise PinnedMapMismatch(
+            f"map {spec.name!r}: the map pinned at {path} cannot be reused, its parameters "
+            f"differ: {', '.join(differ)}; unpin it or rename the map")
+    m.name = spec.name
+    return m

@@ -19,8 +19,7 @@ from typing import Any
 
 from .kernel import Map
 from .kernel.pin import is_bpffs
-from .loader import load_collection
-from .obj import read_object
+from .loader import load_collection, read_for_kernel
 from .optimizer import PlanOptions
 from .traffic.generate import from_frames
 from .traffic.pcap import read_pcap
@@ -38,14 +37,19 @@ def _state_path(directory: Path) -> Path:
     return STATE_DIR / digest
 
 
-def load_and_pin(object_path: str | Path, directory: str | Path) -> dict[str, Any]:
-    """Load every program and map of the object and pin them under `directory`."""
+def load_and_pin(object_path: str | Path, directory: str | Path,
+                 read: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load every program and map of the object and pin them under `directory`.
+
+    `read` holds `read_for_kernel` options (btf, program_type, legacy_maps); they are kept
+    with the pins so that `optimize` reads the object the same way."""
     directory = Path(directory)
     if not is_bpffs(directory.parent if not directory.exists() else directory):
         raise PinError(f"{directory} is not on a bpffs mount (use a path under /sys/fs/bpf)")
     if directory.exists() and any(directory.iterdir()):
         raise PinError(f"{directory} is not empty; unpin it first (rm -r {directory})")
-    spec = read_object(object_path)
+    read = dict(read or {})
+    spec = read_for_kernel(object_path, **read)
     state = _state_path(directory)
     state.mkdir(parents=True, exist_ok=True)
     try:
@@ -57,6 +61,7 @@ def load_and_pin(object_path: str | Path, directory: str | Path) -> dict[str, An
                 "source": str(Path(object_path).resolve()),
                 "programs": {name: p.id for name, p in coll.programs.items()},
                 "maps": {name: m.id for name, m in coll.maps.items()},
+                "read": read,
             }
         shutil.copyfile(object_path, state / "object.o")
         (state / "pins.json").write_text(json.dumps(info, indent=2))
@@ -100,7 +105,7 @@ def optimize_pinned(directory: str | Path, trace_path: str | Path, *, program: s
     from .offline import optimize_program
 
     info = pinned_info(directory)
-    spec = read_object(info["object"])
+    spec = read_for_kernel(info["object"], **info.get("read", {}))
     name = program or (next(iter(info["programs"])) if len(info["programs"]) == 1 else None)
     if name is None:
         raise PinError(f"{directory} holds programs {', '.join(info['programs'])}: name one")
@@ -190,7 +195,7 @@ def pin_specialized(directory: str | Path, destination: str | Path, program: str
     if destination.exists() and any(destination.iterdir()):
         raise PinError(f"{destination} is not empty; unpin it first (rm -r {destination})")
     info = pinned_info(directory)
-    spec = read_object(info["object"])
+    spec = read_for_kernel(info["object"], **info.get("read", {}))
     maps = open_pinned_maps(directory)
     with ExitStack() as stack:
         for m in maps.values():

@@ -181,6 +181,8 @@ class AttachType(IntEnum):
     SK_SKB_VERDICT = 38
     TCX_INGRESS = 46
     TCX_EGRESS = 47
+    NETKIT_PRIMARY = 54
+    NETKIT_PEER = 55
 
 
 class MapFlags(IntFlag):

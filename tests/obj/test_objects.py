@@ -11,8 +11,12 @@ import pytest
 
 from morpheus.cli.main import main as cli
 from morpheus.ir import decode, encode, encode_raw
+from morpheus.kernel.btf import running_target
 from morpheus.obj import read_object
 from morpheus.obj.elfview import executable_sections
+from morpheus.obj.reader import ReadOptions
+
+FOR_THIS_KERNEL = ReadOptions(target=running_target)
 
 OBJDUMP = shutil.which("llvm-objdump-16")
 INSN_LINE = re.compile(r"^\s+\d+:\t")
@@ -24,7 +28,12 @@ def supported(objects: dict[str, Path]) -> dict[str, Path]:
 
 def test_every_object_is_read(test_objects: dict[str, Path]) -> None:
     for key, path in supported(test_objects).items():
-        spec = read_object(path)
+        options = FOR_THIS_KERNEL
+        if key.startswith("typed/nonstd"):
+            options = ReadOptions(target=running_target, program_type="xdp")
+        elif key.startswith("nolibbpf/legacy_maps"):
+            options = ReadOptions(target=running_target, legacy_maps=True)
+        spec = read_object(path, options=options)
         assert spec.programs, key
         assert spec.license == "GPL", key
         for prog in spec.programs.values():

@@ -5,11 +5,15 @@
   `bpftool prog loadall`.
 - `tests/progs/nolibbpf/*.c` are objects our loader must accept but libbpf refuses; they are
   compiled the same way into `<out_dir>/nolibbpf/`.
+- `tests/progs/typed/*.c` have section names the libbpf on this machine (1.1) does not know:
+  libbpf loads them only with a given type (`bpftool prog loadall OBJ DIR type tc`).
+- `tests/progs/readonly/*.c` are read (pure tests) but not loaded: this kernel lacks what
+  they need (e.g. CONFIG_KALLSYMS_ALL for typed ksym variables), for libbpf as for us.
 - `tests/progs/unsupported/*.c` use one feature each that our loader must reject with a clear
   error; they are compiled once (v3) into `<out_dir>/unsupported/<stem>.o`.
 
 The returned mapping is keyed by the object's path relative to `out_dir` without `.o`:
-`"globals.v2"`, `"nolibbpf/samesec.v3"`, `"unsupported/core"`. Up-to-date objects are reused.
+`"globals.v2"`, `"nolibbpf/samesec.v3"`, `"unsupported/struct_ops"`. Up-to-date objects are reused.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def cpu_flags(cpu: str) -> tuple[str, ...]:
 def _jobs(out_dir: Path) -> list[tuple[str, Path, Path, str]]:
     """(key, source, output, cpu) for every object to build."""
     jobs = []
-    for sub in ("", "nolibbpf"):
+    for sub in ("", "nolibbpf", "typed", "readonly"):
         for source in sorted((PROGS_DIR / sub).glob("*.c")):
             for cpu in CPUS:
                 rel = Path(sub, f"{source.stem}.{cpu}")

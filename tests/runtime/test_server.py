@@ -1,5 +1,5 @@
 """The control socket: owner-only, one JSON request per line, clear errors, nothing changed
-by a malformed request; and the Prometheus text."""
+by a malformed request."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from morpheus.runtime.server import ControlServer, prometheus_text, request
+from morpheus.runtime.server import ControlServer, request
 
 
 class FakeAgent:
@@ -62,38 +62,6 @@ def test_requests_and_errors(tmp_path: Path) -> None:
     finally:
         server.close()
     assert not (tmp_path / "a.sock").exists()
-
-
-def test_prometheus_text() -> None:
-    text = prometheus_text({"version": {"number": 2, "packets": 10, "ns_per_packet": 55.5,
-                                        "sites": [{"map": "m", "instruction": 4, "keys": 3,
-                                                   "hit_rate": 0.9}]},
-                            "cycles": [{"outcome": "swapped", "ms": {"total": 80}}],
-                            "errors": [], "sampling": {"sites": []}},
-                           {"writes": 5, "median_ms": 0.4})
-    assert "morpheus_version 2" in text
-    assert 'morpheus_site_hit_rate{map="m",instruction="4"} 0.9' in text
-    assert "# TYPE morpheus_control_plane_writes_total counter" in text
-
-
-def test_prometheus_text_groups_each_metric_under_one_header() -> None:
-    sites = [{"map": m, "instruction": i, "keys": 2, "hit_rate": 0.5}
-             for m, i in (("a", 4), ("b", 9))]
-    sampling = [{"map": m, "instruction": i, "lookups": 100, "rate": r}
-                for m, i, r in (("a", 4, 16), ("b", 9, 1024))]
-    text = prometheus_text({"version": {"number": 1, "sites": sites}, "cycles": [],
-                            "errors": [], "sampling": {"sites": sampling}}, {})
-    names = [line.split("{")[0].split(" ")[0] for line in text.splitlines()
-             if not line.startswith("#")]
-    # Once a metric's samples end, it never appears again.
-    seen: list[str] = []
-    for name in names:
-        if seen and seen[-1] == name:
-            continue
-        assert name not in seen, f"{name} is split into two groups"
-        seen.append(name)
-    assert text.count("# TYPE morpheus_site_hit_rate gauge") == 1
-    assert 'morpheus_site_sample_rate{map="b",instruction="9"} 1024' in text
 
 
 def _raw(path: Path, data: bytes, timeout: float = 5.0) -> bytes:

@@ -7,10 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group, RenderableType
+from rich.text import Text
+
 from ..bench.compare import Subject, run_bench
 from ..nf import NAMES, get
 from ..traffic.generate import PROFILES, default_ingress, from_frames, generate
 from ..traffic.pcap import read_pcap
+from .console import plain, show, table, working
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -48,8 +52,10 @@ def run(args: argparse.Namespace) -> int:
     program = args.program or (nf.program if nf else None)
     subjects = [Subject(label, Path(path), program)
                 for label, path in zip("AB", args.objects, strict=False)]
-    report = run_bench(subjects, trace, nf=nf, rounds=args.rounds,
-                       throughput=not args.no_throughput, cpu=args.cpu)
+    with working(f"benchmarking {' vs '.join(s.object_path.name for s in subjects)} "
+                 f"({args.rounds} rounds, {len(trace)} packets)"):
+        report = run_bench(subjects, trace, nf=nf, rounds=args.rounds,
+                           throughput=not args.no_throughput, cpu=args.cpu)
     series = report.pop("_series")
     if args.plot:
         from ..bench.plots import plot_bench
@@ -58,35 +64,39 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_report(report))
+        show(report_view(report))
     return 0 if report.get("verdicts_match", True) else 2
 
 
-def format_report(report: dict[str, Any]) -> str:
+def report_view(report: dict[str, Any]) -> RenderableType:
+    """The benchmark as a header and one table row per program."""
     t = report["trace"]
-    lines = [
-        f"nf {report['nf'] or '-'}   trace {t.get('profile') or '-'}: {t['packets']} packets, "
-        f"{t['flows']} flows, top 1% carry {t['top1_share']:.1%}   rounds {report['rounds']}",
-        f"harness overhead {report['harness_overhead_ns']['median']:.0f} ns/packet "
-        "(subtracted below)",
-        "",
-        f"{'':3}{'program':<28}{'ns/packet (min/med/max)':>26}{'Mpps':>8}{'p99 ns':>9}"
-        f"{'verdicts ok':>13}",
-    ]
+    parts: list[RenderableType] = [
+        Text(f"nf {report['nf'] or '-'}   trace {t.get('profile') or '-'}: {t['packets']} "
+             f"packets, {t['flows']} flows, top 1% carry {t['top1_share']:.1%}   rounds "
+             f"{report['rounds']}"),
+        Text(f"harness overhead {report['harness_overhead_ns']['median']:.0f} ns/packet "
+             "(subtracted below)")]
+    rows = table("", "program", "ns/packet min", "median", "max", "Mpps", "p99 ns",
+                 "verdicts ok", right=("ns/packet min", "median", "max", "Mpps", "p99 ns"))
     for key in ("A", "B"):
         if key not in report:
             continue
         e = report[key]
         ns = e["ns_per_packet"]
-        mpps = f"{e['mpps']['median']:.2f}" if "mpps" in e else "-"
-        p99 = f"{e['p99_ns']:.0f}" if "p99_ns" in e else "-"
-        ok = {True: "yes", False: "NO", None: "-"}[e.get("verdicts_match")]
-        name = f"{Path(e['object']).name}:{e['program']}"
-        lines.append(f"{key:<3}{name:<28}{ns['min']:>8.1f} {ns['median']:>8.1f} "
-                     f"{ns['max']:>8.1f}{mpps:>8}{p99:>9}{ok:>13}")
+        mpps = f"{e['mpps']['median']:.2f}" if "mpps" in e else "not measured"
+        p99 = f"{e['p99_ns']:.0f}" if "p99_ns" in e else "not measured"
+        ok = {True: "yes", False: "NO", None: "not compared"}[e.get("verdicts_match")]
+        rows.add_row(key, f"{Path(e['object']).name}:{e['program']}", f"{ns['min']:.1f}",
+                     f"{ns['median']:.1f}", f"{ns['max']:.1f}", mpps, p99, ok)
+    parts.append(rows)
     if "speedup" in report:
         s = report["speedup"]
-        lines.append("")
-        lines.append(f"speedup A/B: min {s['min']:.3f}  median {s['median']:.3f}  "
-                     f"max {s['max']:.3f}")
-    return "\n".join(lines)
+        parts.append(Text(f"speedup A/B: min {s['min']:.3f}  median {s['median']:.3f}  "
+                          f"max {s['max']:.3f}", style="bold"))
+    return Group(*parts)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The benchmark as plain text."""
+    return plain(report_view(report))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -18,20 +17,16 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import format_table, run_demo
+    from ..demo import PHASES, format_table, run_demo
+    from .console import progress_lines
 
     seconds = args.seconds or (1.5 if args.quick else 5.0)
-
-    def progress(line: str) -> None:
-        if not args.json:
-            print(line, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    report = run_demo(seconds_per_phase=seconds, progress=progress, plot=args.plot)
+    # One line per 0.25 s slice and router: 2 x seconds per phase, two routers.
+    slices = round(len(PHASES) * 2 * seconds / 0.25)
+    with progress_lines("demo: unoptimized and Morpheus, interleaved", total=slices) as line:
+        report = run_demo(seconds_per_phase=seconds, progress=line, plot=args.plot)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print()
         print(format_table(report))
     return 0 if report["stale_verdicts"] == 0 and report["lost_packets"] <= 0 else 2

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from ..ir import decode, listing, objdump_lines
-from ..obj import read_object
+from ..loader import read_for_kernel
 from ..obj.elfview import executable_sections
+from .read_args import add_read_arguments, read_options
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -15,6 +16,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--objdump", action="store_true",
                    help="print sections exactly as llvm-objdump-16 -d --no-show-raw-insn does")
     p.add_argument("--program", help="only this program (symbolic listing)")
+    add_read_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"{prefix}{slot * 8:016x} <{name}>:")
                 print(lines[line_index])
         return 0
-    spec = read_object(args.object)
+    spec = read_for_kernel(args.object, **read_options(args))
     for prog in spec.programs.values():
         if args.program and prog.name != args.program:
             continue

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
-from ..obj import read_object
+from rich.console import Group, RenderableType
+from rich.text import Text
+
+from ..loader import read_for_kernel
+from .console import show, table
+from .read_args import add_read_arguments, read_options
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -16,11 +22,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="load it with our loader and show each program's kernel tag")
     p.add_argument("--sites", action="store_true",
                    help="analyse each program's map access sites: can they be specialized?")
+    add_read_arguments(p)
     p.set_defaults(func=run)
 
 
-def describe(path: str, *, load: bool = False, sites: bool = False) -> dict:
-    spec = read_object(path)
+def describe(path: str, *, load: bool = False, sites: bool = False,
+             read: dict | None = None) -> dict:
+    spec = read_for_kernel(path, **(read or {}))
     programs = [
         {"name": p.name, "section": p.section, "type": p.type.name.lower(),
          "insns": p.insn_count}
@@ -55,29 +63,41 @@ def describe(path: str, *, load: bool = False, sites: bool = False) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = describe(args.object, load=args.load, sites=args.sites)
+    info = describe(args.object, load=args.load, sites=args.sites, read=read_options(args))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"{args.object}")
-    print("programs:")
+    show(inspect_view(args.object, info))
+    return 0
+
+
+def inspect_view(path: str, info: dict[str, Any]) -> RenderableType:
+    """The programs, maps and (with --sites) map access sites of an object, as tables."""
+    parts: list[RenderableType] = [Text(path, style="bold")]
+    loaded = any("tag" in p for p in info["programs"])
+    programs = table("program", "section", "type", "insns", *(("tag",) if loaded else ()),
+                     title="programs", right=("insns",))
     for p in info["programs"]:
-        tag = f"  tag {p['tag']}" if "tag" in p else ""
-        print(f"  {p['name']:<24} {p['section']:<16} {p['type']:<10} {p['insns']:>6} insns{tag}")
-    print("maps:")
+        programs.add_row(p["name"], p["section"], p["type"], str(p["insns"]),
+                         *((p["tag"],) if loaded else ()))
+    parts += [Text(""), programs]
+    maps = table("map", "type", "key", "value", "entries", title="maps",
+                 right=("key", "value", "entries"))
     for m in info["maps"]:
-        print(f"  {m['name']:<24} {m['type']:<14} key {m['key_size']:>3}  value "
-              f"{m['value_size']:>5}  entries {m['max_entries']}")
+        maps.add_row(m["name"], m["type"], str(m["key_size"]), str(m["value_size"]),
+                     str(m["max_entries"]))
+    parts += [Text(""), maps]
     for p in info["programs"]:
         if "sites" not in p:
             continue
-        print(f"\nmap access sites of {p['name']}:")
-        print(f"  {'insn':>5} {'map':<16} {'kind':<7} {'key':<24} {'spec.':<6} reason")
+        sites = table("insn", "map", "kind", "key", "spec.", "reason",
+                      title=f"map access sites of {p['name']}", right=("insn",))
         for s in p["sites"]:
             spec = "guard" if s["guarded"] else ("yes" if s["specialized"] else "no")
-            print(f"  {s['instruction']:>5} {s['map']:<16} {s['kind']:<7} {s['key']:<24} "
-                  f"{spec:<6} {s['reason']}")
+            sites.add_row(str(s["instruction"]), s["map"], s["kind"], s["key"], spec,
+                          s["reason"])
+        parts += [Text(""), sites]
         for name, writes in p["data_plane_writes"].items():
-            print(f"  data plane writes {name}: {'; '.join(writes[:3])}"
-                  f"{f' (+{len(writes) - 3} more)' if len(writes) > 3 else ''}")
-    return 0
+            more = f" (+{len(writes) - 3} more)" if len(writes) > 3 else ""
+            parts.append(Text(f"data plane writes {name}: {'; '.join(writes[:3])}{more}"))
+    return Group(*parts)

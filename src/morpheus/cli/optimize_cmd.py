@@ -6,8 +6,12 @@ import argparse
 import json
 from typing import Any
 
+from rich.console import Group, RenderableType
+from rich.text import Text
+
 from ..nf import NAMES, get
 from ..traffic.generate import PROFILES
+from .console import plain, show, table, working
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -42,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("optimizing a pinned program needs --trace FILE.pcap")
         from ..pinned import optimize_pinned
 
-        report = optimize_pinned(args.pinned, args.trace, program=args.program,
-                                 rounds=args.rounds, options=options)
+        with working(f"optimizing {args.pinned}"):
+            report = optimize_pinned(args.pinned, args.trace, program=args.program,
+                                     rounds=args.rounds, options=options)
         if args.pin:
             report["pinned"] = _pin(args, report)
     else:
@@ -53,15 +58,18 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("give --nf NAME --profile P, or a pinned DIR with --trace")
         from ..offline import optimize_nf
 
-        report = optimize_nf(get(args.nf), args.profile, packets=args.packets, seed=args.seed,
-                             rounds=args.rounds, options=options, throughput=args.throughput)
+        with working(f"optimizing {args.nf} under {args.profile} locality "
+                     f"({args.rounds} rounds)"):
+            report = optimize_nf(get(args.nf), args.profile, packets=args.packets,
+                                 seed=args.seed, rounds=args.rounds, options=options,
+                                 throughput=args.throughput)
     report.pop("specialization", None)
     for link in report.get("chain", ()):
         link.pop("specialization", None)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_report(report))
+        show(report_view(report))
     return 0 if report.get("equivalent") else 2
 
 
@@ -78,41 +86,52 @@ def _pin(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, Any]:
                            chain)
 
 
-def format_report(r: dict[str, Any]) -> str:
-    lines = [f"{r.get('nf') or r.get('program')}  trace {r.get('profile') or r.get('trace')}"]
-    lines.append(f"analysis {r['analysis_ms']:.1f} ms, specialization {r['specialize_ms']:.1f} ms, "
-                 f"verification {r['verify_ms']:.1f} ms")
+def report_view(r: dict[str, Any]) -> RenderableType:
+    """What `optimize` found: timings, a table of the sites, the check and the speedup."""
+    parts: list[RenderableType] = [
+        Text(f"{r.get('nf') or r.get('program')}  trace {r.get('profile') or r.get('trace')}",
+             style="bold"),
+        Text(f"analysis {r['analysis_ms']:.1f} ms, specialization {r['specialize_ms']:.1f} ms, "
+             f"verification {r['verify_ms']:.1f} ms")]
     if "insns" in r:
-        lines.append(f"instructions: {r['insns']['original']} → {r['insns']['specialized']}")
-    lines.append("")
-    lines.append(f"{'site':>6}  {'map':<14} {'kind':<7} {'inlined':<8} reason")
+        parts.append(Text(f"instructions: {r['insns']['original']} → "
+                          f"{r['insns']['specialized']}"))
+    sites = table("site", "map", "kind", "inlined", "reason", title="sites", right=("site",))
     for s in r["sites"]:
-        lines.append(f"{s['instruction']:>6}  {s['map']:<14} {s['kind']:<7} "
-                     f"{('yes' if s['specialized'] else 'no'):<8} {s['reason']}")
-    lines.append("")
+        sites.add_row(str(s["instruction"]), s["map"], s["kind"],
+                      "yes" if s["specialized"] else "no", s["reason"])
+    parts.append(sites)
     if r.get("error"):
-        lines.append(f"not loaded: {r['error']}")
-        return "\n".join(lines)
+        parts.append(Text(f"not loaded: {r['error']}", style="red"))
+        return Group(*parts)
     if r.get("identical"):
-        lines.append("nothing specialized: the candidate is the original program")
+        parts.append(Text("nothing specialized: the candidate is the original program"))
     else:
-        lines.append(f"equivalent on {r['packets_checked']} packets: "
-                     f"{'yes' if r['equivalent'] else 'NO'}")
+        parts.append(Text(f"equivalent on {r['packets_checked']} packets: "
+                          f"{'yes' if r['equivalent'] else 'NO'}",
+                          style="green" if r["equivalent"] else "bold red"))
     if r.get("speedup"):
         s = r["speedup"]
         ns = r["ns_per_packet"]
-        lines.append(f"ns/packet: original {ns['original']['median']:.0f}, specialized "
-                     f"{ns['specialized']['median']:.0f}")
-        lines.append(f"speedup: min {s['min']:.2f}  median {s['median']:.2f}  max {s['max']:.2f}")
+        parts.append(Text(f"ns/packet: original {ns['original']['median']:.0f}, specialized "
+                          f"{ns['specialized']['median']:.0f}"))
+        parts.append(Text(f"speedup: min {s['min']:.2f}  median {s['median']:.2f}  "
+                          f"max {s['max']:.2f}", style="bold"))
     for link in r.get("chain", ()):
         state = ("equivalent" if link.get("equivalent") else "NOT equivalent"
                  if "equivalent" in link else "optimized above")
         speedup = link.get("speedup") or {}
-        lines.append(f"tail call {link['array']}[{link['slot']}] → {link['program']}: {state}"
-                     + (f", speedup median {speedup['median']:.2f}" if speedup else ""))
+        parts.append(Text(f"tail call {link['array']}[{link['slot']}] → {link['program']}: "
+                          f"{state}" + (f", speedup median {speedup['median']:.2f}"
+                                        if speedup else "")))
     if r.get("pinned"):
         pinned = r["pinned"]
-        lines.append(pinned["error"] if "error" in pinned else
-                     f"pinned: {pinned['directory']}/progs/{pinned['program']} (id "
-                     f"{pinned['id']}) with maps {', '.join(pinned['maps'])}")
-    return "\n".join(lines)
+        parts.append(Text(pinned["error"] if "error" in pinned else
+                          f"pinned: {pinned['directory']}/progs/{pinned['program']} (id "
+                          f"{pinned['id']}) with maps {', '.join(pinned['maps'])}"))
+    return Group(*parts)
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The report as plain text (what `optimize` prints when not on a terminal)."""
+    return plain(report_view(r))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -32,26 +31,32 @@ def run(args: argparse.Namespace) -> int:
         write_agent_markdown,
         write_optimizer_markdown,
     )
+    from ..nf import NAMES
+    from ..traffic.generate import PROFILES
+    from .console import progress_lines
 
-    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     out = Path(args.out)
     if args.kind == "evaluation":
-        return _evaluation(args, out, progress)
+        with progress_lines("report evaluation") as progress:
+            return _evaluation(args, out, progress)
     if args.kind == "optimizer":
-        result = optimizer_report(rounds=args.rounds, progress=progress)
+        # Two locality profiles per NF, then the sampling cost of each NF.
+        with progress_lines("report optimizer", total=3 * len(NAMES)) as progress:
+            result = optimizer_report(rounds=args.rounds, progress=progress)
         path = write_optimizer_markdown(result, out, f"morpheus report optimizer --rounds "
                                                      f"{args.rounds}")
         (out / "optimizer.json").write_text(json.dumps(result, indent=2))
         print(path)
         return 0
     if args.kind == "agent":
-        result = agent_report(progress=progress)
+        with progress_lines("report agent") as progress:
+            result = agent_report(progress=progress)
         path = write_agent_markdown(result, out, "morpheus report agent")
         (out / "agent.json").write_text(json.dumps(result, indent=2))
         print(path)
         return 0
-    result = baseline(rounds=args.rounds, packets=args.packets,
-                      progress=lambda line: print(line, file=sys.stderr, flush=True))
+    with progress_lines("report baseline", total=len(NAMES) * len(PROFILES)) as progress:
+        result = baseline(rounds=args.rounds, packets=args.packets, progress=progress)
     command = f"morpheus report baseline --rounds {args.rounds} --packets {args.packets}"
     path = write_markdown(result, Path(args.out), command)
     (Path(args.out) / "baseline.json").write_text(json.dumps(result, indent=2))

@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..optimizer import PlanOptions
     from ..runtime.agent import Agent, AgentOptions
-    from ..runtime.server import ControlServer, MetricsServer, prometheus_text, socket_path
+    from ..runtime.server import ControlServer, socket_path
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
@@ -88,10 +88,9 @@ def run(args: argparse.Namespace) -> int:
         control = ControlServer(agent, socket_path(agent.name))
         control.start()
         if args.metrics_port is not None:
-            served = control
-            metrics = MetricsServer(lambda: prometheus_text(agent.status(), served.stats()),
-                                    args.metrics_port)
-            metrics.start()
+            from ..runtime.metrics import serve
+
+            _, metrics = serve(agent, control, args.metrics_port)
         print(json.dumps({"event": "running", "name": agent.name, "socket":
                           str(socket_path(agent.name)), "metrics_port": metrics.port
                           if metrics else None}), flush=True)

@@ -1,7 +1,17 @@
-"""Uploading BTF blobs to the kernel."""
+"""Uploading BTF blobs to the kernel, and reading the running kernel's BTF and configuration
+(the one place that does: `obj` takes them as data)."""
 
 from __future__ import annotations
 
+import functools
+import gc
+import os
+import re
+from pathlib import Path
+
+from ..obj.btf import BTF
+from ..obj.core import Target
+from ..obj.errors import ObjectError
 from ..uapi import Cmd
 from .errors import BTFError, KernelError
 from .fd import FD
@@ -26,3 +36,141 @@ def load_btf(blob: bytes, *, what: str = "object BTF") -> FD:
         except KernelError:
             text = bytes(log).split(b"\0", 1)[0].decode(errors="replace")
             raise BTFError(first.errno or 0, f"load {what}", text) from None
+
+
+# --- the running kernel's type information and configuration, read once per process -------
+
+VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+SYS_BTF = Path("/sys/kernel/btf")
+
+
+@functools.cache
+def vmlinux_btf(path: str | None = None) -> BTF:
+    """The kernel's BTF (or the BTF file at `path`), parsed once per process: over 100,000
+    types, which take most of a second to parse in Python."""
+    source = Path(path) if path is not None else VMLINUX_BTF
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise ObjectError(f"{source}: cannot read BTF: {exc.strerror}") from None
+    if data[:4] == b"\x7fELF":
+        data = _btf_section_of_elf(source, data)
+    try:
+        return BTF(data)
+    except ObjectError as exc:
+        raise ObjectError(f"{source}: {exc}") from None
+
+
+def _btf_section_of_elf(source: Path, data: bytes) -> bytes:
+    """The .BTF section of an ELF file (a vmlinux image given with --btf)."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        section = ELFFile(io.BytesIO(data)).get_section_by_name(".BTF")
+    except Exception as exc:  # pyelftools raises assorted errors on garbage
+        raise ObjectError(f"{source}: not a BTF file or an ELF file with .BTF ({exc})") from None
+    if section is None:
+        raise ObjectError(f"{source}: ELF file without a .BTF section")
+    return section.data()
+
+
+@functools.cache
+def module_btfs() -> tuple[tuple[str, BTF], ...]:
+    """Split BTF of every loaded module with BTF (/sys/kernel/btf/<module>), by name."""
+    out = []
+    if not SYS_BTF.is_dir():
+        return ()
+    for entry in sorted(SYS_BTF.iterdir()):
+        if entry.name == "vmlinux":
+            continue
+        try:
+            out.append((entry.name, BTF(entry.read_bytes(), base=vmlinux_btf())))
+        except (OSError, ObjectError):
+            continue  # a module unloaded meanwhile, or BTF we cannot read: not a candidate
+    return tuple(out)
+
+
+@functools.cache
+def kernel_config() -> dict[str, str] | None:
+    """CONFIG_* values of the running kernel from /proc/config.gz or
+    /boot/config-$(uname -r); None if neither exists."""
+    import gzip
+
+    text = None
+    try:
+        text = gzip.decompress(Path("/proc/config.gz").read_bytes()).decode(errors="replace")
+    except OSError:
+        try:
+            text = Path(f"/boot/config-{os.uname().release}").read_text(errors="replace")
+        except OSError:
+            return None
+    config = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.startswith("CONFIG_"):
+            config[name.strip()] = value.strip()
+    return config
+
+
+def kernel_version_code(release: str | None = None) -> int:
+    """KERNEL_VERSION(a, b, c) of the running kernel, as libbpf computes
+    LINUX_KERNEL_VERSION (the patch level saturates at 255)."""
+    release = release or os.uname().release
+    parts = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
+    if parts is None:
+        return 0
+    major, minor, patch = (int(p) if p else 0 for p in parts.groups())
+    return (major << 16) + (minor << 8) + min(patch, 255)
+
+
+@functools.cache
+def _kallsyms() -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        text = Path("/proc/kallsyms").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and len(fields) < 5:  # module symbols carry a 4th [module] field
+            out.setdefault(fields[2], int(fields[0], 16))
+    return out
+
+
+def kallsyms_address(name: str) -> int | None:
+    """A kernel symbol's address (typeless __ksym externs); None if absent or hidden."""
+    address = _kallsyms().get(name)
+    return address or None
+
+
+@functools.cache
+def running_target(btf_path: str | None = None) -> Target:
+    """What objects are read for on this machine: the kernel's BTF, module BTF, kconfig and
+    version. With `btf_path`, CO-RE relocates against that BTF file instead (libbpf's
+    btf_custom_path), while ksyms still resolve against the running kernel."""
+    core_btf = vmlinux_btf(btf_path) if btf_path is not None else None
+    try:
+        btf = vmlinux_btf()
+        modules = module_btfs()
+    except ObjectError:
+        if core_btf is None:
+            raise
+        btf, modules = core_btf, ()
+    for parsed in (btf, core_btf, *(m for _, m in modules)):
+        if parsed is not None:
+            parsed.candidates("")  # build the CO-RE candidate index now, before freezing
+    # Half a million long-lived tuples: left to the cyclic collector, every full collection
+    # walks them all (it tripled the time to read an object). They never form cycles.
+    gc.freeze()
+    return Target(
+        btf=btf,
+        modules=modules,
+        name="vmlinux",
+        core_btf=core_btf,
+        core_path=btf_path or "",
+        kconfig=kernel_config(),
+        kernel_version=kernel_version_code(),
+        kallsyms=kallsyms_address,
+    )

@@ -16,8 +16,8 @@ from typing import Any, Self
 
 from ..kernel import LoadedProgram, TestRunResult, xdp_ctx
 from ..kernel.netns import NetNamespace
-from ..loader import Collection, load_collection
-from ..obj import ObjectSpec, read_object
+from ..loader import Collection, load_collection, read_for_kernel
+from ..obj import ObjectSpec
 from . import NetworkFunction, get
 
 # veth pairs created in every NF namespace: (index, name) pairs, peers adjacent.
@@ -52,7 +52,7 @@ class NFEnv:
             for index in range(INTERFACE_INDEXES[0], INTERFACE_INDEXES[-1] + 1, 2):
                 namespace.add_veth(f"port{index}", f"port{index + 1}",
                                    indexes=(index, index + 1))
-            spec = read_object(object_path or nf.object_path)
+            spec = read_for_kernel(object_path or nf.object_path)
             with namespace.entered():
                 collection = stack.enter_context(
                     load_collection(spec, programs=[nf.program]))

@@ -54,9 +54,26 @@ _SIZED = frozenset(
 )
 _MODIFIERS = frozenset({Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG})
 
+# Longest chain of references (typedefs, qualifiers, arrays) followed before calling it a
+# loop; libbpf uses the same bound (MAX_RESOLVE_DEPTH).
+MAX_CHAIN = 32
+
+INT_SIGNED = 1
+
 VAR_STATIC = 0
 VAR_GLOBAL_ALLOCATED = 1
 VAR_GLOBAL_EXTERN = 2
+
+
+def essential_name(name: str) -> str:
+    """`name` without its last `___flavour` suffix, as libbpf's CO-RE strips it: the
+    separator is three underscores between a non-underscore and a non-underscore."""
+    if "___" not in name:
+        return name
+    for i in range(len(name) - 5, -1, -1):
+        if name[i] != "_" and name[i + 1 : i + 4] == "___" and name[i + 4] != "_":
+            return name[: i + 1]
+    return name
 
 
 class Member(NamedTuple):
@@ -79,12 +96,32 @@ class BTFType(NamedTuple):
     array: tuple[int, int, int] | None = None  # (elem type, index type, nelems)
     linkage: int = 0  # VAR and FUNC
     byte_offset: int = 0  # where this type's record starts in the type section
+    encoding: int = 0  # INT only: the encoding word (signedness, bit offset, bit size)
+
+    @property
+    def int_signed(self) -> bool:
+        return bool((self.encoding >> 24) & INT_SIGNED)
+
+    @property
+    def int_bit_offset(self) -> int:
+        return (self.encoding >> 16) & 0xFF
+
+    def member_bit_offset(self, index: int) -> int:
+        """Bit offset of member `index` of a struct or union (bitfield-aware)."""
+        offset = self.members[index].offset
+        return offset & 0xFFFFFF if self.kind_flag else offset
+
+    def member_bitfield_size(self, index: int) -> int:
+        """Bit size of member `index` if it is a bitfield (kind_flag set), else 0."""
+        return self.members[index].offset >> 24 if self.kind_flag else 0
 
 
 class BTF:
     """Parsed BTF of an object; `blob()` returns the bytes to upload with fix-ups applied."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, base: BTF | None = None) -> None:
+        """Parse `data`. With `base`, `data` is split BTF (a kernel module's): its type ids
+        and string offsets continue after the base's, as in /sys/kernel/btf/<module>."""
         if len(data) < 24:
             raise ObjectError("BTF section is shorter than its header")
         magic, version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
@@ -98,7 +135,14 @@ class BTF:
         self._type_start = hdr_len + type_off
         self._strings = bytes(data[hdr_len + str_off : hdr_len + str_off + str_len])
         self._string_cache: dict[int, str] = {}
-        self.types: list[BTFType] = [BTFType(0, Kind.UNKN, "", 0, 0, False)]  # id 0 is void
+        self.base = base
+        self._str_base = len(base._strings) if base is not None else 0
+        # id 0 is void; split BTF numbers its types after the base's
+        self.types: list[BTFType] = (
+            list(base.types) if base is not None else [BTFType(0, Kind.UNKN, "", 0, 0, False)]
+        )
+        self.first_id = len(self.types) if base is not None else 1
+        self._core_index: dict[str, list[int]] | None = None
         self._by_name: dict[tuple[Kind, str], int] | None = None
         # Parsing the kernel's BTF allocates some 400,000 small tuples, none of them part of a
         # reference cycle; the cyclic collector's passes over them would double the time.
@@ -116,10 +160,14 @@ class BTF:
         cached = self._string_cache.get(offset)
         if cached is not None:
             return cached
-        end = self._strings.find(b"\0", offset)
-        if end < 0 or offset >= len(self._strings):
+        if offset < self._str_base:
+            assert self.base is not None
+            return self.base.string(offset)
+        local = offset - self._str_base
+        end = self._strings.find(b"\0", local)
+        if end < 0 or local >= len(self._strings) or offset < 0:
             raise ObjectError(f"BTF string offset {offset} is out of range")
-        text = self._strings[offset:end].decode(errors="replace")
+        text = self._strings[local:end].decode(errors="replace")
         self._string_cache[offset] = text
         return text
 
@@ -138,11 +186,32 @@ class BTF:
         found = self._by_name.get((kind, name))
         return None if found is None else self.types[found]
 
+    def candidates(self, essential: str) -> list[int]:
+        """Ids of this BTF's own named types (not a split BTF's base) whose name without a
+        `___flavour` suffix is `essential`, in id order: CO-RE's candidate search. The index
+        is built once per BTF (the kernel's has over 100,000 types)."""
+        index = self._core_index
+        if index is None:
+            index = {}
+            for t in self.types[self.first_id :]:
+                if t.name:
+                    index.setdefault(essential_name(t.name), []).append(t.id)
+            self._core_index = index
+        return index.get(essential, [])
+
     def skip_modifiers(self, type_id: int) -> BTFType:
+        """The type behind typedefs and qualifiers. A chain longer than MAX_CHAIN (a loop,
+        since clang never nests that deep) is an error naming the type: unbounded, a typedef
+        that refers to itself would hang every reader."""
         t = self[type_id]
-        while t.kind in _MODIFIERS:
+        for _ in range(MAX_CHAIN):
+            if t.kind not in _MODIFIERS:
+                return t
             t = self[t.ref]
-        return t
+        raise ObjectError(
+            f"BTF type {type_id}: chain of typedefs/qualifiers longer than {MAX_CHAIN} "
+            "(a reference loop?)"
+        )
 
     def size_of(self, type_id: int) -> int:
         """Size in bytes of a type, following typedefs, qualifiers and arrays."""
@@ -151,8 +220,11 @@ class BTF:
         t = self[type_id]
         while True:
             depth += 1
-            if depth > 64:
-                raise ObjectError(f"BTF type {type_id}: reference loop")
+            if depth > MAX_CHAIN:
+                raise ObjectError(
+                    f"BTF type {type_id}: chain of references longer than {MAX_CHAIN} "
+                    "(a reference loop?)"
+                )
             if t.kind in _SIZED:
                 return t.ref * multiplier
             if t.kind == Kind.PTR:
@@ -190,7 +262,7 @@ class BTF:
         kinds = _KIND_BY_NUMBER
         # tuple.__new__ builds the named tuples without their Python-level __new__.
         new = tuple.__new__
-        tid = 1
+        tid = len(self.types)
         while pos < n:
             start = pos
             name_off, info, ref = unpack("<III", raw, pos)
@@ -207,6 +279,7 @@ class BTF:
             members: tuple[Member, ...] = ()
             array = None
             linkage = 0
+            encoding = 0
             if kind_raw == _K_FUNC:
                 linkage = vlen
             elif kind_raw == _K_FUNC_PROTO:
@@ -228,6 +301,7 @@ class BTF:
                 )
                 pos = end
             elif kind_raw == _K_INT:
+                (encoding,) = unpack("<I", raw, pos)
                 pos += 4
             elif kind_raw == _K_ARRAY:
                 array = unpack("<III", raw, pos)
@@ -266,7 +340,7 @@ class BTF:
                 pos += 4
             if pos > n:
                 raise ObjectError(f"BTF type {tid} ({kind.name}) runs past the type section")
-            record = (tid, kind, name, ref, vlen, kflag, members, array, linkage, start)
+            record = (tid, kind, name, ref, vlen, kflag, members, array, linkage, start, encoding)
             append(new(BTFType, record))
             tid += 1
 
@@ -274,7 +348,7 @@ class BTF:
         """Offset → string for every string of the section (shared with `string()`'s cache;
         offsets pointing into the middle of a string are decoded on demand there)."""
         table = self._string_cache
-        offset = 0
+        offset = self._str_base
         for part in self._strings.split(b"\0"):
             table[offset] = part.decode(errors="replace")
             offset += len(part) + 1
@@ -337,6 +411,7 @@ class BTF:
                 t.array,
                 t.linkage,
                 t.byte_offset,
+                t.encoding,
             )
 
     def blob(self) -> bytes:
@@ -441,6 +516,12 @@ class BTFExt:
         magic, version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
         if magic != BTF_MAGIC or version != 1:
             raise ObjectError(f".BTF.ext has magic {magic:#x} version {version}")
+        try:
+            self._parse(data, hdr_len, btf)
+        except struct.error:
+            raise ObjectError(".BTF.ext: a record runs past the end of the section") from None
+
+    def _parse(self, data: bytes, hdr_len: int, btf: BTF) -> None:
         fi_off, fi_len, li_off, li_len = struct.unpack_from("<IIII", data, 8)
         core_off = core_len = 0
         if hdr_len >= 32:
@@ -475,6 +556,8 @@ class BTFExt:
         if not length:
             return
         end = start + length
+        if start + length > len(data):
+            raise ObjectError(".BTF.ext: a subsection runs past the end of the section")
         (rec_size,) = struct.unpack_from("<I", data, start)
         if rec_size < min_rec:
             raise ObjectError(f".BTF.ext record size {rec_size} is smaller than {min_rec}")
@@ -483,6 +566,9 @@ class BTFExt:
             sec_off, count = struct.unpack_from("<II", data, pos)
             pos += 8
             sec = btf.string(sec_off)
+            if pos + count * rec_size > end:
+                raise ObjectError(f".BTF.ext: {count} records for {sec} run past their "
+                                  "subsection")
             for _ in range(count):
                 yield sec, data[pos : pos + rec_size]
                 pos += rec_size

@@ -15,6 +15,7 @@ class UnsupportedFeature(ObjectError):
 
     def __init__(self, feature: str, detail: str = "") -> None:
         self.feature = feature
+        self.detail = detail
         message = f"unsupported feature: {feature}"
         if detail:
             message += f" ({detail})"

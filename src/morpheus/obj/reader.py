@@ -8,10 +8,11 @@ entry function first, then each called subprogram appended on first use, depth f
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -19,13 +20,32 @@ from typing import NamedTuple
 from elftools.elf.elffile import ELFFile
 
 from ..ir import Instruction, LineInfo, Meta, Program, decode, symbolize
-from ..ir.instruction import s32
+from ..ir.instruction import s32, s64
 from ..ir.opcodes import CallSrc, PseudoSrc
 from ..uapi import MapFlags, MapType
-from .btf import BTF, BTFExt, Kind
+from . import core, externs
+from .btf import BTF, BTFExt, BTFType, Kind
 from .errors import ObjectError, UnsupportedFeature
-from .sections import section_def
+from .sections import SectionDef, section_def
 from .spec import MapSpec, ObjectSpec, ProgramSpec
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read an object.
+
+    `target` is the kernel the object is read for: its BTF (CO-RE relocations, ksyms), its
+    configuration (kconfig externs). A callable is called only if the object needs it, so
+    objects without CO-RE or externs never make the caller read the kernel's BTF.
+    `program_type` ("xdp", "tc", "xdp.frags", ... any section name libbpf knows) sets the
+    type of every program, as `bpftool prog loadall OBJ PATH type xdp` does: for sections
+    with non-standard names. `legacy_maps` accepts the `SEC("maps")` `struct bpf_map_def`
+    definitions that iproute2's tc loader still reads (libbpf 1.x refuses them).
+    """
+
+    target: core.Target | Callable[[], core.Target] | None = None
+    program_type: str | None = None
+    legacy_maps: bool = False
 
 EM_BPF = 247
 SHT_PROGBITS = 1
@@ -107,11 +127,14 @@ class _Function:
     bind: int
 
 
-def read_object(source: str | os.PathLike[str] | bytes, name: str | None = None) -> ObjectSpec:
+def read_object(source: str | os.PathLike[str] | bytes, name: str | None = None,
+                options: ReadOptions | None = None) -> ObjectSpec:
     """Read a BPF object file (path or bytes) into an ObjectSpec.
 
-    Raises ObjectError for malformed input and UnsupportedFeature (a subclass) for features
-    the loader does not implement, naming them.
+    CO-RE relocations and extern symbols are resolved against `options.target`; an object
+    that needs a target without one given is an ObjectError saying so. Raises ObjectError
+    for malformed input and UnsupportedFeature (a subclass) for features the loader does not
+    implement, naming them.
     """
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
@@ -126,9 +149,10 @@ def read_object(source: str | os.PathLike[str] | bytes, name: str | None = None)
         name = name or Path(path).name.split(".")[0]
     where = path or name
     try:
-        return _Reader(data, name, path).read()
+        return _Reader(data, name, path, options or ReadOptions()).read()
     except UnsupportedFeature as exc:
-        raise UnsupportedFeature(exc.feature, f"{where}") from None
+        raise UnsupportedFeature(
+            exc.feature, f"{where}: {exc.detail}" if exc.detail else where) from None
     except ObjectError as exc:
         raise ObjectError(f"{where}: {exc}") from None
     except Exception as exc:  # pyelftools raises assorted errors on garbage
@@ -138,10 +162,15 @@ def read_object(source: str | os.PathLike[str] | bytes, name: str | None = None)
 
 
 class _Reader:
-    def __init__(self, data: bytes, name: str, path: str | None) -> None:
+    def __init__(self, data: bytes, name: str, path: str | None,
+                 options: ReadOptions | None = None) -> None:
         self.data = data
         self.name = name
         self.path = path
+        self.options = options or ReadOptions()
+        self._target: core.Target | None = None
+        self._relocator: core.Relocator | None = None
+        self.externs: dict[str, externs.Extern] = {}
         if data[:4] != b"\x7fELF":
             raise ObjectError("not an ELF file (bad magic)")
         if data[4] != 2:
@@ -171,6 +200,17 @@ class _Reader:
         self.btf: BTF | None = None
         self.btf_ext: BTFExt | None = None
 
+    def target(self, why: str) -> core.Target:
+        """The kernel to read for; an error naming `why` when none was given."""
+        if self._target is None:
+            given = self.options.target
+            if given is None:
+                raise ObjectError(
+                    f"{why}: the target kernel's BTF is needed (load through morpheus.loader, "
+                    "or give --btf FILE)")
+            self._target = given() if callable(given) else given
+        return self._target
+
     # --- raw tables ------------------------------------------------------------------------
 
     def section_data(self, section: _Section) -> bytes:
@@ -186,6 +226,9 @@ class _Reader:
         if not symtabs:
             raise ObjectError("no symbol table (.symtab); was the object stripped?")
         symtab = symtabs[0]
+        if not 0 < symtab.link < len(self.sections):
+            raise ObjectError(f"symbol table links to section {symtab.link}, which does not "
+                              "exist")
         strtab = self.section_data(self.sections[symtab.link])
         out = []
         for st_name, info, other, shndx, value, size in _SYM.iter_unpack(self.section_data(symtab)):
@@ -221,20 +264,46 @@ class _Reader:
     # --- top level -------------------------------------------------------------------------
 
     def read(self) -> ObjectSpec:
-        if "maps" in self.by_name and self.by_name["maps"].size:
-            raise UnsupportedFeature(
-                "legacy 'maps' section (struct bpf_map_def)", 'use BTF-defined maps in SEC(".maps")'
-            )
         license = self._license()
         kern_version = self._kern_version()
         self._read_btf()
         data_sections = self._data_sections()
         maps = self._btf_maps()
+        if "maps" in self.by_name and self.by_name["maps"].size:
+            if not self.options.legacy_maps:
+                raise UnsupportedFeature(
+                    "legacy 'maps' section (struct bpf_map_def)",
+                    'use BTF-defined maps in SEC(".maps"), or read with legacy maps allowed '
+                    "(--legacy-maps)",
+                )
+            from .legacy import legacy_maps
+
+            for mspec in legacy_maps(self):
+                if mspec.name in maps:
+                    raise ObjectError(f"map {mspec.name!r} is defined twice")
+                maps[mspec.name] = mspec
         for sec in data_sections:
             maps[sec.name] = self._data_map(sec)
+        self.externs = externs.collect(self)
+        if self.externs and self.btf is not None:
+            self.btf = externs.sanitized_btf(self.btf, self.externs)
+        kconfig = externs.kconfig_map(self)
+        if kconfig is not None:
+            maps[kconfig.name] = kconfig
         functions = self._functions(data_sections, maps)
         programs = self._programs(functions, license, kern_version)
-        return ObjectSpec(self.name, programs, maps, self.btf, license, kern_version, self.path)
+        for mspec in maps.values():
+            if mspec.type == MapType.PROG_ARRAY:
+                for slot, prog in mspec.init_slots:
+                    if prog not in programs:
+                        raise ObjectError(f"prog array {mspec.name!r} slot {slot}: {prog!r} "
+                                          "is not an entry point (a subprogram?)")
+        notes = ()
+        if self._relocator is not None:
+            assert self._target is not None
+            notes = (f"CO-RE relocations applied against {self._target.core_name}",)
+        return ObjectSpec(self.name, programs, maps, self.btf, license, kern_version, self.path,
+                          notes)
 
     def _license(self) -> str:
         sec = self.by_name.get("license")
@@ -260,6 +329,9 @@ class _Reader:
         for sym in self.symbols:
             if sym.type == STT_OBJECT and sym.shndx not in (SHN_UNDEF, SHN_ABS, SHN_COMMON):
                 hidden = sym.visibility in (STV_HIDDEN, STV_INTERNAL) and sym.bind != STB_LOCAL
+                if sym.value > 0xFFFFFFFF:
+                    raise ObjectError(f"symbol {sym.name!r} has offset {sym.value:#x}, past "
+                                      "any section")
                 variables.setdefault(sym.name, (sym.value, hidden))
 
         def section_size(name: str) -> int | None:
@@ -271,12 +343,6 @@ class _Reader:
         ext = self.by_name.get(".BTF.ext")
         if ext is not None:
             self.btf_ext = BTFExt(self.section_data(ext), btf)
-            relos = {k: v for k, v in self.btf_ext.core_relos.items() if v}
-            if relos:
-                count = sum(len(v) for v in relos.values())
-                raise UnsupportedFeature(
-                    "CO-RE relocations", f"{count} in section(s) {', '.join(sorted(relos))}"
-                )
 
     # --- maps ------------------------------------------------------------------------------
 
@@ -284,11 +350,6 @@ class _Reader:
         sec = self.by_name.get(".maps")
         if sec is None:
             return {}
-        if self.relocations(sec):
-            raise UnsupportedFeature(
-                "static map initialisers",
-                "'.values = { ... }' of prog arrays and maps of maps; fill them at run time",
-            )
         if self.btf is None:
             raise ObjectError("'.maps' section present but the object has no BTF (build with -g)")
         datasec = self.btf.find(Kind.DATASEC, ".maps")
@@ -300,7 +361,53 @@ class _Reader:
             if var.kind != Kind.VAR:
                 raise ObjectError(f"'.maps' datasec entry {var.id} is a {var.kind.name}, not a VAR")
             out[var.name] = self._map_def(var.name, var.ref, nested=False)
+        self._static_slots(sec, datasec, out)
         return out
+
+    def _static_slots(self, sec: _Section, datasec: BTFType, maps: dict[str, MapSpec]) -> None:
+        """`.values = { [i] = &x }`: relocations inside `.maps` against programs or maps
+        become (slot, name) pairs of the map they fall in (libbpf's collect_map_relos)."""
+        btf = self.btf
+        assert btf is not None
+        slots: dict[str, dict[int, str]] = {}
+        for r_offset, sym, _ in self.relocations(sec):
+            holder = None
+            for m in datasec.members:
+                if m.offset <= r_offset < m.offset + m.size:
+                    holder = btf[m.type]
+                    break
+            if holder is None or holder.name not in maps:
+                raise ObjectError(f"'.maps' relocation at offset {r_offset} is outside every "
+                                  "map definition")
+            struct_t = btf.skip_modifiers(holder.ref)
+            values = [i for i, mm in enumerate(struct_t.members) if mm.name == "values"]
+            if not values:
+                raise ObjectError(f"map {holder.name!r}: relocation at offset {r_offset} but "
+                                  "no 'values' field")
+            start = m.offset + struct_t.member_bit_offset(values[0]) // 8
+            if r_offset < start or (r_offset - start) % 8:
+                raise ObjectError(f"map {holder.name!r}: relocation at offset {r_offset} is "
+                                  "not on a 'values' slot")
+            slot = (r_offset - start) // 8
+            target_sec = self.sections[sym.shndx] if 0 < sym.shndx < len(self.sections) else None
+            mspec = maps[holder.name]
+            if mspec.type == MapType.PROG_ARRAY:
+                if target_sec is None or not target_sec.executable or sym.type != STT_FUNC:
+                    raise ObjectError(f"prog array {holder.name!r} slot {slot}: {sym.name!r} "
+                                      "is not a program")
+            elif mspec.type.is_map_of_maps:
+                if target_sec is None or target_sec.index != sec.index or sym.name not in maps:
+                    raise ObjectError(f"map of maps {holder.name!r} slot {slot}: "
+                                      f"{sym.name!r} is not a map of this object")
+            else:
+                raise ObjectError(f"map {holder.name!r} ({mspec.type.name}) cannot have "
+                                  "static initialisers")
+            if slot >= mspec.max_entries:
+                raise ObjectError(f"map {holder.name!r}: initialiser slot {slot} is past "
+                                  f"max_entries {mspec.max_entries}")
+            slots.setdefault(holder.name, {})[slot] = sym.name
+        for name, by_slot in slots.items():
+            maps[name] = maps[name].with_changes(init_slots=tuple(sorted(by_slot.items())))
 
     def _map_def(self, name: str, type_id: int, *, nested: bool) -> MapSpec:
         btf = self.btf
@@ -314,7 +421,10 @@ class _Reader:
         inner: MapSpec | None = None
         for m in struct_t.members:
             mt = btf.skip_modifiers(m.type)
-            if m.name in _MAP_INT_FIELDS:
+            if m.name in _MAP_INT_FIELDS and mt.kind in (Kind.ENUM, Kind.ENUM64) and mt.vlen == 1:
+                # newer libbpf's __ulong(name, value): an anonymous enum holding the value
+                ints[m.name] = mt.members[0].offset & 0xFFFFFFFFFFFFFFFF
+            elif m.name in _MAP_INT_FIELDS:
                 if mt.kind != Kind.PTR:
                     raise ObjectError(
                         f"map {name!r}: field {m.name!r} must be declared with "
@@ -337,10 +447,6 @@ class _Reader:
             elif m.name == "values":
                 if mt.kind != Kind.ARRAY or mt.array is None:
                     raise ObjectError(f"map {name!r}: 'values' must be declared with __array()")
-                if mt.array[2] != 0:
-                    raise UnsupportedFeature(
-                        "static map initialisers", f"map {name!r} declares {mt.array[2]} values"
-                    )
                 elem = btf.skip_modifiers(mt.array[0])
                 if elem.kind != Kind.PTR:
                     raise ObjectError(f"map {name!r}: 'values' elements must be pointers")
@@ -387,8 +493,6 @@ class _Reader:
             if mtype in (MapType.PROG_ARRAY, MapType.PERF_EVENT_ARRAY, MapType.CGROUP_ARRAY):
                 key_size = key_size or 4
                 value_size = value_size or 4
-        if mtype == MapType.PERF_EVENT_ARRAY and not ints.get("max_entries"):
-            raise UnsupportedFeature("perf event arrays sized by CPU count", f"map {name!r}")
         return MapSpec(
             name=name,
             type=mtype,
@@ -444,6 +548,8 @@ class _Reader:
     ) -> dict[str, _Function]:
         data_by_index = {s.index: s.name for s in data_sections}
         maps_index = self.by_name[".maps"].index if ".maps" in self.by_name else -1
+        legacy = self.by_name.get("maps") if self.options.legacy_maps else None
+        self._legacy_index = legacy.index if legacy is not None else -1
         funcs_by_section: dict[int, list[_Symbol]] = {}
         labels_by_section: dict[int, dict[int, str]] = {}
         for sym in self.symbols:
@@ -467,9 +573,15 @@ class _Reader:
             raw = self.section_data(sec)
             if len(raw) % 8:
                 raise ObjectError(f"section {sec.name} size {len(raw)} is not a multiple of 8")
+            raw, poisoned = self._apply_core(sec, raw, syms)
             insns = decode(raw)
             slot_index = _slot_index(insns)
             insns = self._apply_btf_ext(sec.name, insns, slot_index)
+            for slot, note in poisoned.items():
+                idx = slot_index[slot]
+                meta = insns[idx].meta
+                insns[idx] = insns[idx].with_meta_object(
+                    Meta(meta.line, meta.func_btf_id, meta.origin, note))
             insns = self._apply_relocations(sec, insns, slot_index, data_by_index, maps_index, maps)
             names = labels_by_section.get(sec.index, {})
             for n, sym in enumerate(syms):
@@ -514,6 +626,39 @@ class _Reader:
                         )
                     body[index] = insn._replace(reference=callee, imm=-1 if insn.is_call else 0)
         return functions
+
+    def _apply_core(
+        self, sec: _Section, raw: bytes, syms: list[_Symbol]
+    ) -> tuple[bytes, dict[int, str]]:
+        """Apply the section's CO-RE relocations to its raw instructions (as libbpf does,
+        before linking); returns the bytes and a note per poisoned instruction slot."""
+        ext = self.btf_ext
+        relos = ext.core_relos.get(sec.name) if ext is not None else None
+        if not relos:
+            return raw, {}
+        btf = self.btf
+        assert btf is not None
+        target = self.target(f"{len(relos)} CO-RE relocation(s) in section {sec.name}")
+        if self._relocator is None:
+            self._relocator = core.Relocator(btf, target)
+        out = bytearray(raw)
+        notes: dict[int, str] = {}
+        starts = [s.value for s in syms]
+        for n, relo in enumerate(relos):
+            at = bisect.bisect_right(starts, relo.insn_off) - 1
+            func = syms[at] if at >= 0 else None
+            where = (f"program {func.name}: instruction {(relo.insn_off - func.value) // 8}"
+                     if func is not None else f"section {sec.name}+{relo.insn_off}")
+            try:
+                result = self._relocator.resolve(relo)
+                note = core.patch(out, relo.insn_off, result)
+            except ObjectError as exc:
+                raise ObjectError(f"{where}: CO-RE relocation #{n} "
+                                  f"({core.describe(btf, relo)}): {exc}") from None
+            if note:
+                notes[relo.insn_off // 8] = (f"CO-RE {core.describe(btf, relo)} against "
+                                             f"{target.core_name}: {note}")
+        return bytes(out), notes
 
     def _apply_btf_ext(
         self, section: str, insns: list[Instruction], slot_index: dict[int, int]
@@ -562,17 +707,16 @@ class _Reader:
         addresses by a "@section:offset" token that `_functions` resolves to a name."""
         out = list(insns)
         relocated: set[int] = set()
+        legacy_index = self._legacy_index
         for r_offset, sym, rtype in self.relocations(sec):
             if r_offset % 8 or r_offset // 8 not in slot_index:
                 raise ObjectError(f"relocation at {sec.name}+{r_offset} is not on an instruction")
             idx = slot_index[r_offset // 8]
             insn = out[idx]
             if sym.shndx == SHN_UNDEF:
-                what = "kfunc" if insn.is_call else "variable"
-                raise UnsupportedFeature(
-                    "extern symbols (__ksym / __kconfig)",
-                    f"{what} {sym.name!r} referenced from {sec.name}",
-                )
+                out[idx] = self._extern_insn(sec, r_offset, insn, sym)
+                relocated.add(idx)
+                continue
             if rtype not in (
                 R_BPF_64_64,
                 R_BPF_64_32,
@@ -609,7 +753,7 @@ class _Reader:
                     imm=0,
                     reference=_call_token(sym.shndx, sym.value + lo),
                 )
-            elif sym.shndx == maps_index:
+            elif sym.shndx == maps_index or (sym.shndx == legacy_index and legacy_index >= 0):
                 if sym.name not in maps:
                     raise ObjectError(
                         f"{sec.name}+{r_offset} references map {sym.name!r}, "
@@ -639,6 +783,56 @@ class _Reader:
             slot += insn.width
         return out
 
+    def _section_def(self, section: str, program: str) -> SectionDef:
+        """Program type for a section: the user's `program_type` for every program (like
+        bpftool's `type`), else libbpf's section names."""
+        forced = self.options.program_type
+        if forced is not None:
+            sdef = section_def(forced)
+            if sdef is None:
+                raise ObjectError(f"unknown program type {forced!r} (give a section name "
+                                  "libbpf knows: xdp, xdp.frags, tc, tcx/ingress, ...)")
+            return sdef
+        refused = _refused_section(section)
+        if refused is not None:
+            raise UnsupportedFeature(refused, f"program {program!r} in section {section!r}")
+        sdef = section_def(section)
+        if sdef is None:
+            raise UnsupportedFeature(
+                f"program section {section!r}",
+                f"program {program!r}: unknown section name; give the type (--type xdp)",
+            )
+        return sdef
+
+    def _extern_insn(self, sec: _Section, r_offset: int, insn: Instruction,
+                     sym: _Symbol) -> Instruction:
+        """An instruction referring to an extern, rewritten as libbpf rewrites it."""
+        e = self.externs.get(sym.name)
+        if e is None:
+            raise ObjectError(f"{sec.name}+{r_offset} refers to undefined symbol {sym.name!r}")
+        try:
+            how = externs.resolve(self, e)
+        except ObjectError as exc:
+            raise type(exc)(f"{sec.name}+{r_offset}: {exc}") from None
+        if how.module:
+            raise UnsupportedFeature(
+                "kfuncs and ksyms of kernel modules (fd_array)",
+                f"{sym.name!r} of module {how.module} referenced from {sec.name}+{r_offset}")
+        if insn.is_call:
+            if not e.is_func:
+                raise ObjectError(f"{sec.name}+{r_offset}: extern {sym.name!r} is called but "
+                                  "is not a function")
+            return insn._replace(src=CallSrc.KFUNC, imm=how.value, off=0)
+        if not insn.is_ld_imm64:
+            raise ObjectError(f"{sec.name}+{r_offset}: extern {sym.name!r} is referenced by "
+                              f"opcode {insn.opcode:#x}, expected a 64-bit immediate load")
+        if how.kind == "kconfig":
+            return insn._replace(src=PseudoSrc.MAP_VALUE, imm=how.value,
+                                 reference=externs.KCONFIG)
+        if how.kind in ("btf_id", "kfunc"):  # a kfunc's address: `if (kfunc)` checks
+            return insn._replace(src=PseudoSrc.BTF_ID, imm=how.value)
+        return insn._replace(src=PseudoSrc.NONE, imm=s64(how.value))  # address, 0 if unset
+
     def _programs(
         self, functions: dict[str, _Function], license: str, kern_version: int
     ) -> dict[str, ProgramSpec]:
@@ -646,11 +840,7 @@ class _Reader:
         for func in functions.values():
             if func.section == ".text":
                 continue
-            sdef = section_def(func.section)
-            if sdef is None:
-                raise UnsupportedFeature(
-                    f"program section {func.section!r}", "unknown section name prefix"
-                )
+            sdef = self._section_def(func.section, func.name)
             if func.bind == STB_LOCAL:
                 # A static function in a program section is a subprogram, not an entry point.
                 continue
@@ -665,9 +855,29 @@ class _Reader:
                 kern_version=kern_version,
                 program=program,
             )
-        if not programs:
-            raise ObjectError("no programs: no global functions in program sections")
+        # No programs is fine, as for libbpf: an object can hold only maps (to pin, share).
         return programs
+
+
+def _refused_section(section: str) -> str | None:
+    """The feature a section belongs to when it is one this loader refuses."""
+    for prefix, feature in _REFUSED_SECTIONS:
+        if section == prefix or section.startswith(prefix + "/"):
+            return feature
+    return None
+
+
+_REFUSED_SECTIONS = (
+    ("struct_ops", "struct_ops programs"),
+    ("struct_ops.s", "struct_ops programs"),
+    ("freplace", "freplace (program extension) programs"),
+    ("iter", "BPF iterators"),
+    ("iter.s", "BPF iterators"),
+    ("usdt", "USDT probes"),
+    ("uprobe.multi", "uprobe.multi programs"),
+    ("kprobe.multi", "kprobe.multi programs"),
+    ("kretprobe.multi", "kprobe.multi programs"),
+)
 
 
 def _link(entry: str, functions: dict[str, _Function]) -> list[Instruction]:

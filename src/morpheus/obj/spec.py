@@ -34,6 +34,9 @@ class MapSpec:
     data: bytes | None = None
     section: str = ".maps"
     freeze: bool = False
+    # Static initialiser (`.values = { [i] = &x }`): (slot, name) of a program (prog
+    # arrays) or a map (maps of maps), set by the loader once everything exists.
+    init_slots: tuple[tuple[int, str], ...] = ()
 
     @property
     def is_global_data(self) -> bool:

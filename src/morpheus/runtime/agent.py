@@ -49,11 +49,11 @@ from pathlib import Path
 from typing import Any
 
 from ..ir import Program
-from ..kernel import FD, KernelError, Link, LoadedProgram, Map, VerifierError
+from ..kernel import FD, ClosedError, KernelError, Link, LoadedProgram, Map, VerifierError
 from ..kernel.netns import NetNamespace
 from ..kernel.prog import enable_run_stats
-from ..loader import create_map, load_collection, load_program_spec
-from ..obj import MapSpec, ObjectSpec, ProgramSpec, read_object
+from ..loader import create_map, load_collection, load_program_spec, read_for_kernel
+from ..obj import MapSpec, ObjectSpec, ProgramSpec
 from ..optimizer import (
     Guards,
     HeatReader,
@@ -99,6 +99,17 @@ _MIN_STABILITY_SAMPLES = 8
 _FIXED_PINS = ("guard", CTL_MAP, SAMPLES_MAP, "slots", "link")
 _WATCHER_DIR = "watcher"
 _UPDATE_FLAGS = (0, 1, 2, 4)  # BPF_ANY, BPF_NOEXIST, BPF_EXIST, BPF_F_LOCK
+
+
+class SnapshotConflict(AgentError):
+    """Writes kept landing while the maps were copied: the next cycle tries again."""
+
+
+# A snapshot that a concurrent write invalidated is retaken this many times within a cycle
+# (backing off 1, 2, 4, ... ms); a cycle that still finds no quiet moment is deferred to the
+# next one, and only this many deferred cycles in a row count as an error.
+SNAPSHOT_ATTEMPTS = 8
+SNAPSHOT_DEFERRALS = 10
 
 
 @dataclass(frozen=True)
@@ -182,7 +193,7 @@ class Agent:
         self.program_name = program
         self.netns = NetNamespace(netns) if netns else None
         self.options = options or AgentOptions()
-        self.spec: ObjectSpec = read_object(self.object_path)
+        self.spec: ObjectSpec = read_for_kernel(self.object_path)
         self.prog: ProgramSpec = self.spec.program(program)
         self.name = check_name(name if name is not None else self.prog.name)
         self.pin_dir = Path(pin_root) / self.name
@@ -211,6 +222,13 @@ class Agent:
         self.last_swap_us: float | None = None  # the link or prog-array update alone
         self.instrumentation: dict[str, Any] = {"state": "not measured yet"}
         self._next_measurement = 0.0
+        # Called with every finished CycleReport (the metrics endpoint observes cycles).
+        self.cycle_observers: list[Callable[[CycleReport], None]] = []
+        self.throughput: Any = None  # a ThroughputMeter once started
+        self.throughput_error: str | None = None
+        self.snapshot_retries = 0  # snapshots retaken because a write landed meanwhile
+        self.snapshot_deferrals = 0  # cycles deferred because no snapshot was consistent
+        self._deferred_in_a_row = 0
         self._adopted: dict[str, Any] = {}
 
     # --- set-up -------------------------------------------------------------------------
@@ -265,6 +283,7 @@ class Agent:
         self.reader = HeatReader(self.layout, self.maps, decay=self.options.decay)
         if self.options.watch_external or (self.pin_dir / _WATCHER_DIR).exists():
             self._start_watcher()
+        self._start_throughput()
         self._write_state()
         log.info(json.dumps({"event": "started", "program": self.prog.name,
                              "iface": self.iface, "version": self.current.number
@@ -328,6 +347,16 @@ class Agent:
         except Exception as exc:  # the agent still works; writes must go through it
             self.errors.append(f"external write watcher unavailable: {exc}")
             log.warning(json.dumps({"event": "watcher-unavailable", "error": str(exc)}))
+
+    def _start_throughput(self) -> None:
+        from .throughput import LinkCounters, ThroughputError, ThroughputMeter
+
+        try:
+            counters = LinkCounters(self.iface, self.netns.name if self.netns else None)
+            self.throughput = ThroughputMeter(counters).start()
+        except (ThroughputError, ImportError) as exc:  # the agent works; status says why
+            self.throughput_error = str(exc)
+            log.warning(json.dumps({"event": "throughput-unavailable", "error": str(exc)}))
 
     def _load_fresh(self) -> None:
         self._write_state(phase="starting")
@@ -586,6 +615,17 @@ class Agent:
                 f"{d['map']}:{d['mode']}" for d in version.decisions if d["specialized"])
             self.swaps.append((time.time(), version.number, report.reason))
             self._dirty = False
+        except SnapshotConflict as exc:
+            self.snapshot_deferrals += 1
+            self._deferred_in_a_row += 1
+            report.outcome = "deferred"
+            report.reason = f"{exc}; trying again next cycle"
+            if self._deferred_in_a_row >= SNAPSHOT_DEFERRALS:
+                report.outcome = "failed"
+                report.reason = (f"{type(exc).__name__}: {exc} in {self._deferred_in_a_row} "
+                                 "cycles in a row")
+                self.errors.append(report.reason)
+                log.error(json.dumps({"event": "cycle-failed", "error": report.reason}))
         except Exception as exc:
             report.outcome = "failed"
             report.reason = f"{type(exc).__name__}: {exc}"
@@ -596,7 +636,14 @@ class Agent:
 
     def _finish(self, report: CycleReport) -> CycleReport:
         report.timings_ms["total"] = round((time.time() - report.started) * 1000, 3)
+        if report.outcome != "deferred":
+            self._deferred_in_a_row = 0
         self.history.append(report)
+        for observe in self.cycle_observers:
+            try:
+                observe(report)
+            except Exception as exc:  # an observer never breaks the loop
+                log.warning(json.dumps({"event": "observer-failed", "error": str(exc)}))
         log.info(json.dumps({"event": "cycle", "outcome": report.outcome,
                              "reason": report.reason, "ms": report.timings_ms}))
         return report
@@ -605,7 +652,10 @@ class Agent:
         """Map contents and the versions they belong to: versions read before and after the
         snapshot must agree, else a write happened in between and the snapshot is retaken."""
         assert self.guard is not None
-        for _ in range(5):
+        for attempt in range(SNAPSHOT_ATTEMPTS):
+            if attempt:
+                self.snapshot_retries += 1
+                time.sleep(0.001 * 2 ** (attempt - 1))
             # Every writer moves the version before and after its write, so a snapshot is
             # good when the versions did not move while it was taken: a write in flight
             # will move them again when it ends, past what this snapshot records.
@@ -615,8 +665,8 @@ class Agent:
             after = self.guard.versions()
             if before == after:
                 return snapshots, {m: before[s] for m, s in self.guard_slots.items()}
-            time.sleep(0.001)
-        raise AgentError("maps kept changing while taking a snapshot")
+        raise SnapshotConflict(f"maps kept changing while taking a snapshot "
+                               f"({SNAPSHOT_ATTEMPTS} attempts)")
 
     def _ensure_extra_maps(self, specs: Mapping[str, MapSpec]) -> None:
         for name, mspec in specs.items():
@@ -929,7 +979,16 @@ class Agent:
             "paused_maps": {name: left + 1 for name, left in self._paused.items()},
             "swap": {"mode": "prog-array" if self.trampoline is not None else "link",
                      "last_us": round(self.last_swap_us, 1) if self.last_swap_us else None},
+            "run_stats": self._stats_fd is not None,
+            "snapshot": {"retries": self.snapshot_retries,
+                         "deferred_cycles": self.snapshot_deferrals,
+                         "deferred_in_a_row": self._deferred_in_a_row},
         }
+        out.update(self._throughput_status())
+        if self.guard is not None:
+            with contextlib.suppress(KernelError, ClosedError):
+                versions = self.guard.versions()
+                out["guards"] = {m: versions[s] for m, s in self.guard_slots.items()}
         if current is not None:
             info = None
             # The cycle thread closes a version's fd once it is swapped out: read under the
@@ -939,7 +998,10 @@ class Agent:
             out["version"] = {"number": current.number, "kind": current.kind,
                               "insns": current.insns, "since": round(current.created, 3),
                               "sites": current.decisions, "passes_ms": current.timings_ms}
-            if info is not None and info.run_cnt >= current.stats_at_swap[0]:
+            # Without run statistics the kernel counts nothing: say so rather than 0.
+            out["version"]["run_stats"] = self._stats_fd is not None
+            if self._stats_fd is not None and info is not None \
+                    and info.run_cnt >= current.stats_at_swap[0]:
                 packets = info.run_cnt - current.stats_at_swap[0]
                 ns = info.run_time_ns - current.stats_at_swap[1]
                 out["version"]["packets"] = packets
@@ -961,6 +1023,27 @@ class Agent:
                                                       for k in d["keys_inlined"])), 4)
         return out
 
+    def _throughput_status(self) -> dict[str, Any]:
+        """`throughput` ({"pps", "source"}, pps None when unknown) and `traffic` (bytes per
+        second, the window, the per-period history) from the interface's counters."""
+        meter = self.throughput
+        if meter is None:
+            source = f"unavailable: {self.throughput_error or 'not started'}"
+            return {"throughput": {"pps": None, "source": source},
+                    "traffic": {"bps": None, "window_s": None, "history": []}}
+        rate = meter.rate()
+        source = rate.source if rate.error is None else f"{rate.source} (unknown: {rate.error})"
+        latest = meter.latest()
+        return {"throughput": {"pps": round(rate.pps, 1) if rate.pps is not None else None,
+                               "source": source},
+                "traffic": {"bps": round(rate.bps, 1) if rate.bps is not None else None,
+                            "window_s": round(rate.window_s, 3) if rate.window_s else None,
+                            "window_end": round(rate.at, 3) if rate.at else None,
+                            "rx_packets": latest.packets if latest else None,
+                            "rx_bytes": latest.bytes if latest else None,
+                            "history": [[round(t, 3), round(p, 1)]
+                                        for t, p in meter.history()[-120:]]}}
+
     # --- teardown -----------------------------------------------------------------------
 
     def stop(self, *, detach: bool = False) -> None:
@@ -968,6 +1051,9 @@ class Agent:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.throughput is not None:
+            self.throughput.close()
+            self.throughput = None
         if detach and self._agent_lock.held:
             # Only a running agent (holding the lock) removes pins, and only those its
             # state names: the data plane first, then the watcher, then the rest.

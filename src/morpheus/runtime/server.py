@@ -1,4 +1,4 @@
-"""The agent's local endpoints: a control socket and a Prometheus metrics page.
+"""The agent's control socket (its Prometheus metrics are in `runtime.metrics`).
 
 Control socket: a Unix stream socket readable and writable by its owner only (0600). One
 JSON object per line in, one per line out:
@@ -34,8 +34,6 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -363,83 +361,3 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 10.0) -> dict[
     except ValueError:
         raise RuntimeError(f"the agent on {path} sent a reply that is not JSON: "
                            f"{data[:200]!r}") from None
-
-
-def prometheus_text(status: dict[str, Any], control: dict[str, Any]) -> str:
-    """Metrics in the Prometheus text exposition format."""
-    # The format wants every sample of a metric in one group under its HELP/TYPE lines.
-    groups: dict[str, list[str]] = {}
-
-    def metric(name: str, value: float | int | None, help_text: str, labels: str = "",
-               kind: str = "gauge") -> None:
-        if value is None:
-            return
-        group = groups.setdefault(name, [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"])
-        group.append(f"{name}{labels} {value}")
-
-    version = status.get("version") or {}
-    metric("morpheus_version", version.get("number"), "Number of the running version")
-    metric("morpheus_version_packets", version.get("packets"),
-           "Packets processed by the running version", kind="counter")
-    metric("morpheus_ns_per_packet", version.get("ns_per_packet"),
-           "Average run time per packet of the running version (BPF run stats)")
-    outcomes: dict[str, int] = {}
-    for c in status.get("cycles", []):
-        outcomes[c["outcome"]] = outcomes.get(c["outcome"], 0) + 1
-        metric("morpheus_cycle_ms", c["ms"].get("total"), "Duration of the last cycles")
-    for outcome, count in outcomes.items():
-        metric("morpheus_recent_cycles", count, "Recent cycles by outcome",
-               f'{{outcome="{outcome}"}}')
-    for site in version.get("sites", []):
-        labels = f'{{map="{site["map"]}",instruction="{site["instruction"]}"}}'
-        metric("morpheus_site_inlined_keys", site.get("keys", 0),
-               "Keys inlined at a lookup site", labels)
-        metric("morpheus_site_hit_rate", site.get("hit_rate"),
-               "Share of sampled lookups answered by inlined keys", labels)
-    for s in status.get("sampling", {}).get("sites", []):
-        labels = f'{{map="{s["map"]}",instruction="{s["instruction"]}"}}'
-        metric("morpheus_site_lookups", s.get("lookups"), "Lookups since the last cycle",
-               labels)
-        metric("morpheus_site_sample_rate", s.get("rate"),
-               "One lookup in this many is sampled at the site", labels)
-    metric("morpheus_instrumentation_ns_per_packet",
-           (status.get("instrumentation") or {}).get("ns_per_packet"),
-           "What key sampling adds per packet, measured on live traffic")
-    metric("morpheus_control_plane_writes_total", control.get("writes"),
-           "Writes made through the agent", kind="counter")
-    metric("morpheus_control_plane_write_ms", control.get("median_ms"),
-           "Median latency of a write through the agent")
-    metric("morpheus_errors", len(status.get("errors", [])), "Recent errors")
-    return "\n".join(line for group in groups.values() for line in group) + "\n"
-
-
-class MetricsServer:
-    """A tiny HTTP server for /metrics on 127.0.0.1."""
-
-    def __init__(self, source: Callable[[], str], port: int) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.rstrip("/") not in ("/metrics", ""):
-                    self.send_error(404)
-                    return
-                body = source().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="morpheus-metrics")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()

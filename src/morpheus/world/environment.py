@@ -16,10 +16,16 @@ from typing import Any
 from ..ir import Program
 from ..kernel import FD, Map, xdp_ctx
 from ..kernel.netns import NetNamespace
-from ..loader import Collection, create_map, load_collection, load_program_spec
+from ..loader import (
+    Collection,
+    create_map,
+    load_collection,
+    load_program_spec,
+    read_for_kernel,
+)
 from ..nf import NetworkFunction
 from ..nf.env import NFEnv
-from ..obj import MapSpec, ObjectSpec, ProgramSpec, read_object
+from ..obj import MapSpec, ObjectSpec, ProgramSpec
 from ..traffic.generate import Trace
 
 
@@ -37,7 +43,7 @@ class Subject:
 
     def load_spec(self) -> ObjectSpec:
         if self.spec is None:
-            self.spec = read_object(self.object_path)
+            self.spec = read_for_kernel(self.object_path)
         return self.spec
 
     def program_spec(self) -> ProgramSpec:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..kernel import FD, Map, load_btf
-from ..obj import MapSpec, ObjectSpec, read_object
+from ..loader import read_for_kernel
+from ..obj import MapSpec, ObjectSpec
 from .check import CheckRequest, CheckResult, Side, check
 
 
@@ -61,7 +62,7 @@ def check_objects(request: ObjectCheck, source: Mapping[str, Map], *,
                   snapshot: bool, fallback_program: str | None = None) -> CheckResult:
     """Check B against A from the state of `source` (A's maps by name). Call it in the
     namespace where the packets' ingress interfaces exist."""
-    a_spec, b_spec = read_object(request.a), read_object(request.b)
+    a_spec, b_spec = read_for_kernel(request.a), read_for_kernel(request.b)
     name = pick_program(a_spec, request.program, fallback_program)
     if name not in b_spec.programs:
         raise CheckError(f"{request.b}: no program {name!r} to compare with A's")

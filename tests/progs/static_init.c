@@ -1,9 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Unsupported: statically initialised prog arrays and maps of maps.
+/* Statically initialised prog arrays and maps of maps.
  *
  * `.values = { [i] = &x }` puts relocations in the .maps section itself (against programs or
- * other maps), which the loader must turn into updates after everything is created. Our loader
- * does not, and must refuse the object by name rather than leave the slots empty.
+ * other maps), which the loader turns into updates once everything is created.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Unsupported: __ksym externs (kfunc calls resolved against kernel BTF).
+/* __ksym externs: kfunc calls resolved against kernel BTF.
  *
  * bpf_dynptr_from_xdp() and bpf_dynptr_slice() are kfuncs: the object carries an undefined
  * extern symbol in .ksyms and a call instruction with src_reg BPF_PSEUDO_KFUNC_CALL whose
- * target BTF id must be looked up in vmlinux BTF. Our loader must refuse it by name.
+ * target BTF id is looked up in vmlinux BTF. A weak kfunc no kernel has is 0 (its address
+ * test is false, and the guarded call is dead code).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -13,6 +14,7 @@
 extern int bpf_dynptr_from_xdp(struct xdp_md *xdp, __u64 flags, struct bpf_dynptr *ptr) __ksym;
 extern void *bpf_dynptr_slice(const struct bpf_dynptr *ptr, __u32 offset, void *buffer,
 			      __u32 buffer__szk) __ksym;
+extern int bpf_morpheus_no_such_kfunc(struct xdp_md *ctx) __ksym __weak;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -29,6 +31,8 @@ int xdp_dynptr_parse(struct xdp_md *ctx)
 	__u64 *cnt;
 
 	/* Works across fragmented (multi-buffer) frames, unlike data/data_end. */
+	if (bpf_morpheus_no_such_kfunc)
+		return bpf_morpheus_no_such_kfunc(ctx);
 	if (bpf_dynptr_from_xdp(ctx, 0, &ptr))
 		return XDP_PASS;
 	eth = bpf_dynptr_slice(&ptr, 0, &buf, sizeof(buf));

@@ -1,10 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Unsupported: CO-RE relocations (.BTF.ext core_relo records).
+/* CO-RE relocations (.BTF.ext core_relo records) on a context type.
  *
  * A local copy of struct xdp_md marked preserve_access_index: every field access and
- * bpf_core_field_exists() becomes a CO-RE relocation to be resolved against the running
- * kernel's BTF (libbpf loads this object). Our loader does not resolve CO-RE and must refuse
- * the object, naming the feature, rather than load it with the compile-time offsets.
+ * bpf_core_field_exists() becomes a CO-RE relocation resolved against the target kernel's
+ * BTF (the running one, or one given with --btf: the CLI tests move and remove the field).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>

@@ -1,9 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Unsupported: __ksym variables (kernel per-CPU variables resolved through vmlinux BTF).
+/* __ksym variables (kernel per-CPU variables resolved through vmlinux BTF).
  *
  * A typed ksym is loaded with an ld_imm64 of src_reg BPF_PSEUDO_BTF_ID carrying the variable's
- * BTF id in vmlinux; the extern sits undefined in .ksyms. Our loader must refuse the object by
- * name. The kfunc flavour of __ksym is in ksym.c.
+ * BTF id in vmlinux; the extern sits undefined in .ksyms. The kfunc flavour is in ksym.c.
  *
  * The kernel resolves the address through kallsyms, so loading needs CONFIG_KALLSYMS_ALL;
  * without it even libbpf fails ("ldimm64 failed to find the address for kernel symbol").

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Unsupported: __kconfig externs.
+/* __kconfig externs.
  *
- * LINUX_KERNEL_VERSION and CONFIG_* values live in a .kconfig section that the loader must
- * synthesise from the running kernel's configuration (/proc/config.gz or /boot/config-*).
- * Our loader does not, and must refuse the object by name.
+ * LINUX_KERNEL_VERSION and CONFIG_* values live in a .kconfig map that the loader synthesises
+ * from the running kernel's configuration (/proc/config.gz or /boot/config-*). A weak extern
+ * the configuration lacks is 0; CONFIG_HZ is a number, the tristate an enum.
  */
 #include <stdbool.h>
 #include <linux/bpf.h>
@@ -11,6 +11,9 @@
 
 extern int LINUX_KERNEL_VERSION __kconfig;
 extern bool CONFIG_XDP_SOCKETS __kconfig __weak;
+extern int CONFIG_HZ __kconfig;
+extern enum libbpf_tristate CONFIG_NET_CLS_BPF __kconfig __weak;
+extern int CONFIG_MORPHEUS_NEVER_SET __kconfig __weak;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
@@ -25,6 +28,8 @@ int xdp_to_xsk(struct xdp_md *ctx)
 	/* Fallback to XDP_PASS in bpf_redirect_map's flags needs 5.3. */
 	if (!CONFIG_XDP_SOCKETS || LINUX_KERNEL_VERSION < KERNEL_VERSION(5, 3, 0))
 		return XDP_PASS;
+	if (CONFIG_MORPHEUS_NEVER_SET || CONFIG_HZ < 100 || CONFIG_NET_CLS_BPF == TRI_NO)
+		return XDP_DROP;
 	return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 }
 

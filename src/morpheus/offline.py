@@ -45,7 +45,7 @@ from .passes.instrument import SamplingLayout
 from .passes.pipeline import Pass
 from .traffic.generate import Trace, generate
 from .uapi import MapType
-from .world import CheckRequest, CheckResult, Side, check, written_maps
+from .world import CheckRequest, CheckResult, Side, Write, check, written_maps
 from .world.environment import Environment, Subject, add_extra_maps, open_environment, warm_up
 from .world.traces import check_trace
 
@@ -78,7 +78,7 @@ def check_equivalence(nf: NetworkFunction | None, original: Subject, specialized
 
 def check_subjects(nf: NetworkFunction | None, original: Subject, specialized: Subject,
                    trace: Trace, prepare: Any = None, written: Sequence[str] = (),
-                   config: Any = None) -> CheckResult:
+                   config: Any = None, writes: Sequence[Write] = ()) -> CheckResult:
     """`check_equivalence`'s result object (with notes and packets-to-catch)."""
     environment = open_environment(original, nf, config)
     try:
@@ -86,14 +86,16 @@ def check_subjects(nf: NetworkFunction | None, original: Subject, specialized: S
         add_extra_maps(environment, specialized)
         if prepare is not None:
             prepare(environment)
-        return _check_in(environment, nf, original, specialized, trace, written)
+        return _check_in(environment, nf, original, specialized, trace, written,
+                         writes=writes)
     finally:
         environment.close()
 
 
 def _check_in(environment: Environment, nf: NetworkFunction | None, original: Subject,
               specialized: Subject, trace: Trace, written: Sequence[str],
-              own_maps: Mapping[str, MapSpec] | None = None) -> CheckResult:
+              own_maps: Mapping[str, MapSpec] | None = None, *,
+              writes: Sequence[Write] = ()) -> CheckResult:
     """The check from the state `environment` holds (which it leaves as it found it)."""
     packets = [(frame, port if nf is not None and port >= 2 else 0)
                for frame, port in zip(trace.frames, trace.ingress, strict=True)]
@@ -105,9 +107,26 @@ def _check_in(environment: Environment, nf: NetworkFunction | None, original: Su
              spec=original.load_spec(), btf_fd=environment.btf_fd),
         Side(specialized.label, specialized.program_spec(), specialized.program,
              spec=specialized.load_spec(), btf_fd=environment.btf_fd, fresh_maps=own),
-        packets, written=written)
+        packets, written=written, writes=writes)
     with environment.namespace.entered():
         return check(request)
+
+
+def guarded_writes(result: Any, after: int, per_site: int = 3) -> list[Write]:
+    """Control-plane writes for the check: the first inlined entries of every guarded site
+    change (one bit of their value) after packet `after`, with the guard moved as the API
+    moves it. The specialized program must notice (its guard fails, the generic path reads
+    the new value); one whose guard never fires serves the stale inlined value."""
+    out: list[Write] = []
+    for d in result.decisions:
+        plan = d.plan
+        if plan is None or plan.guard_slot is None:
+            continue
+        for entry in [e for e in plan.entries if e.value][:per_site]:
+            value = bytes([entry.value[0] ^ 1]) + entry.value[1:]
+            out.append(Write(after, plan.map, entry.key, value,
+                             guard=(GUARD_MAP, 8 * plan.guard_slot)))
+    return out
 
 
 # Given the specialized program and the maps it brings (inlined values), other versions to
@@ -118,8 +137,8 @@ Variants = Callable[[Program, Mapping[str, MapSpec]], Mapping[str, Variant]]
 
 def _check_variants(nf: NetworkFunction | None, original: Subject, special: Subject,
                     trace: Trace, prepare: Any, written: Sequence[str],
-                    programs: Mapping[str, Variant], config: Any = None
-                    ) -> dict[str, dict[str, Any]]:
+                    programs: Mapping[str, Variant], config: Any = None,
+                    writes: Sequence[Write] = ()) -> dict[str, dict[str, Any]]:
     """Check each variant like the specialized program, all from one starting state."""
     out: dict[str, dict[str, Any]] = {}
     environment = open_environment(original, nf, config)
@@ -136,7 +155,8 @@ def _check_variants(nf: NetworkFunction | None, original: Subject, special: Subj
             variant = Subject(name, special.object_path, special.program_name,
                               program=program, extra_maps=dict(extra))
             try:
-                result = _check_in(environment, nf, original, variant, trace, written, own)
+                result = _check_in(environment, nf, original, variant, trace, written, own,
+                                   writes=writes)
             except VerifierError as exc:
                 out[name] = {"rejected": str(exc).splitlines()[0]}
                 continue
@@ -148,12 +168,13 @@ def _check_variants(nf: NetworkFunction | None, original: Subject, special: Subj
 
 def optimize_nf(nf: NetworkFunction, profile_name: str, *, packets: int = 10_000,
                 seed: int = 1, rounds: int = 5, options: PlanOptions | None = None,
-                throughput: bool = False, cleanup: bool = True) -> dict[str, Any]:
+                throughput: bool = False, cleanup: bool = True,
+                measure: Any = None) -> dict[str, Any]:
     """The offline cycle on a built-in NF with its default configuration."""
     trace = generate(nf, profile_name, packets, seed)
     subject = Subject("original", nf.object_path, nf.program)
     report = optimize_program(subject, trace, nf=nf, options=options, rounds=rounds,
-                              throughput=throughput, cleanup=cleanup)
+                              throughput=throughput, cleanup=cleanup, measure=measure)
     return {"nf": nf.name, "profile": profile_name, **report}
 
 
@@ -163,16 +184,17 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
                      throughput: bool = False, cleanup: bool = True,
                      passes: Sequence[Pass] | None = None, bench: bool = True,
                      variants: Variants | None = None, config: Any = None,
-                     measure: Any = None) -> dict[str, Any]:
+                     measure: Any = None, extra_measures: Any = None) -> dict[str, Any]:
     """Profile, specialize, verify, check and benchmark one program on `trace`.
 
     The maps start as `nf`'s default configuration, or as copies of `source_maps` (a
     user's live maps, which are only read). With `nf`, `config` is the configuration the
     maps get (default: the NF's default configuration). `variants`, given the specialized program,
     names other versions to check against the original from the same state (mutation
-    testing of the checker); their results are under "variants". `measure(original,
-    specialized, trace, prepare)`, if given, runs after the benchmark and its dict joins
-    the report.
+    testing of the checker); their results are under "variants". `measure` replaces
+    `run_bench` for the benchmark (the user-space backend passes its own, with the same
+    arguments and report). `extra_measures(original, specialized, trace, prepare)`, if
+    given, runs after the benchmark and its dict joins the report.
     """
     options = options or PlanOptions()
     spec: ObjectSpec = subject.load_spec()
@@ -293,8 +315,11 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         checked_trace = check_trace(
             trace, nf=nf, facts=facts, config=config,
             sites=[d.site.index for d in result.decisions if d.plan is not None])
+        # After the near misses (which need the inlined code live), before the moves and
+        # the held-back flows (which reach the written keys).
+        writes = guarded_writes(result, len(trace) + checked_trace.meta["near_misses"] - 1)
         checked = check_subjects(nf, original, special, checked_trace, prepare, written,
-                                 config)
+                                 config, writes)
         eq = checked.to_json()
         report["equivalent"] = eq["equivalent"]
         report["packets_checked"] = eq["packets_checked"]
@@ -303,16 +328,20 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         if variants is not None:
             wanted = variants(result.program, result.extra_maps)
             report["variants"] = _check_variants(nf, original, special, checked_trace,
-                                                 prepare, written, wanted, config)
+                                                 prepare, written, wanted, config, writes)
         if not eq["equivalent"]:
             report["mismatch"] = eq
             return report
         report["specialization"] = result
         if not bench:
             return report
-        measured = run_bench([original, special], trace, nf=nf, rounds=rounds,
-                          throughput=throughput and nf is not None, prepare=prepare,
-                          check=False, config=config)
+        if measure is not None:
+            measured = measure([original, special], trace, nf=nf, rounds=rounds,
+                               prepare=prepare, config=config)
+        else:
+            measured = run_bench([original, special], trace, nf=nf, rounds=rounds,
+                                 throughput=throughput and nf is not None, prepare=prepare,
+                                 check=False, config=config)
         measured.pop("_series", None)
         report["speedup"] = measured["speedup"]
         report["ns_per_packet"] = {"original": measured["A"]["ns_per_packet"],
@@ -326,8 +355,8 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         if "latency_ns" in measured["A"]:
             report["latency_ns"] = {"original": measured["A"]["latency_ns"],
                                     "specialized": measured["B"]["latency_ns"]}
-        if measure is not None:
-            report.update(measure(original, special, trace, prepare))
+        if extra_measures is not None:
+            report.update(extra_measures(original, special, trace, prepare))
         return report
     finally:
         for m in saved.values():

@@ -92,7 +92,7 @@ def _cycle(nf: Any, profile: str, *, packets: int, rounds: int, measure: Any
     subject = Subject("original", nf.object_path, nf.program)
     t0 = time.perf_counter()
     report = optimize_program(subject, trace, nf=nf, options=PlanOptions(), rounds=rounds,
-                              throughput=True, measure=measure)
+                              throughput=True, extra_measures=measure)
     spec = report.pop("specialization", None)
     report["wall_s"] = round(time.perf_counter() - t0, 1)
     if spec is not None:

@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--ingress", type=int, help="ingress ifindex the packets arrive on")
     p.add_argument("--no-throughput", action="store_true", help="skip the veth measurement")
     p.add_argument("--cpu", type=int, default=0, help="CPU to run on")
+    p.add_argument("--backend", choices=["kernel", "userspace"], default="kernel",
+                   help="run the programs in the kernel (default) or in the user-space LLVM "
+                        "JIT (after the kernel verifier accepted them)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", metavar="DIR", help="write PNG plots into DIR")
     p.set_defaults(func=run)
@@ -53,9 +56,15 @@ def run(args: argparse.Namespace) -> int:
     subjects = [Subject(label, Path(path), program)
                 for label, path in zip("AB", args.objects, strict=False)]
     with working(f"benchmarking {' vs '.join(s.object_path.name for s in subjects)} "
-                 f"({args.rounds} rounds, {len(trace)} packets)"):
-        report = run_bench(subjects, trace, nf=nf, rounds=args.rounds,
-                           throughput=not args.no_throughput, cpu=args.cpu)
+                 f"({args.rounds} rounds, {len(trace)} packets, {args.backend})"):
+        if args.backend == "userspace":
+            from ..userspace.bench import run_user_bench
+
+            report = run_user_bench(subjects, trace, nf=nf, rounds=args.rounds, cpu=args.cpu)
+        else:
+            report = run_bench(subjects, trace, nf=nf, rounds=args.rounds,
+                               throughput=not args.no_throughput, cpu=args.cpu)
+            report["backend"] = "kernel"
     series = report.pop("_series")
     if args.plot:
         from ..bench.plots import plot_bench

@@ -33,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--whole-max", type=int, default=64,
                    help="tables up to this many entries are inlined whole")
     p.add_argument("--throughput", action="store_true", help="also measure Mpps over veth")
+    p.add_argument("--backend", choices=["kernel", "userspace"], default="kernel",
+                   help="where the benchmark runs: the kernel (default), or the user-space "
+                        "LLVM JIT (the verifier still judges, the equivalence check still "
+                        "runs in the kernel)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -41,6 +45,16 @@ def run(args: argparse.Namespace) -> int:
     from ..optimizer import PlanOptions
 
     options = PlanOptions(hot_max=args.hot_max, whole_max=args.whole_max)
+    measure = None
+    if args.backend == "userspace":
+        if args.pinned:
+            raise ValueError("--backend userspace works on built-in NFs (--nf) for now")
+        if args.throughput:
+            raise ValueError("--throughput measures the kernel over veth; not with "
+                             "--backend userspace")
+        from ..userspace.bench import run_user_bench
+
+        measure = run_user_bench
     if args.pinned:
         if not args.trace:
             raise ValueError("optimizing a pinned program needs --trace FILE.pcap")
@@ -59,13 +73,14 @@ def run(args: argparse.Namespace) -> int:
         from ..offline import optimize_nf
 
         with working(f"optimizing {args.nf} under {args.profile} locality "
-                     f"({args.rounds} rounds)"):
+                     f"({args.rounds} rounds, {args.backend})"):
             report = optimize_nf(get(args.nf), args.profile, packets=args.packets,
                                  seed=args.seed, rounds=args.rounds, options=options,
-                                 throughput=args.throughput)
+                                 throughput=args.throughput, measure=measure)
     report.pop("specialization", None)
     for link in report.get("chain", ()):
         link.pop("specialization", None)
+    report["backend"] = args.backend
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -48,11 +48,18 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--no-measure-sampling-cost", action="store_true",
                    help="do not measure what sampling costs on the live traffic (the "
                         "measurement alternates the unspecialized programs for ~1.2 s once)")
+    p.add_argument("--backend", choices=["kernel", "userspace"], default="kernel",
+                   help="data plane: the kernel (default); the user-space backend's agent "
+                        "loop (AF_XDP) is not available yet")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "backend", "kernel") == "userspace":
+        raise ValueError("`morpheus run --backend userspace` is not available yet: the "
+                         "user-space data plane runs programs in `bench` and `optimize` "
+                         "(--backend userspace), but the agent loop over AF_XDP is not built")
     from ..optimizer import PlanOptions
     from ..runtime.agent import Agent, AgentOptions
     from ..runtime.server import ControlServer, socket_path

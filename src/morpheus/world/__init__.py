@@ -7,11 +7,12 @@ from the same state. Benchmarks, `morpheus optimize`, the agent's pre-swap check
 `morpheus check` all go through here.
 """
 
-from .check import CheckRequest, CheckResult, Side, check
+from .check import CheckRequest, CheckResult, Side, Write, check
 from .harness import CLOCK_MAP, NONDETERMINISTIC, REDIRECT_MAP, REDIRECTS, Clocks, Redirect, harness
 from .run import Outcome, Runner, pinned_cpu
 from .state import World, WorldError, table_contents, written_maps
 
 __all__ = ["CLOCK_MAP", "NONDETERMINISTIC", "REDIRECTS", "REDIRECT_MAP", "CheckRequest",
            "CheckResult", "Clocks", "Outcome", "Redirect", "Runner", "Side", "World",
-           "WorldError", "check", "harness", "pinned_cpu", "table_contents", "written_maps"]
+           "WorldError", "Write", "check", "harness", "pinned_cpu", "table_contents",
+           "written_maps"]

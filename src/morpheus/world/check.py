@@ -52,6 +52,20 @@ class Side:
         return self.program or self.prog.program
 
 
+@dataclass(frozen=True)
+class Write:
+    """A control-plane write made between two packets of the check (after packet `after`),
+    in both programs' worlds, as the project's API makes it: the entry changes (or goes,
+    with `value` None) and, where a world has the guard map, the map's version slot at byte
+    `guard[1]` of map `guard[0]` moves, as it does before any write through the agent."""
+
+    after: int
+    map: str
+    key: bytes
+    value: bytes | None
+    guard: tuple[str, int] | None = None
+
+
 @dataclass
 class CheckRequest:
     """Run `base` and `candidate` on `packets` ((frame, ingress ifindex) pairs) from the
@@ -69,6 +83,7 @@ class CheckRequest:
     # once, and start both programs from that copy, or a counter bumped by live traffic
     # between the two copies would read as a difference.
     snapshot: bool = False
+    writes: Sequence[Write] = ()  # control-plane writes between packets
 
 
 @dataclass
@@ -138,6 +153,11 @@ def check(request: CheckRequest) -> CheckResult:
     written |= written_maps([base.instructions], all_specs, base.prog.type)
     written |= written_maps([cand.instructions], cand_specs, cand.prog.type)
     written |= _tail_call_writes(request, written)
+    written |= {w.map for w in request.writes}  # written in both worlds: never shared
+    written |= {w.guard[0] for w in request.writes if w.guard is not None}
+    writes_after: dict[int, list[Write]] = {}
+    for w in request.writes:
+        writes_after.setdefault(w.after, []).append(w)
     object_maps = set(base.spec.maps) if base.spec else set(request.source)
     compare = sorted(request.compare if request.compare is not None else {
         _outer(n) for n in written if _outer(n) in object_maps})
@@ -171,6 +191,9 @@ def check(request: CheckRequest) -> CheckResult:
                     result.redirects_differing += 1
                 if result.first is None:
                     result.first = (index, what)
+            for w in writes_after.get(index, ()):
+                for world in worlds:
+                    _apply(world, w)
             if index in checkpoints and result.first_table is None:
                 differing = _tables_differing(worlds, compare, clocks, index + 1)
                 if differing:
@@ -180,6 +203,21 @@ def check(request: CheckRequest) -> CheckResult:
         if final and result.first_table is None:
             result.first_table = (len(request.packets) - 1, final[0][1])
     return result
+
+
+def _apply(world: World, write: Write) -> None:
+    if write.guard is not None and write.guard[0] in world.maps:
+        guard = world.maps[write.guard[0]]
+        raw = guard.lookup(0)
+        assert isinstance(raw, bytes)
+        off = write.guard[1]
+        version = int.from_bytes(raw[off:off + 8], "little") + 2  # even: no write in flight
+        guard.update(0, raw[:off] + version.to_bytes(8, "little") + raw[off + 8:])
+    m = world.maps[write.map]
+    if write.value is None:
+        m.delete(write.key)
+    else:
+        m.update(write.key, write.value)
 
 
 def _outer(name: str) -> str:

@@ -45,11 +45,13 @@ def check_trace(trace: Trace, *, nf: NetworkFunction | None = None,
     # Near misses first, while the inlined tables still hold: the held-back flows and the
     # edge cases write the maps (a switch learns), which moves guards and sends every later
     # packet down the unspecialized path.
+    near = 0
     if facts is not None:
         offsets = key_packet_offsets(facts, sites)
         for frame, port in near_misses(trace, offsets):
             frames.append(frame)
             ingress.append(port)
+            near += 1
     if nf is not None:
         config = config if config is not None else nf.default_config()
         edge = list(nf.module.edge_cases(config, rng)) if hasattr(nf.module, "edge_cases") \
@@ -68,7 +70,8 @@ def check_trace(trace: Trace, *, nf: NetworkFunction | None = None,
             ingress.append(port)
     flow_ids = list(trace.flow_ids) + [-1] * (len(frames) - len(trace.frames))
     return Trace(frames, flow_ids, ingress, trace.nf, trace.profile, trace.seed,
-                 {**trace.meta, "check_extra": len(frames) - len(trace.frames)},
+                 {**trace.meta, "check_extra": len(frames) - len(trace.frames),
+                  "near_misses": near},
                  list(trace.warmup))
 
 

@@ -36,6 +36,10 @@ class PlanOptions:
     # bound; the verifier here takes about 1 µs per instruction): above it comparison trees
     # converge their hits, least used first, then the least used are dropped.
     verifier_budget: int = 400_000
+    # Instructions path specialization may add (copies of the code after hot hits, one per
+    # distinct inlined value); 0 turns it off.
+    path_budget: int = 4_000
+    coalesce_stores: bool = True  # runs of constant byte stores become wide stores
 
 
 @dataclass
@@ -110,7 +114,9 @@ def plan_sites(facts: ProgramFacts, snapshots: Mapping[str, MapSnapshot],
             guard_slot = guard_slots[site.map]
             guard_version = guard_versions.get(site.map, 0)
         common = {"site": origin, "map": site.map, "guard_slot": guard_slot,
-                  "guard_version": guard_version or 0}
+                  "guard_version": guard_version or 0,
+                  "known_bytes": tuple(b.value if b.kind == "const" else None
+                                       for b in site.key_bytes or ())}
         key = site.constant_key
         if key is not None:
             value = _value_of(snap, key)

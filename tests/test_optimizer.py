@@ -15,6 +15,7 @@ from morpheus.ir import Program, asm
 from morpheus.ir.asm import R0, R2
 from morpheus.nf import NAMES, get
 from morpheus.offline import optimize_program
+from morpheus.optimizer import PlanOptions
 from morpheus.passes.pipeline import PassContext
 from morpheus.traffic.generate import generate
 
@@ -42,6 +43,16 @@ def test_every_nf_is_specialized_and_equivalent(name: str) -> None:
     assert any(s["mode"] in ("hot", "table") for s in inlined)
     for s in report["sites"]:
         assert s["reason"], s
+
+
+@pytest.mark.parametrize("name", ["router", "switch"])
+def test_path_specialization_is_equivalent(name: str) -> None:
+    """Off by default (it did not pay here), on when asked: the copies stay equivalent."""
+    nf = get(name)
+    trace = generate(nf, "high", 2000, 1)
+    report = optimize_program(Subject("original", nf.object_path, nf.program), trace, nf=nf,
+                              bench=False, options=PlanOptions(path_budget=4_000))
+    assert report["equivalent"], report.get("mismatch")
 
 
 @pytest.mark.parametrize("name", ["router", "switch"])

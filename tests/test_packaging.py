@@ -88,3 +88,10 @@ def test_installed_cli_runs_without_clang(wheel: Path, tmp_path: Path) -> None:
     # Nothing was compiled on the way: the cache the package would compile into is empty.
     assert not (tmp_path / "cache" / "morpheus").exists()
     assert os.listdir(f"{site}/bpf/prebuilt")
+    # The user-space backend's runtime bitcode ships too, found without a clang.
+    bitcode = _run([str(venv / "bin" / "python"), "-c",
+                    "from morpheus.userspace.build import bitcode_path, runtime_bitcode; "
+                    "print(bitcode_path(), len(runtime_bitcode()))"],
+                   env=env, cwd=tmp_path).stdout.split()
+    assert bitcode[0] == f"{site}/bpf/prebuilt/runtime.bc"
+    assert int(bitcode[1]) > 1000

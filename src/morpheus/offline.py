@@ -194,7 +194,7 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
                      throughput: bool = False, cleanup: bool = True,
                      passes: Sequence[Pass] | None = None, bench: bool = True,
                      variants: Variants | None = None, config: Any = None,
-                     measure: Any = None) -> dict[str, Any]:
+                     measure: Any = None, extra_measures: Any = None) -> dict[str, Any]:
     """Profile, specialize, verify, check and benchmark one program on `trace`.
 
     The maps start as `nf`'s default configuration, or as copies of `source_maps` (a
@@ -203,7 +203,8 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
     names other versions to check against the original from the same state (mutation
     testing of the checker); their results are under "variants". `measure` replaces
     `run_bench` for the benchmark (the user-space backend passes its own, with the same
-    arguments and report).
+    arguments and report). `extra_measures(original, specialized, trace, prepare)`, if
+    given, runs after the benchmark and its dict joins the report.
     """
     options = options or PlanOptions()
     spec: ObjectSpec = subject.load_spec()
@@ -371,6 +372,11 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         if "mpps" in measured["A"]:
             report["mpps"] = {"original": measured["A"]["mpps"],
                               "specialized": measured["B"]["mpps"]}
+        if "latency_ns" in measured["A"]:
+            report["latency_ns"] = {"original": measured["A"]["latency_ns"],
+                                    "specialized": measured["B"]["latency_ns"]}
+        if extra_measures is not None:
+            report.update(extra_measures(original, special, trace, prepare))
         return report
     finally:
         for m in saved.values():

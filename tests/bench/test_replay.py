@@ -99,4 +99,5 @@ def test_the_same_program_against_itself_is_even() -> None:
     b = Subject("B", nf.object_path, nf.program)
     report = run_bench([a, b], trace, nf=nf, rounds=5, throughput=False, latency=False,
                        check=False)
-    assert 0.92 <= report["speedup"]["median"] <= 1.08, report["speedup"]
+    # A bias of the harness would show in every run; a loaded VM moves one run by ~10%.
+    assert 0.88 <= report["speedup"]["median"] <= 1.12, report["speedup"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,40 +126,59 @@ def test_image_is_built_from_the_wheel_and_enters_through_the_entrypoint() -> No
     assert "EXPOSE 9464" in text
 
 
-def _entrypoint(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+def _entrypoint(env: dict[str, str], *args: str,
+                prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
     path = f"{Path(sys.executable).parent}:/usr/bin:/bin"
-    return subprocess.Popen(["sh", str(ENTRYPOINT), *args],
+    return subprocess.Popen([*prefix, "sh", str(ENTRYPOINT), *args],
                             env={"PATH": path, "HOME": os.environ.get("HOME", "/root"),
                                  **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _as_in_the_pod(namespace: str) -> tuple[str, ...]:
+    """Enter the namespace as the pod's host network (setns only: /sys and the bpffs stay
+    the host's, unlike `ip netns exec`), keeping only the DaemonSet's capabilities."""
+    caps = ",".join(f"+{c.lower()}" for c in
+                    _agent(_daemonset())["securityContext"]["capabilities"]["add"])
+    return ("nsenter", f"--net=/run/netns/{namespace}", "setpriv",
+            f"--bounding-set=-all,{caps}", f"--inh-caps=-all,{caps}",
+            f"--ambient-caps=-all,{caps}", "--")
+
+
 @pytest.mark.kernel
-def test_entrypoint_runs_the_agent_with_metrics_and_stops_on_sigterm() -> None:
+def test_entrypoint_runs_the_agent_with_the_daemonsets_capabilities_and_restarts() -> None:
+    """Start, metrics, SIGTERM (the program stays), a second start that adopts it, stop
+    with detach: what a pod's life and a rolling update do, with no capability but the
+    manifest's."""
     name = f"ep{os.getpid()}"
     port = 20000 + os.getpid() % 20000
+    env_vars = {"MORPHEUS_IFACE": "port2", "MORPHEUS_NF": "router", "MORPHEUS_NAME": name,
+                "MORPHEUS_METRICS_PORT": str(port)}
+    common = ("--interval", "0.3", "--log-level", "WARNING", "--no-measure-sampling-cost")
     with NFEnv.start("router") as env:
-        proc = _entrypoint({"MORPHEUS_IFACE": "port2", "MORPHEUS_NF": "router",
-                            "MORPHEUS_NAME": name, "MORPHEUS_METRICS_PORT": str(port),
-                            "MORPHEUS_NETNS": env.namespace.name},
-                           "--detach-on-exit", "--interval", "0.3", "--log-level", "WARNING",
-                           "--no-measure-sampling-cost")
+        prefix = _as_in_the_pod(env.namespace.name)
         try:
-            started = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
-            assert started == {"event": "running", "name": name,
-                               "socket": f"{SOCKET_DIR}/{name}.sock", "metrics_port": port}
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-                body = r.read().decode()
-            assert "morpheus_version" in body
-            assert (DEFAULT_PIN_ROOT / name / "link").exists()
-            proc.send_signal(signal.SIGTERM)
-            _out, err = proc.communicate(timeout=60)
+            for extra in ((), ("--detach-on-exit",)):
+                proc = _entrypoint(env_vars, *common, *extra, prefix=prefix)
+                try:
+                    started = json.loads(proc.stdout.readline() or "{}")  # type: ignore[union-attr]
+                    assert started == {"event": "running", "name": name,
+                                       "socket": f"{SOCKET_DIR}/{name}.sock",
+                                       "metrics_port": port}, proc.stderr.read()  # type: ignore[union-attr]
+                    with env.namespace.entered(), urllib.request.urlopen(
+                            f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                        assert "morpheus_version" in r.read().decode()
+                    assert (DEFAULT_PIN_ROOT / name / "link").exists()
+                    proc.send_signal(signal.SIGTERM)
+                    _out, err = proc.communicate(timeout=60)
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+                assert proc.returncode == 0, err
+            assert not (DEFAULT_PIN_ROOT / name).exists()
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert proc.returncode == 0, err
-    assert not (DEFAULT_PIN_ROOT / name).exists()
+            shutil.rmtree(DEFAULT_PIN_ROOT / name, ignore_errors=True)
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -167,9 +187,10 @@ def test_entrypoint_runs_the_agent_with_metrics_and_stops_on_sigterm() -> None:
     ({"MORPHEUS_IFACE": "eth0", "MORPHEUS_NF": "nope"}, "MORPHEUS_NF=nope is not a built-in"),
     ({"MORPHEUS_IFACE": "eth0", "MORPHEUS_OBJECT": "/nonexistent/prog.o"},
      "cannot read the BPF object /nonexistent/prog.o"),
-    ({"MORPHEUS_IFACE": "morpheus-none0", "MORPHEUS_NF": "router"},
+    # The object given directly: no `morpheus nf list` (a CLI start) for these two.
+    ({"MORPHEUS_IFACE": "morpheus-none0", "MORPHEUS_OBJECT": __file__},
      "no interface morpheus-none0 in this network namespace"),
-    ({"MORPHEUS_IFACE": "eth0", "MORPHEUS_NF": "router", "MORPHEUS_NETNS": "morpheus-none"},
+    ({"MORPHEUS_IFACE": "eth0", "MORPHEUS_OBJECT": __file__, "MORPHEUS_NETNS": "morpheus-none"},
      "no network namespace morpheus-none"),
 ])
 def test_entrypoint_says_what_is_missing_before_starting(env: dict[str, str],

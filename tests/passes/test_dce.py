@@ -16,7 +16,7 @@ import pytest
 import morpheus.passes.constprop  # noqa: F401  (registers the constprop pass)
 from morpheus import nf
 from morpheus.ir import Instruction, Program, asm, encode, listing
-from morpheus.ir.asm import FP, R0, R1, R2, R3, R4, R5, R6, R7, R8
+from morpheus.ir.asm import FP, R0, R1, R2, R3, R4, R5, R6, R7, R8, R10
 from morpheus.ir.opcodes import LD_IMM64, AluOp, AtomicOp, PseudoSrc
 from morpheus.passes.dce import DeadCodeElimination, apply_edits, register_effects
 from morpheus.passes.pipeline import REGISTRY, PassContext, Pipeline, build
@@ -59,7 +59,10 @@ def test_register_effects() -> None:
     assert register_effects(asm.add64(R1, R2)) == (0b110, 0b10)
     assert register_effects(asm.mov64(R1, R2)) == (0b100, 0b10)
     assert register_effects(asm.mov64(R1, 3)) == (0, 0b10)
-    assert register_effects(asm.call_helper("ktime_get_ns")) == (0b111110, 0b111111)
+    # Helpers of known arity read only their arguments; the others read r1-r5.
+    assert register_effects(asm.call_helper("ktime_get_ns")) == (0, 0b111111)
+    assert register_effects(asm.call_helper("map_lookup_elem")) == (0b110, 0b111111)
+    assert register_effects(asm.call_helper("trace_printk")) == (0b111110, 0b111111)
     assert register_effects(asm.exit_()) == (1, 0)
     assert register_effects(asm.stx(8, FP, -8, R3)) == (0b10000001000, 0)
     fetch = asm.atomic(8, AtomicOp(AtomicOp.ADD | AtomicOp.FETCH), R1, 0, R2)
@@ -126,20 +129,44 @@ def test_dead_definitions_go_in_chains() -> None:
     golden([
         asm.ldx(4, R6, R1, 0xC),
         asm.mov64(R1, 5),  # overwritten
-        asm.mov64(R1, 6),  # read by the call (r1-r5 are all live at calls)
+        asm.mov64(R1, 6),  # read by the call (a helper of unknown arity reads r1-r5)
         asm.mov64(R7, R6),
         asm.add64(R7, 1),
         asm.mov64(R8, R7),  # r7 and r8: a chain nothing reads
-        asm.call_helper("ktime_get_ns"),
+        asm.call_helper("trace_printk"),
         asm.mov64(R0, R6),
         asm.mov64(R6, 2),  # dead at exit
         asm.exit_(),
     ], """
               0: r6 = *(u32 *)(r1 + 0xc)
               1: r1 = 0x6
-              2: call bpf_ktime_get_ns
+              2: call bpf_trace_printk
               3: r0 = r6
               4: exit
+    """)
+
+
+def test_registers_past_a_helpers_arguments_are_not_read() -> None:
+    golden([
+        asm.mov64(R6, R1),
+        asm.mov64(R3, 7),  # map_lookup_elem takes two arguments: r3 is dead
+        asm.mov64(R1, 1),  # ktime_get_ns takes none
+        asm.call_helper("ktime_get_ns"),
+        asm.mov64(R2, R10),
+        asm.add64(R2, -8),
+        asm.st(8, R10, -8, 0),
+        asm.mov64(R4, R2),  # a stack pointer the helper is not given
+        asm.ld_map_fd(R1, "m"),
+        asm.call_helper("map_lookup_elem"),
+        asm.exit_(),
+    ], """
+              0: call bpf_ktime_get_ns
+              1: r2 = r10
+              2: r2 += -0x8
+              3: *(u64 *)(r10 - 0x8) = 0x0
+              4: r1 = map[m] ll
+              6: call bpf_map_lookup_elem
+              7: exit
     """)
 
 

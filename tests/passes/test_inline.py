@@ -121,3 +121,32 @@ def test_specialized_lookups_answer_like_the_map(contents: dict[int, int], hot_f
         finally:
             for m in extras.values():
                 m.close()
+
+
+def test_golden_known_key_bytes_are_not_compared() -> None:
+    """An LPM key's prefix length is a constant at the site: only the address is compared
+    (32-bit compares), and an entry with another prefix length cannot match there."""
+    prog = with_origins(Program("p", (
+        asm.st(4, R10, -8, 32),
+        asm.ldx(4, R0, R1, 0xC),
+        asm.stx(4, R10, -4, R0),
+        asm.mov64(R2, R10),
+        asm.add64(R2, -8),
+        asm.ld_map_fd(R1, "t"),
+        asm.call_helper("map_lookup_elem"),  # instruction 6
+        asm.exit_(),
+    )))
+    ctx = PassContext({"t": MapSpec("t", MapType.LPM_TRIE, 8, 4, 100)}, ProgType.XDP)
+    entries = tuple(InlineEntry(struct.pack("<II", plen, addr), struct.pack("<I", addr))
+                    for plen, addr in ((32, 7), (32, 9), (24, 5)))
+    plan = SitePlan(6, "t", entries, known_bytes=(32, 0, 0, 0, None, None, None, None))
+    out = InlineTables(InlinePlan((plan,))).run(prog, ctx)
+    assert listing(out).splitlines()[7:13] == [
+        "      7: r3 = *(u32 *)(r2 + 0x4)",
+        "      8: if w3 == 0x7 goto mph6.0",
+        "      9: if w3 != 0x9 goto mph6.miss",
+        "     10: r0 = map_value[mph_values][0x8] ll  ; inlined t",
+        "     12: goto mph6.cont",
+        "mph6.0:",
+    ]
+    assert "0x5" not in listing(out)  # the /24 entry is left out

@@ -25,6 +25,12 @@ def namespace() -> Iterator[NetNamespace]:
     ns = NetNamespace.create("morpheus-xsk")
     try:
         ns.add_veth("xa", "xb")
+        # A veth that comes up sends IPv6 neighbour and MLD messages of its own, seconds
+        # later; they would reach the socket beside the test's frames.
+        with ns.entered():
+            for iface in ("xa", "xb"):
+                with open(f"/proc/sys/net/ipv6/conf/{iface}/disable_ipv6", "w") as f:
+                    f.write("1")
         yield ns
     finally:
         ns.delete()

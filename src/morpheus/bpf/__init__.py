@@ -23,6 +23,9 @@ from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent
 PREBUILT_DIR = SOURCE_DIR / "prebuilt"
+# The user-space backend's runtime, compiled to LLVM bitcode (read by llvmlite's own LLVM).
+RUNTIME_SOURCE = SOURCE_DIR.parent / "userspace" / "runtime.c"
+RUNTIME_BITCODE = "runtime.bc"
 CLANG_CANDIDATES = ("clang-16", "clang")
 
 
@@ -61,6 +64,12 @@ def _checkout_build_dir() -> Path | None:
     if (repo / "pyproject.toml").is_file() and os.access(repo, os.W_OK):
         return repo / "build" / "bpf"
     return None
+
+
+def shipped(name: str) -> Path | None:
+    """The artifact `name` an installed wheel carries in `prebuilt/`, if this is one."""
+    path = PREBUILT_DIR / name
+    return path if _checkout_build_dir() is None and path.is_file() else None
 
 
 def default_build_dir() -> Path:
@@ -131,15 +140,30 @@ def object_path(name: str) -> Path:
     if not source.is_file():
         known = sorted(p.name.removesuffix(".bpf.c") for p in SOURCE_DIR.glob("*.bpf.c"))
         raise FileNotFoundError(f"no BPF source named {name!r}; known: {', '.join(known)}")
-    prebuilt = PREBUILT_DIR / f"{name}.o"
-    if _checkout_build_dir() is None and prebuilt.is_file():
+    prebuilt = shipped(f"{name}.o")
+    if prebuilt is not None:
         # Shipped with the wheel next to the sources it was compiled from: no clang needed.
         return prebuilt
     return compile_object(source, default_build_dir() / f"{name}.o")
 
 
+def compile_bitcode(source: Path, output: Path) -> Path:
+    """Compile a C file of the user-space runtime to LLVM bitcode."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [find_clang(), "-O2", "-emit-llvm", "-fno-stack-protector", "-fno-exceptions",
+           "-Wall", "-Wextra", "-Wno-unused-parameter", "-c", str(source), "-o", str(output)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BuildError(f"compiling {source} to bitcode failed:\n{result.stderr.strip()}")
+    return output
+
+
 def build_prebuilt(out_dir: Path) -> list[Path]:
     """Build hook (setup.py): compile every source into `out_dir`, the wheel's
-    `morpheus/bpf/prebuilt`. Uses only the standard library, so setup.py can load this
-    module by path before the package is installed."""
-    return build_all(out_dir=out_dir, force=True)
+    `morpheus/bpf/prebuilt`, and the user-space runtime's bitcode beside them. Uses only
+    the standard library, so setup.py can load this module by path before the package is
+    installed."""
+    built = build_all(out_dir=out_dir, force=True)
+    if RUNTIME_SOURCE.is_file():
+        built.append(compile_bitcode(RUNTIME_SOURCE, out_dir / RUNTIME_BITCODE))
+    return built

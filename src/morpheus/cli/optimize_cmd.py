@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--hot-max", type=int, default=64, help="hot keys inlined per site")
     p.add_argument("--whole-max", type=int, default=64,
                    help="tables up to this many entries are inlined whole")
+    p.add_argument("--path-budget", type=int, default=0,
+                   help="instructions path specialization may add after hot hits "
+                        "(0, the default, turns it off)")
     p.add_argument("--throughput", action="store_true", help="also measure Mpps over veth")
     p.add_argument("--backend", choices=["kernel", "userspace"], default="kernel",
                    help="where the benchmark runs: the kernel (default), or the user-space "
@@ -44,7 +47,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..optimizer import PlanOptions
 
-    options = PlanOptions(hot_max=args.hot_max, whole_max=args.whole_max)
+    options = PlanOptions(hot_max=args.hot_max, whole_max=args.whole_max,
+                          path_budget=args.path_budget)
     measure = None
     if args.backend == "userspace":
         if args.pinned:

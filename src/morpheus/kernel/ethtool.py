@@ -12,8 +12,6 @@ import fcntl
 import socket
 import struct
 
-from pyroute2.ethtool.ioctl import IoctlEthtool
-
 from .errors import KernelError
 
 SIOCETHTOOL = 0x8946
@@ -61,6 +59,9 @@ def gro_enabled(ifname: str) -> bool:
     """Whether generic receive offload is on for `ifname` in the caller's namespace (what
     `ethtool -k` shows as generic-receive-offload); a veth without an XDP program takes
     redirected frames only with GRO on."""
+    # Imported here: pyroute2's package imports all of itself (see kernel.netns).
+    from pyroute2.ethtool.ioctl import IoctlEthtool
+
     try:
         ethtool = IoctlEthtool(ifname)
     except OSError as exc:

@@ -23,14 +23,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyroute2 import IPRoute
-from pyroute2 import netns as pyroute2_netns
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_NEWLINK
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+# pyroute2 is imported where it is used, not here: its package imports all of itself
+# (~0.3 s, over 1 s on a loaded VM), and most users of this module only enter namespaces
+# (the agent, test runs) — every CLI command would pay for it at start.
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
@@ -52,14 +53,25 @@ def _setns(fd: int) -> None:
         raise NetnsError(f"setns failed: {os.strerror(err)}")
 
 
-def _netlink_error(what: str, exc: NetlinkError) -> NetnsError:
-    return NetnsError(f"{what}: {os.strerror(exc.code) if exc.code else exc}")
+def _netlink_error(what: str, exc: Exception) -> NetnsError:
+    code = getattr(exc, "code", 0)
+    return NetnsError(f"{what}: {os.strerror(code) if code else exc}")
+
+
+def _netlink_errors() -> type[Exception]:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    return NetlinkError  # type: ignore[no-any-return]
 
 
 def _new_veth_message(a: str, b: str, indexes: tuple[int, int]) -> ifinfmsg:
     # pyroute2's `link("add", kind="veth", peer={...})` turns the peer's keys into
     # attributes only, and a peer's ifindex lives in its message header: the request is
     # spelled out to choose both indexes (0 lets the kernel pick).
+    from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
+    from pyroute2.netlink.rtnl import RTM_NEWLINK
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
     peer = {"index": indexes[1], "attrs": [("IFLA_IFNAME", b)]}
     msg = ifinfmsg()
     msg["index"] = indexes[0]
@@ -91,6 +103,8 @@ class NetNamespace:
     @classmethod
     def create(cls, prefix: str = "morpheus") -> NetNamespace:
         """A new, uniquely named namespace with its loopback up."""
+        from pyroute2 import netns as pyroute2_netns
+
         name = f"{prefix}-{secrets.token_hex(4)}"
         # pyroute2's own `netns.create` forks a helper process for the unshare (~12 ms);
         # unsharing this thread, binding its namespace under /run/netns and switching
@@ -137,6 +151,8 @@ class NetNamespace:
         """Remove the namespace (its veths go with it). Deleting twice is harmless."""
         if self.path is not None:
             raise NetnsError(f"{self.ns_path} is not a namespace this project created")
+        from pyroute2 import netns as pyroute2_netns
+
         with suppress(FileNotFoundError):
             pyroute2_netns.remove(self.name)
 
@@ -144,6 +160,8 @@ class NetNamespace:
     def netlink(self) -> Iterator[IPRoute]:
         """An rtnetlink socket bound to this namespace (a socket belongs to the namespace of
         the thread that opened it, so it is opened inside and used from anywhere)."""
+        from pyroute2 import IPRoute
+
         with self.entered():
             ipr = IPRoute()
         try:
@@ -166,7 +184,7 @@ class NetNamespace:
         with self.netlink() as ipr:
             try:
                 ipr.nlm_request_batch([_new_veth_message(a, b, indexes or (0, 0))])
-            except NetlinkError as exc:
+            except _netlink_errors() as exc:
                 raise _netlink_error(f"creating veth pair {a}/{b} in {self.name}",
                                      exc) from None
             self.interfaces += [a, b]
@@ -189,7 +207,7 @@ class NetNamespace:
             try:
                 ipr.addr("add", index=self._index(ipr, dev), address=address,
                          prefixlen=prefixlen)
-            except NetlinkError as exc:
+            except _netlink_errors() as exc:
                 raise _netlink_error(f"adding {address}/{prefixlen} to {dev}", exc) from None
 
     def links(self) -> list[str]:
@@ -239,7 +257,7 @@ class NetNamespace:
     def _set(self, ipr: IPRoute, dev: str, **changes: Any) -> None:
         try:
             ipr.link("set", index=self._index(ipr, dev), **changes)
-        except NetlinkError as exc:
+        except _netlink_errors() as exc:
             raise _netlink_error(f"setting {changes} on {dev} in {self.name}", exc) from None
 
     @contextmanager

@@ -14,13 +14,41 @@ from ..uapi import MapFlags, MapType
 from .heat import SiteHeat
 from .plan import MapSnapshot, PlanOptions
 
+PATH_ARRAY_MAX = 4096  # arrays up to this size are snapshotted whole for path specialization
+
+
+def _array_entries(live: Map, spec: MapSpec) -> dict[bytes, bytes]:
+    """Every index of an array: one batch walk when the kernel offers it."""
+    if spec.max_entries > 64:
+        try:
+            return dict(live.lookup_batch())  # type: ignore[arg-type]
+        except OSError:
+            pass
+    return {struct.pack("<I", i): live.lookup(struct.pack("<I", i))  # type: ignore[misc]
+            for i in range(spec.max_entries)}
+
+
+def _path_array(name: str, facts: ProgramFacts, specs: Mapping[str, MapSpec],
+                options: PlanOptions) -> bool:
+    """An array the data plane only reads and small enough to read whole: path
+    specialization turns its variable indices into constants (next hop, backend)."""
+    spec = specs.get(name)
+    mf = facts.maps.get(name)
+    return (spec is not None and spec.type == MapType.ARRAY and options.path_budget > 0
+            and spec.max_entries <= PATH_ARRAY_MAX
+            and mf is not None and not mf.written_by_data_plane)
+
 
 def snapshot_maps(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[str, MapSpec],
                   heat: Mapping[int, SiteHeat], options: PlanOptions) -> dict[str, MapSnapshot]:
     """Read what the plan needs: small tables whole, large ones at their hot keys."""
     wanted: dict[str, set[bytes]] = {}
     for site in facts.lookups():
-        if not site.specializable or site.map not in maps:
+        if site.map not in maps:
+            continue
+        if not site.specializable:
+            if _path_array(site.map, facts, specs, options):
+                wanted.setdefault(site.map, set())  # read whole for path specialization
             continue
         keys = wanted.setdefault(site.map, set())
         if site.constant_key is not None:
@@ -39,11 +67,9 @@ def snapshot_maps(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[s
             half = max(1, share // 2)
             snap.crowded = live.count(limit=half) >= half
         small = spec.max_entries <= options.whole_max
-        if small:
+        if small or _path_array(name, facts, specs, options):
             if spec.type == MapType.ARRAY:
-                for index in range(spec.max_entries):
-                    raw = struct.pack("<I", index)
-                    snap.entries[raw] = live.lookup(raw)  # type: ignore[assignment]
+                snap.entries.update(_array_entries(live, spec))
             else:
                 for k, v in live.items():
                     snap.entries[k] = v  # type: ignore[assignment]

@@ -6,9 +6,11 @@ build a `SpecializeRequest` and read back a `Specialization`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,12 +101,32 @@ class Specialization:
 
 
 def specialize(request: SpecializeRequest) -> Specialization:
-    """Plan and apply inlining plus cleanup.
+    """Plan and apply inlining plus cleanup, then path specialization after the hot-key
+    trees and store coalescing (`optimizer.paths`).
 
     Sites of the maps in `request.skip_maps` are left alone; with a `verifier_base`, the
     least valuable comparison trees converge or are dropped to keep the verifier's work
     under `options.verifier_budget`.
     """
+    with collector_paused():
+        return _specialize(request)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the duration: the passes allocate hundreds of
+    thousands of short-lived tuples (instructions, abstract states) and make no cycles, and
+    its generation-2 sweeps over that heap took 40% of a specialization."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _specialize(request: SpecializeRequest) -> Specialization:
     start = time.perf_counter()
     target, options = request.target, request.options
     facts, spec, prog, program = target.facts, target.spec, target.prog, target.program
@@ -169,6 +191,11 @@ def specialize(request: SpecializeRequest) -> Specialization:
                                             offsets_map=HOT_OFFSETS_MAP, missing_ok=True))
     pipeline = Pipeline(pipeline_passes, validate=request.validate)
     out = pipeline.run(program, ctx)
+    finished = False
+    if late.sites and options.path_budget > 0:
+        out, finished = _second_round(out, ctx, late, request, guard_slots, pipeline)
+    if options.coalesce_stores and not finished:
+        out = _coalesce_stores(out, ctx, pipeline, request.passes)
     extra = {k: v for k, v in ctx.maps.items() if k not in spec.maps}
     if used_guards and GUARD_MAP not in extra:
         extra[GUARD_MAP] = ctx.maps[GUARD_MAP]
@@ -176,6 +203,58 @@ def specialize(request: SpecializeRequest) -> Specialization:
                             {t.name: round(t.ms, 3) for t in pipeline.timings}, dict(ctx.stats))
     result.timings_ms["total"] = round((time.perf_counter() - start) * 1000, 3)
     return result
+
+
+def _second_round(out: Program, ctx: PassContext, late: InlinePlan,
+                  request: SpecializeRequest, guard_slots: Mapping[str, int],
+                  pipeline: Pipeline) -> tuple[Program, bool]:
+    """Path specialization after the hot-key trees (see `optimizer.paths`); also coalesces
+    stores when it ran (True)."""
+    from ..passes.stores import CoalesceStores
+    from .paths import PathRequest, specialize_paths
+
+    options = request.options
+    path_request = PathRequest(
+        late, HOT_VALUES_MAP, request.snapshots, options,
+        inlinable_maps=_second_round_maps(request),
+        guard_slots=guard_slots, guard_versions=request.guards.versions,
+        cleanup=list(request.passes) if request.passes is not None else cleanup_passes(),
+        budget=options.path_budget,
+        written_maps={m.name for m in request.target.facts.maps.values()
+                      if m.written_by_data_plane})
+    finish = [CoalesceStores()] if options.coalesce_stores else []
+    out, _, timings = specialize_paths(out, ctx, path_request, finish)
+    pipeline.timings += [dataclasses.replace(t, name=f"paths:{t.name}") for t in timings]
+    return out, any(t.name == "stores" for t in timings)
+
+
+def _second_round_maps(request: SpecializeRequest) -> set[str]:
+    """Maps the second round may inline at the constant keys the copies make. With guard
+    slots given (the agent), only those maps: a write by anyone moves their guard. Without
+    (offline), the maps the data plane does not write, as in the first round."""
+    facts = request.target.facts
+    if request.guards.slots is not None:
+        return set(request.guards.slots)
+    return {name for name, m in facts.maps.items() if not m.written_by_data_plane}
+
+
+def _coalesce_stores(out: Program, ctx: PassContext, pipeline: Pipeline,
+                     passes: Sequence[Pass] | None) -> Program:
+    """Wide stores for the constant bytes the specialization left (then drop dead moves)."""
+    from ..passes.stores import CoalesceStores
+
+    before = ctx.stats.get("coalesced_stores", 0)
+    tail = Pipeline([CoalesceStores()])
+    out = tail.run(out, ctx)
+    if ctx.stats.get("coalesced_stores", 0) > before:
+        dce = [p for p in (list(passes) if passes is not None else cleanup_passes())
+               if p.name == "dce"]
+        more = Pipeline(dce)
+        out = more.run(out, ctx)
+        tail.timings += more.timings
+    pipeline.timings += [dataclasses.replace(t, name=f"stores:{t.name}")
+                         for t in tail.timings]
+    return out
 
 
 def _read_ranges(facts: ProgramFacts, plan: InlinePlan

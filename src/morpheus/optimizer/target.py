@@ -55,8 +55,11 @@ def prepare(program: Program) -> tuple[Program, dict[int, int]]:
 def analyze_program(prog: ProgramSpec, maps: Mapping[str, MapSpec]) -> tuple[Program,
                                                                                ProgramFacts]:
     """The program with provenance and its facts."""
-    program, _ = prepare(prog.program)
-    return program, analyze(program, maps, prog_type=prog.type)
+    from .specialize import collector_paused
+
+    with collector_paused():
+        program, _ = prepare(prog.program)
+        return program, analyze(program, maps, prog_type=prog.type)
 
 
 def guarded_maps(facts: ProgramFacts) -> list[str]:

@@ -343,6 +343,19 @@ def _direct_load(insn: Instruction, regs: list[Value], known: Mapping[str, bytes
 # --- what the analysis is given ------------------------------------------------------------
 
 
+def fold_known_loads(program: Program, known: Mapping[str, bytes]) -> Program:
+    """`program` with the loads through direct pointers into `known` maps that a cheap
+    register dataflow can follow replaced by constant moves (no full analysis; what it
+    misses, `ConstantPropagation` still folds)."""
+    folded = _known_direct_loads(program, known)
+    if not folded:
+        return program
+    insns = program.insns
+    return program.with_insns(
+        constant_move(insn.dst, folded[i], insn.meta).with_label(insn.label)
+        if i in folded else insn for i, insn in enumerate(insns))
+
+
 Pointers = dict[int, tuple[str, int]]  # register → (map, offset into its value)
 
 

@@ -8,8 +8,9 @@ them, this pass deletes what no execution can reach or observe:
 - **dead register definitions**: ALU operations, moves, 64-bit immediate loads and memory
   loads whose destination is overwritten or the function exits before anything reads it.
   Liveness is "strong": an instruction that is itself dead does not keep its operands alive,
-  so whole chains disappear in one round. r0 is live at every exit; r1-r5 are live at every
-  call, whatever the callee's arity; stores, atomics, calls, exits and jumps always stay;
+  so whole chains disappear in one round. r0 is live at every exit; a call reads its
+  arguments (r1-r5, fewer for helpers of known arity: `HELPER_ARITY`); stores, atomics,
+  calls, exits and jumps always stay;
 - **dead stack stores**: stores into this function's stack frame whose bytes are
   overwritten, or never read, before the function exits. Reads are loads from the stack
   and calls (helpers, subprograms, kfuncs) that receive a pointer into the stack: all bytes
@@ -67,6 +68,26 @@ R0_MASK: Final = 1
 
 
 ARG_MASK: Final = 0b111110  # r1-r5: what a call may read
+# Arguments of the helpers the data plane calls most (their kernel prototypes): the verifier
+# ignores the registers past a helper's last argument, so a definition only they would read
+# is dead. Helpers not listed read r1-r5.
+HELPER_ARITY: Final = {
+    HELPER_IDS[name]: n for name, n in (
+        ("map_lookup_elem", 2), ("map_update_elem", 4), ("map_delete_elem", 2),
+        ("ktime_get_ns", 0), ("ktime_get_boot_ns", 0), ("get_prandom_u32", 0),
+        ("get_smp_processor_id", 0), ("redirect", 2), ("redirect_map", 3),
+        ("xdp_adjust_head", 2), ("xdp_adjust_tail", 2), ("xdp_adjust_meta", 2),
+        ("csum_diff", 5), ("tail_call", 3), ("fib_lookup", 4))
+    if name in HELPER_IDS}
+
+
+def call_args_mask(insn: Instruction) -> int:
+    """Registers a call reads as arguments (r1-r5 unless the helper's arity is known)."""
+    if insn.src == CALL_HELPER and not insn.opcode & SRC_X:
+        arity = HELPER_ARITY.get(insn.imm)
+        if arity is not None:
+            return ((1 << (arity + 1)) - 1) & ~1
+    return ARG_MASK
 CALL_CLOBBER_MASK: Final = 0b111111  # r0-r5: what a call overwrites
 
 # Stack byte sets are bit masks too: bit o + 512 stands for the byte at r10 + o (o < 0).
@@ -183,8 +204,8 @@ def apply_edits(program: Program, edits: Mapping[int, Sequence[Instruction]]) ->
 def register_effects(insn: Instruction) -> tuple[int, int]:
     """(registers read, registers written) by `insn`, as bit masks (bit n: rn).
 
-    Calls read r1-r5 whatever the callee's arity and overwrite r0-r5; exit reads r0; legacy
-    packet loads read r6 (the context) and overwrite r0-r5.
+    Calls read their arguments (r1-r5 unless the helper's arity is known) and overwrite
+    r0-r5; exit reads r0; legacy packet loads read r6 (the context) and overwrite r0-r5.
     """
     op = insn.opcode
     cls = op & 0x07
@@ -218,7 +239,7 @@ def register_effects(insn: Instruction) -> tuple[int, int]:
         return dst | src, 0
     jop = op & 0xF0
     if jop == J_CALL:
-        return ARG_MASK | (dst if op & SRC_X else 0), CALL_CLOBBER_MASK
+        return call_args_mask(insn) | (dst if op & SRC_X else 0), CALL_CLOBBER_MASK
     if jop == J_EXIT:
         return R0_MASK, 0
     if jop == J_JA:
@@ -342,8 +363,9 @@ def _instruction_facts(program: Program, cfg: CFG, order: Sequence[int],
                             kind, kill = _STACK_STORE, mask
             elif cls in _JMP_CLASSES and op & 0xF0 == J_CALL:
                 passed = False
+                args = call_args_mask(insn)
                 for r in range(1, 6):
-                    offset = ptrs.get(r)
+                    offset = ptrs.get(r) if args >> r & 1 else None
                     if offset is not None:
                         read |= _above_mask(offset)
                         passed = True

@@ -64,6 +64,9 @@ class SitePlan:
     # the code after the site once instead of once per key. Slower by three instructions,
     # needed when several large sites follow each other.
     converge: bool = False
+    # Key bytes the program always passes at this site (None: varies), e.g. an LPM key's
+    # prefix length: they are not compared, and entries that disagree with them are left out.
+    known_bytes: tuple[int | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -176,14 +179,21 @@ def _cont_label(site: int) -> str:
     return f"mph{site}.cont"
 
 
-def _chunks(size: int) -> list[tuple[int, int]]:
-    """(offset, width) loads covering a key of `size` bytes."""
+def _chunks(size: int, known: Sequence[int | None] = ()) -> list[tuple[int, int]]:
+    """(offset, width) loads covering the bytes of a `size`-byte key that are not `known`,
+    each naturally aligned within the key (the stack only takes aligned loads)."""
     out = []
     off = 0
-    for width in (8, 4, 2, 1):
-        while size - off >= width:
-            out.append((off, width))
-            off += width
+    while off < size:
+        if known and known[off] is not None:
+            off += 1
+            continue
+        for width in (8, 4, 2, 1):
+            if off % width == 0 and off + width <= size and not (
+                    known and any(known[off + k] is not None for k in range(width))):
+                out.append((off, width))
+                off += width
+                break
     return out
 
 
@@ -233,9 +243,13 @@ def _site_code(program: Program, plan: SitePlan, call: Instruction, place: objec
             return f"{base}.{next(counter)}"
 
         absent = miss if not plan.complete else f"{base}.none"
-        chunks = _chunks(len(plan.entries[0].key)) if plan.entries else []
+        size = len(plan.entries[0].key) if plan.entries else 0
+        known = plan.known_bytes if len(plan.known_bytes) == size else ()
+        chunks = _chunks(size, known)
+        entries = [e for e in plan.entries
+                   if all(b is None or e.key[i] == b for i, b in enumerate(known))]
         items = [(tuple(int.from_bytes(e.key[o:o + w], "little") for o, w in chunks), e)
-                 for e in plan.entries]
+                 for e in entries]
         code += _tree(items, 0, chunks, absent, leaf, fresh)
         if plan.complete:
             code += [asm.mov64(R0, 0, label=f"{base}.none", note="not in the table"),

@@ -8,12 +8,18 @@ clang is needed only here, at build time: the JIT reads the bitcode with llvmlit
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
-from ..bpf import BuildError, default_build_dir, find_clang
+from ..bpf import (
+    RUNTIME_BITCODE,
+    RUNTIME_SOURCE,
+    BuildError,
+    compile_bitcode,
+    default_build_dir,
+    shipped,
+)
 
-SOURCE = Path(__file__).resolve().parent / "runtime.c"
+SOURCE = RUNTIME_SOURCE
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -24,7 +30,7 @@ def bitcode_path() -> Path:
     override = os.environ.get("MORPHEUS_RUNTIME_BC")
     if override:
         return Path(override)
-    return default_build_dir().parent / "userspace" / "runtime.bc"
+    return shipped(RUNTIME_BITCODE) or default_build_dir().parent / "userspace" / RUNTIME_BITCODE
 
 
 def build_runtime(output: Path | None = None, *, force: bool = False) -> Path:
@@ -32,18 +38,14 @@ def build_runtime(output: Path | None = None, *, force: bool = False) -> Path:
     output = output or bitcode_path()
     if not force and output.exists() and output.stat().st_mtime >= SOURCE.stat().st_mtime:
         return output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [find_clang(), "-O2", "-emit-llvm", "-fno-stack-protector", "-fno-exceptions",
-           "-Wall", "-Wextra", "-Wno-unused-parameter", "-c", str(SOURCE), "-o", str(output)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise BuildError(f"compiling the user-space runtime failed:\n{result.stderr.strip()}")
-    return output
+    return compile_bitcode(SOURCE, output)
 
 
 def runtime_bitcode() -> bytes:
     """The runtime's bitcode, building it if a clang is available."""
     path = bitcode_path()
+    if path == shipped(RUNTIME_BITCODE):  # from the wheel: no clang, never rebuilt in place
+        return path.read_bytes()
     if not path.exists() or (SOURCE.exists() and path.stat().st_mtime < SOURCE.stat().st_mtime):
         if "MORPHEUS_RUNTIME_BC" in os.environ and path.exists():
             return path.read_bytes()

@@ -764,17 +764,7 @@ class WriteWatcher:
     def _release(self) -> None:
         program_ids = [p.id for p in self._programs if not p.fd.closed]
         map_ids = [m.id for m in self._maps]
-        for link in (self._enter_link, self._exit_link):
-            if link is not None:
-                link.close()
-        self._enter_link = self._exit_link = self._enter_program = None
-        for program in self._programs:
-            program.close()
-        for m in self._maps:
-            m.close()
-        self._programs.clear()
-        self._maps.clear()
-        self._watched_map = self._state = None
+        self._forget()
         # A raw tracepoint link lets go of its program only after an RCU grace period, and
         # the program of its maps after that: wait, so that once close() returns nothing of
         # the watcher is left in the kernel.

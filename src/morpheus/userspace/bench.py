@@ -16,13 +16,13 @@ pass is the one nobody interrupted, on both sides.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..bench.compare import Prepare, _ingress, spread
+from ..bench.replay import pinned_cpu
 from ..nf import NetworkFunction
 from ..traffic.generate import Trace
 from ..world.environment import Environment, Subject, open_environment, warm_up
@@ -30,16 +30,6 @@ from .dataplane import UserDataPlane, UserProgram
 from .replay import NativeTrace, UserReplay
 
 SAMPLES = 5  # measured passes per program per round, alternating A and B
-
-
-@contextmanager
-def pinned(cpu: int) -> Iterator[None]:
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 @dataclass
@@ -114,7 +104,7 @@ def run_user_bench(subjects: Sequence[Subject], trace: Trace, *,
         "shared_maps": False,
     }
     native = NativeTrace(trace.frames, _ingress(trace, nf) or 1)
-    with ExitStack() as stack, pinned(cpu):
+    with ExitStack() as stack, pinned_cpu(cpu):
         runners = [open_user_subject(stack, s, trace, nf, native, cpu=cpu, prepare=prepare,
                                      config=config)
                    for s in subjects]
@@ -174,7 +164,7 @@ def compare_backends(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
 
     ingress = _ingress(trace, nf)
     native = NativeTrace(trace.frames, ingress or 1)
-    with ExitStack() as stack, pinned(cpu):
+    with ExitStack() as stack, pinned_cpu(cpu):
         environment = open_environment(subject, nf, config)
         stack.callback(environment.close)
         warm_up(environment, subject, trace)

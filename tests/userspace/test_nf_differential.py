@@ -4,12 +4,12 @@ a generated trace gets the same verdict and output bytes, and the maps end up th
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
 from morpheus.ir import Program
+from morpheus.kernel.cpu import pinned_cpu
 from morpheus.loader import create_map, load_program_spec
 from morpheus.nf import NAMES, get
 from morpheus.nf.env import NFEnv
@@ -25,12 +25,8 @@ pytestmark = pytest.mark.kernel
 
 @pytest.fixture(autouse=True)
 def _pinned_cpu() -> Iterator[None]:
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {0})
-    try:
+    with pinned_cpu(0):
         yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def _specialized(nf_name: str, trace) -> tuple[Program, dict[str, MapSpec]]:  # type: ignore[no-untyped-def]

@@ -5,7 +5,6 @@ and per-CPU maps, atomics, global data, encapsulation with xdp_adjust_head)."""
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 import zlib
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from morpheus.kernel import Map
+from morpheus.kernel.cpu import pinned_cpu
 from morpheus.loader import Collection, load_collection
 from morpheus.obj import read_object
 from morpheus.traffic import packet as pk
@@ -116,12 +116,8 @@ def cases() -> Iterator[tuple[str, str]]:
 @pytest.fixture(autouse=True)
 def _pinned_cpu() -> Iterator[None]:
     # Per-CPU maps: the kernel's test run and the user plane must use the same CPU.
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {0})
-    try:
+    with pinned_cpu(0):
         yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 @pytest.mark.parametrize(("stem", "program"), list(cases()))

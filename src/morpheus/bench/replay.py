@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import struct
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Self
 
 from ..bpf import object_path
 from ..ir import Program
 from ..kernel import FD, Link, LoadedProgram, Map, load_btf, xdp_ctx
+from ..kernel.cpu import pinned_cpu
 from ..kernel.netns import NetNamespace
 from ..kernel.prog import test_run
 from ..loader import Collection, load_collection, load_program_spec
@@ -54,17 +53,6 @@ class ReplayResult:
     ns_per_packet: float  # kernel-measured, harness included
     verdicts: dict[int, int]  # XDP action → packets
     errors: int
-
-
-@contextmanager
-def pinned_cpu(cpu: int) -> Iterator[None]:
-    """Run the block on one CPU (per-CPU maps and LRU lists follow the CPU)."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def _harness_spec(count: int, **variables: int) -> ObjectSpec:

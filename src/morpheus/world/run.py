@@ -9,9 +9,6 @@ so per-CPU maps and LRU lists see every packet on the same CPU in both programs.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..ir import Program
@@ -50,18 +47,6 @@ class Outcome:
 
 def redirect_verdict(prog_type: int) -> int:
     return XDP_REDIRECT if prog_type == ProgType.XDP else TC_ACT_REDIRECT
-
-
-@contextmanager
-def pinned_cpu(cpu: int | None) -> Iterator[int]:
-    """Run the calling thread on one CPU (default: the lowest it may use) until exit."""
-    allowed = os.sched_getaffinity(0)
-    chosen = min(allowed) if cpu is None else cpu
-    os.sched_setaffinity(0, {chosen})
-    try:
-        yield chosen
-    finally:
-        os.sched_setaffinity(0, allowed)
 
 
 def add_harness_maps(world: World) -> None:

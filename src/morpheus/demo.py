@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bench.replay import Replay, pinned_cpu
+from .bench.replay import Replay
 from .ir import Program, asm, encode
 from .ir.asm import R0
 from .kernel import KernelError, Link, LoadedProgram, Map, ProgType, load_program, xdp_ctx
+from .kernel.cpu import pinned_cpu
 from .kernel.ethtool import ethtool_stats
 from .nf import get
 from .nf.env import NFEnv

@@ -21,11 +21,12 @@ from typing import Self
 from ..ir import Program, asm
 from ..ir.asm import R0
 from ..kernel import FD, LoadedProgram, Map, load_btf
+from ..kernel.cpu import pinned_cpu
 from ..kernel.netns import NetNamespace
 from ..loader import load_program_spec
 from ..obj import ProgramSpec
 from ..uapi import ProgType
-from .replay import MAX_PKT_LEN, Replay, ReplayError, ReplayResult, pinned_cpu
+from .replay import MAX_PKT_LEN, Replay, ReplayError, ReplayResult
 
 TC_ACT_OK = 0
 

@@ -17,10 +17,11 @@ from typing import Self
 
 from ..ir import Program
 from ..kernel import Link, Map
+from ..kernel.cpu import pinned_cpu
 from ..kernel.netns import NetNamespace
 from ..obj import ProgramSpec
 from ..uapi import XDP_FLAGS_DRV_MODE
-from .replay import Replay, ReplayError, pinned_cpu
+from .replay import Replay, ReplayError
 
 
 @dataclass(frozen=True)

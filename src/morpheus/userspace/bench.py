@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..bench.compare import Prepare, _ingress, spread
-from ..bench.replay import pinned_cpu
+from ..kernel.cpu import pinned_cpu
 from ..nf import NetworkFunction
 from ..traffic.generate import Trace
 from ..world.environment import Environment, Subject, open_environment, warm_up

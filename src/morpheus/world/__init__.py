@@ -7,9 +7,10 @@ from the same state. Benchmarks, `morpheus optimize`, the agent's pre-swap check
 `morpheus check` all go through here.
 """
 
+from ..kernel.cpu import pinned_cpu
 from .check import CheckRequest, CheckResult, Side, Write, check
 from .harness import CLOCK_MAP, NONDETERMINISTIC, REDIRECT_MAP, REDIRECTS, Clocks, Redirect, harness
-from .run import Outcome, Runner, pinned_cpu
+from .run import Outcome, Runner
 from .state import World, WorldError, table_contents, written_maps
 
 __all__ = ["CLOCK_MAP", "NONDETERMINISTIC", "REDIRECTS", "REDIRECT_MAP", "CheckRequest",

@@ -23,10 +23,11 @@ from typing import Any
 
 from ..ir import Program
 from ..kernel import FD, LoadedProgram, Map
+from ..kernel.cpu import pinned_cpu
 from ..loader import load_program_spec
 from ..obj import MapSpec, ObjectSpec, ProgramSpec
 from .harness import Clocks, harness
-from .run import Outcome, Runner, add_harness_maps, pinned_cpu
+from .run import Outcome, Runner, add_harness_maps
 from .state import World, written_maps
 
 # Read the written maps after every doubling of the packet count only while they hold at

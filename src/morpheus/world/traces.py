@@ -42,6 +42,8 @@ NEAR_MISS_FLOWS = 64  # hottest flows whose key bytes are flipped (as many as a 
 SECOND_BIT_FLOWS = 8  # the hottest also get their lowest bit flipped
 MOVED_FLOWS = 4  # hottest flows replayed on every other port
 HELD_BACK = 300  # packets of flows the profile did not contain
+STRANGERS_PER_PORT = 4  # flows of each served port replayed on lo
+LOOPBACK_IFINDEX = 1  # lo: in every namespace, served by no configuration
 GUARDED_WRITES_PER_SITE = 3  # inlined entries changed per guarded site
 
 
@@ -54,8 +56,9 @@ class CheckPlan:
 
     @property
     def packets(self) -> list[tuple[bytes, int]]:
-        """(frame, ingress ifindex) pairs; ports below 2 (no device) become 0."""
-        return [(frame, port if port >= 2 else 0)
+        """(frame, ingress ifindex) pairs; lo stays lo, ports below it (no device) become
+        0 (a test run then reports lo too)."""
+        return [(frame, port if port >= LOOPBACK_IFINDEX else 0)
                 for frame, port in zip(self.trace.frames, self.trace.ingress, strict=True)]
 
 
@@ -141,6 +144,9 @@ def check_trace(trace: Trace, *, nf: NetworkFunction | None = None,
         extra = unseen_flows(trace, held_back, rng) if held_back else []
     served = sorted({p for p in ingress if p >= 2} | {p for _, p in edge if p >= 2}
                     | {p for p in ports if p >= 2})
+    # Held-back flows name ports too, but moves keep to the ports of the trace and the
+    # edge cases, as they always did; lo receives packets of every port.
+    stranger_ports = sorted(set(served) | {p for _, p in extra if p >= 2})
     moves = moved(trace, served)
     if nf is None and len(served) > 1:
         # Without an NF to say which flows arrive where, the unseen flows and the edge
@@ -150,11 +156,37 @@ def check_trace(trace: Trace, *, nf: NetworkFunction | None = None,
     for frame, port in (*moves, *extra, *edge):
         frames.append(frame)
         ingress.append(port)
+    for frame, port in strangers(list(zip(frames, ingress, strict=True)), stranger_ports):
+        frames.append(frame)
+        ingress.append(port)
     flow_ids = list(trace.flow_ids) + [-1] * (len(frames) - len(trace.frames))
     return Trace(frames, flow_ids, ingress, trace.nf, trace.profile, trace.seed,
                  {**trace.meta, "check_extra": len(frames) - len(trace.frames),
                   "near_misses": near},
                  list(trace.warmup))
+
+
+def strangers(packets: Sequence[tuple[bytes, int]], served: Sequence[int],
+              per_port: int = STRANGERS_PER_PORT) -> list[tuple[bytes, int]]:
+    """For every port the program serves, the first packets of its first `per_port` flows
+    (by their key fields) arriving instead on lo, an interface no configuration serves: a
+    table keyed on the ingress interface then misses, with frames addressed to every
+    configured interface (an inlined table that answers an absent key with an entry is
+    caught whichever entry it serves)."""
+    out = []
+    for port in served:
+        seen: set[tuple[bytes, ...]] = set()
+        for frame, arrived in packets:
+            if arrived != port or _ipv4_at(frame) is None:
+                continue
+            key = tuple(frame[o:o + 1] for o in header_key_offsets(frame))
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append((frame, LOOPBACK_IFINDEX))
+            if len(seen) >= per_port:
+                break
+    return out
 
 
 def moved(trace: Trace, ports: Sequence[int], flows: int = MOVED_FLOWS

@@ -167,6 +167,11 @@ def _specialize(request: SpecializeRequest) -> Specialization:
                 d.reason += " (converging hits, for the verifier)"
     ctx = PassContext(dict(spec.maps), prog.type,
                       analysis=facts.analysis if facts.analysis.program is program else None)
+    # Inner maps resolved through their outer map are inlined under the slot's name (the
+    # miss path still calls the helper on the pointer the outer lookup returned).
+    resolved = {s.map: request.snapshots[s.map].spec for s in facts.lookups()
+                if s.inner_of is not None and s.map in request.snapshots}
+    ctx.maps.update(resolved)
     pipeline_passes: list[Pass] = []
     used_guards = {p.map for p in plan.sites if p.guard_slot is not None}
     bumped = {m: bump_slots[m] for m in used_guards if m in bump_slots}
@@ -196,7 +201,7 @@ def _specialize(request: SpecializeRequest) -> Specialization:
         out, finished = _second_round(out, ctx, late, request, guard_slots, pipeline)
     if options.coalesce_stores and not finished:
         out = _coalesce_stores(out, ctx, pipeline, request.passes)
-    extra = {k: v for k, v in ctx.maps.items() if k not in spec.maps}
+    extra = {k: v for k, v in ctx.maps.items() if k not in spec.maps and k not in resolved}
     if used_guards and GUARD_MAP not in extra:
         extra[GUARD_MAP] = ctx.maps[GUARD_MAP]
     result = Specialization(out, extra, decisions, plan,

@@ -263,7 +263,21 @@ class Agent:
         self.program, self.facts = self.target.program, self.target.facts
         self.analysis_ms = (time.perf_counter() - t0) * 1000
         candidates = sorted({s.map for s in self.facts.lookups() if s.specializable})
-        self.guard_slots = {name: n for n, name in enumerate(candidates)}
+        # Inner maps resolved through an outer map (`outer[key]`): one slot per outer map,
+        # shared by its resolved slots, which the watcher moves on writes to the outer map
+        # and to each inner map read (it maps a map id to one slot).
+        self.resolved_outer = {s.map: s.inner_of[0] for s in self.facts.lookups()
+                               if s.specializable and s.inner_of is not None}
+        self.guard_slots = {}
+        outer_slot: dict[str, int] = {}
+        for name in candidates:
+            outer = self.resolved_outer.get(name)
+            if outer is not None and outer in outer_slot:
+                self.guard_slots[name] = outer_slot[outer]
+                continue
+            self.guard_slots[name] = len(set(self.guard_slots.values()))
+            if outer is not None:
+                outer_slot[outer] = self.guard_slots[name]
         data_plane = sorted({s.map for s in self.facts.lookups()
                              if s.specializable and s.guarded})
         self.bump_slots = {m: self.guard_slots[m] for m in data_plane}
@@ -339,8 +353,9 @@ class Agent:
                 watcher.start()
                 faults.reach("watcher.started")
             for name, slot in self.guard_slots.items():
-                if watcher.watched.get(self.maps[name].id) != slot:
-                    watcher.watch(self.maps[name], slot)
+                watched = self.maps[self.resolved_outer.get(name, name)]
+                if watcher.watched.get(watched.id) != slot:
+                    watcher.watch(watched, slot)
             if not watcher.pinned:
                 watcher.pin(directory, after=lambda step: faults.reach(f"watcher.{step}"))
             self._watcher = watcher
@@ -383,7 +398,7 @@ class Agent:
         for name, m in self.maps.items():
             m.pin(self.pin_dir / "maps" / _pin_name(name))
         faults.reach("fresh.maps")
-        self.guard = GuardMap(len(self.guard_slots))
+        self.guard = GuardMap(len(set(self.guard_slots.values())))
         self.guard.map.pin(self.pin_dir / "guard")
         self.maps[GUARD_MAP] = self.guard.map
         faults.reach("fresh.guard")
@@ -448,7 +463,7 @@ class Agent:
             self.maps[name] = m
             self._owned.append(m)
         guard_map = Map.from_pin(self.pin_dir / "guard")
-        self.guard = GuardMap(len(self.guard_slots), existing=guard_map)
+        self.guard = GuardMap(len(set(self.guard_slots.values())), existing=guard_map)
         self.maps[GUARD_MAP] = self.guard.map
         for name in (CTL_MAP, SAMPLES_MAP):
             if (self.pin_dir / name).exists():
@@ -663,10 +678,40 @@ class Agent:
             snapshots = snapshot_maps(self.maps, self.facts, self.spec.maps, heat,
                                       self.options.plan)
             after = self.guard.versions()
+            if not self._watch_inner_maps(snapshots):
+                continue  # an inner map read was not watched yet: read it again, watched
             if before == after:
                 return snapshots, {m: before[s] for m, s in self.guard_slots.items()}
         raise SnapshotConflict(f"maps kept changing while taking a snapshot "
                                f"({SNAPSHOT_ATTEMPTS} attempts)")
+
+    def _watch_inner_maps(self, snapshots: dict[str, Any]) -> bool:
+        """Have the watcher move the slot of each resolved inner map on writes to the maps
+        its snapshot was read from. False when one was not watched while it was read (the
+        snapshot must be taken again). Without the watcher an inner map, which has no name
+        in the agent's API, could be written unseen: such slots are not inlined."""
+        complete = True
+        for name, snap in snapshots.items():
+            if name not in self.resolved_outer or snap.unavailable:
+                continue
+            slot = self.guard_slots[name]
+            if self._watcher is None:
+                snap.unavailable = ("inner map of a map of maps: written outside the agent's "
+                                    "API, so inlined only under the write watcher")
+                continue
+            for map_id in snap.source_ids:
+                current = self._watcher.watched.get(map_id)
+                if current == slot:
+                    continue
+                if current is not None:
+                    snap.unavailable = (f"the inner map in {self.resolved_outer[name]} is "
+                                        "also one of the object's maps: not inlined")
+                    continue
+                # Inner maps that were replaced stay watched (a write to them moves a slot
+                # no running version trusts any more): harmless, and few.
+                self._watcher.watch(map_id, slot)
+                complete = False
+        return complete
 
     def _ensure_extra_maps(self, specs: Mapping[str, MapSpec]) -> None:
         for name, mspec in specs.items():
@@ -899,9 +944,13 @@ class Agent:
     # --- control plane ------------------------------------------------------------------
 
     def _bump(self, map_name: str) -> None:
-        slot = self.guard_slots.get(map_name)
-        if slot is not None and self.guard is not None:
-            self.guard.bump(slot)
+        slots = {self.guard_slots[m] for m, outer in self.resolved_outer.items()
+                 if outer == map_name}
+        if map_name in self.guard_slots:
+            slots.add(self.guard_slots[map_name])
+        if self.guard is not None:
+            for slot in sorted(slots):
+                self.guard.bump(slot)
 
     def update(self, map_name: str, key: bytes | int, value: Any, flags: int = 0) -> None:
         """Write an entry. Once this returns, every packet sees the new value. A key or

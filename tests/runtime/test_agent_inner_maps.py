@@ -56,7 +56,7 @@ def _verdicts(agent: Agent, ports: list[int], ttl: int = 64) -> dict[int, int]:
 
 
 def _specialize(agent: Agent) -> dict[str, dict]:
-    agent._dirty = True
+    agent.force_respecialize()
     report = agent.cycle()
     assert report.outcome == "swapped", report.reason
     assert agent.current is not None
@@ -120,3 +120,23 @@ def test_per_cpu_inner_maps_that_differ_are_not_inlined(
         assert decisions["policy_outer[00000000]"]["mode"] == "table"
     finally:
         other.close()
+
+
+def test_a_cycle_whose_plan_is_unchanged_specializes_nothing(
+        running: tuple[Agent, CfgShape]) -> None:
+    agent, shape = running
+    _specialize(agent)
+    version = agent.current
+    # A write through the agent to a map no version inlines: the agent re-plans, finds
+    # the running version's plan, and neither specializes nor checks again.
+    agent.update("counters", 0, struct.pack("<Q", 7))
+    report = agent.cycle()
+    assert report.outcome == "unchanged" and "plan unchanged" in report.reason, report.reason
+    assert "specialize" not in report.timings_ms and "check" not in report.timings_ms
+    assert agent.current is version and not agent._dirty
+    # A write to an inlined inner map changes the plan (its values and guard version).
+    shape.policy.update(port_key(80), struct.pack("<I", XDP_DROP))
+    assert _verdicts(agent, [80]) == {80: XDP_DROP}
+    agent._dirty = True  # as the next cycle with traffic would find it (guard moved)
+    report = agent.cycle()
+    assert report.outcome == "swapped", report.reason

@@ -64,6 +64,7 @@ from ..optimizer import (
     cleanup_passes,
     is_complexity_error,
     next_relief,
+    plan_request,
     sampled_sites,
     snapshot_maps,
     specialize,
@@ -167,6 +168,7 @@ class Version:
     sampling: Any = None  # the SamplingLayout its instrumentation follows
     source: Program | None = None  # the instructions it was loaded from
     guard_versions: dict[str, int] = field(default_factory=dict)  # of the maps it inlines
+    fingerprint: tuple[object, ...] | None = None  # of the plan it was made from
 
 
 @dataclass
@@ -215,6 +217,7 @@ class Agent:
         self._stats_fd: FD | None = None
         self._watcher: Any = None
         self._dirty = True
+        self._force = False  # the next cycle makes a new version even for the same plan
         self._stable_for: dict[int, int] = {}  # site → consecutive cycles the version fit it
         self._last_versions: dict[str, int] = {}  # guard versions seen by the last cycle
         self._moving_for: dict[str, int] = {}  # map → consecutive cycles its guard moved
@@ -590,6 +593,27 @@ class Agent:
             self._follow_guards(versions)
             t2 = time.perf_counter()
             request = self._request(snapshots, heat, versions)
+            planned = plan_request(request)
+            fingerprint = planned.fingerprint(request)
+            report.timings_ms["plan"] = _ms(t2)
+            running = self.current
+            if running is not None and running.kind == "specialized":
+                # The plan alone says whether anything would change: the same sites, keys,
+                # inlined values and guard versions make the same program, which needs no
+                # specialization, verification or check.
+                if running.fingerprint == fingerprint and not self._force:
+                    report.reason = ("plan unchanged (same sites, keys, values and guard "
+                                     "versions): nothing specialized")
+                    self._dirty = False
+                    return self._finish(report)
+                gain = _coverage_gain(running.decisions, planned.decisions, heat)
+                same_rates = running.signature[-1:] == (self._sampling().rates,)
+                if not self._dirty and same_rates and gain < self.options.min_change:
+                    report.reason = (f"running version still fits the traffic "
+                                     f"(coverage gain {gain:.1%}): nothing specialized")
+                    return self._finish(report)
+            self._force = False
+            t2 = time.perf_counter()
             result = specialize(request)
             report.timings_ms["specialize"] = _ms(t2)
             faults.reach("cycle.specialize")
@@ -607,6 +631,7 @@ class Agent:
             self._ensure_extra_maps(result.extra_maps)
             t3 = time.perf_counter()
             version = self._load_with_relief(program, result, request, signature)
+            version.fingerprint = fingerprint
             report.timings_ms["verify"] = _ms(t3)
             faults.reach("cycle.load")
             if self.options.check_frames:
@@ -930,6 +955,12 @@ class Agent:
             faults.reach("swap.after")
             self._set_current(version)
             self._write_state()
+
+    def force_respecialize(self) -> None:
+        """Make the next cycle build, check and swap in a new version even if its plan is
+        the running version's (benchmarks of the swap path, tests)."""
+        self._dirty = True
+        self._force = True
 
     def run_forever(self) -> None:
         while not self._stop.is_set():

@@ -18,7 +18,7 @@ from typing import Self
 from .ir import Program, encode
 from .ir.program import EncodedProgram
 from .kernel import FD, LoadedProgram, Map, VerifierError, load_btf, load_program, possible_cpus
-from .kernel.btf import kallsyms_address, kernel_config, open_module_btfs, running_target
+from .kernel.btf import kallsyms_listed, kernel_config, open_module_btfs, running_target
 from .obj import MapSpec, ObjectSpec, ProgramSpec, read_object
 from .obj.core import POISON_IMM
 from .obj.reader import ReadOptions
@@ -257,7 +257,7 @@ _KSYM_WITHOUT_ADDRESS = re.compile(r"ldimm64 failed to find the address for kern
 
 def _why_no_address(symbol: str) -> str:
     found = "the kernel knows its type (BTF) but has no address for it"
-    if kallsyms_address(symbol) is None:
+    if not kallsyms_listed(symbol):
         config = kernel_config()
         if config is not None and config.get("CONFIG_KALLSYMS_ALL") != "y":
             return (f"{found}: the kernel looks typed ksyms up in kallsyms, which lists no "

@@ -249,24 +249,48 @@ def kernel_version_code(release: str | None = None) -> int:
     return (major << 16) + (minor << 8) + min(patch, 255)
 
 
+class AmbiguousKsym(ObjectError):
+    """A typeless __ksym names a symbol that /proc/kallsyms lists at two addresses."""
+
+
 @functools.cache
-def _kallsyms() -> dict[str, int]:
+def _kallsyms() -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
+    """Every symbol's address, and the names listed at two different addresses (static
+    functions of one name in two files, or in vmlinux and a module)."""
     out: dict[str, int] = {}
+    ambiguous: dict[str, tuple[int, int]] = {}
     try:
         text = Path("/proc/kallsyms").read_text()
     except OSError:
-        return out
+        return out, ambiguous
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 3 and len(fields) < 5:  # module symbols carry a 4th [module] field
-            out.setdefault(fields[2], int(fields[0], 16))
-    return out
+            address = int(fields[0], 16)
+            first = out.setdefault(fields[2], address)
+            if first != address:
+                ambiguous.setdefault(fields[2], (first, address))
+    return out, ambiguous
 
 
 def kallsyms_address(name: str) -> int | None:
-    """A kernel symbol's address (typeless __ksym externs); None if absent or hidden."""
-    address = _kallsyms().get(name)
-    return address or None
+    """A kernel symbol's address (typeless __ksym externs); None if absent or hidden.
+
+    Raises AmbiguousKsym when two symbols of that name have different addresses: libbpf
+    refuses such an extern ("resolution is ambiguous") rather than pick one."""
+    addresses, ambiguous = _kallsyms()
+    if name in ambiguous:
+        first, other = ambiguous[name]
+        raise AmbiguousKsym(f"__ksym {name!r}: resolution is ambiguous: /proc/kallsyms lists "
+                            f"it at {first:#x} and {other:#x} (two static symbols of that "
+                            "name); libbpf refuses it too. Declare it with a type (BTF) or "
+                            "use another symbol")
+    return addresses.get(name) or None
+
+
+def kallsyms_listed(name: str) -> bool:
+    """Whether /proc/kallsyms names `name` at a visible address (for error messages)."""
+    return bool(_kallsyms()[0].get(name))
 
 
 @functools.cache

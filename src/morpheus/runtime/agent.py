@@ -396,10 +396,10 @@ class Agent:
 
     def _create_and_attach(self) -> None:
         self.pin_dir.mkdir(parents=True, exist_ok=True)
-        (self.pin_dir / "maps").mkdir(exist_ok=True)
         if self.maps_dir is not None:
             self._open_foreign_maps()
         else:
+            (self.pin_dir / "maps").mkdir(exist_ok=True)
             with self._in_netns():
                 coll = load_collection(self.spec, programs=[])
             self._owned.append(coll)
@@ -487,7 +487,7 @@ class Agent:
                               f"{self.options.attach!r})")
         for key, wanted in here.items():
             if state.get(key, None if key == "maps_dir" else wanted) != wanted:
-                mismatches.append(f"{key} {state[key]!r} (asked: {wanted!r})")
+                mismatches.append(f"{key} {state.get(key)!r} (asked: {wanted!r})")
         if mismatches:
             raise AgentError(
                 f"agent {self.name!r} already runs with {', '.join(mismatches)} "

@@ -350,6 +350,39 @@ def adopt_pinned_maps(spec: ObjectSpec, directory: str | Path,
     return out
 
 
+def find_pinned_maps(spec: ObjectSpec, directory: str | Path) -> Path:
+    """The directory holding the object's maps: `directory` itself when it has a pin for
+    each, else its one subdirectory that does with maps of the declared parameters (under
+    bpfman's /run/bpfman/fs/maps, each program's maps sit in a directory named by its
+    program id, which differs from node to node). None or several: a LoadError saying so."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise PinnedMapMissing(f"{root}: no such directory of pinned maps")
+
+    def holds_all(d: Path) -> bool:
+        return all(any((d / n).exists() for n in foreign_pin_names(spec.name, m))
+                   for m in spec.maps.values())
+
+    if holds_all(root):
+        return root
+    found = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and holds_all(p)):
+        try:
+            maps = adopt_pinned_maps(spec, sub)
+        except LoadError:
+            continue
+        for m in maps.values():
+            m.close()
+        found.append(sub)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        adopt_pinned_maps(spec, root)  # raises, naming the first missing or different map
+    raise LoadError(f"{len(found)} directories under {root} hold maps of {spec.name} "
+                    f"({', '.join(p.name for p in found)}): give the one of the program "
+                    "to specialize (bpfman: `bpfman get PROGRAM_ID` shows its map pin path)")
+
+
 def _reuse_pinned(spec: MapSpec, path: Path, hint: str = "unpin it or rename the map") -> Map:
     """The map pinned at `path`, if it is what `spec` declares (libbpf's
     map_is_reuse_compat: type, key and value size, entries, flags, map_extra)."""

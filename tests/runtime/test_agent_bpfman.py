@@ -20,7 +20,12 @@ import pytest
 
 from morpheus.bench.replay import Replay
 from morpheus.kernel import Link, Map, MapType
-from morpheus.loader import PinnedMapMismatch, PinnedMapMissing, adopt_pinned_maps
+from morpheus.loader import (
+    PinnedMapMismatch,
+    PinnedMapMissing,
+    adopt_pinned_maps,
+    find_pinned_maps,
+)
 from morpheus.nf import get
 from morpheus.nf.env import NFEnv
 from morpheus.nf.router import NextHop, Route, encode_lpm_key, encode_route
@@ -251,6 +256,9 @@ def test_missing_or_mismatched_owner_maps_fail_before_anything_is_made(bed: Bed)
         Agent(get("router").object_path, iface=bed.iface, netns=bed.env.namespace.name,
               name=name, options=AgentOptions(maps_dir=other)).start()
     assert not (agent.pin_dir).exists() and not agent.state_file.exists()
+    # Given the parent (bpfman's /run/bpfman/fs/maps), the one directory that holds the
+    # object's maps is found: `other` now lacks rt_routes, the owner's has them all.
+    assert find_pinned_maps(agent.spec, bed.owner.root) == bed.owner.maps_dir
     assert sorted(p.name for p in other.iterdir()) == sorted(
         n for n in bed.owner.map_ids if n != "rt_routes")
     assert _pinned_ids(bed.owner.maps_dir) == bed.owner.map_ids

@@ -206,8 +206,10 @@ class Agent:
             from dataclasses import replace
 
             self.options = replace(self.options, swap="prog-array")
-        self.maps_dir = (Path(self.options.maps_dir).resolve()
-                         if self.options.maps_dir is not None else None)
+        # Where the owner pinned the maps (resolved by start(): a parent such as
+        # /run/bpfman/fs/maps is narrowed to the one program directory holding them).
+        self.maps_dir: Path | None = (Path(self.options.maps_dir).resolve()
+                                      if self.options.maps_dir is not None else None)
         self.spec: ObjectSpec = read_for_kernel(self.object_path)
         self.prog: ProgramSpec = self.spec.program(program)
         self.name = check_name(name if name is not None else self.prog.name)
@@ -277,6 +279,10 @@ class Agent:
         return self
 
     def _start(self) -> None:
+        if self.maps_dir is not None:
+            from ..loader import find_pinned_maps
+
+            self.maps_dir = find_pinned_maps(self.spec, self.maps_dir).resolve()
         t0 = time.perf_counter()
         self.target = Target.analyze(self.spec, self.prog)
         self.program, self.facts = self.target.program, self.target.facts

@@ -90,7 +90,10 @@ def foreign_info(directory: str | Path, object_path: str | Path) -> dict[str, An
         raise PinError(f"{directory} was pinned by `morpheus load`: leave out --object")
     if not directory.is_dir():
         raise PinError(f"{directory}: no such directory of pinned maps")
+    from .loader import find_pinned_maps
+
     spec = read_for_kernel(object_path)
+    directory = find_pinned_maps(spec, directory)  # bpfman's maps/ root: the program's own
     return {"directory": str(directory.resolve()), "object": str(Path(object_path).resolve()),
             "source": str(Path(object_path).resolve()), "foreign": True,
             "programs": {name: None for name in spec.programs},
@@ -113,7 +116,7 @@ def open_pinned_maps(directory: str | Path, info: dict[str, Any] | None = None
     if info.get("foreign"):
         from .loader import adopt_pinned_maps
 
-        return adopt_pinned_maps(read_for_kernel(info["object"]), directory)
+        return adopt_pinned_maps(read_for_kernel(info["object"]), info["directory"])
     root = Path(directory) / "maps"
     out: dict[str, Map] = {}
     try:

@@ -109,11 +109,14 @@ def run(args: argparse.Namespace) -> int:
             from ..runtime.metrics import serve
 
             _, metrics = serve(agent, control, args.metrics_port)
-        print(json.dumps({"event": "running", "name": agent.name, "socket":
-                          str(socket_path(agent.name)), "metrics_port": metrics.port
-                          if metrics else None, "maps_dir": args.maps,
-                          "entry": None if agent.options.attach else
-                          str(agent.pin_dir / "entry")}), flush=True)
+        running = {"event": "running", "name": agent.name,
+                   "socket": str(socket_path(agent.name)),
+                   "metrics_port": metrics.port if metrics else None}
+        if agent.maps_dir is not None:
+            running["maps_dir"] = str(agent.maps_dir)  # the owner's, as found under --maps
+        if not agent.options.attach:
+            running["entry"] = str(agent.pin_dir / "entry")  # for the loader that attaches it
+        print(json.dumps(running), flush=True)
         while not stop.is_set():
             agent.cycle()
             stop.wait(args.interval)

@@ -262,3 +262,39 @@ def test_missing_or_mismatched_owner_maps_fail_before_anything_is_made(bed: Bed)
     assert sorted(p.name for p in other.iterdir()) == sorted(
         n for n in bed.owner.map_ids if n != "rt_routes")
     assert _pinned_ids(bed.owner.maps_dir) == bed.owner.map_ids
+
+
+def test_maps_the_data_plane_writes_are_not_inlined_on_an_owners_maps() -> None:
+    """The switch learns into sw_fdb from the data plane. On bpfman's maps its generic
+    program may be learning too, unseen by the guard: those sites stay generic."""
+    nf = get("switch")
+    root = Path(f"/sys/fs/bpf/mph_bpfman_{os.getpid()}_{os.urandom(3).hex()}")
+    root.mkdir()
+    name = f"bp{os.getpid()}d{os.urandom(2).hex()}"
+    try:
+        subprocess.run(["bpftool", "prog", "loadall", str(nf.object_path), str(root / "progs"),
+                        "pinmaps", str(root / "maps"), "type", "xdp"],
+                       check=True, capture_output=True)
+        with NFEnv.start(nf, configure=False) as env:
+            agent = Agent(nf.object_path, iface="port2", netns=env.namespace.name, name=name,
+                          options=AgentOptions(maps_dir=root, attach=False,
+                                               measure_instrumentation=False))
+            agent.start()
+            try:
+                assert "sw_fdb" in agent.bump_slots
+                assert "owner" in agent._skip_maps()["sw_fdb"]
+                agent.cycle()
+                assert agent.current is not None
+                fdb = [d for d in agent.current.decisions if d["map"] == "sw_fdb"]
+                assert fdb and not any(d["specialized"] for d in fdb)
+            finally:
+                agent.stop(detach=True)
+        assert sorted(p.name for p in (root / "maps").iterdir()) == sorted(nf_maps(nf))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def nf_maps(nf: object) -> list[str]:
+    from morpheus.loader import read_for_kernel
+
+    return list(read_for_kernel(nf.object_path).maps)  # type: ignore[attr-defined]

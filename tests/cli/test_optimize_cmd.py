@@ -247,8 +247,8 @@ def katran_by_bpftool(test_objects: dict[str, Path], pin_dirs: tuple[Path, Path]
 
 
 def test_optimize_maps_pinned_by_another_owner_with_the_object(
-        katran_by_bpftool: tuple[Path, Path, KatranShape], tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        katran_by_bpftool: tuple[Path, Path, KatranShape], pin_dirs: tuple[Path, Path],
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     obj, maps_dir, shape = katran_by_bpftool
     pcap = tmp_path / "high.pcap"
     write_pcap(pcap, trace(shape, 2000))
@@ -257,9 +257,18 @@ def test_optimize_maps_pinned_by_another_owner_with_the_object(
         ids = {n: m.id for n, m in before.items()}
         # Given the parent of the maps directory, as bpfman's /run/bpfman/fs/maps.
         code, report, _ = _optimize(capsys, str(maps_dir.parent), "--object", str(obj),
-                                    "--program", "xdp_root", "--trace", str(pcap))
+                                    "--program", "xdp_root", "--trace", str(pcap),
+                                    "--pin", str(pin_dirs[1]))
         assert code == 0 and report["equivalent"], report
         assert report["directory"] == str(maps_dir.parent)
+        # The specialized chain, pinned on the owner's maps (the same kernel maps).
+        assert report["pinned"]["chain"] == [{"array": "root_array", "slot": 0,
+                                              "program": "balancer_ingress"}]
+        shared = [n for n in report["pinned"]["maps"] if n in before and n != "root_array"]
+        assert shared, report["pinned"]
+        for name in shared:
+            with Map.from_pin(pin_dirs[1] / "maps" / name) as pinned:
+                assert pinned.id == before[name].id, name
         # The chain is followed by program name (the owner's ids are not recorded anywhere).
         (link,) = report["chain"]
         assert (link["array"], link["slot"], link["program"]) == ("root_array", 0,

@@ -131,7 +131,7 @@ def test_the_agents_pre_swap_check_refuses_every_mutant(
             for mutation in _nf_mutations(name):
                 inject = Miscompile(mutation, base_maps)
                 agent.options = dataclasses.replace(options, final_passes=(inject,))
-                agent._dirty = True
+                agent.force_respecialize()
                 t0 = time.perf_counter()
                 report = agent.cycle()
                 elapsed = time.perf_counter() - t0
@@ -161,7 +161,7 @@ def test_the_agents_pre_swap_check_refuses_every_mutant(
                     real = agent.current
             # The real candidate still goes through.
             agent.options = options
-            agent._dirty = True
+            agent.force_respecialize()
             report = agent.cycle()
             assert report.outcome == "swapped", report.reason
         finally:

@@ -45,8 +45,6 @@ KNOWN_AGENT_MISSES = {
         "equivalent in practice: on the agent's candidate (rt_config guarded, not folded) "
         "the first test of an inlined field is on the path of frames shorter than 14 bytes, "
         "which BPF_PROG_TEST_RUN refuses and Ethernet never delivers",
-    ("router", "absent key served the first entry"):
-        f"{UNEXPLAINED}: frames addressed to the served interface arrive on lo in the check",
     ("firewall", "inlined value one bit off"):
         "equivalent on this configuration: the agent's first inlined value is fw_config, "
         "whose flipped fields keep their meaning (default action 0 and 0x01010101 are both "
@@ -54,9 +52,7 @@ KNOWN_AGENT_MISSES = {
     ("firewall", "inlined leaf points at another entry"): UNEXPLAINED,
     ("switch", "inlined leaf points at another entry"): UNEXPLAINED,
     ("switch", "key compare one word short"): UNEXPLAINED,
-    ("switch", "absent key served the first entry"): UNEXPLAINED,
     ("switch", "branch on an inlined field swapped"): UNEXPLAINED,
-    ("switch", "packet store dropped"): UNEXPLAINED,
 }
 
 

@@ -45,6 +45,7 @@ HELD_BACK = 300  # packets of flows the profile did not contain
 STRANGERS_PER_PORT = 4  # flows of each served port replayed on lo
 LOOPBACK_IFINDEX = 1  # lo: in every namespace, served by no configuration
 GUARDED_WRITES_PER_SITE = 3  # inlined entries changed per guarded site
+AFTER_WRITES = 400  # packets of the trace replayed after the control-plane writes
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,24 @@ def check_plan(trace: Trace, specialization: Any = None, *, nf: NetworkFunction 
                ports: Iterable[int] = (), seed: int = 0, held_back: int = HELD_BACK
                ) -> CheckPlan:
     """What a specialized program is checked on: `check_trace` over the sites
-    `specialization` (an `optimizer.Specialization`) inlined, and `guarded_writes` after
-    the near misses (which need the inlined code live) and before the moves and the
-    held-back flows (which reach the written keys)."""
+    `specialization` (an `optimizer.Specialization`) inlined, then `guarded_writes`, then
+    the first `AFTER_WRITES` packets of the trace again (which reach the written keys).
+
+    The writes come last because they move guards: where every inlined table is guarded
+    (the agent guards every map it may inline), every packet after them takes the generic
+    path, and moves, unseen flows, edge cases and strangers before them are what exercise
+    the inlined code on keys it did not see."""
     decisions = list(specialization.decisions) if specialization is not None else []
     sites = [d.site.index for d in decisions if d.plan is not None]
     checked = check_trace(trace, nf=nf, facts=facts, sites=sites, config=config, ports=ports,
                           seed=seed, held_back=held_back)
-    writes = guarded_writes(decisions, len(trace) + checked.meta["near_misses"] - 1)
+    writes = guarded_writes(decisions, len(checked) - 1)
+    if writes and trace.frames:
+        again = min(len(trace), AFTER_WRITES)
+        checked = Trace(checked.frames + trace.frames[:again],
+                        checked.flow_ids + [-1] * again, checked.ingress + trace.ingress[:again],
+                        checked.nf, checked.profile, checked.seed,
+                        {**checked.meta, "after_writes": again}, list(checked.warmup))
     return CheckPlan(checked, writes)
 
 

@@ -1,9 +1,13 @@
 """The LLVM engine: one MCJIT per process, the runtime module, and compiled program modules.
 
 The runtime bitcode is added once with its symbols visible: that is the management API
-Python calls through ctypes (`Runtime`). Every program module links in a fresh copy with
-internal linkage, so that LLVM inlines helpers and map operations into the program and
-drops what it does not use; the copies share no state (the runtime has no mutable globals).
+Python calls through ctypes, and the home of the runtime's slow paths (map updates and
+deletes, lookups in maps of unknown type: `SHARED` in runtime.c). Every program module links
+in the runtime's inline part only (the fast paths, always-inline, with internal linkage, so
+that LLVM inlines helpers and map lookups into the program and folds the map's constant
+header) plus declarations of the slow paths, which MCJIT resolves to the engine's copy: a
+program version costs the compile time of its own code, not of the whole runtime again.
+The copies share no state (the runtime has no mutable globals).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import ctypes
 import functools
 import itertools
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -56,6 +61,40 @@ class JitError(RuntimeError):
     """LLVM refused the lifted module (a bug in the lifter: the message has the details)."""
 
 
+_DEFINE = re.compile(r"^define (.*) \{$")
+
+
+def _inline_part(runtime: llvm.ModuleRef) -> bytes:
+    """The runtime as program modules link it: the always-inline functions (and the internal
+    ones they use) keep their bodies; every other exported function becomes a declaration,
+    resolved at load time to the engine's compiled copy. Built once per process, as text:
+    llvmlite cannot delete a function's body, and LLVM's printer writes each definition as
+    a `define ... {` line and a closing `}` line, which is all this relies on."""
+    external = {f.name for f in runtime.functions
+                if not f.is_declaration and f.linkage == llvm.Linkage.external
+                and not any(b"alwaysinline" in a for a in f.attributes)}
+    out: list[str] = []
+    skipping = False
+    for line in str(runtime).splitlines():
+        if skipping:
+            skipping = line != "}"
+            continue
+        m = _DEFINE.match(line)
+        if m is not None:
+            name = re.search(r'@("[^"]+"|[\w.$]+)\(', line)
+            if name is not None and name.group(1).strip('"') in external:
+                out.append(f"declare {m.group(1)}")
+                skipping = True
+                continue
+        out.append(line)
+    try:
+        module = llvm.parse_assembly("\n".join(out))
+        module.verify()
+    except RuntimeError as exc:
+        raise JitError(f"cannot split the runtime into its inline part: {exc}") from None
+    return module.as_bitcode()
+
+
 class _Engine:
     def __init__(self) -> None:
         llvm.initialize_native_target()
@@ -70,6 +109,7 @@ class _Engine:
         runtime = self._runtime_module()
         self.helpers = frozenset(f.name for f in runtime.functions
                                  if f.name.startswith("rt_helper_") and not f.is_declaration)
+        self.inline_bitcode = _inline_part(runtime)
         self.engine = llvm.create_mcjit_compiler(runtime, self.machine)
         self.engine.finalize_object()
         self.lock = threading.Lock()
@@ -82,11 +122,15 @@ class _Engine:
                                "(python -m morpheus.userspace.build)")
             self.api[name] = ctypes.CFUNCTYPE(restype, *argtypes)(address)
 
-    def _runtime_module(self) -> llvm.ModuleRef:
-        module = llvm.parse_bitcode(self.bitcode)
+    def _runtime_module(self, bitcode: bytes | None = None) -> llvm.ModuleRef:
+        module = llvm.parse_bitcode(self.bitcode if bitcode is None else bitcode)
         module.triple = self.triple
         module.data_layout = self.layout
         return module
+
+    def inline_runtime(self) -> llvm.ModuleRef:
+        """A fresh copy of the runtime's inline part, to link into one program module."""
+        return self._runtime_module(self.inline_bitcode)
 
     def optimize(self, module: llvm.ModuleRef, pipeline: str = "") -> None:
         """`o2`: LLVM's O2 pipeline. `fast`: the passes that matter for lifted eBPF (inline
@@ -147,7 +191,7 @@ def compile_module(ir_text: str, entry_symbol: str) -> CompiledModule:
         raise JitError(f"lifted IR does not parse: {exc}") from None
     module.triple = e.triple
     module.data_layout = e.layout
-    module.link_in(e._runtime_module())
+    module.link_in(e.inline_runtime())
     for fn in module.functions:
         if not fn.is_declaration and fn.name != entry_symbol:
             fn.linkage = llvm.Linkage.internal

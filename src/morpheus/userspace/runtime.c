@@ -117,6 +117,11 @@ struct rt_xdp {
 #define MAX_TAIL_CALLS 33
 
 #define INLINE __attribute__((always_inline))
+/* Out of line in every program: compiled once, in the engine's copy of the runtime, and
+ * called from the programs' modules (the JIT links only declarations of these). They are the
+ * slow paths (updates, deletes, evictions, lookups in maps of unknown type): inlining them
+ * would cost every program version their compile time and buy no packet any speed. */
+#define SHARED __attribute__((noinline))
 
 static inline u32 round8(u32 x) { return (x + 7) & ~7u; }
 
@@ -292,7 +297,7 @@ static INLINE void *hash_lookup(struct rt_map *m, const void *key)
 }
 
 /* `all_cpus`: the value holds every CPU's copy (user-space writes of per-CPU maps). */
-static s64 hash_update(struct rt_map *m, const void *key, const void *value, u64 flags,
+SHARED s64 rt_hash_update(struct rt_map *m, const void *key, const void *value, u64 flags,
 		       int all_cpus)
 {
 	if ((flags & 3) == 3 || flags > 7)
@@ -331,7 +336,7 @@ static s64 hash_update(struct rt_map *m, const void *key, const void *value, u64
 	return 0;
 }
 
-static s64 hash_delete(struct rt_map *m, const void *key)
+SHARED s64 rt_hash_delete(struct rt_map *m, const void *key)
 {
 	u32 b;
 	u32 i = hash_find(m, key, &b);
@@ -395,7 +400,7 @@ static void lpm_canonical_key(const struct rt_map *m, const void *key, u8 *out)
 			out[4 + (n >> 3)] |= 1 << (7 - (n & 7));
 }
 
-static s64 lpm_update(struct rt_map *m, const void *key, const void *value, u64 flags)
+SHARED s64 rt_lpm_update(struct rt_map *m, const void *key, const void *value, u64 flags)
 {
 	u32 plen = *(const u32 *)key;
 	if (plen > m->bits || flags > BPF_EXIST)
@@ -421,7 +426,7 @@ static s64 lpm_update(struct rt_map *m, const void *key, const void *value, u64 
 	return 0;
 }
 
-static s64 lpm_delete(struct rt_map *m, const void *key)
+SHARED s64 rt_lpm_delete(struct rt_map *m, const void *key)
 {
 	if (*(const u32 *)key > m->bits)
 		return -EINVAL;
@@ -438,7 +443,7 @@ static s64 lpm_delete(struct rt_map *m, const void *key)
 
 /* ---------------------------------------------------------------- generic map operations */
 
-static void *map_lookup(struct rt_map *m, const void *key)
+SHARED void *rt_map_lookup(struct rt_map *m, const void *key)
 {
 	u32 t = m->type;
 	if (is_array(t)) {
@@ -479,11 +484,11 @@ static inline s64 map_update(struct rt_map *m, const void *key, const void *valu
 		return 0;
 	}
 	if (t == T_LPM_TRIE)
-		return lpm_update(m, key, value, flags);
-	return hash_update(m, key, value, flags, 0);
+		return rt_lpm_update(m, key, value, flags);
+	return rt_hash_update(m, key, value, flags, 0);
 }
 
-static inline s64 map_delete(struct rt_map *m, const void *key)
+SHARED s64 rt_map_delete(struct rt_map *m, const void *key)
 {
 	u32 t = m->type;
 	if (is_array(t)) {
@@ -499,8 +504,8 @@ static inline s64 map_delete(struct rt_map *m, const void *key)
 		return 0;
 	}
 	if (t == T_LPM_TRIE)
-		return lpm_delete(m, key);
-	return hash_delete(m, key);
+		return rt_lpm_delete(m, key);
+	return rt_hash_delete(m, key);
 }
 
 /* ---------------------------------------------------------------- user-side API */
@@ -553,13 +558,13 @@ s64 rt_map_write(struct rt_map *m, const void *key, const void *value, u64 flags
 		return 0;
 	}
 	if (t == T_LPM_TRIE)
-		return lpm_update(m, key, value, flags);
-	return hash_update(m, key, value, flags, 1);
+		return rt_lpm_update(m, key, value, flags);
+	return rt_hash_update(m, key, value, flags, 1);
 }
 
 s64 rt_map_remove(struct rt_map *m, const void *key)
 {
-	return m->type == T_RINGBUF ? -EINVAL : map_delete(m, key);
+	return m->type == T_RINGBUF ? -EINVAL : rt_map_delete(m, key);
 }
 
 /* Element by position, for iteration from Python: copies key and values of the `pos`-th
@@ -633,7 +638,7 @@ void rt_map_clear(struct rt_map *m)
 /* Any map (maps of maps hand out inner maps whose type is known only at run time). */
 u64 rt_helper_map_lookup_elem(u64 r1, u64 r2, u64 r3, u64 r4, u64 r5)
 {
-	return (u64)map_lookup((struct rt_map *)r1, (const void *)r2);
+	return (u64)rt_map_lookup((struct rt_map *)r1, (const void *)r2);
 }
 
 /* Lookups for a map the lifter knows statically (the map of an ld_imm64 in r1): only that
@@ -688,7 +693,7 @@ HELPER(map_update_elem)
 
 HELPER(map_delete_elem)
 {
-	return (u64)map_delete((struct rt_map *)r1, (const void *)r2);
+	return (u64)rt_map_delete((struct rt_map *)r1, (const void *)r2);
 }
 
 static inline u64 clock_ns(struct rt_env *env, int clk)
@@ -789,7 +794,7 @@ HELPER(redirect_map)
 	u32 key = (u32)r2;
 	if (r3 & ~0x1bull) /* BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS | action bits */
 		return XDP_ABORTED;
-	if (!map_lookup(m, &key))
+	if (!rt_map_lookup(m, &key))
 		return r3 & 3;
 	x->redirect_kind = 2;
 	x->redirect_map = r1;
@@ -887,7 +892,7 @@ HELPER(loop)
 #define RINGBUF_HDR 8
 #define EAGAIN 11
 
-static u8 *ringbuf_alloc(struct rt_map *m, u64 size)
+SHARED u8 *rt_ringbuf_alloc(struct rt_map *m, u64 size)
 {
 	u64 len = (size + RINGBUF_HDR + 7) & ~7ull;
 	if (size > m->max_entries - RINGBUF_HDR || m->st->clock + len > m->max_entries - 1)
@@ -903,7 +908,7 @@ HELPER(ringbuf_reserve)
 {
 	if (r3)
 		return 0;
-	return (u64)ringbuf_alloc((struct rt_map *)r1, r2);
+	return (u64)rt_ringbuf_alloc((struct rt_map *)r1, r2);
 }
 
 HELPER(ringbuf_submit) { return 0; }
@@ -911,7 +916,7 @@ HELPER(ringbuf_discard) { return 0; }
 
 HELPER(ringbuf_output)
 {
-	u8 *rec = ringbuf_alloc((struct rt_map *)r1, r3);
+	u8 *rec = rt_ringbuf_alloc((struct rt_map *)r1, r3);
 	if (!rec)
 		return (u64)-EAGAIN;
 	memcpy(rec, (const void *)r2, r3);

@@ -52,7 +52,9 @@ _API = {
 
 _FAST_PIPELINE = (
     "global_dead_code_eliminate", "always_inliner", "sroa", "instruction_combine",
-    "simplify_cfg", "sccp", "new_gvn", "instruction_combine", "jump_threading",
+    # The second SROA splits the eBPF stack into scalars once instcombine has folded the
+    # helpers' inttoptr(ptrtoint(stack slot)) back into GEPs and SCCP the key-size tests.
+    "simplify_cfg", "sccp", "sroa", "new_gvn", "instruction_combine", "jump_threading",
     "dead_store_elimination", "aggressive_dce", "simplify_cfg", "global_dead_code_eliminate",
 )
 

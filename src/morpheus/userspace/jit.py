@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import itertools
 import os
 import re
@@ -115,6 +116,9 @@ class _Engine:
         self.engine = llvm.create_mcjit_compiler(runtime, self.machine)
         self.engine.finalize_object()
         self.lock = threading.Lock()
+        # Native code by lifted IR (entry symbol aside): the IR names every map and the
+        # environment by address, so equal text is equal code for the same data plane.
+        self.cache: dict[str, _Cached] = {}
         self.counter = itertools.count()
         self.api = {}
         for name, (restype, argtypes) in _API.items():
@@ -160,8 +164,20 @@ def engine() -> _Engine:
 
 
 @dataclass
+class _Cached:
+    module: llvm.ModuleRef
+    address: int
+    users: int = 0
+
+
+@dataclass
 class CompiledModule:
-    """A program compiled to native code. Keep it alive while the entry may run."""
+    """A program compiled to native code. Keep it alive while the entry may run.
+
+    Compiling IR equal to a module that is still loaded (the same program against the same
+    maps: a specialization cycle that arrives at the same version, a return to the
+    original) reuses its native code: `cached` is then true and the times are the lookup's.
+    The code stays loaded until the last CompiledModule using it is closed."""
 
     module: llvm.ModuleRef
     entry_address: int
@@ -169,13 +185,28 @@ class CompiledModule:
     compile_ms: float  # wall clock
     compile_cpu_ms: float  # CPU time of this thread (the VM's other tenants do not count)
     ir: str
+    cached: bool = False
+    key: str | None = None
 
     def close(self) -> None:
         e = engine()
         with e.lock:
-            if self.module is not None:
+            if self.module is None:
+                return
+            shared = e.cache.get(self.key) if self.key is not None else None
+            if shared is not None and shared.module is self.module:
+                shared.users -= 1
+                if shared.users <= 0:
+                    del e.cache[self.key]  # type: ignore[arg-type]
+                    e.engine.remove_module(self.module)
+            else:
                 e.engine.remove_module(self.module)
-                self.module = None  # type: ignore[assignment]
+            self.module = None  # type: ignore[assignment]
+
+
+def cache_key(ir_text: str, entry_symbol: str) -> str:
+    """What identifies a lifted module's native code: its text with the entry renamed."""
+    return hashlib.sha256(ir_text.replace(entry_symbol, "\0entry").encode()).hexdigest()
 
 
 def fresh_symbol(prefix: str = "morpheus_entry") -> str:
@@ -187,6 +218,15 @@ def compile_module(ir_text: str, entry_symbol: str) -> CompiledModule:
     e = engine()
     started = time.perf_counter()
     started_cpu = time.thread_time()
+    key = cache_key(ir_text, entry_symbol)
+    with e.lock:
+        hit = e.cache.get(key)
+        if hit is not None:
+            hit.users += 1
+            return CompiledModule(hit.module, hit.address, ENTRY(hit.address),
+                                  (time.perf_counter() - started) * 1000,
+                                  (time.thread_time() - started_cpu) * 1000, ir_text,
+                                  cached=True, key=key)
     try:
         module = llvm.parse_assembly(ir_text)
     except RuntimeError as exc:
@@ -209,8 +249,10 @@ def compile_module(ir_text: str, entry_symbol: str) -> CompiledModule:
         e.engine.add_module(module)
         e.engine.finalize_object()
         address = e.engine.get_function_address(entry_symbol)
+        if address:
+            e.cache[key] = _Cached(module, address, users=1)
     if not address:
         raise JitError(f"compiled module has no entry {entry_symbol}")
     elapsed = (time.perf_counter() - started) * 1000
     cpu = (time.thread_time() - started_cpu) * 1000
-    return CompiledModule(module, address, ENTRY(address), elapsed, cpu, ir_text)
+    return CompiledModule(module, address, ENTRY(address), elapsed, cpu, ir_text, key=key)

@@ -7,6 +7,7 @@ far is closed; the caller owns the objects only once `load_collection` returns.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -17,7 +18,7 @@ from typing import Self
 from .ir import Program, encode
 from .ir.program import EncodedProgram
 from .kernel import FD, LoadedProgram, Map, VerifierError, load_btf, load_program, possible_cpus
-from .kernel.btf import running_target
+from .kernel.btf import kallsyms_listed, kernel_config, open_module_btfs, running_target
 from .obj import MapSpec, ObjectSpec, ProgramSpec, read_object
 from .obj.core import POISON_IMM
 from .obj.reader import ReadOptions
@@ -33,6 +34,10 @@ class LoadError(RuntimeError):
 
 class PinnedMapMismatch(LoadError):
     """A map declared LIBBPF_PIN_BY_NAME is pinned already with other parameters."""
+
+
+class KsymWithoutAddress(LoadError):
+    """The kernel found a typed `__ksym` variable in its BTF but no address for it."""
 
 
 class PoisonedRelocation(LoadError):
@@ -83,6 +88,9 @@ class Collection:
     maps: dict[str, Map] = field(default_factory=dict)
     programs: dict[str, LoadedProgram] = field(default_factory=dict)
     btf_fd: FD | None = None
+    # BTF fds of the kernel modules whose kfuncs or ksyms the programs use (their fd_array),
+    # held as long as the collection, as libbpf holds them as long as the object.
+    module_btf_fds: dict[str, FD] = field(default_factory=dict)
 
     def close(self) -> None:
         for prog in self.programs.values():
@@ -91,8 +99,11 @@ class Collection:
             m.close()
         if self.btf_fd is not None:
             self.btf_fd.close()
+        for fd in self.module_btf_fds.values():
+            fd.close()
         self.programs.clear()
         self.maps.clear()
+        self.module_btf_fds.clear()
 
     def __enter__(self) -> Self:
         return self
@@ -196,23 +207,66 @@ def load_program_spec(
 ) -> LoadedProgram:
     """Encode `program` (default: the spec's) against `maps` (by name) and load it.
 
-    With a Collection, its maps and BTF are used. The caller owns the returned program.
+    With a Collection, its maps, BTF and module BTF fds are used; otherwise the BTF of the
+    kernel modules whose kfuncs the program calls is opened for the load (the kernel keeps
+    its own references). The caller owns the returned program.
     """
+    module_fds: Mapping[str, FD] = {}
     if isinstance(maps, Collection):
         btf_fd = btf_fd if btf_fd is not None else maps.btf_fd
+        module_fds = maps.module_btf_fds
         maps = maps.maps
     program = program or spec.program
-    encoded = encode(program, {n: m.fd.number for n, m in maps.items()})
-    with_btf = btf_fd is not None and bool(encoded.func_info)
-    try:
-        return _load(spec, encoded, btf_fd if with_btf else None, name, log_level)
-    except VerifierError as exc:
-        if f"unknown#{POISON_IMM}" not in exc.log:
+    with contextlib.ExitStack() as opened:
+        fd_array: tuple[int, ...] = ()
+        if spec.module_btfs:
+            if any(m not in module_fds for m in spec.module_btfs):
+                module_fds = open_module_btfs(spec.module_btfs)
+                for fd in module_fds.values():
+                    opened.callback(fd.close)
+            # Index 0 stays unused: a kfunc call with `off` 0 is vmlinux's (as libbpf).
+            fd_array = (0, *(module_fds[m].number for m in spec.module_btfs))
+        encoded = encode(program, {n: m.fd.number for n, m in maps.items()}, fd_array)
+        with_btf = btf_fd is not None and bool(encoded.func_info)
+        try:
+            return _load(spec, encoded, _LoadOptions(btf_fd if with_btf else None, name,
+                                                     log_level, fd_array))
+        except VerifierError as exc:
+            _explain(spec, program, exc)
             raise
+
+
+def _explain(spec: ProgramSpec, program: Program, exc: VerifierError) -> None:
+    """Raise a LoadError that says what to do, for refusals the loader can explain."""
+    if f"unknown#{POISON_IMM}" in exc.log:
         raise PoisonedRelocation(
             f"program {spec.name}: the verifier reached an instruction whose CO-RE relocation "
             f"the target kernel cannot satisfy: {'; '.join(_poison_notes(program))}"
         ) from exc
+    missing = _KSYM_WITHOUT_ADDRESS.search(exc.log)
+    if missing is not None:
+        raise KsymWithoutAddress(
+            f"program {spec.name}: __ksym variable {missing.group(1)!r}: "
+            f"{_why_no_address(missing.group(1))} (verifier: {missing.group(0)})") from exc
+
+
+# The verifier's words when kallsyms has no address for a typed ksym's BTF VAR.
+_KSYM_WITHOUT_ADDRESS = re.compile(r"ldimm64 failed to find the address for kernel symbol "
+                                   r"'([^']+)'")
+
+
+def _why_no_address(symbol: str) -> str:
+    found = "the kernel knows its type (BTF) but has no address for it"
+    if not kallsyms_listed(symbol):
+        config = kernel_config()
+        if config is not None and config.get("CONFIG_KALLSYMS_ALL") != "y":
+            return (f"{found}: the kernel looks typed ksyms up in kallsyms, which lists no "
+                    "data symbols on this kernel (built without CONFIG_KALLSYMS_ALL); libbpf "
+                    "fails the same way. Run on a kernel with CONFIG_KALLSYMS_ALL=y, or read "
+                    "the value through a helper or kfunc instead")
+        return (f"{found}: the symbol is not in /proc/kallsyms (not exported as data on this "
+                "kernel, or renamed); libbpf fails the same way")
+    return f"{found} (see the verifier log)"
 
 
 def _poison_notes(program: Program) -> list[str]:
@@ -228,13 +282,21 @@ def _poison_notes(program: Program) -> list[str]:
     return notes or ["see the verifier log"]
 
 
-def _load(spec: ProgramSpec, encoded: EncodedProgram, btf_fd: FD | None, name: str | None,
-          log_level: int) -> LoadedProgram:
+@dataclass(frozen=True, slots=True)
+class _LoadOptions:
+    btf_fd: FD | None
+    name: str | None
+    log_level: int
+    fd_array: tuple[int, ...] = ()
+
+
+def _load(spec: ProgramSpec, encoded: EncodedProgram, options: _LoadOptions) -> LoadedProgram:
+    btf_fd = options.btf_fd
     with_btf = btf_fd is not None
     return load_program(
         encoded.bytecode,
         spec.type,
-        name=(name or spec.name)[: BPF_OBJ_NAME_LEN - 1],
+        name=(options.name or spec.name)[: BPF_OBJ_NAME_LEN - 1],
         license=spec.license or "GPL",
         expected_attach_type=spec.attach_type,
         btf_fd=btf_fd if with_btf else None,
@@ -242,7 +304,8 @@ def _load(spec: ProgramSpec, encoded: EncodedProgram, btf_fd: FD | None, name: s
         line_info=encoded.line_info if with_btf else (),
         prog_flags=spec.flags,
         kern_version=spec.kern_version,
-        log_level=log_level,
+        log_level=options.log_level,
+        fd_array=options.fd_array,
     )
 
 
@@ -291,6 +354,9 @@ def load_collection(
             if mspec.init_slots and mspec.type != MapType.PROG_ARRAY and name in created:
                 for slot, inner in mspec.init_slots:
                     coll.maps[name].update(slot, coll.maps[inner])
+        modules = dict.fromkeys(m for n in wanted for m in spec.programs[n].module_btfs)
+        if modules:
+            coll.module_btf_fds = open_module_btfs(tuple(modules))
         for name in wanted:
             coll.programs[name] = load_program_spec(spec.programs[name], coll, log_level=log_level)
         for name, mspec in spec.maps.items():

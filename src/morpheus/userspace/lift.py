@@ -422,6 +422,9 @@ class _Lifter:
             elif insn.off != 0:
                 raise LiftError(f"program {self.program.name}: instruction {index}: mov with "
                                 f"offset {insn.off} is not supported in user space")
+            elif is64:  # a plain move is no instruction at all: dst now names src's value
+                self.store_reg(fn, insn.dst, src)
+                return
             else:
                 fn.emit(f"{r} = or {ty} {src}, 0")
         elif code in (0x30, 0x90):  # DIV / MOD, unsigned (off 0) or signed (off 1)

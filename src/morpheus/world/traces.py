@@ -46,6 +46,8 @@ STRANGERS_PER_PORT = 4  # flows of each served port replayed on lo
 LOOPBACK_IFINDEX = 1  # lo: in every namespace, served by no configuration
 GUARDED_WRITES_PER_SITE = 3  # inlined entries changed per guarded site
 AFTER_WRITES = 400  # packets of the trace replayed after the control-plane writes
+INLINED_KEYS_PER_SITE = 64  # inlined keys of each site written into a check frame
+XDP_MD_INGRESS_IFINDEX = 12  # offset of ingress_ifindex in struct xdp_md
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ def check_plan(trace: Trace, specialization: Any = None, *, nf: NetworkFunction 
     decisions = list(specialization.decisions) if specialization is not None else []
     sites = [d.site.index for d in decisions if d.plan is not None]
     checked = check_trace(trace, nf=nf, facts=facts, sites=sites, config=config, ports=ports,
-                          seed=seed, held_back=held_back)
+                          seed=seed, held_back=held_back, first=inlined_key_packets(
+                              trace, decisions))
     writes = guarded_writes(decisions, len(checked) - 1)
     if writes and trace.frames:
         again = min(len(trace), AFTER_WRITES)
@@ -87,6 +90,53 @@ def check_plan(trace: Trace, specialization: Any = None, *, nf: NetworkFunction 
                         checked.nf, checked.profile, checked.seed,
                         {**checked.meta, "after_writes": again}, list(checked.warmup))
     return CheckPlan(checked, writes)
+
+
+def inlined_key_packets(trace: Trace, decisions: Iterable[Any],
+                        per_site: int = INLINED_KEYS_PER_SITE) -> list[tuple[bytes, int]]:
+    """A packet for every inlined key (up to `per_site` a site): the first frame of the
+    trace long enough to hold the key's packet fields, with the key's bytes written at the
+    offsets the site builds its key from (and the ingress port, where the key holds it).
+    The hot keys come from live traffic a check trace may not contain, and an inlined
+    entry no check packet reaches is never checked."""
+    out: list[tuple[bytes, int]] = []
+    if not trace.frames:
+        return out
+    for d in decisions:
+        plan, key_bytes = d.plan, getattr(d.site, "key_bytes", None)
+        if plan is None or not key_bytes or getattr(d.site, "inner_of", None) is not None:
+            continue
+        places: list[tuple[int, int]] = []  # (key byte, packet offset)
+        port_bytes: list[tuple[int, int]] = []  # (key byte, byte of ingress_ifindex)
+        for n, b in enumerate(key_bytes):
+            origin = b.field
+            if not origin or len(origin) < 3 or b.byte is None:
+                continue
+            off, size = origin[1], origin[2]
+            if not isinstance(off, int) or not isinstance(size, int) or b.byte >= size:
+                continue
+            if b.kind == "pkt":
+                places.append((n, off + b.byte))  # a load: least significant byte first
+            elif b.kind == "ctx" and off == XDP_MD_INGRESS_IFINDEX and size == 4:
+                port_bytes.append((n, b.byte))
+        if not places:
+            continue
+        reach = max(o for _, o in places)
+        template = next((i for i, f in enumerate(trace.frames) if len(f) > reach), None)
+        if template is None:
+            continue
+        for entry in plan.entries[:per_site]:
+            key = entry.key
+            if len(key) < len(key_bytes):
+                continue
+            frame = bytearray(trace.frames[template])
+            for n, off in places:
+                frame[off] = key[n]
+            port = trace.ingress[template]
+            if port_bytes:
+                port = sum(key[n] << (8 * byte) for n, byte in port_bytes)
+            out.append((_fix_ipv4_checksum(bytes(frame), -1), port))
+    return out
 
 
 def guarded_writes(decisions: Iterable[Any], after: int,
@@ -129,15 +179,20 @@ def frames_trace(frames: Sequence[bytes], ingress: int | Sequence[int], nf: str 
 def check_trace(trace: Trace, *, nf: NetworkFunction | None = None,
                 facts: ProgramFacts | None = None, sites: Iterable[int] = (),
                 config: object = None, seed: int = 0, held_back: int = HELD_BACK,
-                ports: Iterable[int] = ()) -> Trace:
-    """`trace` followed by near-miss keys of `sites` (instruction indexes of specialized
-    lookups in `facts`), moves, held-back packets and edge cases. `ports` are ingress
-    ifindexes the program serves on top of those the trace and the NF name."""
+                ports: Iterable[int] = (), first: Iterable[tuple[bytes, int]] = ()
+                ) -> Trace:
+    """`trace` followed by `first` (packets for the inlined keys), near-miss keys of
+    `sites` (instruction indexes of specialized lookups in `facts`), moves, held-back
+    packets and edge cases. `ports` are ingress ifindexes the program serves on top of
+    those the trace and the NF name."""
     frames, ingress = list(trace.frames), list(trace.ingress)
     rng = random.Random(f"check/{trace.nf}/{trace.seed}/{seed}")
     # Near misses first, while the inlined tables still hold: the held-back flows and the
     # edge cases write the maps (a switch learns), which moves guards and sends every later
     # packet down the unspecialized path.
+    for frame, port in first:
+        frames.append(frame)
+        ingress.append(port)
     near = 0
     if facts is not None:
         offsets = key_packet_offsets(facts, sites)

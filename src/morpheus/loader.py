@@ -36,6 +36,10 @@ class PinnedMapMismatch(LoadError):
     """A map declared LIBBPF_PIN_BY_NAME is pinned already with other parameters."""
 
 
+class PinnedMapMissing(LoadError):
+    """A map of the object has no pin in the directory the maps are adopted from."""
+
+
 class KsymWithoutAddress(LoadError):
     """The kernel found a typed `__ksym` variable in its BTF but no address for it."""
 
@@ -370,7 +374,82 @@ def load_collection(
     return coll
 
 
-def _reuse_pinned(spec: MapSpec, path: Path) -> Map:
+def foreign_pin_names(object_name: str, spec: MapSpec) -> list[str]:
+    """The names another loader may have pinned the map under, most likely first: the
+    object's own name for it (bpfman's and `bpftool ... pinmaps`'s layout for BTF maps), the
+    name the kernel knows it by (libbpf's for global data, e.g. `router.rodata`) and the
+    section without its leading dot."""
+    names = [spec.name, kernel_map_name(object_name, spec), spec.name.lstrip(".")]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def adopt_pinned_maps(spec: ObjectSpec, directory: str | Path,
+                      names: Iterable[str] | None = None) -> dict[str, Map]:
+    """Open the maps of `spec` (all, or those named) pinned by another owner under
+    `directory`, one pin per map named after it (bpfman's /run/bpfman/fs/maps/<prog id>/,
+    `bpftool prog loadall OBJ DIR pinmaps MAPDIR`), each checked against the object's
+    definition as LIBBPF_PIN_BY_NAME reuse is (`PinnedMapMismatch`); a map with no pin is
+    `PinnedMapMissing`. Nothing is created, written or unpinned: the caller closes the
+    returned maps, and the owner's pins stay."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise PinnedMapMissing(f"{root}: no such directory of pinned maps")
+    out: dict[str, Map] = {}
+    try:
+        for name in (list(spec.maps) if names is None else list(names)):
+            mspec = spec.maps[name]
+            candidates = foreign_pin_names(spec.name, mspec)
+            path = next((root / n for n in candidates if (root / n).exists()), None)
+            if path is None:
+                present = sorted(p.name for p in root.iterdir())
+                raise PinnedMapMissing(
+                    f"map {name!r} of {spec.name} is not pinned under {root} (looked for "
+                    f"{', '.join(candidates)}; the directory holds "
+                    f"{', '.join(present) or 'nothing'}): give the directory the owner "
+                    "pinned this object's maps in")
+            out[name] = _reuse_pinned(mspec, path, hint="it belongs to another program or "
+                                      "another build of this object")
+    except BaseException:
+        for m in out.values():
+            m.close()
+        raise
+    return out
+
+
+def find_pinned_maps(spec: ObjectSpec, directory: str | Path) -> Path:
+    """The directory holding the object's maps: `directory` itself when it has a pin for
+    each, else its one subdirectory that does with maps of the declared parameters (under
+    bpfman's /run/bpfman/fs/maps, each program's maps sit in a directory named by its
+    program id, which differs from node to node). None or several: a LoadError saying so."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise PinnedMapMissing(f"{root}: no such directory of pinned maps")
+
+    def holds_all(d: Path) -> bool:
+        return all(any((d / n).exists() for n in foreign_pin_names(spec.name, m))
+                   for m in spec.maps.values())
+
+    if holds_all(root):
+        return root
+    found = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and holds_all(p)):
+        try:
+            maps = adopt_pinned_maps(spec, sub)
+        except LoadError:
+            continue
+        for m in maps.values():
+            m.close()
+        found.append(sub)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        adopt_pinned_maps(spec, root)  # raises, naming the first missing or different map
+    raise LoadError(f"{len(found)} directories under {root} hold maps of {spec.name} "
+                    f"({', '.join(p.name for p in found)}): give the one of the program "
+                    "to specialize (bpfman: `bpfman get PROGRAM_ID` shows its map pin path)")
+
+
+def _reuse_pinned(spec: MapSpec, path: Path, hint: str = "unpin it or rename the map") -> Map:
     """The map pinned at `path`, if it is what `spec` declares (libbpf's
     map_is_reuse_compat: type, key and value size, entries, flags, map_extra)."""
     m = Map.from_pin(path)
@@ -388,6 +467,6 @@ def _reuse_pinned(spec: MapSpec, path: Path) -> Map:
         m.close()
         raise PinnedMapMismatch(
             f"map {spec.name!r}: the map pinned at {path} cannot be reused, its parameters "
-            f"differ: {', '.join(differ)}; unpin it or rename the map")
+            f"differ: {', '.join(differ)}; {hint}")
     m.name = spec.name
     return m

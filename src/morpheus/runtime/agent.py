@@ -75,7 +75,7 @@ from ..passes.instrument import CTL_MAP, SAMPLES_MAP, Instrument, layout_for
 from ..passes.pipeline import PassContext
 from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, AttachType, ProgType
 from . import faults
-from .check import CandidatePair, CheckResult, check_candidate
+from .check import CandidatePair, CheckInputs, CheckResult, candidate_plan, check_candidate
 from .guard import GuardMap
 from .lifecycle import (
     AgentError,
@@ -99,6 +99,7 @@ _MIN_STABILITY_SAMPLES = 8
 # runtime.watch.PIN_NAMES); the state file records them before any is made.
 _FIXED_PINS = ("guard", CTL_MAP, SAMPLES_MAP, "slots", "link")
 _WATCHER_DIR = "watcher"
+_ENTRY_PIN = "entry"  # the trampoline, pinned for another loader to attach (attach=False)
 _UPDATE_FLAGS = (0, 1, 2, 4)  # BPF_ANY, BPF_NOEXIST, BPF_EXIST, BPF_F_LOCK
 
 
@@ -131,12 +132,26 @@ class AgentOptions:
     # output bytes, data-plane map writes; run on private copies of the maps) before it is
     # swapped in. Empty: no check (each check costs two more loads and verifications).
     check_frames: tuple[bytes, ...] = ()
+    # The check runs more than `check_frames` (the plan `optimize`'s check runs: near-miss
+    # keys of every inlined site, moves, unseen flows, edge cases, control-plane writes to
+    # guarded entries; see runtime.check); False: the check frames alone.
+    check_enrich: bool = True
+    # The built-in NF the program is (a morpheus.nf.NetworkFunction) and its configuration:
+    # the check then adds the NF's held-back flows and edge cases, on the NF's ports.
+    check_nf: Any = None
+    check_config: Any = None
+    # Further interfaces (names, in the agent's namespace) whose packets the program
+    # handles: the check's unseen flows and edge cases arrive on them too.
+    check_ifaces: tuple[str, ...] = ()
     watch_external: bool = True
     # BPF run-time statistics give ns/packet per version in `status`, but cost every packet
     # two clock reads (about 30-40 ns): off unless asked for.
     run_stats: bool = False
     # Passes appended after the cleanup passes (custom pipelines; tests inject failures).
     extra_passes: tuple[Any, ...] = ()
+    # Passes run on the finished candidate, after the hot-key trees (tests inject
+    # miscompiles here, where the optimizer's own last passes run).
+    final_passes: tuple[Any, ...] = ()
     # A site whose inlined keys keep answering `stable_coverage` of its sampled lookups for
     # `stable_cycles` cycles samples one lookup in `stable_rate` only; when the coverage
     # drops, sampling returns to `sample_rate` and the site is re-planned.
@@ -152,6 +167,13 @@ class AgentOptions:
     # served, so it is left out of the plan for `churn_pause` cycles.
     churn_cycles: int = 3
     churn_pause: int = 20
+    # Maps pinned by another owner (bpfman's /run/bpfman/fs/maps/<prog id>/, or a directory
+    # `bpftool prog loadall OBJ PROGS pinmaps DIR` made): the agent opens the object's maps
+    # there instead of creating them, never pins them itself and never unpins them.
+    maps_dir: Path | None = None
+    # False: attach nothing; the entry program (a prog-array trampoline, so swaps need no
+    # hook of ours) is pinned as PIN_DIR/entry for another loader to attach.
+    attach: bool = True
 
 
 @dataclass
@@ -195,10 +217,23 @@ class Agent:
         self.program_name = program
         self.netns = NetNamespace(netns) if netns else None
         self.options = options or AgentOptions()
+        if not self.options.attach and self.options.swap != "prog-array":
+            # Without a hook of its own the agent swaps behind the pinned entry program.
+            from dataclasses import replace
+
+            self.options = replace(self.options, swap="prog-array")
+        # Where the owner pinned the maps (resolved by start(): a parent such as
+        # /run/bpfman/fs/maps is narrowed to the one program directory holding them).
+        self.maps_dir: Path | None = (Path(self.options.maps_dir).resolve()
+                                      if self.options.maps_dir is not None else None)
         self.spec: ObjectSpec = read_for_kernel(self.object_path)
         self.prog: ProgramSpec = self.spec.program(program)
         self.name = check_name(name if name is not None else self.prog.name)
         self.pin_dir = Path(pin_root) / self.name
+        if self.maps_dir is not None and self.maps_dir.is_relative_to(
+                self.pin_dir.resolve()):
+            raise AgentError(f"--maps {self.maps_dir} is inside the agent's own pin directory "
+                             f"{self.pin_dir}: give the directory the maps' owner pinned")
         self.state_file = STATE_DIR / f"{self.name}.json"
         self._agent_lock = AgentLock(STATE_DIR / f"{self.name}.lock", self.name)
         self.maps: dict[str, Map] = {}
@@ -233,6 +268,9 @@ class Agent:
         self.snapshot_deferrals = 0  # cycles deferred because no snapshot was consistent
         self._deferred_in_a_row = 0
         self._adopted: dict[str, Any] = {}
+        # The last pre-swap check: its result and how many packets and writes it ran.
+        self.last_check: CheckResult | None = None
+        self.last_check_writes = 0
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -261,6 +299,10 @@ class Agent:
         return self
 
     def _start(self) -> None:
+        if self.maps_dir is not None:
+            from ..loader import find_pinned_maps
+
+            self.maps_dir = find_pinned_maps(self.spec, self.maps_dir).resolve()
         t0 = time.perf_counter()
         self.target = Target.analyze(self.spec, self.prog)
         self.program, self.facts = self.target.program, self.target.facts
@@ -292,7 +334,7 @@ class Agent:
                 self._stats_fd = enable_run_stats()
         remove_stale_tmp(self.state_file)
         state = read_state(self.state_file)
-        if (self.pin_dir / "link").exists():
+        if (self.pin_dir / "link").exists() or (self.pin_dir / _ENTRY_PIN).exists():
             self._adopt(state)
         else:
             self._recover(state)
@@ -310,7 +352,10 @@ class Agent:
     def _planned_pins(self) -> list[str]:
         from .watch import PIN_NAMES
 
-        return [*(f"maps/{_pin_name(n)}" for n in self.spec.maps), *_FIXED_PINS,
+        # Maps adopted from another owner's directory are not ours: never named here, so no
+        # clean-up (detach, a failed start, crash recovery) can remove them.
+        own_maps = () if self.maps_dir is not None else self.spec.maps
+        return [*(f"maps/{_pin_name(n)}" for n in own_maps), *_FIXED_PINS, _ENTRY_PIN,
                 *(f"{_WATCHER_DIR}/{n}" for n in PIN_NAMES)]
 
     def _recover(self, state: dict[str, Any] | None) -> None:
@@ -392,14 +437,17 @@ class Agent:
 
     def _create_and_attach(self) -> None:
         self.pin_dir.mkdir(parents=True, exist_ok=True)
-        (self.pin_dir / "maps").mkdir(exist_ok=True)
-        with self._in_netns():
-            coll = load_collection(self.spec, programs=[])
-        self._owned.append(coll)
-        self.btf_fd = coll.btf_fd
-        self.maps = dict(coll.maps)
-        for name, m in self.maps.items():
-            m.pin(self.pin_dir / "maps" / _pin_name(name))
+        if self.maps_dir is not None:
+            self._open_foreign_maps()
+        else:
+            (self.pin_dir / "maps").mkdir(exist_ok=True)
+            with self._in_netns():
+                coll = load_collection(self.spec, programs=[])
+            self._owned.append(coll)
+            self.btf_fd = coll.btf_fd
+            self.maps = dict(coll.maps)
+            for name, m in self.maps.items():
+                m.pin(self.pin_dir / "maps" / _pin_name(name))
         faults.reach("fresh.maps")
         self.guard = GuardMap(len(set(self.guard_slots.values())))
         self.guard.map.pin(self.pin_dir / "guard")
@@ -416,6 +464,17 @@ class Agent:
         self.current = version  # closed by stop() if what follows fails
         faults.reach("fresh.loaded")
         ifindex = self._ifindex()
+        if not self.options.attach:
+            self.trampoline = Trampoline.create(self.prog)
+            self.trampoline.swap(version.program)
+            self.trampoline.slots.pin(self.pin_dir / "slots")
+            faults.reach("fresh.attached")
+            self.trampoline.program.pin(self.pin_dir / _ENTRY_PIN)
+            log.info(json.dumps({"event": "entry-pinned",
+                                 "entry": str(self.pin_dir / _ENTRY_PIN)}))
+            self.current = None
+            self._set_current(version)
+            return
         flags = XDP_FLAGS_DRV_MODE if self.options.xdp_mode == "native" else XDP_FLAGS_SKB_MODE
         attached = version.program
         if self.options.swap == "prog-array":
@@ -437,19 +496,39 @@ class Agent:
         self.current = None
         self._set_current(version)
 
+    def _open_foreign_maps(self) -> None:
+        """The object's maps from the owner's directory (checked against the object's
+        definitions), and the object's BTF for the programs the agent loads."""
+        from ..loader import adopt_pinned_maps
+
+        assert self.maps_dir is not None
+        self.maps = adopt_pinned_maps(self.spec, self.maps_dir)
+        self._owned.extend(self.maps.values())
+        self.btf_fd = None
+        if self.spec.btf is not None:
+            from ..kernel import load_btf
+
+            self.btf_fd = load_btf(self.spec.btf.blob())
+            self._owned.append(self.btf_fd)
+
     def _check_adoptable(self, state: dict[str, Any] | None) -> None:
+        hook = "link" if (self.pin_dir / "link").exists() else _ENTRY_PIN
         if state is None:
             raise AgentError(
-                f"{self.pin_dir / 'link'} is pinned but there is no agent state "
+                f"{self.pin_dir / hook} is pinned but there is no agent state "
                 f"{self.state_file}: it was not made by an agent named {self.name!r} (or "
                 f"its state was removed). Detach it yourself (rm -r {self.pin_dir}) or "
                 "choose another --name")
         mismatches = []
         here = {"object": str(self.object_path.resolve()), "program": self.prog.name,
-                "iface": self.iface, "netns": self.netns.name if self.netns else None}
+                "iface": self.iface, "netns": self.netns.name if self.netns else None,
+                "maps_dir": str(self.maps_dir) if self.maps_dir is not None else None}
+        if (self.pin_dir / "link").exists() != self.options.attach:
+            mismatches.append(f"attach {not self.options.attach!r} (asked: "
+                              f"{self.options.attach!r})")
         for key, wanted in here.items():
-            if key in state and state[key] != wanted:
-                mismatches.append(f"{key} {state[key]!r} (asked: {wanted!r})")
+            if state.get(key, None if key == "maps_dir" else wanted) != wanted:
+                mismatches.append(f"{key} {state.get(key)!r} (asked: {wanted!r})")
         if mismatches:
             raise AgentError(
                 f"agent {self.name!r} already runs with {', '.join(mismatches)} "
@@ -460,7 +539,9 @@ class Agent:
     def _adopt(self, state: dict[str, Any] | None) -> None:
         self._check_adoptable(state)
         assert state is not None
-        for name in self.spec.maps:
+        if self.maps_dir is not None:
+            self._open_foreign_maps()
+        for name in self.spec.maps if self.maps_dir is None else ():
             m = Map.from_pin(self.pin_dir / "maps" / _pin_name(name))
             m.name = name
             self.maps[name] = m
@@ -474,13 +555,17 @@ class Agent:
                 m.name = name
                 self.maps[name] = m
                 self._owned.append(m)
-        self.link = Link.from_pin(self.pin_dir / "link")
-        link_info = self.link.info()
-        ifindex = self._ifindex()
-        if link_info.ifindex not in (0, ifindex):
-            raise AgentError(f"{self.pin_dir / 'link'} is attached to ifindex "
-                             f"{link_info.ifindex}, not to {self.iface} (ifindex {ifindex})")
-        attached = LoadedProgram.from_id(link_info.prog_id)
+        if self.options.attach:
+            self.link = Link.from_pin(self.pin_dir / "link")
+            link_info = self.link.info()
+            ifindex = self._ifindex()
+            if link_info.ifindex not in (0, ifindex):
+                raise AgentError(f"{self.pin_dir / 'link'} is attached to ifindex "
+                                 f"{link_info.ifindex}, not to {self.iface} (ifindex "
+                                 f"{ifindex})")
+            attached = LoadedProgram.from_id(link_info.prog_id)
+        else:
+            attached = LoadedProgram.from_pin(self.pin_dir / _ENTRY_PIN)
         if (self.pin_dir / "slots").exists():
             self.trampoline = Trampoline.from_pins(self.pin_dir / "slots", attached)
             running_id = self.trampoline.running_id()
@@ -489,12 +574,13 @@ class Agent:
             running = LoadedProgram.from_id(running_id)
         else:
             running = attached
-        self.btf_fd = None
-        if self.spec.btf is not None:
-            from ..kernel import load_btf
+        if self.maps_dir is None:
+            self.btf_fd = None
+            if self.spec.btf is not None:
+                from ..kernel import load_btf
 
-            self.btf_fd = load_btf(self.spec.btf.blob())
-            self._owned.append(self.btf_fd)
+                self.btf_fd = load_btf(self.spec.btf.blob())
+                self._owned.append(self.btf_fd)
         self._version_counter = int(state.get("version", 0))
         # What the adopted program is, as its maker recorded (kept in the state until this
         # agent swaps in its own version).
@@ -553,6 +639,8 @@ class Agent:
         state = {"object": str(self.object_path.resolve()), "program": self.prog.name,
                  "iface": self.iface, "netns": self.netns.name if self.netns else None,
                  "pin_dir": str(self.pin_dir), "pid": os.getpid(), "phase": phase,
+                 "maps_dir": str(self.maps_dir) if self.maps_dir is not None else None,
+                 "attach": self.options.attach,
                  "version": self._version_counter,
                  "kind": current.kind if current is not None else None,
                  "inlined": sorted({d["map"] for d in current.decisions if d["specialized"]})
@@ -630,13 +718,13 @@ class Agent:
             program = result.program
             self._ensure_extra_maps(result.extra_maps)
             t3 = time.perf_counter()
-            version = self._load_with_relief(program, result, request, signature)
+            version, result = self._load_with_relief(program, result, request, signature)
             version.fingerprint = fingerprint
             report.timings_ms["verify"] = _ms(t3)
             faults.reach("cycle.load")
             if self.options.check_frames:
                 t_check = time.perf_counter()
-                outcome = self._check_equivalence(version)
+                outcome = self._check_equivalence(version, result)
                 report.timings_ms["check"] = _ms(t_check)
                 if not outcome.equivalent:
                     version.program.close()
@@ -759,10 +847,12 @@ class Agent:
             self.target, snapshots, heat, self.options.plan,
             guards=Guards(self.guard_slots, self.bump_slots, versions),
             passes=self._passes(), sampling=self._sampling(), skip_maps=self._skip_maps(),
-            verifier_base=self._verifier_base())
+            verifier_base=self._verifier_base(), final_passes=self.options.final_passes)
 
     def _load_with_relief(self, program: Program, result: Any, request: SpecializeRequest,
-                          signature: tuple[object, ...]) -> Version:
+                          signature: tuple[object, ...]) -> tuple[Version, Any]:
+        """The loaded candidate and the specialization it was loaded from (a relieved one
+        when the verifier refused the first)."""
         converged: frozenset[int] = frozenset()
         dropped: frozenset[int] = frozenset()
         for _attempt in range(8):
@@ -773,7 +863,7 @@ class Agent:
                     decisions=[_decision(d) for d in result.decisions],
                     timings_ms=dict(result.timings_ms),
                     guard_versions={p.map: p.guard_version for p in result.plan.sites
-                                    if p.guard_slot is not None})
+                                    if p.guard_slot is not None}), result
             except VerifierError as exc:
                 if not is_complexity_error(str(exc)):
                     raise
@@ -786,13 +876,36 @@ class Agent:
                 self._ensure_extra_maps(result.extra_maps)
         raise AgentError("the verifier refused every relieved version")
 
-    def _check_equivalence(self, version: Version) -> CheckResult:
-        """Run the candidate and the unspecialized program on the check packets."""
+    def _check_equivalence(self, version: Version, result: Any = None) -> CheckResult:
+        """Run the candidate and the unspecialized program on the check plan: the check
+        packets and what `optimize`'s check adds to its trace (runtime.check)."""
         assert version.source is not None
         pair = CandidatePair(self.prog, self.spec, self._base_program(instrumented=False),
                              version.source, self.btf_fd)
         with self._in_netns():
-            return check_candidate(self.maps, self.options.check_frames, self._ifindex(), pair)
+            inputs = self.check_inputs(result)
+            plan = candidate_plan(inputs)
+            outcome = check_candidate(self.maps, inputs, pair, plan)
+        self.last_check, self.last_check_writes = outcome, len(plan.writes)
+        return outcome
+
+    def check_inputs(self, result: Any = None) -> CheckInputs:
+        """What the pre-swap check of the candidate `result` (a Specialization) runs on:
+        the check frames on this interface, the candidate's inlined sites and guarded
+        entries, the NF and the further interfaces the options name. Call it in the
+        agent's namespace."""
+        import socket
+
+        ports = []
+        for name in self.options.check_ifaces:
+            try:
+                ports.append(socket.if_nametoindex(name))
+            except OSError:
+                raise AgentError(f"check interface {name!r} does not exist") from None
+        return CheckInputs(self.options.check_frames, self._ifindex(), facts=self.facts,
+                           specialization=result, nf=self.options.check_nf,
+                           config=self.options.check_config, ports=tuple(ports),
+                           enrich=self.options.check_enrich)
 
     def _should_measure_instrumentation(self, heat: Mapping[int, Any]) -> bool:
         return (self.options.measure_instrumentation and bool(self.layout.sites)
@@ -807,7 +920,7 @@ class Agent:
         version is back when this returns. Without traffic it gives up after one window and
         tries again a minute later."""
         self._next_measurement = time.monotonic() + 60.0
-        assert self.current is not None and self.link is not None
+        assert self.current is not None and (self.link or self.trampoline) is not None
         entry = self.trampoline.program if self.trampoline is not None else None
         totals = {"plain": [0, 0], "instrumented": [0, 0]}  # packets, ns
         try:
@@ -849,11 +962,11 @@ class Agent:
     def _attach(self, program: LoadedProgram) -> None:
         """Make `program` the one packets run (no expected-old check: callers hold the
         lock's guarantees themselves)."""
-        assert self.link is not None
         with self.lock:
             if self.trampoline is not None:
                 self.trampoline.swap(program)
             else:
+                assert self.link is not None
                 self.link.update(program)
 
     def _update_stability(self, heat: Mapping[int, Any]) -> None:
@@ -914,9 +1027,18 @@ class Agent:
             self._dirty = True
 
     def _skip_maps(self) -> dict[str, str]:
-        return {name: (f"its guard moved in {self.options.churn_cycles} cycles in a row "
+        skip = {name: (f"its guard moved in {self.options.churn_cycles} cycles in a row "
                        f"(written all the time): not inlined for {left + 1} more cycles")
                 for name, left in self._paused.items()}
+        if self.maps_dir is not None:
+            # The owner's generic program (bpfman's, on any hook) writes these maps too, and
+            # writes by BPF programs are the watcher's blind spot: only the agent's own
+            # versions bump the guard, so an inlined value could go stale unseen.
+            for name in self.bump_slots:
+                skip.setdefault(name, f"written by the data plane, and the maps are "
+                                      f"{self.maps_dir}'s owner's: its programs' writes "
+                                      "would not move the guard")
+        return skip
 
     def _sampling(self) -> Any:
         rates = [self.options.stable_rate
@@ -943,13 +1065,14 @@ class Agent:
         return [*cleanup_passes(), *self.options.extra_passes]
 
     def _swap(self, version: Version) -> None:
-        assert self.link is not None and self.current is not None
+        assert self.current is not None
         with self.lock:
             faults.reach("swap.before")
             t0 = time.perf_counter()
             if self.trampoline is not None:
                 self.trampoline.swap(version.program)
             else:
+                assert self.link is not None
                 self.link.update(version.program, expected_old=self.current.program)
             self.last_swap_us = (time.perf_counter() - t0) * 1e6
             faults.reach("swap.after")
@@ -1057,6 +1180,9 @@ class Agent:
             "cycle_ms": _cycle_stats(self.history),
             "instrumentation": dict(self.instrumentation),
             "paused_maps": {name: left + 1 for name, left in self._paused.items()},
+            "maps_dir": str(self.maps_dir) if self.maps_dir is not None else None,
+            "attach": ("link" if self.options.attach else
+                       f"none: entry pinned at {self.pin_dir / _ENTRY_PIN}"),
             "swap": {"mode": "prog-array" if self.trampoline is not None else "link",
                      "last_us": round(self.last_swap_us, 1) if self.last_swap_us else None},
             "run_stats": self._stats_fd is not None,

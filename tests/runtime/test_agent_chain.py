@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from morpheus.kernel.netns import NetNamespace
 from morpheus.loader import load_program_spec
 from morpheus.runtime.agent import Agent, AgentOptions
+from morpheus.world import CheckRequest, Side, check
 from tests.optimizer.katran_env import configure, trace
 
 pytestmark = pytest.mark.kernel
@@ -68,6 +70,23 @@ def test_the_agent_runs_the_root_with_its_callee_and_honours_slot_writes(
                     live = agent.current.program  # type: ignore[union-attr]
                     assert {live.test_run(f).retval for f in frames[:50]} == {XDP_PASS}
                     agent.maps["root_array"].delete(SLOT)
+                # Another build under the callee's name (xdp_root's code named
+                # balancer_ingress): the check runs the slot's program as loaded, not the
+                # object's balancer of that name, and says so.
+                other_build = replace(agent.spec.program("xdp_root"), name="balancer_ingress")
+                with load_program_spec(other_build, agent.maps, btf_fd=agent.btf_fd) as other:
+                    agent.maps["root_array"].update(SLOT, other)
+                    root_spec = agent.spec.program("xdp_root")
+                    side = Side("base", root_spec, spec=agent.spec, btf_fd=agent.btf_fd)
+                    with ns.entered():
+                        ifindex = ns.ifindex("kc0")
+                        result = check(CheckRequest(agent.maps, side, replace(
+                            side, label="candidate"), [(f, ifindex) for f in frames[:20]],
+                            snapshot=True))
+                    agent.maps["root_array"].delete(SLOT)
+                assert result.equivalent
+                assert any("not the object's program" in n for n in result.notes), result.notes
+                assert set(result.base_verdicts) == {XDP_PASS}  # what the slot really runs
             finally:
                 balancer.close()
                 shape.close()

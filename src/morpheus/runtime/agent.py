@@ -182,7 +182,15 @@ class Agent:
 
     Use as a context manager or call `start()` / `stop()`. `run_forever()` loops until
     `stop()`; `cycle()` runs one optimization cycle (tests and demos drive it directly).
+
+    The cycle (profile, plan, specialize, verify, check, swap) and the control-plane API are
+    the backend's common part; the data plane is this class's kernel one (BPF link or
+    prog-array trampoline). `runtime.useragent.UserspaceAgent` overrides the data-plane
+    hooks (`_load_version`, `_swap`, `_set_current`, `_ensure_extra_maps`,
+    `_check_equivalence`, `_version_stats`, ...) to run the same cycle over AF_XDP.
     """
+
+    backend = "kernel"
 
     def __init__(self, object_path: str | Path, *, iface: str, program: str | None = None,
                  netns: str | None = None, name: str | None = None,
@@ -258,18 +266,7 @@ class Agent:
         return self
 
     def _start(self) -> None:
-        t0 = time.perf_counter()
-        self.target = Target.analyze(self.spec, self.prog)
-        self.program, self.facts = self.target.program, self.target.facts
-        self.analysis_ms = (time.perf_counter() - t0) * 1000
-        candidates = sorted({s.map for s in self.facts.lookups() if s.specializable})
-        self.guard_slots = {name: n for n, name in enumerate(candidates)}
-        data_plane = sorted({s.map for s in self.facts.lookups()
-                             if s.specializable and s.guarded})
-        self.bump_slots = {m: self.guard_slots[m] for m in data_plane}
-        self.sites = sampled_sites(self.facts, self.spec.maps, self.options.plan)
-        self.layout = layout_for(self.sites, slots=self.options.sample_slots,
-                                 rate=self.options.sample_rate)
+        self._analyze()
         if self.options.run_stats:
             with contextlib.suppress(KernelError, OSError):
                 self._stats_fd = enable_run_stats()
@@ -289,6 +286,21 @@ class Agent:
                              "iface": self.iface, "version": self.current.number
                              if self.current else None,
                              "analysis_ms": round(self.analysis_ms, 2)}))
+
+    def _analyze(self) -> None:
+        """The program's facts, its candidate maps' guard slots and its sampled sites."""
+        t0 = time.perf_counter()
+        self.target = Target.analyze(self.spec, self.prog)
+        self.program, self.facts = self.target.program, self.target.facts
+        self.analysis_ms = (time.perf_counter() - t0) * 1000
+        candidates = sorted({s.map for s in self.facts.lookups() if s.specializable})
+        self.guard_slots = {name: n for n, name in enumerate(candidates)}
+        data_plane = sorted({s.map for s in self.facts.lookups()
+                             if s.specializable and s.guarded})
+        self.bump_slots = {m: self.guard_slots[m] for m in data_plane}
+        self.sites = sampled_sites(self.facts, self.spec.maps, self.options.plan)
+        self.layout = layout_for(self.sites, slots=self.options.sample_slots,
+                                 rate=self.options.sample_rate)
 
     def _planned_pins(self) -> list[str]:
         from .watch import PIN_NAMES
@@ -594,7 +606,7 @@ class Agent:
             version = self._load_with_relief(program, result, request, signature)
             report.timings_ms["verify"] = _ms(t3)
             faults.reach("cycle.load")
-            if self.options.check_frames:
+            if self._check_wanted():
                 t_check = time.perf_counter()
                 outcome = self._check_equivalence(version)
                 report.timings_ms["check"] = _ms(t_check)
@@ -715,6 +727,10 @@ class Agent:
                 program = result.program
                 self._ensure_extra_maps(result.extra_maps)
         raise AgentError("the verifier refused every relieved version")
+
+    def _check_wanted(self) -> bool:
+        """Whether candidates are checked before the swap (kernel: with --check-trace)."""
+        return bool(self.options.check_frames)
 
     def _check_equivalence(self, version: Version) -> CheckResult:
         """Run the candidate and the unspecialized program on the check packets."""
@@ -969,6 +985,7 @@ class Agent:
     def status(self) -> dict[str, Any]:
         current = self.current
         out: dict[str, Any] = {
+            "backend": self.backend,
             "program": self.prog.name, "iface": self.iface, "pin_dir": str(self.pin_dir),
             "version": None, "errors": list(self.errors),
             "cycles": [{"at": round(c.started, 3), "outcome": c.outcome, "reason": c.reason,
@@ -977,7 +994,7 @@ class Agent:
             "cycle_ms": _cycle_stats(self.history),
             "instrumentation": dict(self.instrumentation),
             "paused_maps": {name: left + 1 for name, left in self._paused.items()},
-            "swap": {"mode": "prog-array" if self.trampoline is not None else "link",
+            "swap": {"mode": self._swap_mode(),
                      "last_us": round(self.last_swap_us, 1) if self.last_swap_us else None},
             "run_stats": self._stats_fd is not None,
             "snapshot": {"retries": self.snapshot_retries,
@@ -990,22 +1007,10 @@ class Agent:
                 versions = self.guard.versions()
                 out["guards"] = {m: versions[s] for m, s in self.guard_slots.items()}
         if current is not None:
-            info = None
-            # The cycle thread closes a version's fd once it is swapped out: read under the
-            # lock it swaps under, and take a fd closed anyway (ClosedError) as "no stats".
-            with self.lock, contextlib.suppress(KernelError, ValueError):
-                info = current.program.info()
             out["version"] = {"number": current.number, "kind": current.kind,
                               "insns": current.insns, "since": round(current.created, 3),
                               "sites": current.decisions, "passes_ms": current.timings_ms}
-            # Without run statistics the kernel counts nothing: say so rather than 0.
-            out["version"]["run_stats"] = self._stats_fd is not None
-            if self._stats_fd is not None and info is not None \
-                    and info.run_cnt >= current.stats_at_swap[0]:
-                packets = info.run_cnt - current.stats_at_swap[0]
-                ns = info.run_time_ns - current.stats_at_swap[1]
-                out["version"]["packets"] = packets
-                out["version"]["ns_per_packet"] = round(ns / packets, 1) if packets else None
+            out["version"].update(self._version_stats(current))
         heat = getattr(self.reader, "heat", {}) if hasattr(self, "reader") else {}
         if hasattr(self, "layout"):
             sampling = self.reader.layout if hasattr(self, "reader") else self.layout
@@ -1021,6 +1026,27 @@ class Agent:
                 if h is not None and d.get("keys_inlined"):
                     d["hit_rate"] = round(h.share(set(bytes.fromhex(k)
                                                       for k in d["keys_inlined"])), 4)
+        return out
+
+    def _swap_mode(self) -> str:
+        return "prog-array" if self.trampoline is not None else "link"
+
+    def _version_stats(self, current: Version) -> dict[str, Any]:
+        """`run_stats`, and `packets` and `ns_per_packet` of the running version when the
+        kernel counts them (BPF run statistics on)."""
+        info = None
+        # The cycle thread closes a version's fd once it is swapped out: read under the
+        # lock it swaps under, and take a fd closed anyway (ClosedError) as "no stats".
+        with self.lock, contextlib.suppress(KernelError, ValueError):
+            info = current.program.info()
+        # Without run statistics the kernel counts nothing: say so rather than 0.
+        out: dict[str, Any] = {"run_stats": self._stats_fd is not None}
+        if self._stats_fd is not None and info is not None \
+                and info.run_cnt >= current.stats_at_swap[0]:
+            packets = info.run_cnt - current.stats_at_swap[0]
+            ns = info.run_time_ns - current.stats_at_swap[1]
+            out["packets"] = packets
+            out["ns_per_packet"] = round(ns / packets, 1) if packets else None
         return out
 
     def _throughput_status(self) -> dict[str, Any]:

@@ -61,8 +61,10 @@ class Bed:
         return pkt.ethernet(ROUTER_MAC, PEER_MAC, pkt.ETH_P_IP,
                             pkt.ipv4("30.0.0.1", dst, pkt.IPPROTO_UDP, l4, ttl=ttl))
 
-    def exchange(self, frames: list[bytes], timeout: float = 5.0) -> list[bytes]:
-        """Send `frames` into the router from the peer; the IPv4 frames that come back."""
+    def exchange(self, frames: list[bytes], timeout: float = 5.0, pause: float = 0.001
+                 ) -> list[bytes]:
+        """Send `frames` into the router from the peer (a `pause` every 64); the IPv4
+        frames that come back."""
         back: list[bytes] = []
         with self.ns.entered(), socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
                                               socket.htons(0x0800)) as s:
@@ -72,7 +74,7 @@ class Bed:
             for n, f in enumerate(frames):
                 s.send(f)
                 if n % 64 == 63:
-                    time.sleep(0.001)  # the veth's queue holds a few hundred frames
+                    time.sleep(pause)  # the veth's queue holds a few hundred frames
             deadline = time.monotonic() + timeout
             while len(back) < len(frames) and time.monotonic() < deadline:
                 try:
@@ -251,3 +253,28 @@ def test_morpheus_run_backend_userspace(bed: Bed) -> None:
     assert not socket_path(name).exists() and not (STATE_DIR / f"{name}.json").exists()
     with bed.ns.entered():
         assert bed.ns.xdp_program_id("ua") == 0
+
+
+def test_swaps_under_traffic_lose_and_repeat_no_frame(bed: Bed) -> None:
+    import threading
+
+    nf = get("router")
+    agent = _agent(bed, f"ud{os.getpid()}")
+    agent.start()
+    try:
+        nf.control_plane(agent.control_maps()).apply(bed.config)
+        frames = [bed.frame(s % 8, h) for h in range(1, 41) for s in range(8)] * 6  # 1920
+        bed.exchange(frames[:100])
+        results: list[list[bytes]] = []
+        sender = threading.Thread(target=lambda: results.append(bed.exchange(frames, 15.0, 0.08)))
+        sender.start()
+        swaps = 0
+        while sender.is_alive() and swaps < 20:
+            agent._dirty = True  # a new version every cycle
+            swaps += agent.cycle().outcome == "swapped"
+        sender.join()
+        assert swaps >= 3
+        assert sorted(results[0]) == sorted(_expected(bed.config, frames, bed.ifindex))
+        assert agent.status()["afxdp"]["poller_error"] is None
+    finally:
+        agent.stop()

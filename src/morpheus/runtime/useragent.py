@@ -75,6 +75,7 @@ class UserspaceAgent(Agent):
         self.btf_fd: Any = None
         self.ifindex = 0
         self.last_check: dict[str, Any] | None = None
+        self._poller_reported = False
         self._extras: dict[int, dict[str, Any]] = {}  # version number → extra maps it binds
         self.instrumentation = {"state": "not measured yet"}
 
@@ -296,6 +297,15 @@ class UserspaceAgent(Agent):
             "plain_ns": round(ns["plain"], 1), "instrumented_ns": round(ns["instrumented"], 1),
             "ns_per_packet": round(ns["instrumented"] - ns["plain"], 1)}
         log.info(json.dumps({"event": "instrumentation-cost", **self.instrumentation}))
+
+    def cycle(self) -> Any:
+        """One cycle of the kernel agent's; first, a poller that stopped is an error (the
+        interface's frames then wait in the ring, unprocessed)."""
+        if self.poller is not None and self.poller.error and not self._poller_reported:
+            self._poller_reported = True
+            self.errors.append(f"AF_XDP poller stopped: {self.poller.error}")
+            log.error(json.dumps({"event": "poller-stopped", "error": self.poller.error}))
+        return super().cycle()
 
     # --- observability ------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from ..kernel.netns import NetNamespace
+
 
 class ThroughputError(RuntimeError):
     """The interface's counters could not be read."""
@@ -57,8 +59,15 @@ class LinkCounters:
         self.iface = iface
         self.netns = netns
         try:
-            self._ipr: Any = IPRoute(netns=netns) if netns else IPRoute()
-        except Exception as exc:  # pyroute2 raises OSError and its own NetlinkError
+            # Opened inside the namespace rather than with IPRoute(netns=...), which forks
+            # a helper process that proxies every request: a socket keeps the namespace of
+            # the thread that opened it.
+            if netns:
+                with NetNamespace(netns).entered():
+                    self._ipr: Any = IPRoute()
+            else:
+                self._ipr = IPRoute()
+        except Exception as exc:  # NetnsError, OSError, pyroute2's NetlinkError
             raise ThroughputError(f"cannot open netlink{_where(netns)}: {exc}") from exc
         self._lock = threading.Lock()
 

@@ -134,9 +134,13 @@ def test_the_router_specialized_in_user_space_and_a_write_never_served_stale(bed
         back = bed.exchange(hot)
         assert sorted(back) == sorted(_expected(bed.config, hot, bed.ifindex))
 
+        live_stats, live_guards = list(agent.maps["rt_stats"].items()), agent.guard.versions()
         report = agent.cycle()
         assert report.outcome == "swapped", report.reason
         assert "check" in report.timings_ms  # checked on frames sampled from the traffic
+        # on copies: the check's frames counted nothing in the live maps
+        assert list(agent.maps["rt_stats"].items()) == live_stats
+        assert agent.guard.versions() == live_guards
         status = agent.status()
         assert status["backend"] == "userspace" and status["swap"]["mode"] == "pointer"
         assert status["version"]["kind"] == "specialized"

@@ -128,7 +128,7 @@ class UserspaceAgent(Agent):
         plain = self._base_program(instrumented=False)
         self._verify(plain)  # it runs check packets in this process: the kernel judges it
         self.equivalence = Equivalence(CheckSetup(
-            self.spec, self.plane, (*self.target.written_maps(), GUARD_MAP), sampling,
+            self.spec, self.plane, (*self.target.written_maps(), GUARD_MAP), private,
             self.gate.paused, self.lock), plain)
         self.poller.start()
         self.reader = HeatReader(self.layout, self.maps, decay=self.options.decay)

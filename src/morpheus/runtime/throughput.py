@@ -20,8 +20,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ..kernel.netns import NetNamespace
-
 
 class ThroughputError(RuntimeError):
     """The interface's counters could not be read."""
@@ -59,15 +57,12 @@ class LinkCounters:
         self.iface = iface
         self.netns = netns
         try:
-            # Opened inside the namespace rather than with IPRoute(netns=...), which forks
-            # a helper process that proxies every request: a socket keeps the namespace of
-            # the thread that opened it.
-            if netns:
-                with NetNamespace(netns).entered():
-                    self._ipr: Any = IPRoute()
-            else:
-                self._ipr = IPRoute()
-        except Exception as exc:  # NetnsError, OSError, pyroute2's NetlinkError
+            # IPRoute(netns=...) rather than a socket opened inside the namespace
+            # (NetNamespace.netlink): pyroute2 0.9 binds its socket per thread, and the meter
+            # reads from a thread of its own, where that socket would be in the agent's
+            # namespace ("No such device").
+            self._ipr: Any = IPRoute(netns=netns) if netns else IPRoute()
+        except Exception as exc:  # pyroute2 raises OSError and its own NetlinkError
             raise ThroughputError(f"cannot open netlink{_where(netns)}: {exc}") from exc
         self._lock = threading.Lock()
 

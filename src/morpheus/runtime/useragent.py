@@ -102,7 +102,8 @@ class UserspaceAgent(Agent):
         remove_stale_tmp(self.state_file)
         self._write_state(phase="starting")
         sampling = self._sampling_specs()
-        guard_spec = MapSpec(GUARD_MAP, MapType.ARRAY, 4, 8 * max(1, len(self.guard_slots)), 1)
+        slots = max(self.guard_slots.values(), default=0) + 1  # resolved inner maps share
+        guard_spec = MapSpec(GUARD_MAP, MapType.ARRAY, 4, 8 * slots, 1)
         private = {GUARD_MAP: guard_spec, **sampling}
         # Kernel maps of the same layout: what the verifier judges every version against.
         coll = load_collection(self.spec, programs=[])
@@ -116,7 +117,7 @@ class UserspaceAgent(Agent):
         self.plane = UserDataPlane.create(self.spec, extra_maps=private)
         self.gate = BatchGate()
         self.maps = {name: MapView(name, m, self.gate) for name, m in self.plane.maps.items()}
-        self.guard = UserGuard(self.maps[GUARD_MAP], len(self.guard_slots))  # type: ignore[assignment]
+        self.guard = UserGuard(self.maps[GUARD_MAP], slots)  # type: ignore[assignment]
         base = self._load_version(self._base_program(instrumented=True), "base",
                                   self.layout.sites, sampling=self.layout)
         self.ifindex = self._ifindex()
@@ -326,6 +327,7 @@ class UserspaceAgent(Agent):
     def status(self) -> dict[str, Any]:
         out = super().status()
         out["pin_dir"] = None
+        out["attach"] = "afxdp: the redirect program into an XSKMAP, this process's socket"
         out["run_stats"] = True
         if self.port is not None and self.poller is not None:
             gate = self.gate

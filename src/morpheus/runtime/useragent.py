@@ -244,7 +244,7 @@ class UserspaceAgent(Agent):
     def _check_wanted(self) -> bool:
         return bool(self.options.check_frames or (self.poller and self.poller.frames))
 
-    def _check_equivalence(self, version: Version) -> Any:
+    def _check_equivalence(self, version: Version, result: Any = None) -> Any:
         assert version.source is not None
         frames = [*list(self.poller.frames), *self.options.check_frames][:CHECK_PACKETS]
         result = self.equivalence.check(version.source, frames, self.ifindex)

@@ -14,6 +14,9 @@
 #   MORPHEUS_METRICS_PORT  Prometheus metrics on 127.0.0.1:PORT (default 9464; the
 #                          liveness probe reads it)
 #   MORPHEUS_XDP_MODE      native (default) or generic
+#   MORPHEUS_MAPS          maps pinned by another owner (bpfman): the directory of the
+#                          program's map pins, or its parent /run/bpfman/fs/maps (the agent
+#                          finds the program's own); the agent never removes them
 #   MORPHEUS_NETNS         named network namespace of the interface (tests; a pod uses the
 #                          host network instead)
 # Arguments are passed on to `morpheus run` (e.g. --swap prog-array --interval 1).
@@ -45,6 +48,13 @@ fi
 fstype=$(stat -f -c %T /sys/fs/bpf 2>/dev/null || true)
 [ "$fstype" = "bpf_fs" ] || die "/sys/fs/bpf is not a bpffs (it is '${fstype:-missing}'):" \
     "mount the host's /sys/fs/bpf into the container (a hostPath volume)"
+if [ -n "${MORPHEUS_MAPS:-}" ]; then
+    [ -d "$MORPHEUS_MAPS" ] || die "no directory $MORPHEUS_MAPS (MORPHEUS_MAPS): mount the" \
+        "maps' owner's bpffs (bpfman: hostPath /run/bpfman/fs)"
+    fstype=$(stat -f -c %T "$MORPHEUS_MAPS" 2>/dev/null || true)
+    [ "$fstype" = "bpf_fs" ] || die "$MORPHEUS_MAPS is not on a bpffs (it is '$fstype'):" \
+        "mount the maps' owner's bpffs into the container"
+fi
 mkdir -p /run/morpheus || die "cannot create /run/morpheus (the control sockets' directory)"
 [ -w /run/morpheus ] || die "/run/morpheus is not writable"
 
@@ -62,6 +72,7 @@ set -- run "$object" --iface "$MORPHEUS_IFACE" \
     --metrics-port "${MORPHEUS_METRICS_PORT:-9464}" \
     --xdp-mode "${MORPHEUS_XDP_MODE:-native}" \
     ${MORPHEUS_PROGRAM:+--program "$MORPHEUS_PROGRAM"} \
+    ${MORPHEUS_MAPS:+--maps "$MORPHEUS_MAPS"} \
     ${MORPHEUS_NETNS:+--netns "$MORPHEUS_NETNS"} \
     "$@"
 exec morpheus "$@"

@@ -260,3 +260,23 @@ def test_kfunc_and_weak_kfunc_calls(test_objects: dict[str, Path]) -> None:
     want = vmlinux_btf().find(Kind.FUNC, "bpf_dynptr_from_xdp")
     assert want is not None and want.id in {i.imm for i in calls}
     assert 0 in {i.imm for i in calls}  # the weak kfunc this kernel lacks
+
+
+def test_typed_ksym_the_kernel_has_no_address_for_is_named_with_the_reason(
+        test_objects: dict[str, Path]) -> None:
+    """Without CONFIG_KALLSYMS_ALL the kernel finds a typed ksym's BTF but no address (libbpf
+    fails the same way): the error names the program, the variable and the kernel option."""
+    from morpheus.kernel.btf import kernel_config
+    from morpheus.loader import KsymWithoutAddress
+
+    spec = read_for_kernel(test_objects["readonly/ksym_var.v3"])
+    if (kernel_config() or {}).get("CONFIG_KALLSYMS_ALL") == "y":
+        load_collection(spec).close()  # such a kernel has the address: the program loads
+        return
+    with pytest.raises(KsymWithoutAddress) as info:
+        load_collection(spec)
+    message = str(info.value)
+    for part in ("xdp_backlog_probe", "'__softirq_pending'", "CONFIG_KALLSYMS_ALL",
+                 "libbpf fails the same way"):
+        assert part in message
+    assert isinstance(info.value.__cause__, VerifierError)

@@ -7,6 +7,7 @@ far is closed; the caller owns the objects only once `load_collection` returns.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -17,7 +18,7 @@ from typing import Self
 from .ir import Program, encode
 from .ir.program import EncodedProgram
 from .kernel import FD, LoadedProgram, Map, VerifierError, load_btf, load_program, possible_cpus
-from .kernel.btf import running_target
+from .kernel.btf import kallsyms_listed, kernel_config, open_module_btfs, running_target
 from .obj import MapSpec, ObjectSpec, ProgramSpec, read_object
 from .obj.core import POISON_IMM
 from .obj.reader import ReadOptions
@@ -33,6 +34,14 @@ class LoadError(RuntimeError):
 
 class PinnedMapMismatch(LoadError):
     """A map declared LIBBPF_PIN_BY_NAME is pinned already with other parameters."""
+
+
+class PinnedMapMissing(LoadError):
+    """A map of the object has no pin in the directory the maps are adopted from."""
+
+
+class KsymWithoutAddress(LoadError):
+    """The kernel found a typed `__ksym` variable in its BTF but no address for it."""
 
 
 class PoisonedRelocation(LoadError):
@@ -83,6 +92,9 @@ class Collection:
     maps: dict[str, Map] = field(default_factory=dict)
     programs: dict[str, LoadedProgram] = field(default_factory=dict)
     btf_fd: FD | None = None
+    # BTF fds of the kernel modules whose kfuncs or ksyms the programs use (their fd_array),
+    # held as long as the collection, as libbpf holds them as long as the object.
+    module_btf_fds: dict[str, FD] = field(default_factory=dict)
 
     def close(self) -> None:
         for prog in self.programs.values():
@@ -91,8 +103,11 @@ class Collection:
             m.close()
         if self.btf_fd is not None:
             self.btf_fd.close()
+        for fd in self.module_btf_fds.values():
+            fd.close()
         self.programs.clear()
         self.maps.clear()
+        self.module_btf_fds.clear()
 
     def __enter__(self) -> Self:
         return self
@@ -196,23 +211,66 @@ def load_program_spec(
 ) -> LoadedProgram:
     """Encode `program` (default: the spec's) against `maps` (by name) and load it.
 
-    With a Collection, its maps and BTF are used. The caller owns the returned program.
+    With a Collection, its maps, BTF and module BTF fds are used; otherwise the BTF of the
+    kernel modules whose kfuncs the program calls is opened for the load (the kernel keeps
+    its own references). The caller owns the returned program.
     """
+    module_fds: Mapping[str, FD] = {}
     if isinstance(maps, Collection):
         btf_fd = btf_fd if btf_fd is not None else maps.btf_fd
+        module_fds = maps.module_btf_fds
         maps = maps.maps
     program = program or spec.program
-    encoded = encode(program, {n: m.fd.number for n, m in maps.items()})
-    with_btf = btf_fd is not None and bool(encoded.func_info)
-    try:
-        return _load(spec, encoded, btf_fd if with_btf else None, name, log_level)
-    except VerifierError as exc:
-        if f"unknown#{POISON_IMM}" not in exc.log:
+    with contextlib.ExitStack() as opened:
+        fd_array: tuple[int, ...] = ()
+        if spec.module_btfs:
+            if any(m not in module_fds for m in spec.module_btfs):
+                module_fds = open_module_btfs(spec.module_btfs)
+                for fd in module_fds.values():
+                    opened.callback(fd.close)
+            # Index 0 stays unused: a kfunc call with `off` 0 is vmlinux's (as libbpf).
+            fd_array = (0, *(module_fds[m].number for m in spec.module_btfs))
+        encoded = encode(program, {n: m.fd.number for n, m in maps.items()}, fd_array)
+        with_btf = btf_fd is not None and bool(encoded.func_info)
+        try:
+            return _load(spec, encoded, _LoadOptions(btf_fd if with_btf else None, name,
+                                                     log_level, fd_array))
+        except VerifierError as exc:
+            _explain(spec, program, exc)
             raise
+
+
+def _explain(spec: ProgramSpec, program: Program, exc: VerifierError) -> None:
+    """Raise a LoadError that says what to do, for refusals the loader can explain."""
+    if f"unknown#{POISON_IMM}" in exc.log:
         raise PoisonedRelocation(
             f"program {spec.name}: the verifier reached an instruction whose CO-RE relocation "
             f"the target kernel cannot satisfy: {'; '.join(_poison_notes(program))}"
         ) from exc
+    missing = _KSYM_WITHOUT_ADDRESS.search(exc.log)
+    if missing is not None:
+        raise KsymWithoutAddress(
+            f"program {spec.name}: __ksym variable {missing.group(1)!r}: "
+            f"{_why_no_address(missing.group(1))} (verifier: {missing.group(0)})") from exc
+
+
+# The verifier's words when kallsyms has no address for a typed ksym's BTF VAR.
+_KSYM_WITHOUT_ADDRESS = re.compile(r"ldimm64 failed to find the address for kernel symbol "
+                                   r"'([^']+)'")
+
+
+def _why_no_address(symbol: str) -> str:
+    found = "the kernel knows its type (BTF) but has no address for it"
+    if not kallsyms_listed(symbol):
+        config = kernel_config()
+        if config is not None and config.get("CONFIG_KALLSYMS_ALL") != "y":
+            return (f"{found}: the kernel looks typed ksyms up in kallsyms, which lists no "
+                    "data symbols on this kernel (built without CONFIG_KALLSYMS_ALL); libbpf "
+                    "fails the same way. Run on a kernel with CONFIG_KALLSYMS_ALL=y, or read "
+                    "the value through a helper or kfunc instead")
+        return (f"{found}: the symbol is not in /proc/kallsyms (not exported as data on this "
+                "kernel, or renamed); libbpf fails the same way")
+    return f"{found} (see the verifier log)"
 
 
 def _poison_notes(program: Program) -> list[str]:
@@ -228,13 +286,21 @@ def _poison_notes(program: Program) -> list[str]:
     return notes or ["see the verifier log"]
 
 
-def _load(spec: ProgramSpec, encoded: EncodedProgram, btf_fd: FD | None, name: str | None,
-          log_level: int) -> LoadedProgram:
+@dataclass(frozen=True, slots=True)
+class _LoadOptions:
+    btf_fd: FD | None
+    name: str | None
+    log_level: int
+    fd_array: tuple[int, ...] = ()
+
+
+def _load(spec: ProgramSpec, encoded: EncodedProgram, options: _LoadOptions) -> LoadedProgram:
+    btf_fd = options.btf_fd
     with_btf = btf_fd is not None
     return load_program(
         encoded.bytecode,
         spec.type,
-        name=(name or spec.name)[: BPF_OBJ_NAME_LEN - 1],
+        name=(options.name or spec.name)[: BPF_OBJ_NAME_LEN - 1],
         license=spec.license or "GPL",
         expected_attach_type=spec.attach_type,
         btf_fd=btf_fd if with_btf else None,
@@ -242,7 +308,8 @@ def _load(spec: ProgramSpec, encoded: EncodedProgram, btf_fd: FD | None, name: s
         line_info=encoded.line_info if with_btf else (),
         prog_flags=spec.flags,
         kern_version=spec.kern_version,
-        log_level=log_level,
+        log_level=options.log_level,
+        fd_array=options.fd_array,
     )
 
 
@@ -291,6 +358,9 @@ def load_collection(
             if mspec.init_slots and mspec.type != MapType.PROG_ARRAY and name in created:
                 for slot, inner in mspec.init_slots:
                     coll.maps[name].update(slot, coll.maps[inner])
+        modules = dict.fromkeys(m for n in wanted for m in spec.programs[n].module_btfs)
+        if modules:
+            coll.module_btf_fds = open_module_btfs(tuple(modules))
         for name in wanted:
             coll.programs[name] = load_program_spec(spec.programs[name], coll, log_level=log_level)
         for name, mspec in spec.maps.items():
@@ -304,7 +374,82 @@ def load_collection(
     return coll
 
 
-def _reuse_pinned(spec: MapSpec, path: Path) -> Map:
+def foreign_pin_names(object_name: str, spec: MapSpec) -> list[str]:
+    """The names another loader may have pinned the map under, most likely first: the
+    object's own name for it (bpfman's and `bpftool ... pinmaps`'s layout for BTF maps), the
+    name the kernel knows it by (libbpf's for global data, e.g. `router.rodata`) and the
+    section without its leading dot."""
+    names = [spec.name, kernel_map_name(object_name, spec), spec.name.lstrip(".")]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def adopt_pinned_maps(spec: ObjectSpec, directory: str | Path,
+                      names: Iterable[str] | None = None) -> dict[str, Map]:
+    """Open the maps of `spec` (all, or those named) pinned by another owner under
+    `directory`, one pin per map named after it (bpfman's /run/bpfman/fs/maps/<prog id>/,
+    `bpftool prog loadall OBJ DIR pinmaps MAPDIR`), each checked against the object's
+    definition as LIBBPF_PIN_BY_NAME reuse is (`PinnedMapMismatch`); a map with no pin is
+    `PinnedMapMissing`. Nothing is created, written or unpinned: the caller closes the
+    returned maps, and the owner's pins stay."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise PinnedMapMissing(f"{root}: no such directory of pinned maps")
+    out: dict[str, Map] = {}
+    try:
+        for name in (list(spec.maps) if names is None else list(names)):
+            mspec = spec.maps[name]
+            candidates = foreign_pin_names(spec.name, mspec)
+            path = next((root / n for n in candidates if (root / n).exists()), None)
+            if path is None:
+                present = sorted(p.name for p in root.iterdir())
+                raise PinnedMapMissing(
+                    f"map {name!r} of {spec.name} is not pinned under {root} (looked for "
+                    f"{', '.join(candidates)}; the directory holds "
+                    f"{', '.join(present) or 'nothing'}): give the directory the owner "
+                    "pinned this object's maps in")
+            out[name] = _reuse_pinned(mspec, path, hint="it belongs to another program or "
+                                      "another build of this object")
+    except BaseException:
+        for m in out.values():
+            m.close()
+        raise
+    return out
+
+
+def find_pinned_maps(spec: ObjectSpec, directory: str | Path) -> Path:
+    """The directory holding the object's maps: `directory` itself when it has a pin for
+    each, else its one subdirectory that does with maps of the declared parameters (under
+    bpfman's /run/bpfman/fs/maps, each program's maps sit in a directory named by its
+    program id, which differs from node to node). None or several: a LoadError saying so."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise PinnedMapMissing(f"{root}: no such directory of pinned maps")
+
+    def holds_all(d: Path) -> bool:
+        return all(any((d / n).exists() for n in foreign_pin_names(spec.name, m))
+                   for m in spec.maps.values())
+
+    if holds_all(root):
+        return root
+    found = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and holds_all(p)):
+        try:
+            maps = adopt_pinned_maps(spec, sub)
+        except LoadError:
+            continue
+        for m in maps.values():
+            m.close()
+        found.append(sub)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        adopt_pinned_maps(spec, root)  # raises, naming the first missing or different map
+    raise LoadError(f"{len(found)} directories under {root} hold maps of {spec.name} "
+                    f"({', '.join(p.name for p in found)}): give the one of the program "
+                    "to specialize (bpfman: `bpfman get PROGRAM_ID` shows its map pin path)")
+
+
+def _reuse_pinned(spec: MapSpec, path: Path, hint: str = "unpin it or rename the map") -> Map:
     """The map pinned at `path`, if it is what `spec` declares (libbpf's
     map_is_reuse_compat: type, key and value size, entries, flags, map_extra)."""
     m = Map.from_pin(path)
@@ -322,6 +467,6 @@ def _reuse_pinned(spec: MapSpec, path: Path) -> Map:
         m.close()
         raise PinnedMapMismatch(
             f"map {spec.name!r}: the map pinned at {path} cannot be reused, its parameters "
-            f"differ: {', '.join(differ)}; unpin it or rename the map")
+            f"differ: {', '.join(differ)}; {hint}")
     m.name = spec.name
     return m

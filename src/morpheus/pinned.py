@@ -80,10 +80,45 @@ def pinned_info(directory: str | Path) -> dict[str, Any]:
     return json.loads(state.read_text())  # type: ignore[no-any-return]
 
 
-def open_pinned_maps(directory: str | Path) -> dict[str, Map]:
+def foreign_info(directory: str | Path, object_path: str | Path) -> dict[str, Any]:
+    """What `pinned_info` records, for maps another owner pinned under `directory` (bpfman's
+    /run/bpfman/fs/maps/<prog id>, or `bpftool prog loadall OBJ P pinmaps DIR`), given the
+    object it loaded. Program ids are not known: tail-call chains are followed by the
+    names of the programs in the prog arrays."""
+    directory = Path(directory)
+    if (directory / "maps").is_dir() and _state_path(directory).exists():
+        raise PinError(f"{directory} was pinned by `morpheus load`: leave out --object")
+    if not directory.is_dir():
+        raise PinError(f"{directory}: no such directory of pinned maps")
+    from .loader import find_pinned_maps
+
+    spec = read_for_kernel(object_path)
+    directory = find_pinned_maps(spec, directory)  # bpfman's maps/ root: the program's own
+    return {"directory": str(directory.resolve()), "object": str(Path(object_path).resolve()),
+            "source": str(Path(object_path).resolve()), "foreign": True,
+            "programs": {name: None for name in spec.programs},
+            "maps": {name: None for name in spec.maps}, "read": {}}
+
+
+def source_info(directory: str | Path, object_path: str | Path | None = None) -> dict[str, Any]:
+    """`pinned_info` for a `morpheus load --pin` directory, `foreign_info` with an object."""
+    if object_path is not None:
+        return foreign_info(directory, object_path)
+    return pinned_info(directory)
+
+
+def open_pinned_maps(directory: str | Path, info: dict[str, Any] | None = None
+                     ) -> dict[str, Map]:
+    """The live maps under `directory` (read them; the pins stay): DIR/maps/<name> for a
+    `morpheus load --pin` directory, the owner's layout (one pin per map name, checked
+    against the object) for `foreign_info`."""
+    info = info if info is not None else pinned_info(directory)
+    if info.get("foreign"):
+        from .loader import adopt_pinned_maps
+
+        return adopt_pinned_maps(read_for_kernel(info["object"]), info["directory"])
     root = Path(directory) / "maps"
     out: dict[str, Map] = {}
-    info = pinned_info(directory)
     try:
         for name in info["maps"]:
             pin = root / (name.lstrip(".") if name.startswith(".") else name)
@@ -99,19 +134,22 @@ def open_pinned_maps(directory: str | Path) -> dict[str, Map]:
 
 def optimize_pinned(directory: str | Path, trace_path: str | Path, *, program: str | None = None,
                     rounds: int = 5, ingress: int = 0, options: PlanOptions | None = None,
-                    passes: Any = None) -> dict[str, Any]:
+                    passes: Any = None, object_path: str | Path | None = None
+                    ) -> dict[str, Any]:
     """The offline cycle on a pinned program, its live maps (read only) and a pcap trace.
-    `passes` replaces the cleanup passes (tests inject miscompiles this way)."""
+    With `object_path`, `directory` holds maps another owner pinned for that object
+    (bpfman's map pin path). `passes` replaces the cleanup passes (tests inject miscompiles
+    this way)."""
     from .offline import optimize_program
 
-    info = pinned_info(directory)
+    info = source_info(directory, object_path)
     spec = read_for_kernel(info["object"], **info.get("read", {}))
     name = program or (next(iter(info["programs"])) if len(info["programs"]) == 1 else None)
     if name is None:
         raise PinError(f"{directory} holds programs {', '.join(info['programs'])}: name one")
     trace = from_frames(read_pcap(trace_path), ingress, name=Path(trace_path).name)
     subject = Subject("original", Path(info["object"]), name, spec=spec)
-    maps = open_pinned_maps(directory)
+    maps = open_pinned_maps(directory, info)
     try:
         report = optimize_program(subject, trace, source_maps=maps, options=options,
                                   rounds=rounds, passes=passes)
@@ -145,7 +183,8 @@ def tail_call_chain(spec: Any, root: str, maps: dict[str, Map], info: dict[str, 
     from .optimizer import tail_call_arrays
     from .uapi import MapType
 
-    ids = {pid: n for n, pid in info["programs"].items()}
+    ids = {pid: n for n, pid in info["programs"].items() if pid is not None}
+    by_name = {n[:15]: n for n, pid in info["programs"].items() if pid is None}
     out: list[tuple[str, int, str]] = []
     seen, todo = {root}, [root]
     while todo:
@@ -156,7 +195,12 @@ def tail_call_chain(spec: Any, root: str, maps: dict[str, Map], info: dict[str, 
                 continue
             for key, value in m.items():
                 assert isinstance(value, bytes)
-                callee = ids.get(int.from_bytes(value[:4], "little"))
+                prog_id = int.from_bytes(value[:4], "little")
+                callee = ids.get(prog_id)
+                if callee is None and by_name:
+                    # Loaded by another owner: known by the name the kernel keeps (15
+                    # characters), as bpftool shows it.
+                    callee = by_name.get(_program_name(prog_id))
                 if callee is None:
                     continue
                 out.append((array, int.from_bytes(key[:4], "little"), callee))
@@ -166,9 +210,19 @@ def tail_call_chain(spec: Any, root: str, maps: dict[str, Map], info: dict[str, 
     return out
 
 
+def _program_name(prog_id: int) -> str | None:
+    from .kernel import KernelError, LoadedProgram
+
+    try:
+        with LoadedProgram.from_id(prog_id) as prog:
+            return prog.name
+    except (KernelError, OSError):
+        return None
+
+
 def pin_specialized(directory: str | Path, destination: str | Path, program: str,
-                    specialization: Any, chain: Sequence[tuple[str, int, str, Any]] = ()
-                    ) -> dict[str, Any]:
+                    specialization: Any, chain: Sequence[tuple[str, int, str, Any]] = (),
+                    object_path: str | Path | None = None) -> dict[str, Any]:
     """Pin a specialized version of `program` (loaded from `directory`) under `destination`:
     the program as progs/<name>, and every map it uses as maps/<name> — the user's own maps
     from `directory` (the same kernel maps, pinned a second time) and the maps the
@@ -194,9 +248,9 @@ def pin_specialized(directory: str | Path, destination: str | Path, program: str
         raise PinError(f"{destination} is not on a bpffs mount (use a path under /sys/fs/bpf)")
     if destination.exists() and any(destination.iterdir()):
         raise PinError(f"{destination} is not empty; unpin it first (rm -r {destination})")
-    info = pinned_info(directory)
+    info = source_info(directory, object_path)
     spec = read_for_kernel(info["object"], **info.get("read", {}))
-    maps = open_pinned_maps(directory)
+    maps = open_pinned_maps(directory, info)
     with ExitStack() as stack:
         for m in maps.values():
             stack.callback(m.close)

@@ -16,42 +16,19 @@ from pathlib import Path
 import pytest
 
 from morpheus.bench.send import Sender, SendError, SendRequest
-from morpheus.ir import Program, asm, encode
-from morpheus.ir.asm import R0, R1, R2, R3
-from morpheus.ir.opcodes import AluOp, AtomicOp
 from morpheus.kernel import Link, Map, MapType, ProgType, load_program
 from morpheus.kernel.netns import NetNamespace, temporary_netns
 from morpheus.traffic.pcap import write_pcap
 from morpheus.uapi import XDP_FLAGS_DRV_MODE
+from tests.kernel.frame_counter import TEST_ETHERTYPE, frame_counter
 
 pytestmark = pytest.mark.kernel
 
 
 def _frames(count: int) -> list[bytes]:
-    # Ethertype 0x88b5 (local experimental): not the kernel's own IPv6 chatter on the veth.
     # Lengths vary so that bytes are checked too; the index makes each frame distinct.
-    return [bytes.fromhex("ffffffffffff020000000001") + b"\x88\xb5"
+    return [bytes.fromhex("ffffffffffff020000000001") + TEST_ETHERTYPE
             + struct.pack("<I", i) + bytes(46 + i % 7) for i in range(count)]
-
-
-def _counter_program(counter: Map) -> bytes:
-    """XDP: count frames of the test's ethertype and their bytes (slots 0 and 1), drop."""
-    return encode(Program("rxcount", (
-        asm.ldx(4, R2, R1, 0),
-        asm.ldx(4, R3, R1, 4),
-        asm.mov64(R1, R2),
-        asm.add64(R1, 14),
-        asm.jgt(R1, R3, "out"),
-        asm.ldx(2, R1, R2, 12),
-        asm.jne(R1, 0xB588, "out"),
-        asm.alu64(AluOp.SUB, R3, R2),
-        asm.ld_map_value(R1, "counter", 0),
-        asm.mov64(R2, 1),
-        asm.atomic(8, AtomicOp.ADD, R1, 0, R2),
-        asm.atomic(8, AtomicOp.ADD, R1, 8, R3),
-        asm.mov64(R0, 1, label="out"),
-        asm.exit_(),
-    )), {"counter": counter.fd.number}).bytecode
 
 
 class Receiver:
@@ -69,7 +46,8 @@ def veth_with_receiver() -> Iterator[tuple[NetNamespace, Receiver]]:
     """Namespace with tx/rx veths; an XDP counter on rx (native mode)."""
     with temporary_netns("morpheus-sendtest") as ns, \
             Map.create(MapType.ARRAY, 4, 16, 1, name="counter") as counter, \
-            load_program(_counter_program(counter), ProgType.XDP, name="rxcount") as prog:
+            load_program(frame_counter(counter, count_bytes=True), ProgType.XDP,
+                         name="rxcount") as prog:
         ns.add_veth("tx", "rx")
         with ns.entered():
             link = Link.xdp(prog, ns.ifindex("rx"), XDP_FLAGS_DRV_MODE)

@@ -218,3 +218,75 @@ def test_optimize_profiles_checks_and_benches_the_production_path(
     assert starts and all(seen > 0 and fallback == 0 for seen, fallback in starts), starts
     with Map.from_pin(directory / "maps" / "stats") as live:
         assert all(struct.unpack("<QQ", v)[0] == 0 for v in live.lookup(LRU))  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def katran_by_bpftool(test_objects: dict[str, Path], pin_dirs: tuple[Path, Path]
+                      ) -> Iterator[tuple[Path, Path, KatranShape]]:
+    """The Katran-shaped object as another owner (bpfman) leaves it: loaded and its maps
+    pinned one per name by `bpftool prog loadall ... pinmaps`, configured through them."""
+    import subprocess
+
+    from morpheus.loader import adopt_pinned_maps, read_for_kernel
+
+    obj = test_objects["katran_shape.v3"]
+    root = pin_dirs[0]
+    root.mkdir()
+    subprocess.run(["bpftool", "prog", "loadall", str(obj), str(root / "progs"), "pinmaps",
+                    str(root / "maps"), "type", "xdp"], check=True, capture_output=True)
+    maps = adopt_pinned_maps(read_for_kernel(obj), root / "maps")
+    try:
+        shape = configure(maps)
+        with LoadedProgram.from_pin(root / "progs" / "balancer_ingress") as balancer:
+            maps["root_array"].update(0, struct.pack("<I", balancer.fd.number))
+        yield obj, root / "maps", shape
+    finally:
+        for m in maps.values():
+            m.close()
+        shape.close()
+
+
+def test_optimize_maps_pinned_by_another_owner_with_the_object(
+        katran_by_bpftool: tuple[Path, Path, KatranShape], pin_dirs: tuple[Path, Path],
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    obj, maps_dir, shape = katran_by_bpftool
+    pcap = tmp_path / "high.pcap"
+    write_pcap(pcap, trace(shape, 2000))
+    before = {p.name: Map.from_pin(p) for p in maps_dir.iterdir()}
+    try:
+        ids = {n: m.id for n, m in before.items()}
+        # Given the parent of the maps directory, as bpfman's /run/bpfman/fs/maps.
+        code, report, _ = _optimize(capsys, str(maps_dir.parent), "--object", str(obj),
+                                    "--program", "xdp_root", "--trace", str(pcap),
+                                    "--pin", str(pin_dirs[1]))
+        assert code == 0 and report["equivalent"], report
+        assert report["directory"] == str(maps_dir.parent)
+        # The specialized chain, pinned on the owner's maps (the same kernel maps).
+        assert report["pinned"]["chain"] == [{"array": "root_array", "slot": 0,
+                                              "program": "balancer_ingress"}]
+        shared = [n for n in report["pinned"]["maps"] if n in before and n != "root_array"]
+        assert shared, report["pinned"]
+        for name in shared:
+            with Map.from_pin(pin_dirs[1] / "maps" / name) as pinned:
+                assert pinned.id == before[name].id, name
+        # The chain is followed by program name (the owner's ids are not recorded anywhere).
+        (link,) = report["chain"]
+        assert (link["array"], link["slot"], link["program"]) == ("root_array", 0,
+                                                                    "balancer_ingress")
+        assert {s["map"]: s for s in link["sites"]}["vip_map"]["specialized"]
+        # Read only: the same maps, still pinned, the root's prog array unchanged.
+        after = {p.name: Map.from_pin(p) for p in maps_dir.iterdir()}
+        try:
+            assert {n: m.id for n, m in after.items()} == ids
+        finally:
+            for m in after.values():
+                m.close()
+        with LoadedProgram.from_pin(maps_dir.parent / "progs" / "balancer_ingress") as b:
+            assert before["root_array"].lookup(0) == struct.pack("<I", b.id)
+        # `check --maps` reads the same directory with the reference object's definitions.
+        capsys.readouterr()
+        assert cli(["check", str(obj), str(obj), "--maps", str(maps_dir), "--program",
+                    "xdp_root", "--trace", str(pcap)]) == 0
+    finally:
+        for m in before.values():
+            m.close()

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from morpheus.cli.main import build_parser
+from morpheus.nf import get
 from morpheus.nf.env import NFEnv
 from morpheus.runtime.agent import DEFAULT_PIN_ROOT
 from morpheus.runtime.server import SOCKET_DIR
@@ -192,6 +193,10 @@ def test_entrypoint_runs_the_agent_with_the_daemonsets_capabilities_and_restarts
      "no interface morpheus-none0 in this network namespace"),
     ({"MORPHEUS_IFACE": "eth0", "MORPHEUS_OBJECT": __file__, "MORPHEUS_NETNS": "morpheus-none"},
      "no network namespace morpheus-none"),
+    ({"MORPHEUS_IFACE": "eth0", "MORPHEUS_OBJECT": __file__,
+      "MORPHEUS_MAPS": "/nonexistent/maps"}, "no directory /nonexistent/maps (MORPHEUS_MAPS)"),
+    ({"MORPHEUS_IFACE": "eth0", "MORPHEUS_OBJECT": __file__, "MORPHEUS_MAPS": "/proc"},
+     "/proc is not on a bpffs (it is 'proc')"),
 ])
 def test_entrypoint_says_what_is_missing_before_starting(env: dict[str, str],
                                                          message: str) -> None:
@@ -199,3 +204,70 @@ def test_entrypoint_says_what_is_missing_before_starting(env: dict[str, str],
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and out == ""
     assert message in err
+
+
+def test_the_bpfman_example_adopts_bpfmans_maps_through_options_the_cli_knows() -> None:
+    """deploy/kubernetes/bpfman/: the agent beside bpfman, on bpfman's map pins."""
+    (ds,) = [d for d in yaml.safe_load_all(
+        (DEPLOY / "kubernetes" / "bpfman" / "daemonset.yaml").read_text()) if d]
+    assert ds["kind"] == "DaemonSet" and ds["spec"]["template"]["spec"]["hostNetwork"] is True
+    agent = _agent(ds)
+    env = {e["name"]: e.get("value") for e in agent["env"]}
+    script = ENTRYPOINT.read_text()
+    assert set(env) <= set(re.findall(r"MORPHEUS_[A-Z_]+", script))
+    assert '--maps "$MORPHEUS_MAPS"' in script
+    args = build_parser().parse_args(["run", "prog.o", "--iface", env["MORPHEUS_IFACE"],
+                                      "--maps", env["MORPHEUS_MAPS"], *agent["args"]])
+    assert args.maps == "/run/bpfman/fs/maps" and args.swap == "prog-array"
+    pod = ds["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
+    # bpfman's bpffs, read only, and the agent's own pin root and socket directory.
+    bpfman = mounts["/run/bpfman/fs"]
+    assert volumes[bpfman["name"]]["hostPath"]["path"] == "/run/bpfman/fs"
+    assert bpfman["readOnly"] is True
+    assert env["MORPHEUS_MAPS"].startswith("/run/bpfman/fs/")
+    for path in (str(DEFAULT_PIN_ROOT.parent), str(SOCKET_DIR)):
+        assert volumes[mounts[path]["name"]]["hostPath"]["path"] == path
+    assert agent["securityContext"] == _agent(_daemonset())["securityContext"]
+
+
+@pytest.mark.kernel
+def test_entrypoint_beside_a_bpfman_stand_in_with_the_pods_capabilities() -> None:
+    """MORPHEUS_MAPS on maps another owner pinned (`bpftool prog loadall ... pinmaps`, as
+    bpfman lays them out), `--no-attach`: the agent starts under the DaemonSet's
+    capabilities on those maps, pins its entry, and a stop with detach removes its own pins
+    and none of the owner's."""
+    name = f"epb{os.getpid()}"
+    port = 20000 + (os.getpid() + 7) % 20000
+    owner = Path(f"/sys/fs/bpf/mph_ep_bpfman_{os.getpid()}")
+    owner.mkdir()
+    try:
+        subprocess.run(["bpftool", "prog", "loadall", str(get("router").object_path),
+                        str(owner / "progs"), "pinmaps", str(owner / "maps"), "type", "xdp"],
+                       check=True, capture_output=True)
+        pins = sorted(p.name for p in (owner / "maps").iterdir())
+        env_vars = {"MORPHEUS_IFACE": "port2", "MORPHEUS_NF": "router", "MORPHEUS_NAME": name,
+                    "MORPHEUS_METRICS_PORT": str(port), "MORPHEUS_MAPS": str(owner)}
+        with NFEnv.start("router") as env:
+            proc = _entrypoint(env_vars, "--no-attach", "--detach-on-exit", "--log-level",
+                               "WARNING", "--no-measure-sampling-cost",
+                               prefix=_as_in_the_pod(env.namespace.name))
+            try:
+                started = json.loads(proc.stdout.readline() or "{}")  # type: ignore[union-attr]
+                assert started.get("maps_dir") == str(owner / "maps"), proc.stderr.read()  # type: ignore[union-attr]
+                assert started["entry"] == str(DEFAULT_PIN_ROOT / name / "entry")
+                assert Path(started["entry"]).exists()
+                proc.send_signal(signal.SIGTERM)
+                _out, err = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            assert proc.returncode == 0, err
+        assert not (DEFAULT_PIN_ROOT / name).exists()
+        assert sorted(p.name for p in (owner / "maps").iterdir()) == pins
+        assert (owner / "progs" / "xdp_router").exists()
+    finally:
+        shutil.rmtree(DEFAULT_PIN_ROOT / name, ignore_errors=True)
+        shutil.rmtree(owner, ignore_errors=True)

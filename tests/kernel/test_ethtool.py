@@ -9,37 +9,13 @@ import time
 import pytest
 
 from morpheus.bench.replay import Replay
-from morpheus.ir import Program, asm, encode
-from morpheus.ir.asm import R0, R1, R2, R3, R6
-from morpheus.ir.opcodes import AtomicOp
 from morpheus.kernel import KernelError, Link, Map, MapType, ProgType, load_program
 from morpheus.kernel.ethtool import ethtool_stats
 from morpheus.kernel.netns import NetNamespace
 from morpheus.uapi import XDP_FLAGS_DRV_MODE
+from tests.kernel.frame_counter import TEST_ETHERTYPE, frame_counter
 
 pytestmark = pytest.mark.kernel
-
-
-def _slow_counter(counter: Map, spins: int) -> bytes:
-    """XDP: count frames of the test's ethertype (not the kernel's own IPv6 chatter on the
-    veth), burn `spins` loop iterations, drop."""
-    return encode(Program("slow", (
-        asm.ldx(4, R2, R1, 0),
-        asm.ldx(4, R3, R1, 4),
-        asm.mov64(R1, R2),
-        asm.add64(R1, 14),
-        asm.jgt(R1, R3, "out"),
-        asm.ldx(2, R1, R2, 12),
-        asm.jne(R1, 0xB588, "out"),  # ethertype 0x88b5 (local experimental), little-endian
-        asm.ld_map_value(R1, "counter", 0),
-        asm.mov64(R2, 1),
-        asm.atomic(8, AtomicOp.ADD, R1, 0, R2),
-        asm.mov64(R6, spins),
-        asm.add64(R6, -1, label="spin"),
-        asm.jne(R6, 0, "spin"),
-        asm.mov64(R0, 1, label="out"),
-        asm.exit_(),
-    )), {"counter": counter.fd.number}).bytecode
 
 
 def test_frames_a_full_ring_refused_are_counted_and_account_for_every_missing_frame(
@@ -49,11 +25,11 @@ def test_frames_a_full_ring_refused_are_counted_and_account_for_every_missing_fr
         ns.add_veth("gen", "sut")
         counter = Map.create(MapType.ARRAY, 4, 8, 1, name="counter")
         with ns.entered(), counter, \
-                load_program(_slow_counter(counter, 3000), ProgType.XDP) as slow, \
+                load_program(frame_counter(counter, spins=3000), ProgType.XDP) as slow, \
                 Link.xdp(slow, ns.ifindex("sut"), XDP_FLAGS_DRV_MODE):
             before = ethtool_stats("gen")
             assert "tx_queue_0_xdp_xmit_errors" in before
-            frame = bytes(6) + bytes.fromhex("020000000001") + b"\x88\xb5" + bytes(50)
+            frame = bytes(6) + bytes.fromhex("020000000001") + TEST_ETHERTYPE + bytes(50)
             sent = refused = 0
             with Replay(None, None, {}, [frame] * 256, namespace=ns,
                         redirect_ifindex=ns.ifindex("gen"), batch_size=256) as gen:

@@ -23,7 +23,8 @@ INSN_LINE = re.compile(r"^\s+\d+:\t")
 
 
 def supported(objects: dict[str, Path]) -> dict[str, Path]:
-    return {k: v for k, v in objects.items() if not k.startswith("unsupported/")}
+    # modules/ objects need module BTF that only their own tests write
+    return {k: v for k, v in objects.items() if not k.startswith(("unsupported/", "modules/"))}
 
 
 def test_every_object_is_read(test_objects: dict[str, Path]) -> None:

@@ -7,8 +7,10 @@
   compiled the same way into `<out_dir>/nolibbpf/`.
 - `tests/progs/typed/*.c` have section names the libbpf on this machine (1.1) does not know:
   libbpf loads them only with a given type (`bpftool prog loadall OBJ DIR type tc`).
-- `tests/progs/readonly/*.c` are read (pure tests) but not loaded: this kernel lacks what
+- `tests/progs/readonly/*.c` are read (pure tests), not compared with libbpf: this kernel lacks what
   they need (e.g. CONFIG_KALLSYMS_ALL for typed ksym variables), for libbpf as for us.
+- `tests/progs/modules/*.c` call kfuncs and read ksyms of kernel modules that do not exist:
+  the tests read them against module BTF they write themselves, never for this kernel.
 - `tests/progs/unsupported/*.c` use one feature each that our loader must reject with a clear
   error; they are compiled once (v3) into `<out_dir>/unsupported/<stem>.o`.
 
@@ -53,7 +55,7 @@ def cpu_flags(cpu: str) -> tuple[str, ...]:
 def _jobs(out_dir: Path) -> list[tuple[str, Path, Path, str]]:
     """(key, source, output, cpu) for every object to build."""
     jobs = []
-    for sub in ("", "nolibbpf", "typed", "readonly"):
+    for sub in ("", "nolibbpf", "typed", "readonly", "modules"):
         for source in sorted((PROGS_DIR / sub).glob("*.c")):
             for cpu in CPUS:
                 rel = Path(sub, f"{source.stem}.{cpu}")

@@ -29,7 +29,7 @@ def test_agent_checks_and_swaps_the_katran_shape(test_objects: dict[str, Path]) 
             try:
                 frames = tuple(trace(shape, 300))
                 agent.options = AgentOptions(check_frames=frames)
-                agent._dirty = True
+                agent.force_respecialize()
                 report = agent.cycle()
                 assert report.outcome == "swapped", report.reason
                 assert report.timings_ms["check"] > 0

@@ -175,7 +175,7 @@ def test_status_never_fails_while_versions_are_swapped(env: NFEnv, name: str) ->
                         redirect_ifindex=tx) as gen:
                 for _ in range(6):
                     gen.run(1)
-                    agent._dirty = True
+                    agent.force_respecialize()
                     swaps += agent.cycle().outcome == "swapped"
         finally:
             done.set()

@@ -68,7 +68,7 @@ def test_the_pre_swap_check_refuses_miscompiles_and_passes_the_real_candidate(
             for mutation in AGENT_MUTANTS:
                 agent.options = AgentOptions(check_frames=frames,
                                              extra_passes=(Miscompile(mutation),))
-                agent._dirty = True
+                agent.force_respecialize()
                 report = agent.cycle()
                 caught = report.outcome == "failed" and \
                     "equivalence check failed" in report.reason
@@ -78,7 +78,7 @@ def test_the_pre_swap_check_refuses_miscompiles_and_passes_the_real_candidate(
                 assert caught, (mutation.name, report.outcome, report.reason)
                 assert agent.current is running
             agent.options = AgentOptions(check_frames=frames)
-            agent._dirty = True
+            agent.force_respecialize()
             report = agent.cycle()
             assert report.outcome == "swapped", report.reason
         finally:

@@ -20,6 +20,7 @@ from ..ir.opcodes import C_LDX, C_ST, C_STX, CALL, EXIT, M_MEM, M_MEMSX, SRC_X
 from ..obj import MapSpec
 from ..uapi import MapType, ProgType
 from .values import (
+    CPU_ID_ORIGIN,
     DELETE,
     K_DIRECT,
     K_PKT,
@@ -57,6 +58,7 @@ class KeyByte:
     kind: str  # "const", "pkt", "ctx", "value", "unknown"
     value: int | None = None  # the byte, for constants
     field: tuple[object, ...] | None = None  # origin of the scalar the byte belongs to
+    byte: int | None = None  # which byte of that scalar (0: the least significant)
 
 
 @dataclass
@@ -83,6 +85,11 @@ class Site:
     guarded: bool = False  # the map may change under the site: needs a version guard
     reason: str = ""
     maps: frozenset[str] | None = None  # every map the site may act on (None: any map)
+    # A lookup in an inner map resolved through its outer lookup: (outer map, the outer
+    # key, or None when the key is the CPU id). `map` then names the slot, `outer[<key
+    # hex>]` or `outer[cpu]`, and `inner_spec` is the inner maps' template.
+    inner_of: tuple[str, bytes | None] | None = None
+    inner_spec: MapSpec | None = None
 
     @property
     def is_lookup(self) -> bool:
@@ -203,8 +210,72 @@ def analyze(program: Program, maps: Mapping[str, MapSpec], *,
 
     _collect_value_uses(program, analysis, sites, facts_for, any_map)
     for site in sites.values():
+        if site.is_lookup and site.map.endswith("[inner]"):
+            _resolve_inner(site, analysis.states[site.index], sites, facts, maps)
+            if site.inner_of is not None:
+                _judge(site, None, site.inner_spec)
+                if site.specializable:
+                    site.guarded = True
+                    site.reason = _resolved_reason(site)
+                continue
+            if site.reason:
+                continue
         _judge(site, facts.get(site.map), maps.get(site.map))
     return ProgramFacts(program, analysis, sites, facts)
+
+
+def site_spec(site: Site, maps: Mapping[str, MapSpec]) -> MapSpec | None:
+    """The map spec a lookup site acts on: the map's, or the inner template for a lookup
+    in a resolved inner map."""
+    return site.inner_spec if site.inner_of is not None else maps.get(site.map)
+
+
+def _resolved_reason(site: Site) -> str:
+    outer, key = site.inner_of  # type: ignore[misc]
+    where = "the CPU id" if key is None else f"constant key {key.hex()}"
+    return (f"inner map of {outer} at {where}: resolved when specializing, behind a version "
+            f"guard that writes to {outer} and to the inner map move")
+
+
+def _resolve_inner(site: Site, state: State | None, sites: Mapping[int, Site],
+                   facts: Mapping[str, MapFacts], maps: Mapping[str, MapSpec]) -> None:
+    """Name the inner map a lookup acts on when its outer lookup always reads one slot (a
+    constant key) or the CPU's own (the CPU id), and neither the outer map nor its inner
+    maps are written by the data plane; otherwise leave the site generic and say why."""
+    if state is None or state.regs[1].kind != K_VALUE:
+        return
+    outer, outer_index = state.regs[1].ref  # type: ignore[misc]
+    outer_site, outer_spec = sites.get(outer_index), maps.get(outer)
+    if outer_site is None or outer_spec is None or not outer_spec.type.is_map_of_maps:
+        return
+    why = ""
+    key = outer_site.constant_key
+    cpu = key is None and _is_cpu_key(outer_site, outer_spec)
+    outer_facts, inner_facts = facts.get(outer), facts.get(f"{outer}[inner]")
+    if outer_spec.inner is None:
+        why = "map of maps without an inner map template"
+    elif key is None and not cpu:
+        why = "map of maps: the outer key is neither a constant nor the CPU id"
+    elif outer_facts is not None and outer_facts.written_by_data_plane:
+        why = f"map of maps: {outer} is written by the data plane"
+    elif inner_facts is not None and inner_facts.written_by_data_plane:
+        why = f"map of maps: the inner maps of {outer} are written by the data plane"
+    if why:
+        site.reason = why
+        site.specializable = False
+        return
+    site.inner_of = (outer, key)
+    site.inner_spec = outer_spec.inner
+    site.key_bytes = _key_bytes(state, state.regs[2], outer_spec.inner)
+    site.map = f"{outer}[{'cpu' if key is None else key.hex()}]"
+
+
+def _is_cpu_key(outer_site: Site, spec: MapSpec) -> bool:
+    """The key of `outer_site` is the CPU id, exactly (not a function of it)."""
+    if spec.key_size != 4 or not outer_site.key_bytes or len(outer_site.key_bytes) != 4:
+        return False
+    return all(b.kind == "cpu" and b.field == CPU_ID_ORIGIN and b.byte == n
+               for n, b in enumerate(outer_site.key_bytes))
 
 
 def _key_bytes(state: State, key: Value, spec: MapSpec | None) -> tuple[KeyByte, ...] | None:
@@ -227,7 +298,7 @@ def _key_bytes(state: State, key: Value, spec: MapSpec | None) -> tuple[KeyByte,
             byte = (value.const >> (8 * (off - slot_off))) & 0xFF
             out.append(KeyByte("const", byte))
         elif value.kind == K_SCALAR and value.origin:
-            out.append(KeyByte(str(value.origin[0]), None, value.origin))
+            out.append(KeyByte(str(value.origin[0]), None, value.origin, off - slot_off))
         else:
             out.append(KeyByte("unknown"))
     return tuple(out)

@@ -208,6 +208,10 @@ MAP_HELPERS_READ = {LOOKUP, HELPER_IDS["map_peek_elem"], HELPER_IDS["redirect_ma
                     HELPER_IDS["perf_event_output"], HELPER_IDS["ringbuf_output"],
                     HELPER_IDS["ringbuf_reserve"], HELPER_IDS["for_each_map_elem"]}
 TAIL_CALL = HELPER_IDS["tail_call"]
+SMP_PROCESSOR_ID = HELPER_IDS["get_smp_processor_id"]
+# The origin of the CPU id itself (arithmetic on it gives ("cpu", None, 0), see
+# `_derived_origin`): a key that is exactly the CPU id selects the CPU's own slot.
+CPU_ID_ORIGIN = ("cpu", 0, 4)
 # Helpers that only read memory they are given (pointer arguments are inputs).
 READ_ONLY_MEMORY_HELPERS = {
     LOOKUP, UPDATE, DELETE, HELPER_IDS["csum_diff"], HELPER_IDS["xdp_store_bytes"],
@@ -502,6 +506,8 @@ def _call(insn: Instruction, state: State, index: int) -> None:
         helper = insn.imm
         if helper == LOOKUP:
             regs[0] = Value(K_VALUE_OR_NULL, 0, (map_name(regs[1]), index))
+        elif helper == SMP_PROCESSOR_ID:
+            regs[0] = Value(K_SCALAR, None, None, CPU_ID_ORIGIN)
         else:
             regs[0] = UNKNOWN
         _clobber_escaped_stack(insn, state)

@@ -35,8 +35,8 @@ from .skb_replay import open_replay
 from .throughput import Throughput
 
 SAMPLES = 3  # alternating passes per program copy
-COPIES = 4  # fresh loads of each program per round (identical code placed elsewhere by the
-# JIT runs a little faster or slower; fresh copies average that out)
+COPIES = 4  # loads of each program per benchmark, each measured every round (identical code
+# placed elsewhere by the JIT runs a little faster or slower; the copies average that out)
 
 
 def _ingress(trace: Trace, nf: NetworkFunction | None) -> int:
@@ -192,8 +192,14 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
         # Phases are separate (throughput leaves softirq and page-pool work behind that
         # slows whatever runs next), the order alternates A B / B A between rounds, and each
         # measured pass follows an unmeasured one of the same program.
-        # Every round loads COPIES fresh copies of each program and measures each SAMPLES
-        # times, alternating A and B pass by pass; ns/packet per round is the median pass.
+        # Every round measures each of the COPIES copies of each program SAMPLES times,
+        # alternating A and B pass by pass; ns/packet per round is the median pass.
+        # The copies are loaded once and measured in every round: loading (verifying) a
+        # large program takes longer than measuring it, and COPIES placements per program
+        # are what spreads the JIT-placement effect, whichever round measures them.
+        pool = {id(r): [r.replay, *(stack.enter_context(r.factory())
+                                     for _ in range(COPIES - 1) if r.factory)]
+                for r in runners}
         pair_ratios: list[float] = []
         for n in range(rounds):
             order = runners if n % 2 == 0 else runners[::-1]
@@ -203,23 +209,17 @@ def run_bench(subjects: Sequence[Subject], trace: Trace, *, nf: NetworkFunction 
             overheads.append(base)
             round_ratios = []
             for copy in range(COPIES):
-                copies = {id(r): (r.factory() if r.factory and (n or copy) else r.replay)
-                          for r in runners}
-                try:
-                    for runner in order:  # warm both before measuring either
-                        copies[id(runner)].run()
-                    for _ in range(SAMPLES):
-                        pair = {}
-                        for runner in order:
-                            ns = copies[id(runner)].run().ns_per_packet
-                            samples[id(runner)].append(ns)
-                            pair[id(runner)] = max(ns - base, 0.1)
-                        if len(runners) == 2:
-                            round_ratios.append(pair[id(runners[0])] / pair[id(runners[1])])
-                finally:
-                    for runner in runners:
-                        if copies[id(runner)] is not runner.replay:
-                            copies[id(runner)].close()
+                copies = {id(r): pool[id(r)][copy % len(pool[id(r)])] for r in runners}
+                for runner in order:  # warm both before measuring either
+                    copies[id(runner)].run()
+                for _ in range(SAMPLES):
+                    pair = {}
+                    for runner in order:
+                        ns = copies[id(runner)].run().ns_per_packet
+                        samples[id(runner)].append(ns)
+                        pair[id(runner)] = max(ns - base, 0.1)
+                    if len(runners) == 2:
+                        round_ratios.append(pair[id(runners[0])] / pair[id(runners[1])])
             for runner in runners:
                 gross = statistics.median(samples[id(runner)])
                 runner.gross_ns.append(gross)

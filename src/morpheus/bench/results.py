@@ -91,7 +91,7 @@ def _agent_row(nf: Any, swap: str, cycles: int, progress: Any) -> dict[str, Any]
                 totals = []
                 for _ in range(cycles):
                     gen.run(2)
-                    agent._dirty = True  # a control-plane write would do the same
+                    agent.force_respecialize()  # a control-plane write would do the same
                     report = agent.cycle()
                     if report.outcome == "swapped":
                         totals.append(report.timings_ms)
@@ -126,7 +126,7 @@ def _checked_cycles(agent: Any, gen: Any, trace: Any, name: str,
     try:
         for _ in range(3):
             gen.run(1)
-            agent._dirty = True
+            agent.force_respecialize()
             report = agent.cycle()
             checks.append(report.timings_ms.get("check") if report.outcome == "swapped"
                           else None)

@@ -21,7 +21,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     state = p.add_mutually_exclusive_group(required=True)
     state.add_argument("--nf", choices=NAMES, help="start from this NF's default configuration")
     state.add_argument("--maps", metavar="DIR",
-                       help="start from the maps pinned under DIR by `morpheus load --pin`")
+                       help="start from the maps pinned under DIR by `morpheus load --pin`, "
+                            "or by another owner one pin per map name (bpfman, `bpftool prog "
+                            "loadall A.o PROGS pinmaps DIR`: read with A.o's definitions)")
     p.add_argument("--trace", required=True, metavar="F.pcap")
     p.add_argument("--program", help="the program to compare (objects with several)")
     p.add_argument("--ingress", type=int, default=None,
@@ -69,15 +71,20 @@ def _check(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         with NFEnv.start(nf, object_path=args.a) as env, env.entered():
             return check_objects(request, env.collection.maps, snapshot=False,
                                  fallback_program=nf.program)
-    from ..pinned import open_pinned_maps, pinned_info
+    from ..pinned import PinError, foreign_info, open_pinned_maps, pinned_info
 
-    info = pinned_info(args.maps)
+    try:
+        info = pinned_info(args.maps)
+    except PinError:
+        if (Path(args.maps) / "maps").is_dir():
+            raise
+        info = foreign_info(args.maps, args.a)  # another owner's pins, for the reference
     pinned_programs = list(info["programs"])
     fallback = pinned_programs[0] if len(pinned_programs) == 1 else None
     ingress = args.ingress or 0
     request = ObjectCheck(Path(args.a), Path(args.b), [(f, ingress) for f in frames],
                           args.program)
-    maps = open_pinned_maps(args.maps)
+    maps = open_pinned_maps(args.maps, info)
     try:
         return check_objects(request, maps, snapshot=True, fallback_program=fallback)
     finally:

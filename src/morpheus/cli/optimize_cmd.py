@@ -1,4 +1,5 @@
-"""`morpheus optimize --nf NAME --profile P [--json]` and `morpheus optimize DIR --trace F`."""
+"""`morpheus optimize --nf NAME --profile P [--json]`, `morpheus optimize DIR --trace F` and
+`morpheus optimize MAPDIR --object OBJ --trace F` (maps pinned by another owner, e.g. bpfman)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,15 @@ from .console import plain, show, table, working
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="profile, specialize, verify and benchmark a program")
     p.add_argument("pinned", nargs="?", metavar="DIR",
-                   help="a program loaded with `morpheus load OBJ --pin DIR`")
+                   help="a program loaded with `morpheus load OBJ --pin DIR`, or with "
+                        "--object, a directory of maps another owner pinned for OBJ")
     p.add_argument("--nf", choices=NAMES, help="a built-in network function")
     p.add_argument("--profile", choices=PROFILES, help="trace locality (with --nf)")
     p.add_argument("--trace", help="pcap trace (with DIR)")
+    p.add_argument("--object", metavar="OBJ",
+                   help="the object whose maps DIR holds, pinned by another owner one per map "
+                        "name (bpfman's /run/bpfman/fs/maps/PROG_ID, `bpftool prog loadall "
+                        "OBJ PROGS pinmaps DIR`); read only")
     p.add_argument("--program", metavar="NAME",
                    help="the program of DIR to optimize (needed when DIR holds several)")
     p.add_argument("--pin", metavar="DIR2",
@@ -66,12 +72,13 @@ def run(args: argparse.Namespace) -> int:
 
         with working(f"optimizing {args.pinned}"):
             report = optimize_pinned(args.pinned, args.trace, program=args.program,
-                                     rounds=args.rounds, options=options)
+                                     rounds=args.rounds, options=options,
+                                     object_path=args.object)
         if args.pin:
             report["pinned"] = _pin(args, report)
     else:
-        if args.program or args.pin:
-            raise ValueError("--program and --pin go with a pinned DIR")
+        if args.program or args.pin or args.object:
+            raise ValueError("--program, --object and --pin go with a pinned DIR")
         if not args.nf or not args.profile:
             raise ValueError("give --nf NAME --profile P, or a pinned DIR with --trace")
         from ..offline import optimize_nf
@@ -102,7 +109,7 @@ def _pin(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, Any]:
     chain = [(link["array"], link["slot"], link["program"], link.get("specialization"))
              for link in report.get("chain", ())]
     return pin_specialized(args.pinned, args.pin, report["program"], report["specialization"],
-                           chain)
+                           chain, object_path=args.object)
 
 
 def report_view(r: dict[str, Any]) -> RenderableType:

@@ -32,6 +32,7 @@ def optimize_timing(spec: object, rounds: int) -> list[dict[str, object]]:
     import random
     from collections import Counter
 
+    from ..analysis.sites import site_spec
     from ..optimizer import MapSnapshot, SiteHeat, SpecializeRequest, Target, specialize
 
     out = []
@@ -47,7 +48,8 @@ def optimize_timing(spec: object, rounds: int) -> list[dict[str, object]]:
             for site in facts.lookups():
                 if not site.specializable:
                     continue
-                mspec = spec.maps[site.map]  # type: ignore[attr-defined]
+                mspec = site_spec(site, spec.maps)  # type: ignore[attr-defined]
+                assert mspec is not None
                 keys = [rng.randbytes(mspec.key_size) for _ in range(64)]
                 heat[site.index] = SiteHeat(Counter({k: 64 - i for i, k in enumerate(keys)}))
                 snap = snaps.setdefault(site.map, MapSnapshot(mspec))

@@ -25,6 +25,16 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--swap", choices=["link", "prog-array"], default="link",
                    help="swap versions by updating the XDP link (default) or through a "
                         "prog-array trampoline: faster swaps, one tail call per packet")
+    p.add_argument("--maps", metavar="DIR",
+                   help="use the object's maps pinned by another owner under DIR, one pin per "
+                        "map name (bpfman: /run/bpfman/fs/maps/PROG_ID; `bpftool prog loadall "
+                        "OBJ PROGS pinmaps DIR`), each checked against the object's "
+                        "definition; the agent never creates, pins or removes them")
+    p.add_argument("--no-attach", action="store_true",
+                   help="attach nothing: pin the entry program (a prog-array trampoline the "
+                        "agent swaps versions behind) as PIN_DIR/entry for another loader to "
+                        "attach, e.g. `bpftool net attach xdp pinned "
+                        "/sys/fs/bpf/morpheus/NAME/entry dev IF`; implies --swap prog-array")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1")
     p.add_argument("--detach-on-exit", action="store_true",
                    help="remove the program when the agent stops (default: keep it running, "
@@ -81,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     options = AgentOptions(interval=args.interval, sample_rate=args.sample_rate,
                            xdp_mode=args.xdp_mode, watch_external=not args.no_watch,
                            run_stats=args.run_stats, check_frames=check_frames,
-                           swap=args.swap,
+                           swap="prog-array" if args.no_attach else args.swap,
+                           maps_dir=args.maps, attach=not args.no_attach,
                            measure_instrumentation=not args.no_measure_sampling_cost,
                            plan=PlanOptions(verifier_budget=args.verifier_budget))
     agent = Agent(args.object, iface=args.iface, program=args.program, netns=args.netns,
@@ -98,9 +109,14 @@ def run(args: argparse.Namespace) -> int:
             from ..runtime.metrics import serve
 
             _, metrics = serve(agent, control, args.metrics_port)
-        print(json.dumps({"event": "running", "name": agent.name, "socket":
-                          str(socket_path(agent.name)), "metrics_port": metrics.port
-                          if metrics else None}), flush=True)
+        running = {"event": "running", "name": agent.name,
+                   "socket": str(socket_path(agent.name)),
+                   "metrics_port": metrics.port if metrics else None}
+        if agent.maps_dir is not None:
+            running["maps_dir"] = str(agent.maps_dir)  # the owner's, as found under --maps
+        if not agent.options.attach:
+            running["entry"] = str(agent.pin_dir / "entry")  # for the loader that attaches it
+        print(json.dumps(running), flush=True)
         while not stop.is_set():
             agent.cycle()
             stop.wait(args.interval)

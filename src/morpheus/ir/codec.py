@@ -32,8 +32,13 @@ def decode(data: bytes | memoryview, *, origin: int = 0) -> list[Instruction]:
     slots = list(_SLOT.iter_unpack(data))
     out: list[Instruction] = []
     append = out.append
-    i = 0
     n = len(slots)
+    origin_meta(origin + n)  # one shared provenance record per slot, made up front
+    metas = _ORIGIN_METAS
+    # tuple.__new__ directly: half the time of the NamedTuple's keyword-handling __new__,
+    # and decode builds one instruction per slot of every object read.
+    new = tuple.__new__
+    i = 0
     while i < n:
         opcode, regs, off, imm = slots[i]
         if opcode == LD_IMM64:
@@ -46,18 +51,12 @@ def decode(data: bytes | memoryview, *, origin: int = 0) -> list[Instruction]:
                     f"its immediate (found opcode {op2:#x}, regs {regs2:#x}, off {off2})"
                 )
             value = s64(((imm2 & 0xFFFFFFFF) << 32) | (imm & 0xFFFFFFFF))
-            append(
-                Instruction(
-                    opcode, regs & 0xF, regs >> 4, off, value, None, None, origin_meta(origin + i)
-                )
-            )
+            append(new(Instruction, (opcode, regs & 0xF, regs >> 4, off, value, None, None,
+                                     metas[origin + i])))
             i += 2
         else:
-            append(
-                Instruction(
-                    opcode, regs & 0xF, regs >> 4, off, imm, None, None, origin_meta(origin + i)
-                )
-            )
+            append(new(Instruction, (opcode, regs & 0xF, regs >> 4, off, imm, None, None,
+                                     metas[origin + i])))
             i += 1
     return out
 

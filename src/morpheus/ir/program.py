@@ -207,11 +207,15 @@ def symbolize(
     return out
 
 
-def encode(program: Program, maps: Mapping[str, int] | None = None) -> EncodedProgram:
+def encode(program: Program, maps: Mapping[str, int] | None = None,
+           fd_array: Sequence[int] = ()) -> EncodedProgram:
     """Resolve labels and map references and produce loadable bytecode.
 
     `maps` maps map names to file descriptors; a map load whose name is missing raises
-    LinkError. Pure: no syscalls, the program is not modified.
+    LinkError. `fd_array` is what the program is loaded with: a BTF_ID load of a module's
+    ksym holds the module's fd_array index in its high word, replaced here by the fd in
+    that slot (the kernel wants the module BTF's fd there). Pure: no syscalls, the program
+    is not modified.
     """
     maps = maps or {}
     offsets = program.slot_offsets()
@@ -248,6 +252,9 @@ def encode(program: Program, maps: Mapping[str, int] | None = None) -> EncodedPr
                 )
                 pending_line_for_function = False
         try:
+            if insn.opcode == LD_IMM64 and insn.src == PseudoSrc.BTF_ID and insn.imm >> 32:
+                parts.append(_encode_module_btf_id(insn, fd_array))
+                continue
             parts.append(_encode_one(program, index, insn, slot, offsets, labels, maps))
         except EncodeError as exc:
             raise LinkError(f"program {program.name}: instruction {index}: {exc}") from None
@@ -257,6 +264,14 @@ def encode(program: Program, maps: Mapping[str, int] | None = None) -> EncodedPr
             f"program {program.name}: functions {missing} have no BTF func_info while others do"
         )
     return EncodedProgram(b"".join(parts), tuple(func_info), tuple(line_info))
+
+
+def _encode_module_btf_id(insn: Instruction, fd_array: Sequence[int]) -> bytes:
+    index = (insn.imm >> 32) & 0xFFFFFFFF
+    if not 0 < index < len(fd_array):
+        raise EncodeError(f"ksym load names fd_array index {index} (a module's BTF), but the "
+                          f"program's fd_array has {len(fd_array)} entries")
+    return encode_instruction(insn, imm=insn.imm & 0xFFFFFFFF, imm_hi=fd_array[index])
 
 
 def _first_line(insns: Sequence[Instruction], start: int, starts: Mapping[int, Function]):

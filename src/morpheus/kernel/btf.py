@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import functools
 import gc
 import os
 import re
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..obj.btf import BTF
@@ -36,6 +41,118 @@ def load_btf(blob: bytes, *, what: str = "object BTF") -> FD:
         except KernelError:
             text = bytes(log).split(b"\0", 1)[0].decode(errors="replace")
             raise BTFError(first.errno or 0, f"load {what}", text) from None
+
+
+# --- BTF objects in the kernel: vmlinux's, modules', programs' ----------------------------
+
+_BTF_INFO_SIZE = 32  # struct bpf_btf_info: btf, btf_size, id, name, name_len, kernel_btf
+_BTF_NAME_LEN = 64  # libbpf's buffer for a module name (MODULE_NAME_LEN is 56)
+
+
+@dataclass(frozen=True, slots=True)
+class BTFObjectInfo:
+    """What BPF_OBJ_GET_INFO_BY_FD says about a BTF object. `kernel_btf` is true for the
+    kernel's own (vmlinux) and its modules' BTF, whose `name` is the module's."""
+
+    id: int
+    name: str
+    kernel_btf: bool
+
+
+def btf_object_info(fd: FD) -> BTFObjectInfo:
+    raw = buffer(_BTF_INFO_SIZE)
+    name = buffer(_BTF_NAME_LEN)
+    struct.pack_into("<QI", raw, 16, ctypes.addressof(name), _BTF_NAME_LEN)
+    attr = Attr().u32(0, fd.number).u32(4, _BTF_INFO_SIZE).pointer(8, raw)
+    attr._keep.append(name)
+    bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, "read BTF object info")
+    (btf_id,) = struct.unpack_from("<I", raw, 12)
+    (kernel_btf,) = struct.unpack_from("<I", raw, 28)
+    text = bytes(name).split(b"\0", 1)[0].decode(errors="replace")
+    return BTFObjectInfo(btf_id, text, bool(kernel_btf))
+
+
+def btf_object_ids() -> Iterator[int]:
+    """Ids of the BTF objects in the kernel, ascending (BPF_BTF_GET_NEXT_ID)."""
+    current = 0
+    while True:
+        attr = Attr().u32(0, current)
+        try:
+            bpf(Cmd.BTF_GET_NEXT_ID, attr, "list the kernel's BTF objects")
+        except KernelError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            raise
+        current = attr.read_u32(4)
+        yield current
+
+
+def open_btf_object(btf_id: int) -> FD:
+    """An fd of BTF object `btf_id` (BPF_BTF_GET_FD_BY_ID)."""
+    return FD(bpf(Cmd.BTF_GET_FD_BY_ID, Attr().u32(0, btf_id), f"open BTF object {btf_id}"),
+              "btf")
+
+
+def kernel_btf_objects() -> list[BTFObjectInfo]:
+    """The kernel's own BTF objects (vmlinux and every module with BTF), in id order: the
+    order in which libbpf searches modules for a ksym."""
+    out = []
+    for btf_id in btf_object_ids():
+        try:
+            fd = open_btf_object(btf_id)
+        except KernelError as exc:
+            if exc.errno == errno.ENOENT:
+                continue  # freed meanwhile (a program's BTF, an unloaded module)
+            raise
+        with fd:
+            info = btf_object_info(fd)
+        if info.kernel_btf:
+            out.append(info)
+    return out
+
+
+class ModuleBTFMissing(KernelError):
+    """A program needs the BTF of a kernel module that is not loaded (any more)."""
+
+
+def open_module_btfs(names: Sequence[str]) -> dict[str, FD]:
+    """Fds of the BTF objects of the kernel modules `names` (one walk over the kernel's
+    BTF objects, as libbpf's load_module_btfs), to pass in a program's fd_array. The
+    caller closes them; the kernel holds its own references once a program is loaded."""
+    wanted = set(names)
+    found: dict[str, FD] = {}
+    try:
+        for btf_id in btf_object_ids():
+            if len(found) == len(wanted):
+                break
+            try:
+                fd = open_btf_object(btf_id)
+            except KernelError as exc:
+                if exc.errno == errno.ENOENT:
+                    continue
+                raise
+            try:
+                info = btf_object_info(fd)
+            except BaseException:
+                fd.close()
+                raise
+            if info.kernel_btf and info.name in wanted and info.name not in found:
+                found[info.name] = fd
+            else:
+                fd.close()
+    except BaseException:
+        for fd in found.values():
+            fd.close()
+        raise
+    missing = [n for n in names if n not in found]
+    if missing:
+        for fd in found.values():
+            fd.close()
+        raise ModuleBTFMissing(
+            errno.ENOENT, f"open BTF of kernel module(s) {', '.join(missing)}",
+            "the program calls kfuncs or reads ksyms of these modules: load them (modprobe) "
+            "before loading the program")
+    return found
 
 
 # --- the running kernel's type information and configuration, read once per process -------
@@ -78,13 +195,20 @@ def _btf_section_of_elf(source: Path, data: bytes) -> bytes:
 
 @functools.cache
 def module_btfs() -> tuple[tuple[str, BTF], ...]:
-    """Split BTF of every loaded module with BTF (/sys/kernel/btf/<module>), by name."""
+    """Split BTF of every loaded module with BTF (/sys/kernel/btf/<module>), in the order of
+    their BTF object ids, as libbpf searches them for ksyms (by name where the kernel will
+    not list its BTF objects)."""
     out = []
     if not SYS_BTF.is_dir():
         return ()
-    for entry in sorted(SYS_BTF.iterdir()):
-        if entry.name == "vmlinux":
-            continue
+    entries = [e for e in SYS_BTF.iterdir() if e.name != "vmlinux"]
+    if not entries:
+        return ()
+    try:
+        order = {info.name: info.id for info in kernel_btf_objects()}
+    except KernelError:
+        order = {}
+    for entry in sorted(entries, key=lambda e: (order.get(e.name, 1 << 32), e.name)):
         try:
             out.append((entry.name, BTF(entry.read_bytes(), base=vmlinux_btf())))
         except (OSError, ObjectError):
@@ -125,24 +249,48 @@ def kernel_version_code(release: str | None = None) -> int:
     return (major << 16) + (minor << 8) + min(patch, 255)
 
 
+class AmbiguousKsym(ObjectError):
+    """A typeless __ksym names a symbol that /proc/kallsyms lists at two addresses."""
+
+
 @functools.cache
-def _kallsyms() -> dict[str, int]:
+def _kallsyms() -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
+    """Every symbol's address, and the names listed at two different addresses (static
+    functions of one name in two files, or in vmlinux and a module)."""
     out: dict[str, int] = {}
+    ambiguous: dict[str, tuple[int, int]] = {}
     try:
         text = Path("/proc/kallsyms").read_text()
     except OSError:
-        return out
+        return out, ambiguous
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 3 and len(fields) < 5:  # module symbols carry a 4th [module] field
-            out.setdefault(fields[2], int(fields[0], 16))
-    return out
+            address = int(fields[0], 16)
+            first = out.setdefault(fields[2], address)
+            if first != address:
+                ambiguous.setdefault(fields[2], (first, address))
+    return out, ambiguous
 
 
 def kallsyms_address(name: str) -> int | None:
-    """A kernel symbol's address (typeless __ksym externs); None if absent or hidden."""
-    address = _kallsyms().get(name)
-    return address or None
+    """A kernel symbol's address (typeless __ksym externs); None if absent or hidden.
+
+    Raises AmbiguousKsym when two symbols of that name have different addresses: libbpf
+    refuses such an extern ("resolution is ambiguous") rather than pick one."""
+    addresses, ambiguous = _kallsyms()
+    if name in ambiguous:
+        first, other = ambiguous[name]
+        raise AmbiguousKsym(f"__ksym {name!r}: resolution is ambiguous: /proc/kallsyms lists "
+                            f"it at {first:#x} and {other:#x} (two static symbols of that "
+                            "name); libbpf refuses it too. Declare it with a type (BTF) or "
+                            "use another symbol")
+    return addresses.get(name) or None
+
+
+def kallsyms_listed(name: str) -> bool:
+    """Whether /proc/kallsyms names `name` at a visible address (for error messages)."""
+    return bool(_kallsyms()[0].get(name))
 
 
 @functools.cache

@@ -173,13 +173,19 @@ def load_program(
     log_level: int = 0,
     attach_btf_id: int = 0,
     attach_prog_fd: FD | None = None,
+    fd_array: Sequence[int] = (),
 ) -> LoadedProgram:
     """Load bytecode. On refusal, load again with a verifier log (growing the buffer until
-    the whole log fits) and raise VerifierError carrying it."""
+    the whole log fits) and raise VerifierError carrying it.
+
+    `fd_array` (attr fd_array) holds the fds a kfunc call's `off` indexes: module BTFs,
+    index 0 unused, as libbpf passes them (without fd_array_cnt, so the kernel reads only
+    the slots that kfunc calls name)."""
     insns = buffer(bytecode)
     lic = buffer(license.encode() + b"\0")
     fi = buffer(b"".join(struct.pack("<II", *rec) for rec in func_info)) if func_info else None
     li = buffer(b"".join(struct.pack("<IIII", *rec) for rec in line_info)) if line_info else None
+    fds = buffer(struct.pack(f"<{len(fd_array)}i", *fd_array)) if fd_array else None
 
     def attempt(level: int, log_size: int) -> tuple[int, str, int]:
         log = buffer(log_size) if level else None
@@ -200,6 +206,8 @@ def load_program(
         )
         if attach_prog_fd is not None:
             attr.u32(112, attach_prog_fd.number)
+        if fds is not None:
+            attr.pointer(120, fds)
         if btf_fd is not None:
             attr.u32(72, btf_fd.number)
             if fi is not None:

@@ -144,6 +144,7 @@ class BTF:
         self.first_id = len(self.types) if base is not None else 1
         self._core_index: dict[str, list[int]] | None = None
         self._by_name: dict[tuple[Kind, str], int] | None = None
+        self._own_by_name: dict[tuple[Kind, str], int] | None = None
         # Parsing the kernel's BTF allocates some 400,000 small tuples, none of them part of a
         # reference cycle; the cyclic collector's passes over them would double the time.
         collecting = gc.isenabled()
@@ -184,6 +185,19 @@ class BTF:
                 if t.name:
                     self._by_name.setdefault((t.kind, t.name), t.id)
         found = self._by_name.get((kind, name))
+        return None if found is None else self.types[found]
+
+    def find_own(self, kind: Kind, name: str) -> BTFType | None:
+        """The first type of `kind` called `name` among this BTF's own types: a split
+        BTF's (a module's), not its base's (libbpf's btf__find_by_name_kind_own)."""
+        if self.base is None:
+            return self.find(kind, name)
+        if self._own_by_name is None:
+            self._own_by_name = {}
+            for t in self.types[self.first_id :]:
+                if t.name:
+                    self._own_by_name.setdefault((t.kind, t.name), t.id)
+        found = self._own_by_name.get((kind, name))
         return None if found is None else self.types[found]
 
     def candidates(self, essential: str) -> list[int]:

@@ -14,11 +14,12 @@ libbpf's rules, so that instructions (and kernel tags) come out the same:
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ..uapi import MapFlags, MapType
-from .btf import BTF, Kind
+from .btf import BTF, Kind, essential_name
 from .errors import ObjectError, UnsupportedFeature
 from .spec import MapSpec
 
@@ -216,11 +217,75 @@ class Resolved:
 
     kind: str  # "kconfig", "btf_id", "address", "kfunc", "unset"
     value: int = 0  # data offset, BTF id or address
-    module: str = ""  # kfuncs and ksyms of a module: its name (fd_array slot at load)
+    module: str = ""  # kfuncs and ksyms of a module: its name
+    slot: int = 0  # the module's index in the program's fd_array (0: vmlinux)
+
+
+# The kfunc call's `off` holds the fd_array index, a signed 16-bit field.
+MAX_FD_ARRAY_SLOT = 0x7FFF
+
+
+@dataclass(frozen=True, slots=True)
+class KsymTable:
+    """Every `__ksym` extern of an object resolved at once, and the module BTFs they need.
+
+    `module_btfs[i]` is the module whose BTF fd goes in fd_array[i + 1]; index 0 is
+    reserved (a kfunc call with `off` 0 is vmlinux's). As in libbpf, modules get their
+    index in the order of the first kfunc (externs sorted by name) that resolves there;
+    modules that only typed ksym variables live in follow (libbpf passes them by fd in the
+    ld_imm64 only; the kernel reads fd_array only at kfunc calls' `off`, so these extra
+    entries change nothing, and they let a pure instruction name its module).
+    """
+
+    resolved: Mapping[str, Resolved | ObjectError]
+    module_btfs: tuple[str, ...] = ()
+
+    def get(self, name: str) -> Resolved:
+        """The resolution of extern `name`; raises its error if it did not resolve."""
+        how = self.resolved[name]
+        if isinstance(how, ObjectError):
+            raise how
+        return how
+
+
+def resolve_ksyms(reader: _Reader) -> KsymTable:
+    """Resolve every ksym extern of the object in libbpf's order (by name), and lay out the
+    module BTFs the program's fd_array must carry."""
+    found: dict[str, Resolved | ObjectError] = {}
+    kfunc_modules: list[str] = []
+    var_modules: list[str] = []
+    for e in sorted((e for e in reader.externs.values() if e.section == KSYMS),
+                    key=lambda e: e.name):
+        try:
+            how = resolve(reader, e)
+        except ObjectError as exc:
+            found[e.name] = exc
+            continue
+        if how.module:
+            modules = kfunc_modules if e.is_func else var_modules
+            if how.module not in modules:
+                modules.append(how.module)
+        found[e.name] = how
+    table = tuple(kfunc_modules + [m for m in var_modules if m not in kfunc_modules])
+    if len(table) > MAX_FD_ARRAY_SLOT:
+        raise ObjectError(f"the object's ksyms live in {len(table)} kernel modules; a kfunc "
+                          f"call can name {MAX_FD_ARRAY_SLOT} at most (fd_array index in "
+                          "the instruction's 16-bit offset)")
+    slots = {module: index + 1 for index, module in enumerate(table)}
+    for name, how in found.items():
+        if isinstance(how, Resolved) and how.module:
+            found[name] = replace(how, slot=slots[how.module])
+    return KsymTable(found, table)
 
 
 def resolve(reader: _Reader, e: Extern) -> Resolved:
-    """Resolve one extern against the target kernel (ksyms) or the kconfig layout."""
+    """Resolve one extern against the target kernel (ksyms) or the kconfig layout.
+
+    Typed ksyms and kfuncs are looked up in vmlinux first, then in each module's own types
+    (in the target's module order), as libbpf's find_ksym_btf_id. A kfunc is looked up by
+    its name without a `___flavour` suffix (libbpf's essential name), so that an object
+    can declare two prototypes of one kfunc for different kernels.
+    """
     if e.section == KCONFIG:
         return Resolved("kconfig", e.offset)
     from .core import CoreError, types_compatible
@@ -236,9 +301,11 @@ def resolve(reader: _Reader, e: Extern) -> Resolved:
             raise ObjectError(f"__ksym {e.name!r}: not in the kernel's symbols (kallsyms)")
         return Resolved("address", address)
     kind = Kind.FUNC if e.is_func else Kind.VAR
+    wanted = essential_name(e.name) if e.is_func else e.name
+    what = "kfunc" if e.is_func else "variable"
     for module, btf in (("", target.btf), *target.modules):
-        found = btf.find(kind, e.name)
-        if found is None or (module and found.id < btf.first_id):
+        found = btf.find_own(kind, wanted) if module else btf.find(kind, wanted)
+        if found is None:
             continue
         try:
             if e.is_func:
@@ -248,7 +315,8 @@ def resolve(reader: _Reader, e: Extern) -> Resolved:
         except CoreError as exc:
             raise ObjectError(f"__ksym {e.name!r}: {exc}") from None
         if not ok:
-            what = "kfunc" if e.is_func else "variable"
+            if e.is_func and e.weak:
+                return Resolved("unset")  # libbpf: a weak kfunc of another prototype is unset
             raise ObjectError(
                 f"__ksym {what} {e.name!r}: its declaration ({local.describe(e.type_id)}) "
                 f"does not match the kernel's ({btf.describe(found.ref)}, BTF id {found.id} "
@@ -256,7 +324,6 @@ def resolve(reader: _Reader, e: Extern) -> Resolved:
         return Resolved("kfunc" if e.is_func else "btf_id", found.id, module)
     if e.weak:
         return Resolved("unset")
-    what = "kfunc" if e.is_func else "variable"
     raise ObjectError(f"__ksym {what} {e.name!r}: not found in the kernel's BTF "
                       f"({target.name}{' or its modules' if target.modules else ''})")
 

@@ -171,6 +171,7 @@ class _Reader:
         self._target: core.Target | None = None
         self._relocator: core.Relocator | None = None
         self.externs: dict[str, externs.Extern] = {}
+        self._ksyms: externs.KsymTable | None = None
         if data[:4] != b"\x7fELF":
             raise ObjectError("not an ELF file (bad magic)")
         if data[4] != 2:
@@ -811,18 +812,16 @@ class _Reader:
         if e is None:
             raise ObjectError(f"{sec.name}+{r_offset} refers to undefined symbol {sym.name!r}")
         try:
-            how = externs.resolve(self, e)
+            how = self._ksym_table().get(e.name) if e.section == externs.KSYMS else \
+                externs.resolve(self, e)
         except ObjectError as exc:
             raise type(exc)(f"{sec.name}+{r_offset}: {exc}") from None
-        if how.module:
-            raise UnsupportedFeature(
-                "kfuncs and ksyms of kernel modules (fd_array)",
-                f"{sym.name!r} of module {how.module} referenced from {sec.name}+{r_offset}")
         if insn.is_call:
             if not e.is_func:
                 raise ObjectError(f"{sec.name}+{r_offset}: extern {sym.name!r} is called but "
                                   "is not a function")
-            return insn._replace(src=CallSrc.KFUNC, imm=how.value, off=0)
+            # A module's kfunc: `off` is its BTF's index in the program's fd_array.
+            return insn._replace(src=CallSrc.KFUNC, imm=how.value, off=how.slot)
         if not insn.is_ld_imm64:
             raise ObjectError(f"{sec.name}+{r_offset}: extern {sym.name!r} is referenced by "
                               f"opcode {insn.opcode:#x}, expected a 64-bit immediate load")
@@ -830,12 +829,23 @@ class _Reader:
             return insn._replace(src=PseudoSrc.MAP_VALUE, imm=how.value,
                                  reference=externs.KCONFIG)
         if how.kind in ("btf_id", "kfunc"):  # a kfunc's address: `if (kfunc)` checks
-            return insn._replace(src=PseudoSrc.BTF_ID, imm=how.value)
+            # The kernel wants a module's BTF fd in the second slot's immediate; until the
+            # loader knows it, that word holds the module's fd_array index (ir.encode
+            # replaces it with the fd in that slot).
+            return insn._replace(src=PseudoSrc.BTF_ID, imm=how.value | how.slot << 32)
         return insn._replace(src=PseudoSrc.NONE, imm=s64(how.value))  # address, 0 if unset
+
+    def _ksym_table(self) -> externs.KsymTable:
+        """The object's ksyms, resolved together the first time an instruction needs one
+        (module fd_array indices are per object, in libbpf's order)."""
+        if self._ksyms is None:
+            self._ksyms = externs.resolve_ksyms(self)
+        return self._ksyms
 
     def _programs(
         self, functions: dict[str, _Function], license: str, kern_version: int
     ) -> dict[str, ProgramSpec]:
+        module_btfs = self._ksyms.module_btfs if self._ksyms is not None else ()
         programs: dict[str, ProgramSpec] = {}
         for func in functions.values():
             if func.section == ".text":
@@ -854,6 +864,7 @@ class _Reader:
                 license=license,
                 kern_version=kern_version,
                 program=program,
+                module_btfs=module_btfs,
             )
         # No programs is fine, as for libbpf: an object can hold only maps (to pin, share).
         return programs

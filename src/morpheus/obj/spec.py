@@ -62,6 +62,10 @@ class ProgramSpec:
     license: str
     kern_version: int
     program: Program
+    # Kernel modules whose BTF the program's kfunc calls and ksym loads refer to: module
+    # i's BTF fd goes in fd_array[i + 1] at load (index 0 is reserved: vmlinux). The
+    # whole object shares one table, as libbpf shares one fd_array between programs.
+    module_btfs: tuple[str, ...] = ()
 
     @property
     def insn_count(self) -> int:

@@ -66,6 +66,10 @@ class MapSnapshot:
     complete: bool = False
     # LRU maps: at least half full, so that an insert may evict (see plan_sites).
     crowded: bool = False
+    # An inner map resolved through its outer map: the ids of the inner maps read (the
+    # agent's write watcher must watch them), or why the slot could not be resolved.
+    source_ids: tuple[int, ...] = ()
+    unavailable: str = ""
 
 
 @dataclass
@@ -103,6 +107,9 @@ def plan_sites(facts: ProgramFacts, snapshots: Mapping[str, MapSnapshot],
             continue
         if snap is None:
             decisions.append(SiteDecision(site, None, "none", "no snapshot of the map"))
+            continue
+        if snap.unavailable:
+            decisions.append(SiteDecision(site, None, "none", snap.unavailable))
             continue
         if snap.crowded:
             # An LRU map evicts by recency, and inlined hits do not refresh it: once inserts

@@ -3,12 +3,15 @@ keys."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 from collections.abc import Mapping
 
 from ..analysis import ProgramFacts
+from ..analysis.sites import site_spec
 from ..kernel import Map
+from ..kernel.maps import possible_cpus
 from ..obj import MapSpec
 from ..uapi import MapFlags, MapType
 from .heat import SiteHeat
@@ -41,10 +44,68 @@ def _path_array(name: str, facts: ProgramFacts, specs: Mapping[str, MapSpec],
 
 def snapshot_maps(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[str, MapSpec],
                   heat: Mapping[int, SiteHeat], options: PlanOptions) -> dict[str, MapSnapshot]:
-    """Read what the plan needs: small tables whole, large ones at their hot keys."""
+    """Read what the plan needs: small tables whole, large ones at their hot keys. Inner
+    maps resolved through an outer map (`Site.inner_of`) are read through its slot."""
+    resolved: dict[str, tuple[Map, MapSpec]] = {}
+    unavailable: dict[str, MapSnapshot] = {}
+    opened: list[Map] = []
+    try:
+        for site in facts.lookups():
+            if site.inner_of is None or not site.specializable or site.map in resolved \
+                    or site.map in unavailable:
+                continue
+            inner_spec = site_spec(site, specs)
+            assert inner_spec is not None
+            found = _resolve(maps, site.inner_of, inner_spec)
+            if isinstance(found, str):
+                unavailable[site.map] = MapSnapshot(inner_spec, unavailable=found)
+                continue
+            opened.append(found)
+            resolved[site.map] = (found, _live_spec(site.map, found, inner_spec))
+        out = _snapshot(maps, facts, specs, heat, options, resolved)
+        out.update(unavailable)
+        return out
+    finally:
+        for m in opened:
+            m.close()
+
+
+def _resolve(maps: Mapping[str, Map], inner_of: tuple[str, bytes | None],
+             template: MapSpec) -> Map | str:
+    """The inner map a site reads (opened: close it), or why it cannot be named."""
+    outer_name, key = inner_of
+    outer = maps.get(outer_name)
+    if outer is None:
+        return f"map of maps {outer_name} not available"
+    keys = [key] if key is not None else [
+        struct.pack("<I", cpu) for cpu in range(min(possible_cpus(), outer.max_entries))]
+    ids = {v for v in (outer.lookup(k) for k in keys) if v is not None}
+    if not ids:
+        return f"{outer_name} holds no inner map there: nothing to resolve"
+    if len(ids) > 1:
+        return (f"the CPUs' inner maps of {outer_name} differ ({len(ids)} maps): inlining "
+                "them would need per-CPU dispatch")
+    raw = ids.pop()
+    inner = Map.from_id(int.from_bytes(raw[:4], "little") if isinstance(raw, bytes) else raw)
+    if (inner.type, inner.key_size, inner.value_size) != (template.type, template.key_size,
+                                                         template.value_size):
+        inner.close()
+        return f"the inner map in {outer_name} does not match its template"
+    return inner
+
+
+def _live_spec(name: str, live: Map, template: MapSpec) -> MapSpec:
+    return dataclasses.replace(template, name=name, max_entries=live.max_entries)
+
+
+def _snapshot(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[str, MapSpec],
+              heat: Mapping[int, SiteHeat], options: PlanOptions,
+              resolved: Mapping[str, tuple[Map, MapSpec]]) -> dict[str, MapSnapshot]:
+    maps = {**maps, **{n: m for n, (m, _) in resolved.items()}}
+    specs = {**specs, **{n: s for n, (_, s) in resolved.items()}}
     wanted: dict[str, set[bytes]] = {}
     for site in facts.lookups():
-        if site.map not in maps:
+        if site.map not in maps or (site.inner_of is not None and site.map not in resolved):
             continue
         if not site.specializable:
             if _path_array(site.map, facts, specs, options):
@@ -89,5 +150,7 @@ def snapshot_maps(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[s
         for key in keys:
             if key not in snap.entries:
                 snap.entries[key] = live.lookup(key)  # type: ignore[assignment]
+        if name in resolved:
+            snap.source_ids = (live.id,)
         out[name] = snap
     return out

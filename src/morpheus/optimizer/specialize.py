@@ -126,10 +126,32 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _specialize(request: SpecializeRequest) -> Specialization:
-    start = time.perf_counter()
-    target, options = request.target, request.options
-    facts, spec, prog, program = target.facts, target.spec, target.prog, target.program
+@dataclass(frozen=True)
+class PlannedRequest:
+    """The plan a request leads to, before any code is made (`plan_request`)."""
+
+    plan: InlinePlan
+    decisions: list[SiteDecision]
+    guard_slots: Mapping[str, int]
+    bump_slots: Mapping[str, int]
+
+    def fingerprint(self, request: SpecializeRequest) -> tuple[object, ...]:
+        """What the specialized program depends on: the sites, their keys and inlined
+        values, guard slots and versions, the sampling rates, the sites given up. Two
+        requests with one fingerprint make the same program (weights only order the
+        comparison trees), so a runtime can skip specializing and checking again."""
+        sites = tuple((p.site, p.map, p.complete, p.constant_key, p.guard_slot,
+                       p.guard_version, p.converge, p.known_bytes,
+                       tuple((e.key, e.value) for e in p.entries)) for p in self.plan.sites)
+        rates = request.sampling.rates if request.sampling is not None else ()
+        return (sites, self.plan.guard_slots, tuple(rates), tuple(sorted(request.skip_maps)),
+                tuple(sorted(request.converge)), tuple(sorted(request.drop)),
+                request.passes is None)
+
+
+def plan_request(request: SpecializeRequest) -> PlannedRequest:
+    """Plan the sites of `request` (cheap: no code is made); `specialize` starts here."""
+    facts = request.target.facts
     data_plane = sorted({s.map for s in facts.lookups() if s.specializable and s.guarded})
     guard_slots = request.guards.slots
     if guard_slots is None:
@@ -137,7 +159,7 @@ def _specialize(request: SpecializeRequest) -> Specialization:
     bump_slots = request.guards.bumps
     if bump_slots is None:
         bump_slots = {m: guard_slots[m] for m in data_plane if m in guard_slots}
-    plan, decisions = plan_sites(facts, request.snapshots, request.heat, options,
+    plan, decisions = plan_sites(facts, request.snapshots, request.heat, request.options,
                                  guard_slots=guard_slots,
                                  guard_versions=request.guards.versions, guard_all=True)
     skip_maps = request.skip_maps
@@ -148,6 +170,16 @@ def _specialize(request: SpecializeRequest) -> Specialization:
             if d.plan is not None and d.plan.map in skip_maps:
                 d.plan, d.mode, d.keys, d.coverage = None, "none", 0, None
                 d.reason = skip_maps[d.site.map]
+    return PlannedRequest(plan, decisions, guard_slots, bump_slots)
+
+
+def _specialize(request: SpecializeRequest) -> Specialization:
+    start = time.perf_counter()
+    target, options = request.target, request.options
+    facts, spec, prog, program = target.facts, target.spec, target.prog, target.program
+    planned = plan_request(request)
+    plan, decisions = planned.plan, planned.decisions
+    guard_slots, bump_slots = planned.guard_slots, planned.bump_slots
     converge, drop = request.converge, request.drop
     if request.verifier_base is not None:
         costs = {name: (3.0 if m.type == MapType.LPM_TRIE else 1.0)
@@ -167,6 +199,11 @@ def _specialize(request: SpecializeRequest) -> Specialization:
                 d.reason += " (converging hits, for the verifier)"
     ctx = PassContext(dict(spec.maps), prog.type,
                       analysis=facts.analysis if facts.analysis.program is program else None)
+    # Inner maps resolved through their outer map are inlined under the slot's name (the
+    # miss path still calls the helper on the pointer the outer lookup returned).
+    resolved = {s.map: request.snapshots[s.map].spec for s in facts.lookups()
+                if s.inner_of is not None and s.map in request.snapshots}
+    ctx.maps.update(resolved)
     pipeline_passes: list[Pass] = []
     used_guards = {p.map for p in plan.sites if p.guard_slot is not None}
     bumped = {m: bump_slots[m] for m in used_guards if m in bump_slots}
@@ -199,7 +236,7 @@ def _specialize(request: SpecializeRequest) -> Specialization:
         out, finished = _second_round(out, ctx, late, request, guard_slots, pipeline)
     if options.coalesce_stores and not finished:
         out = _coalesce_stores(out, ctx, pipeline, request.passes)
-    extra = {k: v for k, v in ctx.maps.items() if k not in spec.maps}
+    extra = {k: v for k, v in ctx.maps.items() if k not in spec.maps and k not in resolved}
     if used_guards and GUARD_MAP not in extra:
         extra[GUARD_MAP] = ctx.maps[GUARD_MAP]
     result = Specialization(out, extra, decisions, plan,

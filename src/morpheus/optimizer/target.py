@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..analysis import ProgramFacts, analyze
+from ..analysis.sites import site_spec
 from ..analysis.values import TAIL_CALL, analyze_values, map_set
 from ..ir import Program
 from ..ir.program import index_by_origin, with_origins
@@ -73,7 +74,7 @@ def sampled_sites(facts: ProgramFacts, maps: Mapping[str, MapSpec],
     to inline whole."""
     out = []
     for site in facts.lookups():
-        spec = maps.get(site.map)
+        spec = site_spec(site, maps)
         if not site.specializable or spec is None or site.constant_key is not None:
             continue
         if spec.max_entries <= options.whole_max:

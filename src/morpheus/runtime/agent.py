@@ -64,6 +64,7 @@ from ..optimizer import (
     cleanup_passes,
     is_complexity_error,
     next_relief,
+    plan_request,
     sampled_sites,
     snapshot_maps,
     specialize,
@@ -98,6 +99,7 @@ _MIN_STABILITY_SAMPLES = 8
 # runtime.watch.PIN_NAMES); the state file records them before any is made.
 _FIXED_PINS = ("guard", CTL_MAP, SAMPLES_MAP, "slots", "link")
 _WATCHER_DIR = "watcher"
+_ENTRY_PIN = "entry"  # the trampoline, pinned for another loader to attach (attach=False)
 _UPDATE_FLAGS = (0, 1, 2, 4)  # BPF_ANY, BPF_NOEXIST, BPF_EXIST, BPF_F_LOCK
 
 
@@ -151,6 +153,13 @@ class AgentOptions:
     # served, so it is left out of the plan for `churn_pause` cycles.
     churn_cycles: int = 3
     churn_pause: int = 20
+    # Maps pinned by another owner (bpfman's /run/bpfman/fs/maps/<prog id>/, or a directory
+    # `bpftool prog loadall OBJ PROGS pinmaps DIR` made): the agent opens the object's maps
+    # there instead of creating them, never pins them itself and never unpins them.
+    maps_dir: Path | None = None
+    # False: attach nothing; the entry program (a prog-array trampoline, so swaps need no
+    # hook of ours) is pinned as PIN_DIR/entry for another loader to attach.
+    attach: bool = True
 
 
 @dataclass
@@ -167,6 +176,7 @@ class Version:
     sampling: Any = None  # the SamplingLayout its instrumentation follows
     source: Program | None = None  # the instructions it was loaded from
     guard_versions: dict[str, int] = field(default_factory=dict)  # of the maps it inlines
+    fingerprint: tuple[object, ...] | None = None  # of the plan it was made from
 
 
 @dataclass
@@ -193,10 +203,23 @@ class Agent:
         self.program_name = program
         self.netns = NetNamespace(netns) if netns else None
         self.options = options or AgentOptions()
+        if not self.options.attach and self.options.swap != "prog-array":
+            # Without a hook of its own the agent swaps behind the pinned entry program.
+            from dataclasses import replace
+
+            self.options = replace(self.options, swap="prog-array")
+        # Where the owner pinned the maps (resolved by start(): a parent such as
+        # /run/bpfman/fs/maps is narrowed to the one program directory holding them).
+        self.maps_dir: Path | None = (Path(self.options.maps_dir).resolve()
+                                      if self.options.maps_dir is not None else None)
         self.spec: ObjectSpec = read_for_kernel(self.object_path)
         self.prog: ProgramSpec = self.spec.program(program)
         self.name = check_name(name if name is not None else self.prog.name)
         self.pin_dir = Path(pin_root) / self.name
+        if self.maps_dir is not None and self.maps_dir.is_relative_to(
+                self.pin_dir.resolve()):
+            raise AgentError(f"--maps {self.maps_dir} is inside the agent's own pin directory "
+                             f"{self.pin_dir}: give the directory the maps' owner pinned")
         self.state_file = STATE_DIR / f"{self.name}.json"
         self._agent_lock = AgentLock(STATE_DIR / f"{self.name}.lock", self.name)
         self.maps: dict[str, Map] = {}
@@ -215,6 +238,7 @@ class Agent:
         self._stats_fd: FD | None = None
         self._watcher: Any = None
         self._dirty = True
+        self._force = False  # the next cycle makes a new version even for the same plan
         self._stable_for: dict[int, int] = {}  # site → consecutive cycles the version fit it
         self._last_versions: dict[str, int] = {}  # guard versions seen by the last cycle
         self._moving_for: dict[str, int] = {}  # map → consecutive cycles its guard moved
@@ -258,12 +282,30 @@ class Agent:
         return self
 
     def _start(self) -> None:
+        if self.maps_dir is not None:
+            from ..loader import find_pinned_maps
+
+            self.maps_dir = find_pinned_maps(self.spec, self.maps_dir).resolve()
         t0 = time.perf_counter()
         self.target = Target.analyze(self.spec, self.prog)
         self.program, self.facts = self.target.program, self.target.facts
         self.analysis_ms = (time.perf_counter() - t0) * 1000
         candidates = sorted({s.map for s in self.facts.lookups() if s.specializable})
-        self.guard_slots = {name: n for n, name in enumerate(candidates)}
+        # Inner maps resolved through an outer map (`outer[key]`): one slot per outer map,
+        # shared by its resolved slots, which the watcher moves on writes to the outer map
+        # and to each inner map read (it maps a map id to one slot).
+        self.resolved_outer = {s.map: s.inner_of[0] for s in self.facts.lookups()
+                               if s.specializable and s.inner_of is not None}
+        self.guard_slots = {}
+        outer_slot: dict[str, int] = {}
+        for name in candidates:
+            outer = self.resolved_outer.get(name)
+            if outer is not None and outer in outer_slot:
+                self.guard_slots[name] = outer_slot[outer]
+                continue
+            self.guard_slots[name] = len(set(self.guard_slots.values()))
+            if outer is not None:
+                outer_slot[outer] = self.guard_slots[name]
         data_plane = sorted({s.map for s in self.facts.lookups()
                              if s.specializable and s.guarded})
         self.bump_slots = {m: self.guard_slots[m] for m in data_plane}
@@ -275,7 +317,7 @@ class Agent:
                 self._stats_fd = enable_run_stats()
         remove_stale_tmp(self.state_file)
         state = read_state(self.state_file)
-        if (self.pin_dir / "link").exists():
+        if (self.pin_dir / "link").exists() or (self.pin_dir / _ENTRY_PIN).exists():
             self._adopt(state)
         else:
             self._recover(state)
@@ -293,7 +335,10 @@ class Agent:
     def _planned_pins(self) -> list[str]:
         from .watch import PIN_NAMES
 
-        return [*(f"maps/{_pin_name(n)}" for n in self.spec.maps), *_FIXED_PINS,
+        # Maps adopted from another owner's directory are not ours: never named here, so no
+        # clean-up (detach, a failed start, crash recovery) can remove them.
+        own_maps = () if self.maps_dir is not None else self.spec.maps
+        return [*(f"maps/{_pin_name(n)}" for n in own_maps), *_FIXED_PINS, _ENTRY_PIN,
                 *(f"{_WATCHER_DIR}/{n}" for n in PIN_NAMES)]
 
     def _recover(self, state: dict[str, Any] | None) -> None:
@@ -339,8 +384,9 @@ class Agent:
                 watcher.start()
                 faults.reach("watcher.started")
             for name, slot in self.guard_slots.items():
-                if watcher.watched.get(self.maps[name].id) != slot:
-                    watcher.watch(self.maps[name], slot)
+                watched = self.maps[self.resolved_outer.get(name, name)]
+                if watcher.watched.get(watched.id) != slot:
+                    watcher.watch(watched, slot)
             if not watcher.pinned:
                 watcher.pin(directory, after=lambda step: faults.reach(f"watcher.{step}"))
             self._watcher = watcher
@@ -374,16 +420,19 @@ class Agent:
 
     def _create_and_attach(self) -> None:
         self.pin_dir.mkdir(parents=True, exist_ok=True)
-        (self.pin_dir / "maps").mkdir(exist_ok=True)
-        with self._in_netns():
-            coll = load_collection(self.spec, programs=[])
-        self._owned.append(coll)
-        self.btf_fd = coll.btf_fd
-        self.maps = dict(coll.maps)
-        for name, m in self.maps.items():
-            m.pin(self.pin_dir / "maps" / _pin_name(name))
+        if self.maps_dir is not None:
+            self._open_foreign_maps()
+        else:
+            (self.pin_dir / "maps").mkdir(exist_ok=True)
+            with self._in_netns():
+                coll = load_collection(self.spec, programs=[])
+            self._owned.append(coll)
+            self.btf_fd = coll.btf_fd
+            self.maps = dict(coll.maps)
+            for name, m in self.maps.items():
+                m.pin(self.pin_dir / "maps" / _pin_name(name))
         faults.reach("fresh.maps")
-        self.guard = GuardMap(len(self.guard_slots))
+        self.guard = GuardMap(len(set(self.guard_slots.values())))
         self.guard.map.pin(self.pin_dir / "guard")
         self.maps[GUARD_MAP] = self.guard.map
         faults.reach("fresh.guard")
@@ -398,6 +447,17 @@ class Agent:
         self.current = version  # closed by stop() if what follows fails
         faults.reach("fresh.loaded")
         ifindex = self._ifindex()
+        if not self.options.attach:
+            self.trampoline = Trampoline.create(self.prog)
+            self.trampoline.swap(version.program)
+            self.trampoline.slots.pin(self.pin_dir / "slots")
+            faults.reach("fresh.attached")
+            self.trampoline.program.pin(self.pin_dir / _ENTRY_PIN)
+            log.info(json.dumps({"event": "entry-pinned",
+                                 "entry": str(self.pin_dir / _ENTRY_PIN)}))
+            self.current = None
+            self._set_current(version)
+            return
         flags = XDP_FLAGS_DRV_MODE if self.options.xdp_mode == "native" else XDP_FLAGS_SKB_MODE
         attached = version.program
         if self.options.swap == "prog-array":
@@ -419,19 +479,39 @@ class Agent:
         self.current = None
         self._set_current(version)
 
+    def _open_foreign_maps(self) -> None:
+        """The object's maps from the owner's directory (checked against the object's
+        definitions), and the object's BTF for the programs the agent loads."""
+        from ..loader import adopt_pinned_maps
+
+        assert self.maps_dir is not None
+        self.maps = adopt_pinned_maps(self.spec, self.maps_dir)
+        self._owned.extend(self.maps.values())
+        self.btf_fd = None
+        if self.spec.btf is not None:
+            from ..kernel import load_btf
+
+            self.btf_fd = load_btf(self.spec.btf.blob())
+            self._owned.append(self.btf_fd)
+
     def _check_adoptable(self, state: dict[str, Any] | None) -> None:
+        hook = "link" if (self.pin_dir / "link").exists() else _ENTRY_PIN
         if state is None:
             raise AgentError(
-                f"{self.pin_dir / 'link'} is pinned but there is no agent state "
+                f"{self.pin_dir / hook} is pinned but there is no agent state "
                 f"{self.state_file}: it was not made by an agent named {self.name!r} (or "
                 f"its state was removed). Detach it yourself (rm -r {self.pin_dir}) or "
                 "choose another --name")
         mismatches = []
         here = {"object": str(self.object_path.resolve()), "program": self.prog.name,
-                "iface": self.iface, "netns": self.netns.name if self.netns else None}
+                "iface": self.iface, "netns": self.netns.name if self.netns else None,
+                "maps_dir": str(self.maps_dir) if self.maps_dir is not None else None}
+        if (self.pin_dir / "link").exists() != self.options.attach:
+            mismatches.append(f"attach {not self.options.attach!r} (asked: "
+                              f"{self.options.attach!r})")
         for key, wanted in here.items():
-            if key in state and state[key] != wanted:
-                mismatches.append(f"{key} {state[key]!r} (asked: {wanted!r})")
+            if state.get(key, None if key == "maps_dir" else wanted) != wanted:
+                mismatches.append(f"{key} {state.get(key)!r} (asked: {wanted!r})")
         if mismatches:
             raise AgentError(
                 f"agent {self.name!r} already runs with {', '.join(mismatches)} "
@@ -442,13 +522,15 @@ class Agent:
     def _adopt(self, state: dict[str, Any] | None) -> None:
         self._check_adoptable(state)
         assert state is not None
-        for name in self.spec.maps:
+        if self.maps_dir is not None:
+            self._open_foreign_maps()
+        for name in self.spec.maps if self.maps_dir is None else ():
             m = Map.from_pin(self.pin_dir / "maps" / _pin_name(name))
             m.name = name
             self.maps[name] = m
             self._owned.append(m)
         guard_map = Map.from_pin(self.pin_dir / "guard")
-        self.guard = GuardMap(len(self.guard_slots), existing=guard_map)
+        self.guard = GuardMap(len(set(self.guard_slots.values())), existing=guard_map)
         self.maps[GUARD_MAP] = self.guard.map
         for name in (CTL_MAP, SAMPLES_MAP):
             if (self.pin_dir / name).exists():
@@ -456,13 +538,17 @@ class Agent:
                 m.name = name
                 self.maps[name] = m
                 self._owned.append(m)
-        self.link = Link.from_pin(self.pin_dir / "link")
-        link_info = self.link.info()
-        ifindex = self._ifindex()
-        if link_info.ifindex not in (0, ifindex):
-            raise AgentError(f"{self.pin_dir / 'link'} is attached to ifindex "
-                             f"{link_info.ifindex}, not to {self.iface} (ifindex {ifindex})")
-        attached = LoadedProgram.from_id(link_info.prog_id)
+        if self.options.attach:
+            self.link = Link.from_pin(self.pin_dir / "link")
+            link_info = self.link.info()
+            ifindex = self._ifindex()
+            if link_info.ifindex not in (0, ifindex):
+                raise AgentError(f"{self.pin_dir / 'link'} is attached to ifindex "
+                                 f"{link_info.ifindex}, not to {self.iface} (ifindex "
+                                 f"{ifindex})")
+            attached = LoadedProgram.from_id(link_info.prog_id)
+        else:
+            attached = LoadedProgram.from_pin(self.pin_dir / _ENTRY_PIN)
         if (self.pin_dir / "slots").exists():
             self.trampoline = Trampoline.from_pins(self.pin_dir / "slots", attached)
             running_id = self.trampoline.running_id()
@@ -471,12 +557,13 @@ class Agent:
             running = LoadedProgram.from_id(running_id)
         else:
             running = attached
-        self.btf_fd = None
-        if self.spec.btf is not None:
-            from ..kernel import load_btf
+        if self.maps_dir is None:
+            self.btf_fd = None
+            if self.spec.btf is not None:
+                from ..kernel import load_btf
 
-            self.btf_fd = load_btf(self.spec.btf.blob())
-            self._owned.append(self.btf_fd)
+                self.btf_fd = load_btf(self.spec.btf.blob())
+                self._owned.append(self.btf_fd)
         self._version_counter = int(state.get("version", 0))
         # What the adopted program is, as its maker recorded (kept in the state until this
         # agent swaps in its own version).
@@ -535,6 +622,8 @@ class Agent:
         state = {"object": str(self.object_path.resolve()), "program": self.prog.name,
                  "iface": self.iface, "netns": self.netns.name if self.netns else None,
                  "pin_dir": str(self.pin_dir), "pid": os.getpid(), "phase": phase,
+                 "maps_dir": str(self.maps_dir) if self.maps_dir is not None else None,
+                 "attach": self.options.attach,
                  "version": self._version_counter,
                  "kind": current.kind if current is not None else None,
                  "inlined": sorted({d["map"] for d in current.decisions if d["specialized"]})
@@ -575,6 +664,27 @@ class Agent:
             self._follow_guards(versions)
             t2 = time.perf_counter()
             request = self._request(snapshots, heat, versions)
+            planned = plan_request(request)
+            fingerprint = planned.fingerprint(request)
+            report.timings_ms["plan"] = _ms(t2)
+            running = self.current
+            if running is not None and running.kind == "specialized":
+                # The plan alone says whether anything would change: the same sites, keys,
+                # inlined values and guard versions make the same program, which needs no
+                # specialization, verification or check.
+                if running.fingerprint == fingerprint and not self._force:
+                    report.reason = ("plan unchanged (same sites, keys, values and guard "
+                                     "versions): nothing specialized")
+                    self._dirty = False
+                    return self._finish(report)
+                gain = _coverage_gain(running.decisions, planned.decisions, heat)
+                same_rates = running.signature[-1:] == (self._sampling().rates,)
+                if not self._dirty and same_rates and gain < self.options.min_change:
+                    report.reason = (f"running version still fits the traffic "
+                                     f"(coverage gain {gain:.1%}): nothing specialized")
+                    return self._finish(report)
+            self._force = False
+            t2 = time.perf_counter()
             result = specialize(request)
             report.timings_ms["specialize"] = _ms(t2)
             faults.reach("cycle.specialize")
@@ -592,6 +702,7 @@ class Agent:
             self._ensure_extra_maps(result.extra_maps)
             t3 = time.perf_counter()
             version = self._load_with_relief(program, result, request, signature)
+            version.fingerprint = fingerprint
             report.timings_ms["verify"] = _ms(t3)
             faults.reach("cycle.load")
             if self.options.check_frames:
@@ -663,10 +774,40 @@ class Agent:
             snapshots = snapshot_maps(self.maps, self.facts, self.spec.maps, heat,
                                       self.options.plan)
             after = self.guard.versions()
+            if not self._watch_inner_maps(snapshots):
+                continue  # an inner map read was not watched yet: read it again, watched
             if before == after:
                 return snapshots, {m: before[s] for m, s in self.guard_slots.items()}
         raise SnapshotConflict(f"maps kept changing while taking a snapshot "
                                f"({SNAPSHOT_ATTEMPTS} attempts)")
+
+    def _watch_inner_maps(self, snapshots: dict[str, Any]) -> bool:
+        """Have the watcher move the slot of each resolved inner map on writes to the maps
+        its snapshot was read from. False when one was not watched while it was read (the
+        snapshot must be taken again). Without the watcher an inner map, which has no name
+        in the agent's API, could be written unseen: such slots are not inlined."""
+        complete = True
+        for name, snap in snapshots.items():
+            if name not in self.resolved_outer or snap.unavailable:
+                continue
+            slot = self.guard_slots[name]
+            if self._watcher is None:
+                snap.unavailable = ("inner map of a map of maps: written outside the agent's "
+                                    "API, so inlined only under the write watcher")
+                continue
+            for map_id in snap.source_ids:
+                current = self._watcher.watched.get(map_id)
+                if current == slot:
+                    continue
+                if current is not None:
+                    snap.unavailable = (f"the inner map in {self.resolved_outer[name]} is "
+                                        "also one of the object's maps: not inlined")
+                    continue
+                # Inner maps that were replaced stay watched (a write to them moves a slot
+                # no running version trusts any more): harmless, and few.
+                self._watcher.watch(map_id, slot)
+                complete = False
+        return complete
 
     def _ensure_extra_maps(self, specs: Mapping[str, MapSpec]) -> None:
         for name, mspec in specs.items():
@@ -737,7 +878,7 @@ class Agent:
         version is back when this returns. Without traffic it gives up after one window and
         tries again a minute later."""
         self._next_measurement = time.monotonic() + 60.0
-        assert self.current is not None and self.link is not None
+        assert self.current is not None and (self.link or self.trampoline) is not None
         entry = self.trampoline.program if self.trampoline is not None else None
         totals = {"plain": [0, 0], "instrumented": [0, 0]}  # packets, ns
         try:
@@ -779,11 +920,11 @@ class Agent:
     def _attach(self, program: LoadedProgram) -> None:
         """Make `program` the one packets run (no expected-old check: callers hold the
         lock's guarantees themselves)."""
-        assert self.link is not None
         with self.lock:
             if self.trampoline is not None:
                 self.trampoline.swap(program)
             else:
+                assert self.link is not None
                 self.link.update(program)
 
     def _update_stability(self, heat: Mapping[int, Any]) -> None:
@@ -844,9 +985,18 @@ class Agent:
             self._dirty = True
 
     def _skip_maps(self) -> dict[str, str]:
-        return {name: (f"its guard moved in {self.options.churn_cycles} cycles in a row "
+        skip = {name: (f"its guard moved in {self.options.churn_cycles} cycles in a row "
                        f"(written all the time): not inlined for {left + 1} more cycles")
                 for name, left in self._paused.items()}
+        if self.maps_dir is not None:
+            # The owner's generic program (bpfman's, on any hook) writes these maps too, and
+            # writes by BPF programs are the watcher's blind spot: only the agent's own
+            # versions bump the guard, so an inlined value could go stale unseen.
+            for name in self.bump_slots:
+                skip.setdefault(name, f"written by the data plane, and the maps are "
+                                      f"{self.maps_dir}'s owner's: its programs' writes "
+                                      "would not move the guard")
+        return skip
 
     def _sampling(self) -> Any:
         rates = [self.options.stable_rate
@@ -873,18 +1023,25 @@ class Agent:
         return [*cleanup_passes(), *self.options.extra_passes]
 
     def _swap(self, version: Version) -> None:
-        assert self.link is not None and self.current is not None
+        assert self.current is not None
         with self.lock:
             faults.reach("swap.before")
             t0 = time.perf_counter()
             if self.trampoline is not None:
                 self.trampoline.swap(version.program)
             else:
+                assert self.link is not None
                 self.link.update(version.program, expected_old=self.current.program)
             self.last_swap_us = (time.perf_counter() - t0) * 1e6
             faults.reach("swap.after")
             self._set_current(version)
             self._write_state()
+
+    def force_respecialize(self) -> None:
+        """Make the next cycle build, check and swap in a new version even if its plan is
+        the running version's (benchmarks of the swap path, tests)."""
+        self._dirty = True
+        self._force = True
 
     def run_forever(self) -> None:
         while not self._stop.is_set():
@@ -899,9 +1056,13 @@ class Agent:
     # --- control plane ------------------------------------------------------------------
 
     def _bump(self, map_name: str) -> None:
-        slot = self.guard_slots.get(map_name)
-        if slot is not None and self.guard is not None:
-            self.guard.bump(slot)
+        slots = {self.guard_slots[m] for m, outer in self.resolved_outer.items()
+                 if outer == map_name}
+        if map_name in self.guard_slots:
+            slots.add(self.guard_slots[map_name])
+        if self.guard is not None:
+            for slot in sorted(slots):
+                self.guard.bump(slot)
 
     def update(self, map_name: str, key: bytes | int, value: Any, flags: int = 0) -> None:
         """Write an entry. Once this returns, every packet sees the new value. A key or
@@ -977,6 +1138,9 @@ class Agent:
             "cycle_ms": _cycle_stats(self.history),
             "instrumentation": dict(self.instrumentation),
             "paused_maps": {name: left + 1 for name, left in self._paused.items()},
+            "maps_dir": str(self.maps_dir) if self.maps_dir is not None else None,
+            "attach": ("link" if self.options.attach else
+                       f"none: entry pinned at {self.pin_dir / _ENTRY_PIN}"),
             "swap": {"mode": "prog-array" if self.trampoline is not None else "link",
                      "last_us": round(self.last_swap_us, 1) if self.last_swap_us else None},
             "run_stats": self._stats_fd is not None,

@@ -57,6 +57,10 @@ class LinkCounters:
         self.iface = iface
         self.netns = netns
         try:
+            # IPRoute(netns=...) rather than a socket opened inside the namespace
+            # (NetNamespace.netlink): pyroute2 0.9 binds its socket per thread, and the meter
+            # reads from a thread of its own, where that socket would be in the agent's
+            # namespace ("No such device").
             self._ipr: Any = IPRoute(netns=netns) if netns else IPRoute()
         except Exception as exc:  # pyroute2 raises OSError and its own NetlinkError
             raise ThroughputError(f"cannot open netlink{_where(netns)}: {exc}") from exc

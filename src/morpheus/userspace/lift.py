@@ -147,7 +147,9 @@ class _Lifter:
         self.declares: set[str] = set()
         self.functions = self.program.functions()
         self.fn_names = {f.name for f in self.functions}
-        self.known: dict[int, str] = {}  # register → map it holds, within the current block
+        # register → what it is known to hold: a map (its name) or a stack pointer (offset
+        # from r10), from the dataflow at the block's start on (see `block_facts`)
+        self.known: dict[int, str | int] = {}
         self.values: dict[int, str] = {}  # register → SSA value holding it, current block
 
     # --- module --------------------------------------------------------------------------
@@ -179,6 +181,7 @@ class _Lifter:
         fn = _Function(name, start, end)
         insns = self.program.insns
         leaders = self.leaders(start, end)
+        facts = self.block_facts(start, end, leaders)
         fn.lines.append(f"define internal i64 {_fn_symbol(name)}(i64 %a1, i64 %a2, i64 %a3, "
                         "i64 %a4, i64 %a5, i64 %ctx) {")
         fn.lines.append("entry:")
@@ -198,7 +201,7 @@ class _Lifter:
                     fn.emit(f"br label %L{index}")
                 fn.lines.append(f"L{index}:")
                 terminated = False
-                self.known.clear()
+                self.known = dict(facts.get(index) or {})
                 self.values.clear()
             terminated = self.instruction(fn, index, insns[index])
             self.track_maps(insns[index])
@@ -233,25 +236,45 @@ class _Lifter:
         return target
 
     def track_maps(self, insn: Instruction) -> None:
-        """Follow which registers hold a map loaded by ld_imm64 (copied by mov), so that a
-        lookup on it calls the runtime's code for that map type only."""
-        known = self.known
-        op = insn.opcode
-        if insn.is_call:
-            for r in range(6):
-                known.pop(r, None)
-        elif op == LD_IMM64 and insn.src in (PSEUDO_MAP_FD, PSEUDO_MAP_IDX) and insn.reference:
-            known[insn.dst] = insn.reference
-        elif op == 0xBF and insn.off == 0:  # mov64 dst, src
-            if insn.src in known:
-                known[insn.dst] = known[insn.src]
+        _transfer(self.known, insn)
+
+    def block_facts(self, start: int, end: int, leaders: set[int]
+                    ) -> dict[int, dict[int, str | int]]:
+        """What `_transfer` knows at each block's start on every path into it (a forward
+        dataflow to a fixpoint; facts only ever get dropped, so it terminates): a map
+        loaded in one block and looked up in another (the specializer's guards split them)
+        still gets the typed lookup, a key built on the stack still gets a stack address."""
+        insns = self.program.insns
+        order = sorted(leaders)
+        ends = {b: (order[i + 1] if i + 1 < len(order) else end) for i, b in enumerate(order)}
+        facts: dict[int, dict[int, str | int]] = {start: {}}
+        work = [start]
+        while work:
+            block = work.pop()
+            state = dict(facts[block])
+            last = ends[block] - 1
+            for index in range(block, ends[block]):
+                _transfer(state, insns[index])
+            insn = insns[last]
+            succs: list[int] = []
+            if insn.is_exit:
+                pass
+            elif insn.is_unconditional_jump:
+                succs = [self.target(last, start, end)]
+            elif insn.is_conditional_jump:
+                succs = [self.target(last, start, end), last + 1]
             else:
-                known.pop(insn.dst, None)
-        elif (op & 0x07) in (C_ALU, C_ALU64, C_LDX) or op == LD_IMM64:
-            known.pop(insn.dst, None)
-        elif (op & 0xE0) == M_ATOMIC and (op & 0x07) == C_STX:
-            known.pop(insn.src, None)
-            known.pop(0, None)
+                succs = [last + 1]
+            for succ in succs:
+                if succ >= end:
+                    continue
+                old = facts.get(succ)
+                new = state if old is None else {r: v for r, v in old.items()
+                                                 if state.get(r) == v}
+                if old is None or new != old:
+                    facts[succ] = dict(new)
+                    work.append(succ)
+        return facts
 
     # --- helpers for operands ------------------------------------------------------------
     # Within a block, a register's current value is reused instead of loaded again: fewer
@@ -269,7 +292,36 @@ class _Lifter:
         fn.emit(f"store i64 {value}, ptr %r{reg}")
         self.values[reg] = value
 
+    def stack_offset(self, reg: int) -> int | None:
+        """Offset from the frame pointer if `reg` holds a known stack pointer."""
+        if reg == 10:
+            return 0
+        fact = self.known.get(reg)
+        return fact if isinstance(fact, int) else None
+
+    def stack_pointer(self, fn: _Function, offset: int) -> str:
+        # GEPs on the stack alloca (not inttoptr of an integer): LLVM's alias analysis then
+        # knows stack slots apart and forwards stores to loads across packet accesses.
+        p = fn.v()
+        fn.emit(f"{p} = getelementptr inbounds i8, ptr %stack, i64 {512 + offset}")
+        return p
+
+    def helper_arg(self, fn: _Function, reg: int) -> str:
+        """A helper's argument: a stack pointer as ptrtoint of its GEP, which folds back to
+        the GEP once LLVM inlines the helper (its key compares and hashes then read known
+        stack slots)."""
+        so = self.stack_offset(reg)
+        if so is None or not -512 <= so <= 512:
+            return self.load_reg(fn, reg)
+        p = self.stack_pointer(fn, so)
+        v = fn.v()
+        fn.emit(f"{v} = ptrtoint ptr {p} to i64")
+        return v
+
     def address(self, fn: _Function, reg: int, off: int) -> str:
+        so = self.stack_offset(reg)
+        if so is not None and -512 <= so + off < 512:
+            return self.stack_pointer(fn, so + off)
         base = self.load_reg(fn, reg)
         if off:
             a = fn.v()
@@ -370,6 +422,9 @@ class _Lifter:
             elif insn.off != 0:
                 raise LiftError(f"program {self.program.name}: instruction {index}: mov with "
                                 f"offset {insn.off} is not supported in user space")
+            elif is64:  # a plain move is no instruction at all: dst now names src's value
+                self.store_reg(fn, insn.dst, src)
+                return
             else:
                 fn.emit(f"{r} = or {ty} {src}, 0")
         elif code in (0x30, 0x90):  # DIV / MOD, unsigned (off 0) or signed (off 1)
@@ -594,13 +649,13 @@ class _Lifter:
         symbol = f"rt_helper_{name}"
         if not name or symbol not in self.req.helpers:
             raise UnsupportedHelper(self.program.name, index, helper)
-        args = [self.load_reg(fn, r) for r in range(1, 6)]
+        args = [self.helper_arg(fn, r) for r in range(1, 6)]
         if name in _CTX_ARG:
             args[_CTX_ARG[name]] = "%ctx"
         if name in _ENV_ARG:
             args[_ENV_ARG[name]] = str(self.req.env_address)
-        if helper == _MAP_LOOKUP and 1 in self.known:
-            typed = _TYPED_LOOKUP.get(self.req.maps[self.known[1]].type)
+        if helper == _MAP_LOOKUP and isinstance(self.known.get(1), str):
+            typed = _TYPED_LOOKUP.get(self.req.maps[str(self.known[1])].type)
             if typed is not None:
                 symbol = typed
                 args = args[:2]
@@ -638,3 +693,30 @@ def lift(request: LiftRequest) -> str:
     if not request.program.insns:
         raise LiftError(f"program {request.program.name} is empty")
     return _Lifter(request).module()
+
+
+def _transfer(known: dict[int, str | int], insn: Instruction) -> None:
+    """What one instruction does to the registers known to hold a map (ld_imm64 of a map,
+    copied by mov: a lookup on it calls the runtime's code for that map type only) or a
+    stack pointer (r10 plus a constant: its memory accesses address the stack alloca)."""
+    op = insn.opcode
+    if insn.is_call:
+        for r in range(6):
+            known.pop(r, None)
+    elif op == LD_IMM64 and insn.src in (PSEUDO_MAP_FD, PSEUDO_MAP_IDX) and insn.reference:
+        known[insn.dst] = insn.reference
+    elif op == 0xBF and insn.off == 0:  # mov64 dst, src
+        if insn.src == 10:
+            known[insn.dst] = 0
+        elif insn.src in known:
+            known[insn.dst] = known[insn.src]
+        else:
+            known.pop(insn.dst, None)
+    elif op in (0x07, 0x17) and isinstance(known.get(insn.dst), int):  # add64/sub64 imm
+        delta = _s32(insn.imm)
+        known[insn.dst] = known[insn.dst] + (delta if op == 0x07 else -delta)  # type: ignore[operator]
+    elif (op & 0x07) in (C_ALU, C_ALU64, C_LDX) or op == LD_IMM64:
+        known.pop(insn.dst, None)
+    elif (op & 0xE0) == M_ATOMIC and (op & 0x07) == C_STX:
+        known.pop(insn.src, None)
+        known.pop(0, None)

@@ -117,29 +117,92 @@ struct rt_xdp {
 #define MAX_TAIL_CALLS 33
 
 #define INLINE __attribute__((always_inline))
+/* Out of line in every program: compiled once, in the engine's copy of the runtime, and
+ * called from the programs' modules (the JIT links only declarations of these). They are the
+ * slow paths (updates, deletes, evictions, lookups in maps of unknown type): inlining them
+ * would cost every program version their compile time and buy no packet any speed. */
+#define SHARED __attribute__((noinline))
 
 static inline u32 round8(u32 x) { return (x + 7) & ~7u; }
 
-static inline u32 hash_bytes(const u8 *key, u32 size)
+/* Keys up to this size are hashed and compared by straight-line code: inlined into a program
+ * whose map has a constant key size, the size tests fold away and the key's words become
+ * plain loads at known stack offsets, which LLVM forwards from the stores that built the
+ * key (no store-to-load forwarding stalls, no library call). */
+#define UNROLLED_KEY 64
+
+static INLINE u32 hash_bytes(const u8 *key, u32 size)
 {
 	u64 h = 0x9E3779B97F4A7C15ull ^ size;
 	u32 i = 0;
+#pragma clang loop unroll(full)
+	for (u32 k = 0; k < UNROLLED_KEY / 8; k++) {
+		if (i + 8 > size)
+			break;
+		u64 w;
+		memcpy(&w, key + i, 8);
+		h = (h ^ w) * 0xff51afd7ed558ccdull;
+		h ^= h >> 32;
+		i += 8;
+	}
 	for (; i + 8 <= size; i += 8) {
 		u64 w;
 		memcpy(&w, key + i, 8);
 		h = (h ^ w) * 0xff51afd7ed558ccdull;
 		h ^= h >> 32;
 	}
-	for (; i + 4 <= size; i += 4) {
+	if (i + 4 <= size) { /* at most one 4-byte word remains after the 8-byte ones */
 		u32 w;
 		memcpy(&w, key + i, 4);
 		h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
 		h ^= h >> 29;
+		i += 4;
 	}
-	for (; i < size; i++)
+#pragma clang loop unroll(full)
+	for (u32 k = 0; k < 3; k++) {
+		if (i >= size)
+			break;
 		h = (h ^ key[i]) * 0x100000001b3ull;
+		i++;
+	}
 	h ^= h >> 31;
 	return (u32)h;
+}
+
+/* memcmp(a, b, size) == 0, in words for the sizes keys have. */
+static INLINE int key_equal(const u8 *a, const u8 *b, u32 size)
+{
+	if (size > UNROLLED_KEY)
+		return memcmp(a, b, size) == 0;
+	u64 diff = 0;
+	u32 i = 0;
+#pragma clang loop unroll(full)
+	for (u32 k = 0; k < UNROLLED_KEY / 8; k++) {
+		if (i + 8 > size)
+			break;
+		u64 x, y;
+		memcpy(&x, a + i, 8);
+		memcpy(&y, b + i, 8);
+		diff |= x ^ y;
+		i += 8;
+	}
+	if (i + 4 <= size) {
+		u32 x, y;
+		memcpy(&x, a + i, 4);
+		memcpy(&y, b + i, 4);
+		diff |= x ^ y;
+		i += 4;
+	}
+	if (i + 2 <= size) {
+		u16 x, y;
+		memcpy(&x, a + i, 2);
+		memcpy(&y, b + i, 2);
+		diff |= x ^ y;
+		i += 2;
+	}
+	if (i < size)
+		diff |= a[i] ^ b[i];
+	return diff == 0;
 }
 
 static inline int is_percpu(u32 type)
@@ -245,7 +308,7 @@ static INLINE u32 hash_find(const struct rt_map *m, const void *key, u32 *bucket
 	if (bucket_out)
 		*bucket_out = b;
 	for (u32 i = m->buckets[b]; i != NIL; i = m->next[i])
-		if (memcmp(elem_ptr(m, i), key, m->key_size) == 0)
+		if (key_equal(elem_ptr(m, i), key, m->key_size))
 			return i;
 	return NIL;
 }
@@ -292,7 +355,7 @@ static INLINE void *hash_lookup(struct rt_map *m, const void *key)
 }
 
 /* `all_cpus`: the value holds every CPU's copy (user-space writes of per-CPU maps). */
-static s64 hash_update(struct rt_map *m, const void *key, const void *value, u64 flags,
+SHARED s64 rt_hash_update(struct rt_map *m, const void *key, const void *value, u64 flags,
 		       int all_cpus)
 {
 	if ((flags & 3) == 3 || flags > 7)
@@ -331,7 +394,7 @@ static s64 hash_update(struct rt_map *m, const void *key, const void *value, u64
 	return 0;
 }
 
-static s64 hash_delete(struct rt_map *m, const void *key)
+SHARED s64 rt_hash_delete(struct rt_map *m, const void *key)
 {
 	u32 b;
 	u32 i = hash_find(m, key, &b);
@@ -351,8 +414,29 @@ static INLINE void *lpm_lookup(struct rt_map *m, const void *key)
 {
 	u32 plen = *(const u32 *)key;
 	const u8 *data = (const u8 *)key + 4;
+	u32 dlen = m->key_size - 4;
 	u32 bits = plen < m->bits ? plen : m->bits;
 	u32 node = 0, best = m->nodes[0].elem;
+	if (dlen <= 16) {
+		/* The prefix bits as two big-endian words: the walk shifts registers instead of
+		 * indexing the key, and a key built on the program's stack is read at constant
+		 * offsets (LLVM keeps it in registers). */
+		u64 hi = 0, lo = 0;
+		memcpy(&hi, data, dlen < 8 ? dlen : 8);
+		if (dlen > 8)
+			memcpy(&lo, data + 8, dlen - 8);
+		hi = __builtin_bswap64(hi);
+		lo = __builtin_bswap64(lo);
+		for (u32 n = 0; n < bits; n++) {
+			u32 bit = n < 64 ? (hi >> (63 - n)) & 1 : (lo >> (127 - n)) & 1;
+			node = m->nodes[node].child[bit];
+			if (node == NIL)
+				break;
+			if (m->nodes[node].elem != NIL)
+				best = m->nodes[node].elem;
+		}
+		return best == NIL ? 0 : elem_value(m, best, 0);
+	}
 	for (u32 n = 0; n < bits; n++) {
 		node = m->nodes[node].child[key_bit(data, n)];
 		if (node == NIL)
@@ -395,7 +479,7 @@ static void lpm_canonical_key(const struct rt_map *m, const void *key, u8 *out)
 			out[4 + (n >> 3)] |= 1 << (7 - (n & 7));
 }
 
-static s64 lpm_update(struct rt_map *m, const void *key, const void *value, u64 flags)
+SHARED s64 rt_lpm_update(struct rt_map *m, const void *key, const void *value, u64 flags)
 {
 	u32 plen = *(const u32 *)key;
 	if (plen > m->bits || flags > BPF_EXIST)
@@ -421,7 +505,7 @@ static s64 lpm_update(struct rt_map *m, const void *key, const void *value, u64 
 	return 0;
 }
 
-static s64 lpm_delete(struct rt_map *m, const void *key)
+SHARED s64 rt_lpm_delete(struct rt_map *m, const void *key)
 {
 	if (*(const u32 *)key > m->bits)
 		return -EINVAL;
@@ -438,7 +522,7 @@ static s64 lpm_delete(struct rt_map *m, const void *key)
 
 /* ---------------------------------------------------------------- generic map operations */
 
-static void *map_lookup(struct rt_map *m, const void *key)
+SHARED void *rt_map_lookup(struct rt_map *m, const void *key)
 {
 	u32 t = m->type;
 	if (is_array(t)) {
@@ -461,7 +545,10 @@ static void *map_lookup(struct rt_map *m, const void *key)
 	return v;
 }
 
-static inline s64 map_update(struct rt_map *m, const void *key, const void *value, u64 flags)
+#define COPIED_KEY 64
+#define COPIED_VALUE 256
+
+static INLINE s64 map_update(struct rt_map *m, const void *key, const void *value, u64 flags)
 {
 	u32 t = m->type;
 	if (is_array(t)) {
@@ -478,12 +565,21 @@ static inline s64 map_update(struct rt_map *m, const void *key, const void *valu
 		m->used[idx] = 1;
 		return 0;
 	}
+	if (m->key_size <= COPIED_KEY && m->value_size <= COPIED_VALUE) {
+		/* The slow paths get copies: no pointer into the program's stack, where key and
+		 * value were built, escapes into a call, so LLVM keeps that stack in registers. */
+		u8 k[COPIED_KEY], v[COPIED_VALUE];
+		memcpy(k, key, m->key_size);
+		memcpy(v, value, m->value_size);
+		return t == T_LPM_TRIE ? rt_lpm_update(m, k, v, flags)
+				       : rt_hash_update(m, k, v, flags, 0);
+	}
 	if (t == T_LPM_TRIE)
-		return lpm_update(m, key, value, flags);
-	return hash_update(m, key, value, flags, 0);
+		return rt_lpm_update(m, key, value, flags);
+	return rt_hash_update(m, key, value, flags, 0);
 }
 
-static inline s64 map_delete(struct rt_map *m, const void *key)
+SHARED s64 rt_map_delete(struct rt_map *m, const void *key)
 {
 	u32 t = m->type;
 	if (is_array(t)) {
@@ -499,8 +595,8 @@ static inline s64 map_delete(struct rt_map *m, const void *key)
 		return 0;
 	}
 	if (t == T_LPM_TRIE)
-		return lpm_delete(m, key);
-	return hash_delete(m, key);
+		return rt_lpm_delete(m, key);
+	return rt_hash_delete(m, key);
 }
 
 /* ---------------------------------------------------------------- user-side API */
@@ -553,13 +649,13 @@ s64 rt_map_write(struct rt_map *m, const void *key, const void *value, u64 flags
 		return 0;
 	}
 	if (t == T_LPM_TRIE)
-		return lpm_update(m, key, value, flags);
-	return hash_update(m, key, value, flags, 1);
+		return rt_lpm_update(m, key, value, flags);
+	return rt_hash_update(m, key, value, flags, 1);
 }
 
 s64 rt_map_remove(struct rt_map *m, const void *key)
 {
-	return m->type == T_RINGBUF ? -EINVAL : map_delete(m, key);
+	return m->type == T_RINGBUF ? -EINVAL : rt_map_delete(m, key);
 }
 
 /* Element by position, for iteration from Python: copies key and values of the `pos`-th
@@ -633,7 +729,7 @@ void rt_map_clear(struct rt_map *m)
 /* Any map (maps of maps hand out inner maps whose type is known only at run time). */
 u64 rt_helper_map_lookup_elem(u64 r1, u64 r2, u64 r3, u64 r4, u64 r5)
 {
-	return (u64)map_lookup((struct rt_map *)r1, (const void *)r2);
+	return (u64)rt_map_lookup((struct rt_map *)r1, (const void *)r2);
 }
 
 /* Lookups for a map the lifter knows statically (the map of an ld_imm64 in r1): only that
@@ -688,7 +784,13 @@ HELPER(map_update_elem)
 
 HELPER(map_delete_elem)
 {
-	return (u64)map_delete((struct rt_map *)r1, (const void *)r2);
+	struct rt_map *m = (struct rt_map *)r1;
+	if (m->key_size <= COPIED_KEY) { /* a copy, as map_update passes one */
+		u8 k[COPIED_KEY];
+		memcpy(k, (const void *)r2, m->key_size);
+		return (u64)rt_map_delete(m, k);
+	}
+	return (u64)rt_map_delete(m, (const void *)r2);
 }
 
 static inline u64 clock_ns(struct rt_env *env, int clk)
@@ -789,7 +891,7 @@ HELPER(redirect_map)
 	u32 key = (u32)r2;
 	if (r3 & ~0x1bull) /* BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS | action bits */
 		return XDP_ABORTED;
-	if (!map_lookup(m, &key))
+	if (!rt_map_lookup(m, &key))
 		return r3 & 3;
 	x->redirect_kind = 2;
 	x->redirect_map = r1;
@@ -887,7 +989,7 @@ HELPER(loop)
 #define RINGBUF_HDR 8
 #define EAGAIN 11
 
-static u8 *ringbuf_alloc(struct rt_map *m, u64 size)
+SHARED u8 *rt_ringbuf_alloc(struct rt_map *m, u64 size)
 {
 	u64 len = (size + RINGBUF_HDR + 7) & ~7ull;
 	if (size > m->max_entries - RINGBUF_HDR || m->st->clock + len > m->max_entries - 1)
@@ -903,7 +1005,7 @@ HELPER(ringbuf_reserve)
 {
 	if (r3)
 		return 0;
-	return (u64)ringbuf_alloc((struct rt_map *)r1, r2);
+	return (u64)rt_ringbuf_alloc((struct rt_map *)r1, r2);
 }
 
 HELPER(ringbuf_submit) { return 0; }
@@ -911,7 +1013,7 @@ HELPER(ringbuf_discard) { return 0; }
 
 HELPER(ringbuf_output)
 {
-	u8 *rec = ringbuf_alloc((struct rt_map *)r1, r3);
+	u8 *rec = rt_ringbuf_alloc((struct rt_map *)r1, r3);
 	if (!rec)
 		return (u64)-EAGAIN;
 	memcpy(rec, (const void *)r2, r3);

@@ -59,7 +59,8 @@ def test_ranges_answer_the_longest_match(case: tuple[int, list, list[int]]) -> N
             continue
         prefixes[length, net] = value
         entries[trie_key(length, net, bits, host)] = value  # host bits are ignored
-    entries[trie_key(bits, 0, bits)[:4] + b"\xff" * (bits // 8)] = None  # looked-up misses
+    # A key looked up and found absent (snapshot_maps adds only keys it has not read).
+    entries.setdefault(trie_key(bits, 0, bits)[:4] + b"\xff" * (bits // 8), None)
     ranges = lpm_ranges(entries, 4 + bits // 8)
     assert ranges[0][0] == 0
     assert all(a[0] < b[0] and a[1] != b[1] for a, b in pairwise(ranges))

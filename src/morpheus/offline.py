@@ -47,7 +47,7 @@ from .traffic.generate import Trace, generate
 from .uapi import MapType
 from .world import CheckRequest, CheckResult, Side, World, Write, check, written_maps
 from .world.environment import Environment, Subject, add_extra_maps, open_environment, warm_up
-from .world.traces import check_trace
+from .world.traces import check_plan
 
 
 def state_copier(source: Mapping[str, Map], names: list[str],
@@ -120,28 +120,6 @@ def _check_in(environment: Environment, nf: NetworkFunction | None, original: Su
         packets, written=written, writes=writes)
     with environment.namespace.entered():
         return check(request)
-
-
-def guarded_writes(result: Any, after: int, per_site: int = 3) -> list[Write]:
-    """Control-plane writes for the check: the first inlined entries of every guarded site
-    change (one bit of their value) after packet `after`, with the guard moved as the API
-    moves it. The specialized program must notice (its guard fails, the generic path reads
-    the new value); one whose guard never fires serves the stale inlined value."""
-    out: list[Write] = []
-    for d in result.decisions:
-        plan = d.plan
-        if plan is None or plan.guard_slot is None:
-            continue
-        if d.site.inner_of is not None:
-            # An inner map resolved through its outer map: the check's worlds share it with
-            # the user's maps (the data plane only reads it), so it is not written here;
-            # the agent's tests write it and its outer slot under the write watcher.
-            continue
-        for entry in [e for e in plan.entries if e.value][:per_site]:
-            value = bytes([entry.value[0] ^ 1]) + entry.value[1:]
-            out.append(Write(after, plan.map, entry.key, value,
-                             guard=(GUARD_MAP, 8 * plan.guard_slot)))
-    return out
 
 
 # Given the specialized program and the maps it brings (inlined values), other versions to
@@ -335,14 +313,11 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
             # original, instruction for instruction; there is nothing to check or measure.
             report.update({"equivalent": True, "identical": True, "specialization": result})
             return report
-        # The check sees more than the profile: held-back flows on every port, the NF's edge
-        # cases, and near-miss keys of every specialized site.
-        checked_trace = check_trace(
-            trace, nf=nf, facts=facts, config=config,
-            sites=[d.site.index for d in result.decisions if d.plan is not None])
-        # After the near misses (which need the inlined code live), before the moves and
-        # the held-back flows (which reach the written keys).
-        writes = guarded_writes(result, len(trace) + checked_trace.meta["near_misses"] - 1)
+        # The check sees more than the profile (held-back flows on every port, the NF's
+        # edge cases, near-miss keys of every specialized site) and control-plane writes
+        # between its packets: the plan the agent's pre-swap check runs too.
+        plan = check_plan(trace, result, nf=nf, facts=facts, config=config)
+        checked_trace, writes = plan.trace, plan.writes
         checked = check_subjects(nf, original, special, checked_trace, prepare, written,
                                  config, writes)
         eq = checked.to_json()

@@ -189,14 +189,25 @@ def guard_never_fires(program: Program, extra: Mapping[str, MapSpec]) -> Mutant 
 def branch_after_inlined_value_swapped(program: Program, extra: Mapping[str, MapSpec]
                                        ) -> Mutant | None:
     """The first test of a field of an inlined value goes the other way."""
-    conts = [i for i, insn in enumerate(program.insns)
-             if insn.label and insn.label.endswith(".cont")]
-    for start in conts:
-        for i in range(start + 1, min(start + 12, len(program.insns))):
-            insn = program.insns[i]
-            if insn.is_conditional_jump and not insn.opcode & SRC_X and insn.dst != 0:
-                return _invert(program, i)
-    return None
+    return branch_after_inlined_value_swapped_at(0)(program, extra)
+
+
+def branch_after_inlined_value_swapped_at(nth: int) -> Operator:
+    """The first test of a field of the `nth` inlined value (in program order, counting
+    only values followed by such a test) goes the other way."""
+    def op(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
+        conts = [i for i, insn in enumerate(program.insns)
+                 if insn.label and insn.label.endswith(".cont")]
+        found = []
+        for start in conts:
+            for i in range(start + 1, min(start + 12, len(program.insns))):
+                insn = program.insns[i]
+                if insn.is_conditional_jump and not insn.opcode & SRC_X and insn.dst != 0:
+                    found.append(i)
+                    break
+        i = _pick(found, nth)
+        return _invert(program, i) if i is not None else None
+    return op
 
 
 # --- generic ---------------------------------------------------------------------------------
@@ -292,7 +303,9 @@ def counter_incremented_twice(nth: int = -1) -> Operator:
         sites: list[tuple[int, bool]] = []
         for i, insn in enumerate(program.insns):
             state = states[i]
-            if state is None:
+            # Not the instrumentation's own counters (sampling, block counts): no miscompile
+            # of the program's behaviour.
+            if state is None or _note(insn):
                 continue
             if insn.is_atomic and state.regs[insn.dst].kind == K_VALUE and insn.imm == 0:
                 sites.append((i, True))
@@ -301,7 +314,8 @@ def counter_incremented_twice(nth: int = -1) -> Operator:
                 for j in range(i + 1, min(i + 3, len(program.insns))):
                     st, after = program.insns[j], states[j]
                     if st.is_store and st.opcode & 0x07 == C_STX and st.src == insn.dst and \
-                            after is not None and after.regs[st.dst].kind == K_VALUE:
+                            not _note(st) and after is not None and \
+                            after.regs[st.dst].kind == K_VALUE:
                         sites.append((i, False))
                         break
         if not -len(sites) <= nth < len(sites):

@@ -51,6 +51,14 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         "any verdict, output byte or data-plane map write differs")
     p.add_argument("--check-packets", type=int, default=1000,
                    help="use at most this many packets of --check-trace (default 1000)")
+    p.add_argument("--check-nf", metavar="NF",
+                   help="the built-in NF the program is (router, switch, firewall, lb): the "
+                        "check adds the NF's held-back flows and edge cases (of its default "
+                        "configuration) on the NF's ports")
+    p.add_argument("--check-frames-only", action="store_true",
+                   help="check on the --check-trace packets alone (default: also near-miss "
+                        "keys of every inlined site, moves, unseen flows, edge cases and "
+                        "control-plane writes to guarded entries, as optimize's check)")
     p.add_argument("--verifier-budget", type=int, default=PlanOptions.verifier_budget,
                    help="instructions the verifier may process per version (a pessimistic "
                         "estimate; default %(default)s); over it, comparison trees converge "
@@ -88,9 +96,20 @@ def run(args: argparse.Namespace) -> int:
         if not check_frames:
             print(f"morpheus run: {args.check_trace} holds no packets", file=sys.stderr)
             return 2
+    check_nf = None
+    if getattr(args, "check_nf", None):
+        from ..nf import get
+
+        try:
+            check_nf = get(args.check_nf)
+        except (KeyError, ValueError) as exc:
+            print(f"morpheus run: --check-nf: {exc}", file=sys.stderr)
+            return 2
     options = AgentOptions(interval=args.interval, sample_rate=args.sample_rate,
                            xdp_mode=args.xdp_mode, watch_external=not args.no_watch,
                            run_stats=args.run_stats, check_frames=check_frames,
+                           check_enrich=not getattr(args, "check_frames_only", False),
+                           check_nf=check_nf,
                            swap="prog-array" if args.no_attach else args.swap,
                            maps_dir=args.maps, attach=not args.no_attach,
                            measure_instrumentation=not args.no_measure_sampling_cost,

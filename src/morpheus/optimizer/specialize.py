@@ -67,7 +67,8 @@ class SpecializeRequest:
     keeps key sampling in the specialized version; `skip_maps` leaves the sites of those
     maps alone, with the reason given; `verifier_base` (the original's verified_insns)
     turns on the verifier budget; `converge`/`drop` are sites given up after a verifier
-    refusal (see `relieved`).
+    refusal (see `relieved`); `final_passes` run on the finished program, after the hot-key
+    trees and store coalescing (the agent's custom passes; tests inject miscompiles there).
     """
 
     target: Target
@@ -82,6 +83,7 @@ class SpecializeRequest:
     converge: frozenset[int] = frozenset()
     drop: frozenset[int] = frozenset()
     validate: bool = False
+    final_passes: Sequence[Pass] = ()
 
     def relieved(self, converge: frozenset[int], drop: frozenset[int]) -> SpecializeRequest:
         """The same request with these sites converged and dropped."""
@@ -233,6 +235,10 @@ def _specialize(request: SpecializeRequest) -> Specialization:
         out, finished = _second_round(out, ctx, late, request, guard_slots, pipeline)
     if options.coalesce_stores and not finished:
         out = _coalesce_stores(out, ctx, pipeline, request.passes)
+    if request.final_passes:
+        final = Pipeline(list(request.final_passes), validate=request.validate)
+        out = final.run(out, ctx)
+        pipeline.timings += final.timings
     extra = {k: v for k, v in ctx.maps.items() if k not in spec.maps and k not in resolved}
     if used_guards and GUARD_MAP not in extra:
         extra[GUARD_MAP] = ctx.maps[GUARD_MAP]

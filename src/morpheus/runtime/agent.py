@@ -75,7 +75,7 @@ from ..passes.instrument import CTL_MAP, SAMPLES_MAP, Instrument, layout_for
 from ..passes.pipeline import PassContext
 from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, AttachType, ProgType
 from . import faults
-from .check import CandidatePair, CheckResult, check_candidate
+from .check import CandidatePair, CheckInputs, CheckResult, candidate_plan, check_candidate
 from .guard import GuardMap
 from .lifecycle import (
     AgentError,
@@ -132,12 +132,26 @@ class AgentOptions:
     # output bytes, data-plane map writes; run on private copies of the maps) before it is
     # swapped in. Empty: no check (each check costs two more loads and verifications).
     check_frames: tuple[bytes, ...] = ()
+    # The check runs more than `check_frames` (the plan `optimize`'s check runs: near-miss
+    # keys of every inlined site, moves, unseen flows, edge cases, control-plane writes to
+    # guarded entries; see runtime.check); False: the check frames alone.
+    check_enrich: bool = True
+    # The built-in NF the program is (a morpheus.nf.NetworkFunction) and its configuration:
+    # the check then adds the NF's held-back flows and edge cases, on the NF's ports.
+    check_nf: Any = None
+    check_config: Any = None
+    # Further interfaces (names, in the agent's namespace) whose packets the program
+    # handles: the check's unseen flows and edge cases arrive on them too.
+    check_ifaces: tuple[str, ...] = ()
     watch_external: bool = True
     # BPF run-time statistics give ns/packet per version in `status`, but cost every packet
     # two clock reads (about 30-40 ns): off unless asked for.
     run_stats: bool = False
     # Passes appended after the cleanup passes (custom pipelines; tests inject failures).
     extra_passes: tuple[Any, ...] = ()
+    # Passes run on the finished candidate, after the hot-key trees (tests inject
+    # miscompiles here, where the optimizer's own last passes run).
+    final_passes: tuple[Any, ...] = ()
     # A site whose inlined keys keep answering `stable_coverage` of its sampled lookups for
     # `stable_cycles` cycles samples one lookup in `stable_rate` only; when the coverage
     # drops, sampling returns to `sample_rate` and the site is re-planned.
@@ -254,6 +268,9 @@ class Agent:
         self.snapshot_deferrals = 0  # cycles deferred because no snapshot was consistent
         self._deferred_in_a_row = 0
         self._adopted: dict[str, Any] = {}
+        # The last pre-swap check: its result and how many packets and writes it ran.
+        self.last_check: CheckResult | None = None
+        self.last_check_writes = 0
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -701,13 +718,13 @@ class Agent:
             program = result.program
             self._ensure_extra_maps(result.extra_maps)
             t3 = time.perf_counter()
-            version = self._load_with_relief(program, result, request, signature)
+            version, result = self._load_with_relief(program, result, request, signature)
             version.fingerprint = fingerprint
             report.timings_ms["verify"] = _ms(t3)
             faults.reach("cycle.load")
             if self.options.check_frames:
                 t_check = time.perf_counter()
-                outcome = self._check_equivalence(version)
+                outcome = self._check_equivalence(version, result)
                 report.timings_ms["check"] = _ms(t_check)
                 if not outcome.equivalent:
                     version.program.close()
@@ -830,10 +847,12 @@ class Agent:
             self.target, snapshots, heat, self.options.plan,
             guards=Guards(self.guard_slots, self.bump_slots, versions),
             passes=self._passes(), sampling=self._sampling(), skip_maps=self._skip_maps(),
-            verifier_base=self._verifier_base())
+            verifier_base=self._verifier_base(), final_passes=self.options.final_passes)
 
     def _load_with_relief(self, program: Program, result: Any, request: SpecializeRequest,
-                          signature: tuple[object, ...]) -> Version:
+                          signature: tuple[object, ...]) -> tuple[Version, Any]:
+        """The loaded candidate and the specialization it was loaded from (a relieved one
+        when the verifier refused the first)."""
         converged: frozenset[int] = frozenset()
         dropped: frozenset[int] = frozenset()
         for _attempt in range(8):
@@ -844,7 +863,7 @@ class Agent:
                     decisions=[_decision(d) for d in result.decisions],
                     timings_ms=dict(result.timings_ms),
                     guard_versions={p.map: p.guard_version for p in result.plan.sites
-                                    if p.guard_slot is not None})
+                                    if p.guard_slot is not None}), result
             except VerifierError as exc:
                 if not is_complexity_error(str(exc)):
                     raise
@@ -857,13 +876,36 @@ class Agent:
                 self._ensure_extra_maps(result.extra_maps)
         raise AgentError("the verifier refused every relieved version")
 
-    def _check_equivalence(self, version: Version) -> CheckResult:
-        """Run the candidate and the unspecialized program on the check packets."""
+    def _check_equivalence(self, version: Version, result: Any = None) -> CheckResult:
+        """Run the candidate and the unspecialized program on the check plan: the check
+        packets and what `optimize`'s check adds to its trace (runtime.check)."""
         assert version.source is not None
         pair = CandidatePair(self.prog, self.spec, self._base_program(instrumented=False),
                              version.source, self.btf_fd)
         with self._in_netns():
-            return check_candidate(self.maps, self.options.check_frames, self._ifindex(), pair)
+            inputs = self.check_inputs(result)
+            plan = candidate_plan(inputs)
+            outcome = check_candidate(self.maps, inputs, pair, plan)
+        self.last_check, self.last_check_writes = outcome, len(plan.writes)
+        return outcome
+
+    def check_inputs(self, result: Any = None) -> CheckInputs:
+        """What the pre-swap check of the candidate `result` (a Specialization) runs on:
+        the check frames on this interface, the candidate's inlined sites and guarded
+        entries, the NF and the further interfaces the options name. Call it in the
+        agent's namespace."""
+        import socket
+
+        ports = []
+        for name in self.options.check_ifaces:
+            try:
+                ports.append(socket.if_nametoindex(name))
+            except OSError:
+                raise AgentError(f"check interface {name!r} does not exist") from None
+        return CheckInputs(self.options.check_frames, self._ifindex(), facts=self.facts,
+                           specialization=result, nf=self.options.check_nf,
+                           config=self.options.check_config, ports=tuple(ports),
+                           enrich=self.options.check_enrich)
 
     def _should_measure_instrumentation(self, heat: Mapping[int, Any]) -> bool:
         return (self.options.measure_instrumentation and bool(self.layout.sites)

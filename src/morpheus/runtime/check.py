@@ -1,25 +1,38 @@
 """Checking a candidate version against the unspecialized program before it goes live.
 
-The agent's pre-swap check is the project's one equivalence checker (`morpheus.world`):
-both programs run the check packets from one snapshot of the live maps (the maps the data
-plane writes are copied once, then cloned per program; maps it only reads are shared), on
-one CPU, with nondeterministic helpers made deterministic and redirects recorded. Compared:
-verdict, output bytes and length, redirect target of every packet, and every key and
-value of every map either program writes. Neither the live maps nor the other program's
-side effects are touched.
+The agent's pre-swap check is the project's one equivalence checker (`morpheus.world`), on
+the same check plan `optimize`'s check runs (`world.traces.check_plan`): the agent's check
+packets (the user's --check-trace) on the interface the program serves, then near-miss
+keys of every site the candidate inlined, moves, unseen flows and edge cases (the NF's,
+when the agent is told which NF it runs, else derived from the check packets), and the
+control-plane writes that change guarded inlined entries between them. Both programs run
+from one snapshot of the live maps (the maps the data plane writes are copied once, then
+cloned per program; maps it only reads are shared), on one CPU, with nondeterministic
+helpers made deterministic and redirects recorded. Compared: verdict, output bytes and
+length, redirect target of every packet, and every key and value of every map either
+program writes. Neither the live maps nor the other program's side effects are touched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from ..analysis import ProgramFacts
 from ..ir import Program
 from ..kernel import FD, Map
 from ..obj import ObjectSpec, ProgramSpec
 from ..world import CheckRequest, CheckResult, Side, check
+from ..world.traces import HELD_BACK, CheckPlan, check_plan, frames_trace
 
-__all__ = ["CandidatePair", "CheckResult", "check_candidate"]
+__all__ = [
+    "CandidatePair",
+    "CheckInputs",
+    "CheckResult",
+    "candidate_plan",
+    "check_candidate",
+]
 
 
 @dataclass(frozen=True)
@@ -33,14 +46,48 @@ class CandidatePair:
     btf_fd: FD | None = None
 
 
-def check_candidate(maps: Mapping[str, Map], frames: Sequence[bytes], ingress_ifindex: int,
-                    pair: CandidatePair) -> CheckResult:
-    """Run the base and the candidate on `frames` arriving on `ingress_ifindex`, from a
-    snapshot of the live `maps`; compare everything they did.
+@dataclass(frozen=True)
+class CheckInputs:
+    """What the agent checks a candidate on: its check packets, the interface they arrive
+    on, and what it knows of the candidate and the program.
 
-    Call it inside the network namespace of the interface `ingress_ifindex` names."""
+    `specialization` (an `optimizer.Specialization`) names the inlined sites (near-miss keys)
+    and the guarded entries (control-plane writes); `facts` traces the sites' keys to packet
+    bytes. `nf` and `config`, when the agent runs a known NF, give the held-back flows and the
+    NF's edge cases; `ports` are further ifindexes the program serves. `enrich` False runs
+    the check packets alone."""
+
+    frames: Sequence[bytes]
+    ingress: int
+    facts: ProgramFacts | None = None
+    specialization: Any = None
+    nf: Any = None
+    config: Any = None
+    ports: Sequence[int] = ()
+    enrich: bool = True
+    held_back: int = HELD_BACK
+
+
+def candidate_plan(inputs: CheckInputs) -> CheckPlan:
+    """The packets and control-plane writes of the agent's check (`world.traces.check_plan`
+    over the agent's check packets)."""
+    trace = frames_trace(inputs.frames, inputs.ingress, inputs.nf.name if inputs.nf else "")
+    if not inputs.enrich:
+        return CheckPlan(trace, [])
+    return check_plan(trace, inputs.specialization, nf=inputs.nf, facts=inputs.facts,
+                      config=inputs.config, ports=(inputs.ingress, *inputs.ports),
+                      held_back=inputs.held_back)
+
+
+def check_candidate(maps: Mapping[str, Map], inputs: CheckInputs, pair: CandidatePair,
+                    plan: CheckPlan | None = None) -> CheckResult:
+    """Run the base and the candidate on the check plan of `inputs` (`plan`, if the caller
+    built it already), from a snapshot of the live `maps`; compare everything they did.
+
+    Call it inside the network namespace of the interface `inputs.ingress` names."""
     def side(label: str, program: Program) -> Side:
         return Side(label, pair.prog, program, spec=pair.spec, btf_fd=pair.btf_fd)
 
+    plan = plan if plan is not None else candidate_plan(inputs)
     return check(CheckRequest(maps, side("base", pair.base), side("candidate", pair.candidate),
-                              [(f, ingress_ifindex) for f in frames], snapshot=True))
+                              plan.packets, snapshot=True, writes=plan.writes))

@@ -8,8 +8,10 @@ not see. `check_trace` extends a profiling trace with, in this order:
   followed by the flow's own packet;
 - held-back packets: flows of the same configuration the profile never contained (so
   mostly misses of every inlined hot-key table), arriving on every ingress port the NF
-  serves, not only the main one;
-- the NF's edge cases (runts, TTL 0/1, IP options, fragments, foreign ports, ...);
+  serves, not only the main one; without an NF, copies of the trace's frames with new
+  addresses and ports (`unseen_flows`);
+- the NF's edge cases (runts, TTL 0/1, IP options, fragments, foreign ports, ...); without
+  an NF, the same kinds of frames derived from the trace's own (`frame_edge_cases`);
 - near-miss keys, in detail: for the hottest flows (those whose keys were inlined), copies of their
   first packet with one bit flipped in each byte that can feed a key: the bytes the
   analysis traced into the key of a specialized lookup, and the usual key fields (MAC
@@ -17,29 +19,120 @@ not see. `check_trace` extends a profiling trace with, in this order:
   offset (a VLAN tag or IP options move the headers). The IPv4 header checksum is fixed up
   so the packet is not simply dropped as malformed. A key compare that checks one byte too
   few, or a key constant one bit off, is caught by exactly these.
+
+`check_plan` is what `optimize`'s check and the agent's pre-swap check both run: that
+trace plus the control-plane writes between its packets (`guarded_writes`).
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from ..analysis import ProgramFacts
 from ..nf import NetworkFunction
+from ..passes.inline import GUARD_MAP
 from ..traffic.generate import Trace, generate
+from .check import Write
 
 NEAR_MISS_FLOWS = 64  # hottest flows whose key bytes are flipped (as many as a site inlines)
 SECOND_BIT_FLOWS = 8  # the hottest also get their lowest bit flipped
 MOVED_FLOWS = 4  # hottest flows replayed on every other port
 HELD_BACK = 300  # packets of flows the profile did not contain
+STRANGERS_PER_PORT = 4  # flows of each served port replayed on lo
+LOOPBACK_IFINDEX = 1  # lo: in every namespace, served by no configuration
+GUARDED_WRITES_PER_SITE = 3  # inlined entries changed per guarded site
+AFTER_WRITES = 400  # packets of the trace replayed after the control-plane writes
+
+
+@dataclass(frozen=True)
+class CheckPlan:
+    """The packets of a check and the control-plane writes made between them."""
+
+    trace: Trace
+    writes: list[Write]
+
+    @property
+    def packets(self) -> list[tuple[bytes, int]]:
+        """(frame, ingress ifindex) pairs; lo stays lo, ports below it (no device) become
+        0 (a test run then reports lo too)."""
+        return [(frame, port if port >= LOOPBACK_IFINDEX else 0)
+                for frame, port in zip(self.trace.frames, self.trace.ingress, strict=True)]
+
+
+def check_plan(trace: Trace, specialization: Any = None, *, nf: NetworkFunction | None = None,
+               facts: ProgramFacts | None = None, config: object = None,
+               ports: Iterable[int] = (), seed: int = 0, held_back: int = HELD_BACK
+               ) -> CheckPlan:
+    """What a specialized program is checked on: `check_trace` over the sites
+    `specialization` (an `optimizer.Specialization`) inlined, then `guarded_writes`, then
+    the first `AFTER_WRITES` packets of the trace again (which reach the written keys).
+
+    The writes come last because they move guards: where every inlined table is guarded
+    (the agent guards every map it may inline), every packet after them takes the generic
+    path, and moves, unseen flows, edge cases and strangers before them are what exercise
+    the inlined code on keys it did not see."""
+    decisions = list(specialization.decisions) if specialization is not None else []
+    sites = [d.site.index for d in decisions if d.plan is not None]
+    checked = check_trace(trace, nf=nf, facts=facts, sites=sites, config=config, ports=ports,
+                          seed=seed, held_back=held_back)
+    writes = guarded_writes(decisions, len(checked) - 1)
+    if writes and trace.frames:
+        again = min(len(trace), AFTER_WRITES)
+        checked = Trace(checked.frames + trace.frames[:again],
+                        checked.flow_ids + [-1] * again, checked.ingress + trace.ingress[:again],
+                        checked.nf, checked.profile, checked.seed,
+                        {**checked.meta, "after_writes": again}, list(checked.warmup))
+    return CheckPlan(checked, writes)
+
+
+def guarded_writes(decisions: Iterable[Any], after: int,
+                   per_site: int = GUARDED_WRITES_PER_SITE) -> list[Write]:
+    """Control-plane writes for the check: the first inlined entries of every guarded site
+    change (one bit of their value) after packet `after`, with the guard moved as the API
+    moves it. The specialized program must notice (its guard fails, the generic path reads
+    the new value); one whose guard never fires serves the stale inlined value."""
+    out: list[Write] = []
+    for d in decisions:
+        plan = d.plan
+        if plan is None or plan.guard_slot is None:
+            continue
+        if getattr(d.site, "inner_of", None) is not None:
+            # An inner map resolved through its outer map: the check's worlds share it with
+            # the user's maps (the data plane only reads it), so it is not written here;
+            # the agent's tests write it and its outer slot under the write watcher.
+            continue
+        for entry in [e for e in plan.entries if e.value][:per_site]:
+            value = bytes([entry.value[0] ^ 1]) + entry.value[1:]
+            out.append(Write(max(after, 0), plan.map, entry.key, value,
+                             guard=(GUARD_MAP, 8 * plan.guard_slot)))
+    return out
+
+
+def frames_trace(frames: Sequence[bytes], ingress: int | Sequence[int], nf: str = ""
+                 ) -> Trace:
+    """A trace of raw frames (a user's pcap): flows told apart by the fields lookups are
+    usually keyed on (`header_key_offsets`), so "the hottest flows" means the same here
+    as in a generated trace."""
+    ports = [ingress] * len(frames) if isinstance(ingress, int) else list(ingress)
+    ids: dict[tuple[bytes, ...], int] = {}
+    flow_ids = []
+    for frame in frames:
+        key = tuple(frame[o:o + 1] for o in header_key_offsets(frame))
+        flow_ids.append(ids.setdefault((bytes([len(frame) >= 14]), *key), len(ids)))
+    return Trace(list(frames), flow_ids, ports, nf, "", 0, {"source": "frames"})
 
 
 def check_trace(trace: Trace, *, nf: NetworkFunction | None = None,
                 facts: ProgramFacts | None = None, sites: Iterable[int] = (),
-                config: object = None, seed: int = 0, held_back: int = HELD_BACK) -> Trace:
-    """`trace` followed by held-back packets, edge cases and near-miss keys of `sites`
-    (instruction indexes of specialized lookups in `facts`)."""
+                config: object = None, seed: int = 0, held_back: int = HELD_BACK,
+                ports: Iterable[int] = ()) -> Trace:
+    """`trace` followed by near-miss keys of `sites` (instruction indexes of specialized
+    lookups in `facts`), moves, held-back packets and edge cases. `ports` are ingress
+    ifindexes the program serves on top of those the trace and the NF name."""
     frames, ingress = list(trace.frames), list(trace.ingress)
     rng = random.Random(f"check/{trace.nf}/{trace.seed}/{seed}")
     # Near misses first, while the inlined tables still hold: the held-back flows and the
@@ -52,27 +145,64 @@ def check_trace(trace: Trace, *, nf: NetworkFunction | None = None,
             frames.append(frame)
             ingress.append(port)
             near += 1
+    edge: list[tuple[bytes, int]] = []
+    extra: list[tuple[bytes, int]] = []
     if nf is not None:
         config = config if config is not None else nf.default_config()
         edge = list(nf.module.edge_cases(config, rng)) if hasattr(nf.module, "edge_cases") \
             else []
-        ports = sorted({p for p in ingress if p >= 2} | {p for _, p in edge if p >= 2})
-        for frame, port in moved(trace, ports):
-            frames.append(frame)
-            ingress.append(port)
         if held_back:
-            extra = generate(nf, trace.profile or "none", held_back, trace.seed + 7919 + seed,
-                             config=config, single_ingress=False)
-            frames += extra.frames
-            ingress += extra.ingress
-        for frame, port in edge:
-            frames.append(frame)
-            ingress.append(port)
+            more = generate(nf, trace.profile or "none", held_back, trace.seed + 7919 + seed,
+                            config=config, single_ingress=False)
+            extra = list(zip(more.frames, more.ingress, strict=True))
+    elif trace.frames:
+        edge = frame_edge_cases(trace)
+        extra = unseen_flows(trace, held_back, rng) if held_back else []
+    served = sorted({p for p in ingress if p >= 2} | {p for _, p in edge if p >= 2}
+                    | {p for p in ports if p >= 2})
+    # Held-back flows name ports too, but moves keep to the ports of the trace and the
+    # edge cases, as they always did; lo receives packets of every port.
+    stranger_ports = sorted(set(served) | {p for _, p in extra if p >= 2})
+    moves = moved(trace, served)
+    if nf is None and len(served) > 1:
+        # Without an NF to say which flows arrive where, the unseen flows and the edge
+        # cases arrive on every port the program serves.
+        extra = [(f, served[i % len(served)]) for i, (f, _) in enumerate(extra)]
+        edge = [(f, p) for f, _ in edge for p in served]
+    for frame, port in (*moves, *extra, *edge):
+        frames.append(frame)
+        ingress.append(port)
+    for frame, port in strangers(list(zip(frames, ingress, strict=True)), stranger_ports):
+        frames.append(frame)
+        ingress.append(port)
     flow_ids = list(trace.flow_ids) + [-1] * (len(frames) - len(trace.frames))
     return Trace(frames, flow_ids, ingress, trace.nf, trace.profile, trace.seed,
                  {**trace.meta, "check_extra": len(frames) - len(trace.frames),
                   "near_misses": near},
                  list(trace.warmup))
+
+
+def strangers(packets: Sequence[tuple[bytes, int]], served: Sequence[int],
+              per_port: int = STRANGERS_PER_PORT) -> list[tuple[bytes, int]]:
+    """For every port the program serves, the first packets of its first `per_port` flows
+    (by their key fields) arriving instead on lo, an interface no configuration serves: a
+    table keyed on the ingress interface then misses, with frames addressed to every
+    configured interface (an inlined table that answers an absent key with an entry is
+    caught whichever entry it serves)."""
+    out = []
+    for port in served:
+        seen: set[tuple[bytes, ...]] = set()
+        for frame, arrived in packets:
+            if arrived != port or _ipv4_at(frame) is None:
+                continue
+            key = tuple(frame[o:o + 1] for o in header_key_offsets(frame))
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append((frame, LOOPBACK_IFINDEX))
+            if len(seen) >= per_port:
+                break
+    return out
 
 
 def moved(trace: Trace, ports: Sequence[int], flows: int = MOVED_FLOWS
@@ -205,3 +335,95 @@ def _fix_ipv4_checksum(frame: bytes, changed: int) -> bytes:
     header[10:12] = b"\0\0"
     header[10:12] = checksum(bytes(header)).to_bytes(2, "big")
     return frame[:start] + bytes(header) + frame[start + ihl:]
+
+
+def _ipv4_at(frame: bytes) -> int | None:
+    """Offset of the IPv4 header of an Ethernet (optionally 802.1Q) frame, or None."""
+    if len(frame) < 14:
+        return None
+    ethertype, l3 = int.from_bytes(frame[12:14], "big"), 14
+    if ethertype == 0x8100 and len(frame) >= 18:
+        ethertype, l3 = int.from_bytes(frame[16:18], "big"), 18
+    if ethertype != 0x0800 or len(frame) < l3 + 20 or frame[l3] >> 4 != 4:
+        return None
+    return l3
+
+
+def _with_ipv4(frame: bytes, l3: int, edit: Callable[[bytearray], None]) -> bytes:
+    """`frame` with its IPv4 header edited by `edit`, the header checksum fixed."""
+    out = bytearray(frame)
+    header = out[l3:]
+    edit(header)
+    out[l3:] = header
+    return _fix_ipv4_checksum(bytes(out), l3)
+
+
+def frame_edge_cases(trace: Trace, templates: int = 2) -> list[tuple[bytes, int]]:
+    """Edge cases derived from a trace's own frames, for programs no NF describes: from the
+    first IPv4 frames of the hottest flows, TTL 0/1/2/255, IP options, fragments, a bad
+    version and header length, frames cut inside every header, a VLAN tag, other
+    ethertypes, broadcast and multicast destinations; each on the template's port."""
+    first: dict[int, int] = {}
+    for i, flow in enumerate(trace.flow_ids):
+        first.setdefault(flow, i)
+    picked = [first[f] for f, _ in Counter(trace.flow_ids).most_common()
+              if _ipv4_at(trace.frames[first[f]]) is not None][:templates]
+    out: list[tuple[bytes, int]] = []
+    for index in picked:
+        frame, port = trace.frames[index], trace.ingress[index]
+        l3 = _ipv4_at(frame)
+        assert l3 is not None
+        ihl = (frame[l3] & 0x0F) * 4
+
+        def set_byte(off: int, value: int) -> Callable[[bytearray], None]:
+            def edit(h: bytearray) -> None:
+                h[off] = value
+            return edit
+
+        variants = [_with_ipv4(frame, l3, set_byte(8, ttl)) for ttl in (0, 1, 2, 255)]
+        # Fragments: first (MF), a later one (offset, no transport header), DF only.
+        for flags_frag in (0x2000, 0x2000 | 185, 0x4000):
+            def frag(h: bytearray, value: int = flags_frag) -> None:
+                h[6:8] = value.to_bytes(2, "big")
+            variants.append(_with_ipv4(frame, l3, frag))
+        variants.append(_with_ipv4(frame, l3, set_byte(0, 0x60 | (frame[l3] & 0x0F))))
+        variants.append(_with_ipv4(frame, l3, set_byte(0, 0x44)))  # IHL below 5
+        # Four bytes of IP options (NOPs): every later header moves.
+        total = int.from_bytes(frame[l3 + 2:l3 + 4], "big")
+        if ihl <= 56:
+            header = bytearray(frame[l3:l3 + ihl]) + b"\x01\x01\x01\x01"
+            header[0] = (header[0] & 0xF0) | (ihl + 4) // 4
+            header[2:4] = (total + 4).to_bytes(2, "big")
+            variants.append(_fix_ipv4_checksum(frame[:l3] + bytes(header) + frame[l3 + ihl:],
+                                               l3))
+        # Cut inside the Ethernet, IP and transport headers.
+        variants += [frame[:14], frame[:l3 + 10], frame[:l3 + ihl + 2]]
+        # A VLAN tag (VID 1), other ethertypes, broadcast and multicast destinations.
+        if l3 == 14:
+            variants.append(frame[:12] + b"\x81\x00\x00\x01" + frame[12:])
+        variants += [frame[:12] + bytes.fromhex(t) + frame[14:] for t in ("0806", "86dd")]
+        variants += [b"\xff" * 6 + frame[6:], b"\x01\x00\x5e\x00\x00\x01" + frame[6:]]
+        out += [(v, port) for v in variants]
+    return out
+
+
+def unseen_flows(trace: Trace, count: int, rng: random.Random) -> list[tuple[bytes, int]]:
+    """`count` frames of flows the trace does not hold, for programs no NF describes: the
+    trace's IPv4 frames with new addresses and L4 ports (the MACs kept, so the program gets
+    as far as its lookups), each on the port its template arrived on."""
+    ipv4 = [i for i, frame in enumerate(trace.frames) if _ipv4_at(frame) is not None]
+    out: list[tuple[bytes, int]] = []
+    for _ in range(count if ipv4 else 0):
+        index = rng.choice(ipv4)
+        frame = trace.frames[index]
+        l3 = _ipv4_at(frame)
+        assert l3 is not None
+        ihl = (frame[l3] & 0x0F) * 4
+
+        def edit(h: bytearray) -> None:
+            h[12:20] = rng.randbytes(8)
+        mutated = bytearray(_with_ipv4(frame, l3, edit))
+        if frame[l3 + 9] in (6, 17) and len(frame) >= l3 + ihl + 4:
+            mutated[l3 + ihl:l3 + ihl + 4] = rng.randbytes(4)
+        out.append((bytes(mutated), trace.ingress[index]))
+    return out

@@ -168,6 +168,13 @@ def _facts(status: dict[str, Any], control: dict[str, Any]) -> list[RenderableTy
                         f"{cost['packets']} packets)"))
     elif cost:
         out.append(Text(f"sampling cost: {cost.get('state')}"))
+    watcher = status.get("watcher")
+    if watcher is not None:
+        out.append(Text(
+            f"write watcher: pinned at {watcher['path']} ({watcher['maps']} maps; outlives "
+            "the agent)" if watcher["pinned"] else
+            f"write watcher: running, not pinned ({watcher['maps']} maps)" if watcher["running"]
+            else "write watcher: none (writes must go through the agent)"))
     swap = status.get("swap") or {}
     if swap:
         last = f", last swap call {swap['last_us']} µs" if swap.get("last_us") else \

@@ -423,6 +423,19 @@ class Agent:
             self.errors.append(f"external write watcher unavailable: {exc}")
             log.warning(json.dumps({"event": "watcher-unavailable", "error": str(exc)}))
 
+    def _watcher_status(self) -> dict[str, Any]:
+        """Whether writes that bypass the agent are seen, and whether that outlives it (a
+        pinned watcher keeps guarding inlined values after the agent dies)."""
+        watcher = self._watcher
+        if watcher is None:
+            return {"running": False, "pinned": False, "path": None, "maps": 0}
+        maps = None
+        with contextlib.suppress(KernelError, ClosedError):
+            maps = len(watcher.watched)
+        return {"running": True, "pinned": bool(watcher.pinned),
+                "path": str(self.pin_dir / _WATCHER_DIR) if watcher.pinned else None,
+                "maps": maps}
+
     def _start_throughput(self) -> None:
         from .throughput import LinkCounters, ThroughputError, ThroughputMeter
 
@@ -1203,6 +1216,7 @@ class Agent:
             "swap": {"mode": self._swap_mode(),
                      "last_us": round(self.last_swap_us, 1) if self.last_swap_us else None},
             "run_stats": self._stats_fd is not None,
+            "watcher": self._watcher_status(),
             "snapshot": {"retries": self.snapshot_retries,
                          "deferred_cycles": self.snapshot_deferrals,
                          "deferred_in_a_row": self._deferred_in_a_row},

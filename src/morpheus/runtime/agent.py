@@ -977,6 +977,11 @@ class Agent:
         except (KernelError, VerifierError, OSError) as exc:
             self.instrumentation = {"state": f"could not measure: {exc}"}
             return
+        self._record_instrumentation_cost(totals)
+
+    def _record_instrumentation_cost(self, totals: Mapping[str, list[int]]) -> None:
+        """Turn (packets, ns) per version kind ("plain", "instrumented"), measured on the
+        same traffic, into the sampling cost `status` shows."""
         ns = {k: t[1] / t[0] if t[0] else None for k, t in totals.items()}
         if ns["plain"] is None or ns["instrumented"] is None:
             self.instrumentation = {"state": "traffic stopped while measuring"}

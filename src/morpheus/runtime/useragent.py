@@ -288,16 +288,7 @@ class UserspaceAgent(Agent):
         finally:
             for p in progs.values():
                 p.close()
-        ns = {k: t[1] / t[0] if t[0] else None for k, t in totals.items()}
-        if ns["plain"] is None or ns["instrumented"] is None:
-            self.instrumentation = {"state": "traffic stopped while measuring"}
-            return
-        self.instrumentation = {
-            "state": "measured", "at": round(time.time(), 3),
-            "packets": totals["plain"][0] + totals["instrumented"][0],
-            "plain_ns": round(ns["plain"], 1), "instrumented_ns": round(ns["instrumented"], 1),
-            "ns_per_packet": round(ns["instrumented"] - ns["plain"], 1)}
-        log.info(json.dumps({"event": "instrumentation-cost", **self.instrumentation}))
+        self._record_instrumentation_cost(totals)
 
     def cycle(self) -> Any:
         """One cycle of the kernel agent's; first, a poller that stopped is an error (the

@@ -26,6 +26,8 @@ STATUS: dict[str, Any] = {
     "instrumentation": {"state": "measured", "ns_per_packet": 4.2, "plain_ns": 100.0,
                         "instrumented_ns": 104.2, "packets": 90000},
     "swap": {"mode": "prog-array", "last_us": 108.5},
+    "watcher": {"running": True, "pinned": True, "path": "/sys/fs/bpf/morpheus/x/watcher",
+                "maps": 5},
     "throughput": {"pps": 1_234_567.0, "source": "netlink IFLA_STATS64 rx_packets of veth0"},
     "snapshot": {"retries": 4, "deferred_cycles": 1},
     "swaps": [],
@@ -45,6 +47,8 @@ def test_render_shows_sites_hit_rates_sampling_and_cycles() -> None:
     assert "control plane: 2 writes, median 0.14 ms, max 0.3 ms" in text
     assert "sampling cost: +4.2 ns/packet (100.0 → 104.2 ns, 90000 packets)" in text
     assert "swaps by prog-array, last swap call 108.5 µs" in text
+    assert "write watcher: pinned at /sys/fs/bpf/morpheus/x/watcher (5 maps; outlives the " \
+        "agent)" in text
     assert "snapshots retaken after concurrent writes: 4, cycles deferred: 1" in text
     (cycle,) = [line for line in lines if line.lstrip().startswith("unchanged")]
     assert cycle.split()[:4] == ["unchanged", "12.5", "0.4", "-"]  # phases not run: "-"

@@ -163,7 +163,7 @@ def test_entrypoint_runs_the_agent_with_the_daemonsets_capabilities_and_restarts
                 proc = _entrypoint(env_vars, *common, *extra, prefix=prefix)
                 try:
                     started = json.loads(proc.stdout.readline() or "{}")  # type: ignore[union-attr]
-                    assert started == {"event": "running", "name": name,
+                    assert started == {"event": "running", "backend": "kernel", "name": name,
                                        "socket": f"{SOCKET_DIR}/{name}.sock",
                                        "metrics_port": port}, proc.stderr.read()  # type: ignore[union-attr]
                     with env.namespace.entered(), urllib.request.urlopen(

@@ -251,6 +251,13 @@ def test_a_map_written_every_cycle_is_left_out_for_a_while(testbed: Bed) -> None
     assert sites["rt_config"]["mode"] == "constant"  # the other maps stay inlined
 
 
+def test_status_says_the_write_watcher_is_pinned_and_what_it_watches(testbed: Bed) -> None:
+    watcher = testbed.agent.status()["watcher"]
+    assert watcher["running"] and watcher["pinned"], watcher
+    assert Path(watcher["path"]).is_dir() and (Path(watcher["path"]) / "enter").exists()
+    assert watcher["maps"] == len(testbed.agent.guard_slots) > 0
+
+
 def test_swaps_lose_no_packets(testbed: Bed) -> None:
     bed = testbed
     start = bed.processed()

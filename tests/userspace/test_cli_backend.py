@@ -29,7 +29,11 @@ def test_bench_on_the_userspace_backend_reports_like_the_kernel_one(capsys) -> N
     assert set(report["speedup"]) == {"min", "median", "max"}
 
 
-def test_run_refuses_the_userspace_backend_clearly(capsys) -> None:
-    code = main(["run", "x.o", "--iface", "nope", "--backend", "userspace"])
-    assert code != 0
-    assert "not available yet" in capsys.readouterr().err
+def test_run_refuses_kernel_only_options_on_the_userspace_backend(capsys) -> None:
+    code = main(["run", "x.o", "--iface", "nope", "--backend", "userspace", "--swap",
+                 "prog-array", "--run-stats"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--swap prog-array, --run-stats applies to the kernel backend only" in err
+    assert main(["run", "x.o", "--iface", "nope", "--poller-cpu", "1"]) == 2
+    assert "--poller-cpu applies to --backend userspace only" in capsys.readouterr().err

@@ -81,8 +81,46 @@ def _stores_into(program: Program, kind: int) -> list[int]:
 
 # --- inlined values -------------------------------------------------------------------------
 
+def _converged_leaf(program: Program, extra: Mapping[str, MapSpec]
+                    ) -> tuple[int, int, MapSpec, MapSpec, list[int]] | None:
+    """The first leaf of a converging tree (`r0 = slot`, then a shared tail loads the value's
+    offset from a table): (its index, slot, offsets map, values map, the table's offsets)."""
+    for i, insn in enumerate(program.insns):
+        if insn.is_map_load or not _note(insn).startswith("inlined") or \
+                insn.opcode != 0xB7 or insn.dst != 0:
+            continue
+        tail = [program.insns[j] for j in range(i + 1, len(program.insns))
+                if program.insns[j].is_map_load and _note(program.insns[j]) == "converge"][:2]
+        if len(tail) < 2:
+            return None
+        offsets, values = extra.get(str(tail[0].reference)), extra.get(str(tail[1].reference))
+        if offsets is None or values is None or offsets.data is None or values.data is None:
+            return None
+        table = [int.from_bytes(offsets.data[k:k + 4], "little")
+                 for k in range(0, len(offsets.data), 4)]
+        if insn.imm >= len(table):
+            return None
+        return i, insn.imm, offsets, values, table
+    return None
+
+
+def _first_leaf_is_converged(program: Program, extra: Mapping[str, MapSpec]) -> bool:
+    converged = _converged_leaf(program, extra)
+    leaves = _leaves(program)
+    return converged is not None and (not leaves or converged[0] < leaves[0])
+
+
 def inlined_value_flipped(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
     """Every byte of the first inlined entry one bit off (a wrong constant)."""
+    if _first_leaf_is_converged(program, extra):
+        _, slot, _, values, table = _converged_leaf(program, extra)  # type: ignore[misc]
+        start = table[slot]
+        bigger = sorted(o for o in set(table) if o > start)
+        end = bigger[0] if bigger else len(values.data or b"")
+        data = bytearray(values.data or b"")
+        for i in range(start, end):
+            data[i] ^= 0x01
+        return program, {**extra, values.name: dataclasses.replace(values, data=bytes(data))}
     leaves = _leaves(program)
     if not leaves:
         return None
@@ -105,6 +143,13 @@ def inlined_value_flipped(program: Program, extra: Mapping[str, MapSpec]) -> Mut
 
 def inlined_wrong_entry(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
     """A leaf of the key tree points at another key's value."""
+    if _first_leaf_is_converged(program, extra):
+        # A converged tree's first leaf is its lowest range, which traffic may never reach:
+        # every slot of its table points at the next slot's entry instead.
+        _, _, offsets, _, table = _converged_leaf(program, extra)  # type: ignore[misc]
+        if len(set(table)) > 1:
+            data = b"".join(o.to_bytes(4, "little") for o in [*table[1:], table[0]])
+            return program, {**extra, offsets.name: dataclasses.replace(offsets, data=data)}
     leaves = _leaves(program)
     for i in leaves:
         insn = program.insns[i]

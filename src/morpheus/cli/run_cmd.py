@@ -67,17 +67,33 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="do not measure what sampling costs on the live traffic (the "
                         "measurement alternates the unspecialized programs for ~1.2 s once)")
     p.add_argument("--backend", choices=["kernel", "userspace"], default="kernel",
-                   help="data plane: the kernel (default); the user-space backend's agent "
-                        "loop (AF_XDP) is not available yet")
+                   help="data plane: the kernel (default), or user space: the program "
+                        "JIT-compiled and run on the interface's frames over AF_XDP (copy "
+                        "mode); XDP_TX frames go back out, the other verdicts end there")
+    p.add_argument("--poller-cpu", type=int,
+                   help="with --backend userspace: pin the AF_XDP poller thread to this CPU")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "backend", "kernel") == "userspace":
-        raise ValueError("`morpheus run --backend userspace` is not available yet: the "
-                         "user-space data plane runs programs in `bench` and `optimize` "
-                         "(--backend userspace), but the agent loop over AF_XDP is not built")
+    backend = getattr(args, "backend", "kernel")
+    if backend == "userspace":
+        refused = [flag for flag, given in (("--swap prog-array", args.swap != "link"),
+                                            ("--run-stats", args.run_stats),
+                                            ("--detach-on-exit", args.detach_on_exit),
+                                            ("--maps", args.maps is not None),
+                                            ("--no-attach", args.no_attach))
+                   if given]
+        if refused:
+            print(f"morpheus run: {', '.join(refused)} applies to the kernel backend only "
+                  "(user space swaps a pointer between batches, times every batch, and its "
+                  "data plane ends with the agent)", file=sys.stderr)
+            return 2
+    elif args.poller_cpu is not None:
+        print("morpheus run: --poller-cpu applies to --backend userspace only",
+              file=sys.stderr)
+        return 2
     from ..optimizer import PlanOptions
     from ..runtime.agent import Agent, AgentOptions
     from ..runtime.server import ControlServer, socket_path
@@ -114,8 +130,15 @@ def run(args: argparse.Namespace) -> int:
                            maps_dir=args.maps, attach=not args.no_attach,
                            measure_instrumentation=not args.no_measure_sampling_cost,
                            plan=PlanOptions(verifier_budget=args.verifier_budget))
-    agent = Agent(args.object, iface=args.iface, program=args.program, netns=args.netns,
-                  name=args.name, options=options)
+    if backend == "userspace":
+        from ..runtime.useragent import UserspaceAgent
+
+        agent: Agent = UserspaceAgent(args.object, iface=args.iface, program=args.program,
+                                      netns=args.netns, name=args.name, options=options,
+                                      poller_cpu=args.poller_cpu)
+    else:
+        agent = Agent(args.object, iface=args.iface, program=args.program, netns=args.netns,
+                      name=args.name, options=options)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -128,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             from ..runtime.metrics import serve
 
             _, metrics = serve(agent, control, args.metrics_port)
-        running = {"event": "running", "name": agent.name,
+        running = {"event": "running", "backend": agent.backend, "name": agent.name,
                    "socket": str(socket_path(agent.name)),
                    "metrics_port": metrics.port if metrics else None}
         if agent.maps_dir is not None:

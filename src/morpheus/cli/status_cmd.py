@@ -109,7 +109,10 @@ def status_view(status: dict[str, Any], control: dict[str, Any]) -> RenderableTy
     v = status.get("version") or {}
     header = Text()
     header.append(f"{status['program']} on {status['iface']}", style="bold")
-    header.append(f"  (pins: {status['pin_dir']})")
+    if status.get("backend") == "userspace":
+        header.append("  (backend userspace: JIT-compiled, fed over AF_XDP)")
+    else:
+        header.append(f"  (pins: {status['pin_dir']})")
     if v:
         insns = f"{v['insns']} instructions" if v.get("insns") else "instructions unknown " \
             "(adopted from a previous agent)"
@@ -165,11 +168,32 @@ def _facts(status: dict[str, Any], control: dict[str, Any]) -> list[RenderableTy
                         f"{cost['packets']} packets)"))
     elif cost:
         out.append(Text(f"sampling cost: {cost.get('state')}"))
+    watcher = status.get("watcher")
+    if watcher is not None:
+        out.append(Text(
+            f"write watcher: pinned at {watcher['path']} ({watcher['maps']} maps; outlives "
+            "the agent)" if watcher["pinned"] else
+            f"write watcher: running, not pinned ({watcher['maps']} maps)" if watcher["running"]
+            else "write watcher: none (writes must go through the agent)"))
     swap = status.get("swap") or {}
     if swap:
         last = f", last swap call {swap['last_us']} µs" if swap.get("last_us") else \
             ", no swap yet"
         out.append(Text(f"swaps by {swap.get('mode')}{last}"))
+    afxdp = status.get("afxdp") or {}
+    if afxdp:
+        verdicts = ", ".join(f"{k} {v}" for k, v in (afxdp.get("verdicts") or {}).items() if v)
+        out.append(Text(f"AF_XDP ({afxdp.get('mode')} mode, queue {afxdp.get('queue')}): "
+                        f"{afxdp.get('frames', 0)} frames in {afxdp.get('batches', 0)} "
+                        f"batches ({verdicts or 'none yet'}); {afxdp.get('pauses', 0)} pauses "
+                        f"between batches, {afxdp.get('pause_wait_us')} µs wait on average"))
+        if afxdp.get("poller_error"):
+            out.append(Text(f"poller stopped: {afxdp['poller_error']}", style="red"))
+    check = status.get("check") or {}
+    if check:
+        verdict = "equivalent" if check.get("equivalent") else "DIFFERENT: not swapped in"
+        out.append(Text(f"last pre-swap check: version {check.get('version')} on "
+                        f"{check.get('packets')} frames, {verdict}"))
     writes = control.get("writes", 0)
     if writes:
         out.append(Text(f"control plane: {writes} writes, median {control.get('median_ms')} "

@@ -5,6 +5,8 @@ specialized at all is decided there, in `analysis.sites`, and only there: `inspe
 and the plan give the same reason):
 1. a constant key: inline the one value (or NULL) the key maps to;
 2. a small table (at most `whole_max` entries): inline all of it; a miss is then NULL;
+   an LPM trie read whole (at most `lpm_max` prefixes, looked up with a full-length
+   prefix) becomes a search over its address ranges (`optimizer.lpm`), whatever the traffic;
 3. a large table with a heat profile: inline its hottest keys (at most `hot_max`, enough to
    cover `hot_cover` of the sampled lookups) with an exact key match; a miss calls the map;
 4. otherwise leave the site alone and say why.
@@ -21,6 +23,7 @@ from ..obj import MapSpec
 from ..passes.inline import InlineEntry, InlinePlan, SitePlan
 from ..uapi import MapType
 from .heat import SiteHeat
+from .lpm import PREFIXLEN_BYTES, full_prefixlen_key, lpm_ranges, range_of
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,10 @@ class PlanOptions:
     # slower (270-660 ms against 19-38 ms), past the 300 ms cycle.
     path_budget: int = 0
     coalesce_stores: bool = True  # runs of constant byte stores become wide stores
+    # LPM tries with at most this many prefixes are read whole and searched by address
+    # range (2N+1 ranges at most, ~log2 of that in compares, no trie walk and no miss);
+    # 0 turns it off (hot keys only).
+    lpm_max: int = 1024
 
 
 @dataclass
@@ -138,7 +145,17 @@ def plan_sites(facts: ProgramFacts, snapshots: Mapping[str, MapSnapshot],
             plans.append(plan)
             decisions.append(SiteDecision(site, plan, "constant", "constant key", 1, 1.0))
             continue
-        if snap.complete and len(snap.entries) <= options.whole_max:
+        if snap.spec.type == MapType.LPM_TRIE:
+            ranged = _range_plan(site, snap, heat.get(origin), options, common)
+            if ranged is not None:
+                plans.append(ranged)
+                decisions.append(SiteDecision(
+                    site, ranged, "table", f"whole LPM trie ({len(snap.entries)} prefixes) as "
+                    f"{len(ranged.entries)} address ranges", len(ranged.entries), 1.0))
+                continue
+            # A trie's entries are prefixes, not the keys it is looked up with: never an
+            # exact-match table (hot keys below hold lookup results, which are).
+        elif snap.complete and len(snap.entries) <= options.whole_max:
             site_heat = heat.get(origin)
             weights = dict(site_heat.keys) if site_heat is not None else {}
             entries = tuple(InlineEntry(k, v, weights.get(k, 0.0))
@@ -182,6 +199,36 @@ def plan_sites(facts: ProgramFacts, snapshots: Mapping[str, MapSnapshot],
                                       "sampled lookups", len(entries_list), coverage))
     slots = 1 + max(guard_slots.values()) if guard_slots else 0
     return InlinePlan(tuple(plans), slots), decisions
+
+
+def _range_plan(site: Site, snap: MapSnapshot, site_heat: SiteHeat | None,
+                options: PlanOptions, common: dict[str, object]) -> SitePlan | None:
+    """The whole trie as address ranges, when it was read whole and the site looks up one
+    address at full prefix length; weights from the sampled keys shape the search."""
+    known = tuple(common["known_bytes"])  # type: ignore[arg-type]
+    size = snap.spec.key_size
+    if not snap.complete or not full_prefixlen_key(known, size):
+        return None
+    ranges = lpm_ranges(snap.entries, size)
+    if len(ranges) > 2 * options.lpm_max + 1:
+        return None
+    weights = [0.0] * len(ranges)
+    if site_heat is not None:
+        for key, weight in site_heat.keys.items():
+            if len(key) == size:
+                weights[range_of(ranges, int.from_bytes(key[PREFIXLEN_BYTES:], "big"))] += weight
+    prefix = known[:PREFIXLEN_BYTES]
+    entries = tuple(
+        InlineEntry(bytes(prefix) + start.to_bytes(size - PREFIXLEN_BYTES, "big"),  # type: ignore[arg-type]
+                    value, weight)
+        for (start, value), weight in zip(ranges, weights, strict=True))
+    # Hundreds of distinct values would each walk the code after the site in the verifier:
+    # converge them (one pointer with a variable offset) beyond a handful.
+    return SitePlan(entries=entries, complete=True, ranges=True,
+                    converge=len(entries) > RANGE_CONVERGE_OVER, **common)  # type: ignore[arg-type]
+
+
+RANGE_CONVERGE_OVER = 8
 
 
 class _Unknown:

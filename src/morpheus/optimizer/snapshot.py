@@ -135,6 +135,12 @@ def _snapshot(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[str, 
                 for k, v in live.items():
                     snap.entries[k] = v  # type: ignore[assignment]
             snap.complete = True
+        elif spec.type == MapType.LPM_TRIE and options.lpm_max and live.count(
+                limit=options.lpm_max + 1) <= options.lpm_max:
+            # Read whole, a trie becomes a search over its address ranges (optimizer.lpm).
+            for k, v in live.items():
+                snap.entries[k] = v  # type: ignore[assignment]
+            snap.complete = True
         elif spec.type == MapType.HASH and live.count(limit=options.whole_max + 1) \
                 <= options.whole_max:
             # A hash map may hold few entries although it could hold many.

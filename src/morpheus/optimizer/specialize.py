@@ -18,7 +18,7 @@ from ..analysis import ProgramFacts
 from ..ir import Program
 from ..obj import MapSpec
 from ..passes.guards import GuardBumps
-from ..passes.inline import GUARD_MAP, InlinePlan, InlineTables
+from ..passes.inline import GUARD_MAP, InlinePlan, InlineTables, SitePlan
 from ..passes.instrument import Instrument, SamplingLayout
 from ..passes.pipeline import Pass, PassContext, Pipeline
 from ..uapi import MapType
@@ -191,7 +191,7 @@ def _specialize(request: SpecializeRequest) -> Specialization:
                                                         lookup_costs=costs)
         converge, drop = converge | extra_converge, drop | extra_drop
     if converge or drop:
-        plan = InlinePlan(tuple(dataclasses.replace(p, converge=p.site in converge)
+        plan = InlinePlan(tuple(dataclasses.replace(p, converge=p.converge or p.site in converge)
                                 for p in plan.sites if p.site not in drop), plan.guard_slots)
         for d in decisions:
             if d.plan is not None and d.plan.site in drop:
@@ -219,10 +219,13 @@ def _specialize(request: SpecializeRequest) -> Specialization:
     # Constant keys and whole tables first, then the cleanup passes fold what they made
     # constant; comparison trees over hot keys have nothing to fold, so they come last and
     # the cleanup passes do not have to walk them.
-    early = InlinePlan(tuple(p for p in plan.sites if p.constant_key or p.complete),
-                       plan.guard_slots)
-    late = InlinePlan(tuple(p for p in plan.sites if not (p.constant_key or p.complete)),
-                      plan.guard_slots)
+    # Converged address-range searches fold nothing either (their values sit behind a
+    # variable offset), and they are large: they come last too.
+    def folds(p: SitePlan) -> bool:
+        return p.constant_key or (p.complete and not (p.ranges and p.converge))
+
+    early = InlinePlan(tuple(p for p in plan.sites if folds(p)), plan.guard_slots)
+    late = InlinePlan(tuple(p for p in plan.sites if not folds(p)), plan.guard_slots)
     pipeline_passes.append(InlineTables(early))
     pipeline_passes += list(request.passes) if request.passes is not None else cleanup_passes()
     if late.sites:

@@ -11,6 +11,11 @@ compare against the version the snapshot was taken at; a changed version takes t
 
 Constant-key sites (for example configuration arrays read at index 0) need no comparison:
 r0 is set to the value directly.
+
+An LPM trie read whole (`ranges`) is searched by address range instead of exact key: each
+entry's key is the first address of a range (at full prefix length) and its value the
+longest match there; the address is loaded, byte-swapped to a number and compared against
+the range starts, and every address finds its range (no miss path).
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..ir import Instruction, Program, asm
-from ..ir.asm import R0, R2, R3, R4
+from ..ir import EMPTY_META, Instruction, Program, asm
+from ..ir.asm import R0, R2, R3, R4, Reg
 from ..ir.edit import rewrite
-from ..ir.opcodes import JmpOp
+from ..ir.opcodes import C_ALU, OP_END, SRC_X, JmpOp
 from ..ir.program import index_by_origin
 from ..obj import MapSpec
 from ..uapi import MapFlags, MapType
@@ -67,6 +72,12 @@ class SitePlan:
     # Key bytes the program always passes at this site (None: varies), e.g. an LPM key's
     # prefix length: they are not compared, and entries that disagree with them are left out.
     known_bytes: tuple[int | None, ...] = ()
+    # The map is an LPM trie read whole: `entries` are its ranges, sorted, each keyed by the
+    # range's first address at full prefix length (see the module docstring).
+    ranges: bool = False
+
+
+LPM_PREFIXLEN_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -236,6 +247,14 @@ def _site_code(program: Program, plan: SitePlan, call: Instruction, place: objec
     needs_call = plan.guard_slot is not None or not plan.complete
     if plan.constant_key:
         code += leaf(plan.entries[0])
+    elif plan.ranges:
+        width = len(plan.entries[0].key) - LPM_PREFIXLEN_BYTES
+        code.append(asm.ldx(width, R3, R2, LPM_PREFIXLEN_BYTES, note="address"))
+        if width > 1:
+            code.append(_to_big_endian(R3, 8 * width))
+        items = [(int.from_bytes(e.key[LPM_PREFIXLEN_BYTES:], "big"), e) for e in plan.entries]
+        counter = iter(range(1 << 30))
+        _range_search(items, width, leaf, lambda: f"{base}.{next(counter)}", code)
     else:
         counter = iter(range(1 << 30))
 
@@ -292,6 +311,28 @@ def _tree(items: Sequence[Item], chunk: int, chunks: Sequence[tuple[int, int]], 
                for value, members in sorted(groups.items())]
     _search(ordered, chunk, chunks, width, absent, leaf, fresh, code)
     return code
+
+
+def _to_big_endian(reg: Reg, bits: int) -> Instruction:
+    """`reg = htobe<bits>(reg)`: the address as a number, most significant byte first
+    (BPF_END with BPF_TO_BE swaps on this little-endian machine and clears the rest)."""
+    return Instruction(C_ALU | OP_END | SRC_X, reg, 0, 0, bits, None, None, EMPTY_META)
+
+
+def _range_search(items: Sequence[tuple[int, InlineEntry]], width: int, leaf: object,
+                  fresh: object, code: list[Instruction]) -> None:
+    """Append a binary search of the sorted range starts for the address in r3: the last
+    range starting at or below it (split by lookup weight, like the key trees)."""
+    if len(items) == 1:
+        code += leaf(items[0][1])  # type: ignore[operator]
+        return
+    mid = _weighted_middle([(start, [], e.weight) for start, e in items])
+    right = fresh()  # type: ignore[operator]
+    code += _compare(JmpOp.JGE, items[mid][0], width, right)
+    _range_search(items[:mid], width, leaf, fresh, code)
+    start = len(code)
+    _range_search(items[mid:], width, leaf, fresh, code)
+    code[start] = code[start].with_label(right)
 
 
 def _compare(op: JmpOp, value: int, width: int, target: str) -> list[Instruction]:

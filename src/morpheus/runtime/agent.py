@@ -206,7 +206,15 @@ class Agent:
 
     Use as a context manager or call `start()` / `stop()`. `run_forever()` loops until
     `stop()`; `cycle()` runs one optimization cycle (tests and demos drive it directly).
+
+    The cycle (profile, plan, specialize, verify, check, swap) and the control-plane API are
+    the backend's common part; the data plane is this class's kernel one (BPF link or
+    prog-array trampoline). `runtime.useragent.UserspaceAgent` overrides the data-plane
+    hooks (`_load_version`, `_swap`, `_set_current`, `_ensure_extra_maps`,
+    `_check_equivalence`, `_version_stats`, ...) to run the same cycle over AF_XDP.
     """
+
+    backend = "kernel"
 
     def __init__(self, object_path: str | Path, *, iface: str, program: str | None = None,
                  netns: str | None = None, name: str | None = None,
@@ -303,6 +311,29 @@ class Agent:
             from ..loader import find_pinned_maps
 
             self.maps_dir = find_pinned_maps(self.spec, self.maps_dir).resolve()
+        self._analyze()
+        if self.options.run_stats:
+            with contextlib.suppress(KernelError, OSError):
+                self._stats_fd = enable_run_stats()
+        remove_stale_tmp(self.state_file)
+        state = read_state(self.state_file)
+        if (self.pin_dir / "link").exists() or (self.pin_dir / _ENTRY_PIN).exists():
+            self._adopt(state)
+        else:
+            self._recover(state)
+            self._load_fresh()
+        self.reader = HeatReader(self.layout, self.maps, decay=self.options.decay)
+        if self.options.watch_external or (self.pin_dir / _WATCHER_DIR).exists():
+            self._start_watcher()
+        self._start_throughput()
+        self._write_state()
+        log.info(json.dumps({"event": "started", "program": self.prog.name,
+                             "iface": self.iface, "version": self.current.number
+                             if self.current else None,
+                             "analysis_ms": round(self.analysis_ms, 2)}))
+
+    def _analyze(self) -> None:
+        """The program's facts, its candidate maps' guard slots and its sampled sites."""
         t0 = time.perf_counter()
         self.target = Target.analyze(self.spec, self.prog)
         self.program, self.facts = self.target.program, self.target.facts
@@ -329,25 +360,6 @@ class Agent:
         self.sites = sampled_sites(self.facts, self.spec.maps, self.options.plan)
         self.layout = layout_for(self.sites, slots=self.options.sample_slots,
                                  rate=self.options.sample_rate)
-        if self.options.run_stats:
-            with contextlib.suppress(KernelError, OSError):
-                self._stats_fd = enable_run_stats()
-        remove_stale_tmp(self.state_file)
-        state = read_state(self.state_file)
-        if (self.pin_dir / "link").exists() or (self.pin_dir / _ENTRY_PIN).exists():
-            self._adopt(state)
-        else:
-            self._recover(state)
-            self._load_fresh()
-        self.reader = HeatReader(self.layout, self.maps, decay=self.options.decay)
-        if self.options.watch_external or (self.pin_dir / _WATCHER_DIR).exists():
-            self._start_watcher()
-        self._start_throughput()
-        self._write_state()
-        log.info(json.dumps({"event": "started", "program": self.prog.name,
-                             "iface": self.iface, "version": self.current.number
-                             if self.current else None,
-                             "analysis_ms": round(self.analysis_ms, 2)}))
 
     def _planned_pins(self) -> list[str]:
         from .watch import PIN_NAMES
@@ -410,6 +422,19 @@ class Agent:
         except Exception as exc:  # the agent still works; writes must go through it
             self.errors.append(f"external write watcher unavailable: {exc}")
             log.warning(json.dumps({"event": "watcher-unavailable", "error": str(exc)}))
+
+    def _watcher_status(self) -> dict[str, Any]:
+        """Whether writes that bypass the agent are seen, and whether that outlives it (a
+        pinned watcher keeps guarding inlined values after the agent dies)."""
+        watcher = self._watcher
+        if watcher is None:
+            return {"running": False, "pinned": False, "path": None, "maps": 0}
+        maps = None
+        with contextlib.suppress(KernelError, ClosedError):
+            maps = len(watcher.watched)
+        return {"running": True, "pinned": bool(watcher.pinned),
+                "path": str(self.pin_dir / _WATCHER_DIR) if watcher.pinned else None,
+                "maps": maps}
 
     def _start_throughput(self) -> None:
         from .throughput import LinkCounters, ThroughputError, ThroughputMeter
@@ -722,7 +747,7 @@ class Agent:
             version.fingerprint = fingerprint
             report.timings_ms["verify"] = _ms(t3)
             faults.reach("cycle.load")
-            if self.options.check_frames:
+            if self._check_wanted():
                 t_check = time.perf_counter()
                 outcome = self._check_equivalence(version, result)
                 report.timings_ms["check"] = _ms(t_check)
@@ -876,6 +901,10 @@ class Agent:
                 self._ensure_extra_maps(result.extra_maps)
         raise AgentError("the verifier refused every relieved version")
 
+    def _check_wanted(self) -> bool:
+        """Whether candidates are checked before the swap (kernel: with --check-trace)."""
+        return bool(self.options.check_frames)
+
     def _check_equivalence(self, version: Version, result: Any = None) -> CheckResult:
         """Run the candidate and the unspecialized program on the check plan: the check
         packets and what `optimize`'s check adds to its trace (runtime.check)."""
@@ -948,6 +977,11 @@ class Agent:
         except (KernelError, VerifierError, OSError) as exc:
             self.instrumentation = {"state": f"could not measure: {exc}"}
             return
+        self._record_instrumentation_cost(totals)
+
+    def _record_instrumentation_cost(self, totals: Mapping[str, list[int]]) -> None:
+        """Turn (packets, ns) per version kind ("plain", "instrumented"), measured on the
+        same traffic, into the sampling cost `status` shows."""
         ns = {k: t[1] / t[0] if t[0] else None for k, t in totals.items()}
         if ns["plain"] is None or ns["instrumented"] is None:
             self.instrumentation = {"state": "traffic stopped while measuring"}
@@ -1172,6 +1206,7 @@ class Agent:
     def status(self) -> dict[str, Any]:
         current = self.current
         out: dict[str, Any] = {
+            "backend": self.backend,
             "program": self.prog.name, "iface": self.iface, "pin_dir": str(self.pin_dir),
             "version": None, "errors": list(self.errors),
             "cycles": [{"at": round(c.started, 3), "outcome": c.outcome, "reason": c.reason,
@@ -1183,9 +1218,10 @@ class Agent:
             "maps_dir": str(self.maps_dir) if self.maps_dir is not None else None,
             "attach": ("link" if self.options.attach else
                        f"none: entry pinned at {self.pin_dir / _ENTRY_PIN}"),
-            "swap": {"mode": "prog-array" if self.trampoline is not None else "link",
+            "swap": {"mode": self._swap_mode(),
                      "last_us": round(self.last_swap_us, 1) if self.last_swap_us else None},
             "run_stats": self._stats_fd is not None,
+            "watcher": self._watcher_status(),
             "snapshot": {"retries": self.snapshot_retries,
                          "deferred_cycles": self.snapshot_deferrals,
                          "deferred_in_a_row": self._deferred_in_a_row},
@@ -1196,22 +1232,10 @@ class Agent:
                 versions = self.guard.versions()
                 out["guards"] = {m: versions[s] for m, s in self.guard_slots.items()}
         if current is not None:
-            info = None
-            # The cycle thread closes a version's fd once it is swapped out: read under the
-            # lock it swaps under, and take a fd closed anyway (ClosedError) as "no stats".
-            with self.lock, contextlib.suppress(KernelError, ValueError):
-                info = current.program.info()
             out["version"] = {"number": current.number, "kind": current.kind,
                               "insns": current.insns, "since": round(current.created, 3),
                               "sites": current.decisions, "passes_ms": current.timings_ms}
-            # Without run statistics the kernel counts nothing: say so rather than 0.
-            out["version"]["run_stats"] = self._stats_fd is not None
-            if self._stats_fd is not None and info is not None \
-                    and info.run_cnt >= current.stats_at_swap[0]:
-                packets = info.run_cnt - current.stats_at_swap[0]
-                ns = info.run_time_ns - current.stats_at_swap[1]
-                out["version"]["packets"] = packets
-                out["version"]["ns_per_packet"] = round(ns / packets, 1) if packets else None
+            out["version"].update(self._version_stats(current))
         heat = getattr(self.reader, "heat", {}) if hasattr(self, "reader") else {}
         if hasattr(self, "layout"):
             sampling = self.reader.layout if hasattr(self, "reader") else self.layout
@@ -1227,6 +1251,27 @@ class Agent:
                 if h is not None and d.get("keys_inlined"):
                     d["hit_rate"] = round(h.share(set(bytes.fromhex(k)
                                                       for k in d["keys_inlined"])), 4)
+        return out
+
+    def _swap_mode(self) -> str:
+        return "prog-array" if self.trampoline is not None else "link"
+
+    def _version_stats(self, current: Version) -> dict[str, Any]:
+        """`run_stats`, and `packets` and `ns_per_packet` of the running version when the
+        kernel counts them (BPF run statistics on)."""
+        info = None
+        # The cycle thread closes a version's fd once it is swapped out: read under the
+        # lock it swaps under, and take a fd closed anyway (ClosedError) as "no stats".
+        with self.lock, contextlib.suppress(KernelError, ValueError):
+            info = current.program.info()
+        # Without run statistics the kernel counts nothing: say so rather than 0.
+        out: dict[str, Any] = {"run_stats": self._stats_fd is not None}
+        if self._stats_fd is not None and info is not None \
+                and info.run_cnt >= current.stats_at_swap[0]:
+            packets = info.run_cnt - current.stats_at_swap[0]
+            ns = info.run_time_ns - current.stats_at_swap[1]
+            out["packets"] = packets
+            out["ns_per_packet"] = round(ns / packets, 1) if packets else None
         return out
 
     def _throughput_status(self) -> dict[str, Any]:

@@ -153,6 +153,7 @@ class _StateCollector(Collector):
         m = self.metrics
         status = m.agent.status()
         control = m.control.stats() if m.control is not None else {}
+        yield from _backend_metrics(status)
         yield from _version_metrics(status)
         yield from _throughput_metrics(status)
         yield from _cycle_metrics(status)
@@ -164,6 +165,28 @@ class _StateCollector(Collector):
 def _gauge(name: str, doc: str, value: float | None, unit: str = "") -> Iterator[Metric]:
     if value is not None:
         yield GaugeMetricFamily(name, doc, value=value, unit=unit)
+
+
+def _backend_metrics(status: dict[str, Any]) -> Iterator[Metric]:
+    info = GaugeMetricFamily("morpheus_backend_info", "The data plane the agent drives "
+                             "(kernel or userspace), always 1", labels=["backend"])
+    info.add_metric([str(status.get("backend", "kernel"))], 1)
+    yield info
+    afxdp = status.get("afxdp")
+    if not afxdp:
+        return
+    verdicts = CounterMetricFamily("morpheus_afxdp_verdicts", "Frames run by the user-space "
+                                   "data plane, by XDP verdict", labels=["verdict"])
+    for verdict, count in sorted((afxdp.get("verdicts") or {}).items()):
+        verdicts.add_metric([verdict], count)
+    yield verdicts
+    yield CounterMetricFamily("morpheus_afxdp_frames", "Frames the AF_XDP poller ran through "
+                              "the program", value=afxdp.get("frames", 0))
+    yield CounterMetricFamily("morpheus_afxdp_batches", "Batches the AF_XDP poller ran",
+                              value=afxdp.get("batches", 0))
+    yield CounterMetricFamily("morpheus_afxdp_pauses", "Times the data plane was paused "
+                              "between batches (control-plane writes, reads, swaps)",
+                              value=afxdp.get("pauses", 0))
 
 
 def _version_metrics(status: dict[str, Any]) -> Iterator[Metric]:

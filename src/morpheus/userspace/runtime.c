@@ -616,10 +616,10 @@ s64 rt_map_read(struct rt_map *m, const void *key, u8 *out)
 			return -ENOENT;
 		base = m->values + (u64)idx * m->elem_size;
 	} else if (t == T_LPM_TRIE) {
-		u32 node = lpm_node_for(m, key, 0);
-		if (node == NIL || m->nodes[node].elem == NIL)
+		/* Longest-prefix match, as the kernel's BPF_MAP_LOOKUP_ELEM does on a trie. */
+		base = lpm_lookup(m, key);
+		if (!base)
 			return -ENOENT;
-		base = elem_value(m, m->nodes[node].elem, 0);
 	} else {
 		u32 i = hash_find(m, key, 0);
 		if (i == NIL)

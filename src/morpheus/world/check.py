@@ -247,19 +247,27 @@ def _tail_call_writes(request: CheckRequest, written: set[str]) -> set[str]:
 
 
 def _tail_call_loader(side: Side):  # type: ignore[no-untyped-def]
-    """Load the program a prog array slot held, by name, harnessed, against the world."""
+    """Load the program a prog array slot held, harnessed, against the world: the object's
+    program of that name, if it is the very program the slot holds (same kernel tag, loaded
+    against the world's maps: the tag does not depend on map fds). A slot holding another
+    build under the same name runs as loaded instead (World notes it)."""
     if side.spec is None:
         return None
     spec = side.spec
 
-    def load(kernel_name: str, world: World) -> LoadedProgram | None:
+    def load(held: LoadedProgram, world: World) -> LoadedProgram | None:
         for name, prog in spec.programs.items():
-            if name[:15] == kernel_name[:15] and prog.type == side.prog.type:
-                add_harness_maps(world)
-                program = side.instructions if name == side.prog.name else prog.program
-                return load_program_spec(prog, world.maps,
-                                         program=harness(program, prog.type).program,
-                                         btf_fd=side.btf_fd)
+            if name[:15] != held.name[:15] or prog.type != side.prog.type:
+                continue
+            with load_program_spec(prog, world.maps, program=prog.program,
+                                   btf_fd=side.btf_fd) as plain:
+                if plain.tag != held.tag:
+                    return None
+            add_harness_maps(world)
+            program = side.instructions if name == side.prog.name else prog.program
+            return load_program_spec(prog, world.maps,
+                                     program=harness(program, prog.type).program,
+                                     btf_fd=side.btf_fd)
         return None
     return load
 

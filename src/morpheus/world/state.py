@@ -56,7 +56,7 @@ def written_maps(programs: Iterable[Program], maps: Mapping[str, MapSpec],
 
 # Loads the program a prog array slot held (its kernel name) against the world; None when
 # it cannot (the source's program is then used as is).
-TailCallLoader = Callable[[str, "World"], LoadedProgram | None]
+TailCallLoader = Callable[[LoadedProgram, "World"], LoadedProgram | None]
 
 
 @dataclass
@@ -169,10 +169,12 @@ class World:
             except KernelError as exc:
                 raise WorldError(f"prog array {name!r}: cannot open program id {prog_id}: "
                                  f"{exc}") from exc
-            own = loader(held.name, self) if loader is not None else None
+            own = loader(held, self) if loader is not None else None
             if own is None:
-                self.notes.append(f"{name}[{key.hex()}]: program {held.name!r} runs as "
-                                  "loaded in the source (against the source's maps)")
+                self.notes.append(f"{name}[{key.hex()}]: program {held.name!r} (tag "
+                                  f"{held.tag}) is not the object's program of that name: "
+                                  "it runs as loaded in the source (against the source's "
+                                  "maps)")
                 own = held
             else:
                 self.stack.enter_context(own)

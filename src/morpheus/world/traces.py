@@ -119,9 +119,9 @@ def inlined_key_packets(trace: Trace, decisions: Iterable[Any],
                 places.append((n, off + b.byte))  # a load: least significant byte first
             elif b.kind == "ctx" and off == XDP_MD_INGRESS_IFINDEX and size == 4:
                 port_bytes.append((n, b.byte))
-        if not places and not port_bytes:
+        if not places:
             continue
-        reach = max((o for _, o in places), default=13)
+        reach = max(o for _, o in places)
         template = next((i for i, f in enumerate(trace.frames) if len(f) > reach), None)
         if template is None:
             continue

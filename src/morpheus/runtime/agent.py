@@ -1299,12 +1299,7 @@ class Agent:
 
     def stop(self, *, detach: bool = False) -> None:
         """Stop adapting. The program keeps running (pinned) unless `detach`."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self.throughput is not None:
-            self.throughput.close()
-            self.throughput = None
+        self._stop_loop()
         if detach and self._agent_lock.held:
             # Only a running agent (holding the lock) removes pins, and only those its
             # state names: the data plane first, then the watcher, then the rest.
@@ -1325,6 +1320,23 @@ class Agent:
         self._close_objects()
         self._agent_lock.release()
 
+    def _stop_loop(self) -> None:
+        """End the cycle thread and the throughput meter (first step of every stop)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.throughput is not None:
+            self.throughput.close()
+            self.throughput = None
+
+    def _close_owned(self) -> None:
+        """Close what the agent opened for its versions, newest first; a close that fails
+        must not keep the others open."""
+        for obj in reversed(self._owned):
+            with contextlib.suppress(Exception):
+                obj.close()
+        self._owned.clear()
+
     def _close_objects(self) -> None:
         if self._watcher is not None:
             self._watcher.close()  # a pinned watcher stays attached
@@ -1341,10 +1353,7 @@ class Agent:
         if self.guard is not None:
             self.guard.close()
             self.guard = None
-        for obj in reversed(self._owned):
-            with contextlib.suppress(Exception):
-                obj.close()
-        self._owned.clear()
+        self._close_owned()
         if self._stats_fd is not None:
             self._stats_fd.close()
             self._stats_fd = None

@@ -339,12 +339,7 @@ class UserspaceAgent(Agent):
     def stop(self, *, detach: bool = False) -> None:
         """Stop the loop and the data plane: the interface's frames go to the kernel's
         stack again (nothing of a user-space data plane can outlive its process)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self.throughput is not None:
-            self.throughput.close()
-            self.throughput = None
+        self._stop_loop()
         if self.poller is not None:
             self.poller.stop()
         if self.port is not None:
@@ -359,10 +354,7 @@ class UserspaceAgent(Agent):
         if self.plane is not None:
             self.plane.close()
             self.plane = None
-        for obj in reversed(self._owned):
-            with contextlib.suppress(Exception):
-                obj.close()
-        self._owned.clear()
+        self._close_owned()
         if self._agent_lock.held:
             with contextlib.suppress(FileNotFoundError):
                 self.state_file.unlink()

@@ -20,7 +20,7 @@ from ..obj.errors import ObjectError
 from ..uapi import Cmd
 from .errors import BTFError, KernelError
 from .fd import FD
-from .syscall import Attr, bpf, buffer
+from .syscall import Attr, bpf, buffer, object_ids
 
 _LOG_SIZE = 1 << 20
 
@@ -74,17 +74,7 @@ def btf_object_info(fd: FD) -> BTFObjectInfo:
 
 def btf_object_ids() -> Iterator[int]:
     """Ids of the BTF objects in the kernel, ascending (BPF_BTF_GET_NEXT_ID)."""
-    current = 0
-    while True:
-        attr = Attr().u32(0, current)
-        try:
-            bpf(Cmd.BTF_GET_NEXT_ID, attr, "list the kernel's BTF objects")
-        except KernelError as exc:
-            if exc.errno == errno.ENOENT:
-                return
-            raise
-        current = attr.read_u32(4)
-        yield current
+    return object_ids(Cmd.BTF_GET_NEXT_ID, "list the kernel's BTF objects")
 
 
 def open_btf_object(btf_id: int) -> FD:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import platform
 import struct
@@ -103,3 +104,19 @@ def buffer(data: bytes | bytearray | memoryview | int) -> ctypes.Array:
     # Initialised in one copy: slice assignment copies byte by byte (1.5 s for 15 MB, the
     # trace of a 10,000-packet replay).
     return ctypes.create_string_buffer(raw or b"\0", len(raw) or 1)
+
+
+def object_ids(cmd: Cmd, operation: str) -> Iterator[int]:
+    """Ids of one kind of kernel BPF object, ascending, through a *_GET_NEXT_ID command
+    (BTF_GET_NEXT_ID, LINK_GET_NEXT_ID, ...); ends where the kernel says ENOENT."""
+    current = 0
+    while True:
+        attr = Attr().u32(0, current)
+        try:
+            bpf(cmd, attr, operation)
+        except KernelError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            raise
+        current = attr.read_u32(4)
+        yield current

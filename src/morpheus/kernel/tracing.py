@@ -27,7 +27,7 @@ from .errors import KernelError
 from .fd import FD
 from .link import Link
 from .prog import LoadedProgram
-from .syscall import Attr, bpf, buffer
+from .syscall import Attr, bpf, buffer, object_ids
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 KALLSYMS = Path("/proc/kallsyms")
@@ -87,16 +87,7 @@ def raw_tracepoint_attachments() -> list[RawTracepointAttachment]:
     """Every raw tracepoint link on the machine (diagnostics: another tracer on `sys_enter`
     slows every syscall, ours included)."""
     found: list[RawTracepointAttachment] = []
-    current = 0
-    while True:
-        attr = Attr().u32(0, current)
-        try:
-            bpf(Cmd.LINK_GET_NEXT_ID, attr, "list links")
-        except KernelError as exc:
-            if exc.errno == errno.ENOENT:
-                return found
-            raise
-        current = attr.read_u32(4)
+    for current in object_ids(Cmd.LINK_GET_NEXT_ID, "list links"):
         try:
             fd = FD(bpf(Cmd.LINK_GET_FD_BY_ID, Attr().u32(0, current), "open link"), "link")
         except KernelError as exc:
@@ -113,6 +104,7 @@ def raw_tracepoint_attachments() -> list[RawTracepointAttachment]:
         if link_type == LINK_TYPE_RAW_TRACEPOINT:
             tracepoint = bytes(name).split(b"\0", 1)[0].decode(errors="replace")
             found.append(RawTracepointAttachment(link_id, prog_id, tracepoint))
+    return found
 
 
 def kernel_symbol(name: str, *, kallsyms: Path = KALLSYMS) -> int:

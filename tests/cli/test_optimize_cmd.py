@@ -65,11 +65,14 @@ def katran(test_objects: dict[str, Path], pin_dirs: tuple[Path, Path]
 
 
 def _optimize(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict, float]:
+    """Run `optimize`; the time returned is this process's CPU time (user + system, the
+    test runs' kernel time included), which other load on the machine does not stretch the
+    way it stretches wall time (19-25 s wall for ~6 s of work at load 5)."""
     capsys.readouterr()
-    start = time.perf_counter()
+    start = time.process_time()
     code = cli(["optimize", *args, "--json", "--rounds", "2"])
-    wall = time.perf_counter() - start
-    return code, json.loads(capsys.readouterr().out), wall
+    cpu = time.process_time() - start
+    return code, json.loads(capsys.readouterr().out), cpu
 
 
 def test_optimize_a_katran_shaped_chain_and_pin_the_result(
@@ -78,10 +81,10 @@ def test_optimize_a_katran_shaped_chain_and_pin_the_result(
     directory, shape = katran
     pcap = tmp_path / "high.pcap"
     write_pcap(pcap, trace(shape, 3000))
-    code, report, wall = _optimize(capsys, str(directory), "--program", "xdp_root",
-                                   "--trace", str(pcap), "--pin", str(pin_dirs[1]))
+    code, report, cpu = _optimize(capsys, str(directory), "--program", "xdp_root",
+                                  "--trace", str(pcap), "--pin", str(pin_dirs[1]))
     assert code == 0 and report["equivalent"], report
-    assert wall < 10, report
+    assert cpu < 10, (cpu, report)
     (link,) = report["chain"]  # the root tail-calls the balancer: optimized together
     assert (link["array"], link["slot"], link["program"]) == ("root_array", 0,
                                                                 "balancer_ingress")

@@ -8,7 +8,7 @@ from morpheus.kernel.btf import AmbiguousKsym, _kallsyms, kallsyms_address, kall
 
 
 def test_a_name_kallsyms_lists_at_two_addresses_is_refused_like_libbpf() -> None:
-    _, ambiguous = _kallsyms()
+    ambiguous = _kallsyms().ambiguous
     if not ambiguous:
         pytest.skip("this kernel's kallsyms has no name listed at two addresses")
     name, (first, other) = next(iter(ambiguous.items()))
@@ -19,7 +19,8 @@ def test_a_name_kallsyms_lists_at_two_addresses_is_refused_like_libbpf() -> None
 
 
 def test_a_unique_symbol_resolves_and_an_absent_one_is_none() -> None:
-    addresses, ambiguous = _kallsyms()
+    table = _kallsyms()
+    addresses, ambiguous = table.addresses, table.ambiguous
     unique = next(n for n, a in addresses.items() if a and n not in ambiguous)
     assert kallsyms_address(unique) == addresses[unique]
     assert kallsyms_address("morpheus_no_such_symbol") is None

@@ -20,6 +20,7 @@ from ..obj.errors import ObjectError
 from ..uapi import Cmd
 from .errors import BTFError, KernelError
 from .fd import FD
+from .kallsyms import Kallsyms, read_kallsyms
 from .syscall import Attr, bpf, buffer, object_ids
 
 _LOG_SIZE = 1 << 20
@@ -243,24 +244,11 @@ class AmbiguousKsym(ObjectError):
     """A typeless __ksym names a symbol that /proc/kallsyms lists at two addresses."""
 
 
-@functools.cache
-def _kallsyms() -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
-    """Every symbol's address, and the names listed at two different addresses (static
-    functions of one name in two files, or in vmlinux and a module)."""
-    out: dict[str, int] = {}
-    ambiguous: dict[str, tuple[int, int]] = {}
+def _kallsyms() -> Kallsyms:
     try:
-        text = Path("/proc/kallsyms").read_text()
+        return read_kallsyms()
     except OSError:
-        return out, ambiguous
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and len(fields) < 5:  # module symbols carry a 4th [module] field
-            address = int(fields[0], 16)
-            first = out.setdefault(fields[2], address)
-            if first != address:
-                ambiguous.setdefault(fields[2], (first, address))
-    return out, ambiguous
+        return Kallsyms()
 
 
 def kallsyms_address(name: str) -> int | None:
@@ -268,19 +256,19 @@ def kallsyms_address(name: str) -> int | None:
 
     Raises AmbiguousKsym when two symbols of that name have different addresses: libbpf
     refuses such an extern ("resolution is ambiguous") rather than pick one."""
-    addresses, ambiguous = _kallsyms()
-    if name in ambiguous:
-        first, other = ambiguous[name]
+    table = _kallsyms()
+    if name in table.ambiguous:
+        first, other = table.ambiguous[name]
         raise AmbiguousKsym(f"__ksym {name!r}: resolution is ambiguous: /proc/kallsyms lists "
                             f"it at {first:#x} and {other:#x} (two static symbols of that "
                             "name); libbpf refuses it too. Declare it with a type (BTF) or "
                             "use another symbol")
-    return addresses.get(name) or None
+    return table.addresses.get(name) or None
 
 
 def kallsyms_listed(name: str) -> bool:
     """Whether /proc/kallsyms names `name` at a visible address (for error messages)."""
-    return bool(_kallsyms()[0].get(name))
+    return bool(_kallsyms().addresses.get(name))
 
 
 @functools.cache

@@ -25,12 +25,12 @@ from ..obj.errors import ObjectError
 from ..uapi import Cmd
 from .errors import KernelError
 from .fd import FD
+from .kallsyms import KALLSYMS, read_kallsyms
 from .link import Link
 from .prog import LoadedProgram
 from .syscall import Attr, bpf, buffer, object_ids
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
-KALLSYMS = Path("/proc/kallsyms")
 LOCKDOWN = Path("/sys/kernel/security/lockdown")
 
 # BPF_RAW_TRACEPOINT_OPEN from <linux/bpf.h>; not (yet) a member of uapi.Cmd.
@@ -114,16 +114,12 @@ def kernel_symbol(name: str, *, kallsyms: Path = KALLSYMS) -> int:
     or not root: the file then shows zeros).
     """
     try:
-        text = kallsyms.read_bytes()
+        table = read_kallsyms(kallsyms)
     except OSError as exc:
         raise KernelFactError(f"cannot read {kallsyms}: {exc.strerror}") from None
-    # Lines are "address type name[\t[module]]"; a module symbol has the tab suffix, which
-    # the end-of-line anchor excludes.
-    pattern = re.compile(rb"^([0-9a-fA-F]+) \w " + re.escape(name.encode()) + rb"$", re.MULTILINE)
-    found = pattern.search(text)
-    if found is None:
+    address = table.vmlinux.get(name)
+    if address is None:
         raise KernelFactError(f"kernel symbol {name!r} is not in {kallsyms}")
-    address = int(found.group(1), 16)
     if address == 0:
         raise KernelFactError(
             f"the address of kernel symbol {name!r} is hidden (kernel.kptr_restrict, or not root)"

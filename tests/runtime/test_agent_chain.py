@@ -10,6 +10,8 @@ specialized by the agent (issue 12, item 7: it runs as the user loaded it)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import struct
 from dataclasses import replace
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from morpheus.kernel import KernelError, Map
 from morpheus.kernel.netns import NetNamespace
 from morpheus.loader import load_program_spec
 from morpheus.runtime.agent import Agent, AgentOptions
@@ -92,5 +95,113 @@ def test_the_agent_runs_the_root_with_its_callee_and_honours_slot_writes(
                 shape.close()
         finally:
             agent.stop(detach=True)
+    finally:
+        ns.delete()
+
+
+def _outcomes(program, frames):  # type: ignore[no-untyped-def]
+    return [(r.retval, r.data) for r in (program.test_run(f) for f in frames)]
+
+
+def _vip_key(shape, n: int) -> bytes:  # type: ignore[no-untyped-def]
+    addr, port, proto = shape.vips[n]
+    return bytes(int(x) for x in addr.split(".")) + struct.pack("!H", port) + bytes([proto, 0])
+
+
+def test_the_agent_specializes_the_callee_behind_its_own_prog_array(
+        test_objects: dict[str, Path]) -> None:
+    """The callee in the user's root array is specialized too, kept in the agent's own prog
+    array and reached by the new root while the user's array is as the agent read it."""
+    ns = NetNamespace.create("mph-kd")
+    name = f"kd{os.getpid()}"
+    try:
+        ns.add_veth("kd0", "kd1", up=True)
+        agent = Agent(test_objects["katran_shape.v3"], iface="kd0", program="xdp_root",
+                      netns=ns.name, name=name, options=AgentOptions())
+        agent.start()
+        own_id = None
+        try:
+            shape = configure(agent.maps)
+            balancer = load_program_spec(agent.spec.program("balancer_ingress"), agent.maps,
+                                         btf_fd=agent.btf_fd)
+            try:
+                agent.maps["root_array"].update(SLOT, balancer)
+                frames = tuple(trace(shape, 200))
+                agent.options = AgentOptions(check_frames=frames)
+                agent.force_respecialize()
+                report = agent.cycle()
+                assert report.outcome == "swapped", report.reason
+                version = agent.current
+                assert version is not None
+                callee = version.callees["balancer_ingress"]
+                inlined = {d["map"] for d in callee.decisions if d["specialized"]}
+                assert "vip_map" in inlined, callee.decisions
+                assert callee.insns != agent.spec.program("balancer_ingress").insn_count
+                # The agent's own array holds the specialized callee; the user's slot still
+                # holds the user's program (the agent never writes it).
+                own = agent.own_arrays["root_array"]
+                own_id = own.id
+                assert own.lookup(SLOT) == struct.pack("<I", callee.program.id)
+                assert agent.maps["root_array"].lookup(SLOT) == struct.pack("<I", balancer.id)
+                assert (agent.pin_dir / "chain" / "root_array").exists()
+                state = json.loads(agent.state_file.read_text())
+                assert "chain/root_array" in state["pins"]
+                assert state["chain"] == {"root_array": {SLOT.hex(): "balancer_ingress"}}
+                root = version.program
+                sample = list(frames[:40])
+                assert _outcomes(root, sample) == _outcomes(balancer, sample)
+                assert {r for r, _ in _outcomes(root, sample)} != {XDP_PASS}
+
+                # The root's packets run the callee's inlined vip_map: with the vip_map
+                # guard put back behind the agent's back after a raw delete of a VIP, the
+                # root still serves the deleted VIP from the inlined table (the plain
+                # balancer passes it). Only a lying guard shows this; then it is undone.
+                key = _vip_key(shape, 0)
+                old_value = agent.maps["vip_map"].lookup(key)
+                to_vip0 = [f for f in sample if f[30:34] == key[:4]][:5]
+                assert to_vip0
+                before = agent.guard.map.lookup(0)  # type: ignore[union-attr]
+                agent.maps["vip_map"].delete(key)
+                agent.guard.map.update(0, before)  # type: ignore[union-attr]
+                assert {r for r, _ in _outcomes(balancer, to_vip0)} == {XDP_PASS}
+                assert _outcomes(root, to_vip0) != _outcomes(balancer, to_vip0)
+                agent.update("vip_map", key, old_value)  # moves the guard again
+                assert _outcomes(root, sample) == _outcomes(balancer, sample)
+
+                # A control-plane write to the callee's inlined map: the next packet sees it
+                # (the VIP is gone: its packets pass, as the plain balancer passes them).
+                assert {r for r, _ in _outcomes(root, to_vip0)} != {XDP_PASS}
+                agent.delete("vip_map", key)
+                assert {r for r, _ in _outcomes(root, to_vip0)} == {XDP_PASS}
+                assert _outcomes(root, sample) == _outcomes(balancer, sample)
+                agent.update("vip_map", key, old_value)
+
+                # A user write to the root array's slot: the next packet runs the user's
+                # program, not the agent's specialized callee.
+                replacement = load_program_spec(agent.spec.program("xdp_root"), agent.maps,
+                                                btf_fd=agent.btf_fd)
+                with replacement:
+                    agent.maps["root_array"].update(SLOT, replacement)
+                    assert {r for r, _ in _outcomes(root, sample)} == {XDP_PASS}
+                    assert own.lookup(SLOT) == struct.pack("<I", callee.program.id)
+                    agent.maps["root_array"].update(SLOT, balancer)
+                assert _outcomes(root, sample) == _outcomes(balancer, sample)
+                # The next cycle specializes against the slot's new content.
+                again = agent.cycle()
+                assert again.outcome == "swapped", again.reason
+                assert agent.current is not None and agent.current.callees
+                assert _outcomes(agent.current.program, sample) == _outcomes(balancer, sample)
+            finally:
+                balancer.close()
+                shape.close()
+        finally:
+            agent.stop(detach=True)
+        assert not agent.pin_dir.exists()
+        assert not agent.state_file.exists()
+        # The own array is unpinned and closed: freed, or (while the kernel has yet to free
+        # the last root version that referenced it) emptied of the callees it held.
+        assert own_id is not None
+        with contextlib.suppress(KernelError), Map.from_id(own_id) as left:
+            assert list(left.items()) == []
     finally:
         ns.delete()

@@ -47,6 +47,9 @@ class Side:
     fresh_maps: Mapping[str, MapSpec] = field(default_factory=dict)  # created empty
     btf_fd: FD | None = None
     spec: ObjectSpec | None = None  # where tail-called programs are found by name
+    # Instructions to run, by program name, where a prog array slot holds the object's
+    # program of that name (the specialized callees of a chain; default: the object's).
+    tail_programs: Mapping[str, Program] = field(default_factory=dict)
 
     @property
     def instructions(self) -> Program:
@@ -264,7 +267,8 @@ def _tail_call_loader(side: Side):  # type: ignore[no-untyped-def]
                 if plain.tag != held.tag:
                     return None
             add_harness_maps(world)
-            program = side.instructions if name == side.prog.name else prog.program
+            program = side.instructions if name == side.prog.name else \
+                side.tail_programs.get(name, prog.program)
             return load_program_spec(prog, world.maps,
                                      program=harness(program, prog.type).program,
                                      btf_fd=side.btf_fd)

@@ -155,7 +155,7 @@ class World:
     def _new_prog_array(self, name: str, source: Map) -> Map:
         new = self.stack.enter_context(Map.create(
             MapType.PROG_ARRAY, source.key_size, source.value_size, source.max_entries,
-            flags=source.flags, name=source.name[:15]))
+            flags=source.flags, name=source.info.name[:15]))  # the kernel's: a valid name
         new.name = name
         return new
 

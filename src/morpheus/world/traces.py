@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..analysis import ProgramFacts
@@ -90,6 +90,25 @@ def check_plan(trace: Trace, specialization: Any = None, *, nf: NetworkFunction 
                         checked.nf, checked.profile, checked.seed,
                         {**checked.meta, "after_writes": again}, list(checked.warmup))
     return CheckPlan(checked, writes)
+
+
+def joined_plans(plans: Sequence[CheckPlan]) -> CheckPlan:
+    """One plan running `plans` one after the other (each one's writes after its own
+    packets): the check of a root and the programs it tail-calls, each with its own sites."""
+    if len(plans) == 1:
+        return plans[0]
+    first = plans[0].trace
+    frames: list[bytes] = []
+    flow_ids: list[int] = []
+    ingress: list[int] = []
+    writes: list[Write] = []
+    for plan in plans:
+        writes += [replace(w, after=w.after + len(frames)) for w in plan.writes]
+        frames += plan.trace.frames
+        flow_ids += plan.trace.flow_ids
+        ingress += plan.trace.ingress
+    return CheckPlan(Trace(frames, flow_ids, ingress, first.nf, first.profile, first.seed,
+                           dict(first.meta), list(first.warmup)), writes)
 
 
 def inlined_key_packets(trace: Trace, decisions: Iterable[Any],

@@ -205,3 +205,61 @@ def test_the_agent_specializes_the_callee_behind_its_own_prog_array(
             assert list(left.items()) == []
     finally:
         ns.delete()
+
+
+def test_the_pre_swap_check_catches_a_miscompiled_callee(
+        test_objects: dict[str, Path]) -> None:
+    """The check runs the root with the candidate's callees: a mutation of the specialized
+    callee (the root has no inlined site for it to hit) is refused, and the running
+    version stays."""
+    from tests.world import mutants as M
+    from tests.world.test_agent_check import Miscompile
+
+    ns = NetNamespace.create("mph-ke")
+    try:
+        ns.add_veth("ke0", "ke1", up=True)
+        agent = Agent(test_objects["katran_shape.v3"], iface="ke0", program="xdp_root",
+                      netns=ns.name, name=f"ke{os.getpid()}", options=AgentOptions())
+        agent.start()
+        try:
+            shape = configure(agent.maps)
+            balancer = load_program_spec(agent.spec.program("balancer_ingress"), agent.maps,
+                                         btf_fd=agent.btf_fd)
+            try:
+                agent.maps["root_array"].update(SLOT, balancer)
+                options = AgentOptions(check_frames=tuple(trace(shape, 200)),
+                                       measure_instrumentation=False)
+                agent.options = options
+                agent.force_respecialize()
+                assert agent.cycle().outcome == "swapped"
+                running = agent.current
+                applied = []
+                for mutation in (*M.SPECIALIZED, M.GUARD):
+                    inject = Miscompile(mutation, frozenset(agent.spec.maps))
+                    agent.options = replace(options, final_passes=(inject,))
+                    agent.force_respecialize()
+                    report = agent.cycle()
+                    if not inject.applied:
+                        running = agent.current
+                        continue
+                    relieved = report.outcome == "swapped" and agent.current is not None \
+                        and not any(d["specialized"] for c in agent.current.callees.values()
+                                    for d in c.decisions)
+                    if "verifier" in report.reason.lower() or relieved:
+                        # The verifier refused the mutant (relieved: its site was dropped).
+                        running = agent.current
+                        continue
+                    applied.append(mutation.name)
+                    assert report.outcome == "failed", (mutation.name, report.reason)
+                    assert "equivalence check failed" in report.reason, report.reason
+                    assert agent.current is running
+                # (Here the guard mutant leaves the miss path unreachable: the verifier
+                # refuses it.)
+                assert "inlined value one bit off" in applied and len(applied) >= 3, applied
+            finally:
+                balancer.close()
+                shape.close()
+        finally:
+            agent.stop(detach=True)
+    finally:
+        ns.delete()

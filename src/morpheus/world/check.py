@@ -61,13 +61,16 @@ class Write:
     """A control-plane write made between two packets of the check (after packet `after`),
     in both programs' worlds, as the project's API makes it: the entry changes (or goes,
     with `value` None) and, where a world has the guard map, the map's version slot at byte
-    `guard[1]` of map `guard[0]` moves, as it does before any write through the agent."""
+    `guard[1]` of map `guard[0]` moves, as it does before any write through the agent.
+    With `inner`, the entry is one of the inner map that map of maps `map` holds at key
+    `inner` (each world writes its own clone of it)."""
 
     after: int
     map: str
     key: bytes
     value: bytes | None
     guard: tuple[str, int] | None = None
+    inner: bytes | None = None
 
 
 @dataclass
@@ -157,7 +160,8 @@ def check(request: CheckRequest) -> CheckResult:
     written |= written_maps([base.instructions], all_specs, base.prog.type)
     written |= written_maps([cand.instructions], cand_specs, cand.prog.type)
     written |= _tail_call_writes(request, written)
-    written |= {w.map for w in request.writes}  # written in both worlds: never shared
+    # Written in both worlds: never shared (inner maps: cloned inside a new outer map).
+    written |= {w.map if w.inner is None else f"{w.map}[inner]" for w in request.writes}
     written |= {w.guard[0] for w in request.writes if w.guard is not None}
     writes_after: dict[int, list[Write]] = {}
     for w in request.writes:
@@ -217,7 +221,7 @@ def _apply(world: World, write: Write) -> None:
         off = write.guard[1]
         version = int.from_bytes(raw[off:off + 8], "little") + 2  # even: no write in flight
         guard.update(0, raw[:off] + version.to_bytes(8, "little") + raw[off + 8:])
-    m = world.maps[write.map]
+    m = world.maps[write.map] if write.inner is None else world.inner[write.map][write.inner]
     if write.value is None:
         m.delete(write.key)
     else:

@@ -2,11 +2,12 @@
 object's own prog array (`xdp_root` → `root_array[0]` → `balancer_ingress`), filled by the
 user's control plane as Katran's fills its root array.
 
-What this pins down today: the agent's pre-swap check runs the root together with the
-program in its prog array (the world reproduces the array with the callee loaded against
-the check's maps), packets through the live root give the callee's verdicts and bytes, and
-a control-plane write replacing the slot takes effect at once. The callee itself is not yet
-specialized by the agent (issue 12, item 7: it runs as the user loaded it)."""
+The agent's pre-swap check runs the root together with the program in its prog array (the
+world reproduces the array with the callee loaded against the check's maps, the candidate's
+specialized callee in the candidate's world), packets through the live root give the
+callee's verdicts and bytes, and a control-plane write replacing the slot takes effect at
+once. The callee is specialized too (runtime.chain): kept in the agent's own prog array,
+which the new root tail-calls while the user's array is as the agent read it."""
 
 from __future__ import annotations
 
@@ -261,5 +262,54 @@ def test_the_pre_swap_check_catches_a_miscompiled_callee(
                 shape.close()
         finally:
             agent.stop(detach=True)
+    finally:
+        ns.delete()
+
+
+def test_a_restarted_agent_adopts_the_own_prog_array(test_objects: dict[str, Path]) -> None:
+    """The own array is pinned: after the agent exits (without detaching) the running root
+    still reaches the specialized callee, and the next agent of that name adopts the array
+    (its next version goes into the same one) and removes it on detach."""
+    ns = NetNamespace.create("mph-kf")
+    name = f"kf{os.getpid()}"
+    try:
+        ns.add_veth("kf0", "kf1", up=True)
+        first = Agent(test_objects["katran_shape.v3"], iface="kf0", program="xdp_root",
+                      netns=ns.name, name=name, options=AgentOptions())
+        first.start()
+        shape = configure(first.maps)
+        balancer = load_program_spec(first.spec.program("balancer_ingress"), first.maps,
+                                     btf_fd=first.btf_fd)
+        second = None
+        try:
+            first.maps["root_array"].update(SLOT, balancer)
+            frames = tuple(trace(shape, 200))
+            sample = list(frames[:40])
+            first.options = AgentOptions(check_frames=frames)
+            first.force_respecialize()
+            assert first.cycle().outcome == "swapped"
+            own_id = first.own_arrays["root_array"].id
+            callee_id = first.current.callees["balancer_ingress"].program.id  # type: ignore[union-attr]
+            first.stop()
+            second = Agent(test_objects["katran_shape.v3"], iface="kf0", program="xdp_root",
+                           netns=ns.name, name=name, options=AgentOptions(check_frames=frames))
+            second.start()
+            assert second.current is not None and second.current.kind == "adopted"
+            own = second.own_arrays["root_array"]
+            assert own.id == own_id and own.lookup(SLOT) == struct.pack("<I", callee_id)
+            assert _outcomes(second.current.program, sample) == _outcomes(balancer, sample)
+            second.force_respecialize()
+            report = second.cycle()
+            assert report.outcome == "swapped", report.reason
+            callee = second.current.callees["balancer_ingress"]
+            assert own.lookup(SLOT) == struct.pack("<I", callee.program.id)
+            assert _outcomes(second.current.program, sample) == _outcomes(balancer, sample)
+        finally:
+            if second is not None:
+                second.stop(detach=True)
+            first.stop(detach=True)  # a no-op when the second agent detached
+            balancer.close()
+            shape.close()
+        assert not (first.pin_dir / "chain").exists()
     finally:
         ns.delete()

@@ -915,7 +915,10 @@ class Agent:
     def _read_chain(self) -> chains.ChainRead:
         """What the user's prog arrays hold, and the heat and map snapshots of the object's
         programs among them (taken between the snapshot's two reads of the versions)."""
-        if not self.own_arrays:
+        if not self.own_arrays or self._watcher is None:
+            # Without the watcher a user's write to the prog array (its control plane
+            # writes it directly, as Katran's does) would not move the array's guard: the
+            # root would keep running the agent's copy of what the slot used to hold.
             return chains.ChainRead()
         read = chains.ChainRead(chains.read_slots(self.maps, self.own_arrays))
         for held in read.slots.values():

@@ -18,12 +18,15 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
+from morpheus.ir import Program
 from morpheus.kernel import KernelError, LoadedProgram, Map
 from morpheus.kernel.netns import NetNamespace
 from morpheus.loader import load_program_spec
+from morpheus.passes.pipeline import PassContext
 from morpheus.runtime.agent import Agent, AgentOptions
 from morpheus.world import CheckRequest, Side, check
 from tests.optimizer.katran_env import KatranShape, configure, trace
@@ -295,3 +298,38 @@ def test_a_restarted_agent_adopts_the_own_prog_array(test_objects: dict[str, Pat
         assert not (first.pin_dir / "chain").exists()
     finally:
         ns.delete()
+
+
+@dataclass(frozen=True)
+class RedirectInverted:
+    """A miscompile of the root: its tail call takes the agent's own array exactly when the
+    user's array's guard moved (the user's array while it holds)."""
+
+    name: ClassVar[str] = "redirect-inverted"
+
+    def run(self, program: Program, ctx: PassContext) -> Program:
+        from morpheus.ir import asm
+
+        return Program(program.name, tuple(
+            asm.jeq(i.dst, i.src if i.opcode & 0x08 else i.imm, str(i.reference),
+                    label=i.label) if i.is_conditional_jump and i.meta.note
+            and i.meta.note.startswith("tail call via") else i for i in program.insns))
+
+
+def test_the_pre_swap_check_empties_the_users_slots(test_objects: dict[str, Path]) -> None:
+    """The check ends with the user emptying the slots the agent's copies stand in for: a
+    root that keeps tail-calling the agent's array after that is refused."""
+    with _chain(test_objects, "kg") as chain:
+        agent = chain.agent
+        options = AgentOptions(check_frames=tuple(trace(chain.shape, 200)),
+                               measure_instrumentation=False)
+        agent.options = replace(options, final_passes=(RedirectInverted(),))
+        agent.force_respecialize()
+        report = agent.cycle()
+        assert report.outcome == "failed", report.reason
+        assert "equivalence check failed" in report.reason, report.reason
+        agent.options = options
+        agent.force_respecialize()
+        report = agent.cycle()
+        assert report.outcome == "swapped", report.reason
+        assert agent.last_check is not None and agent.last_check.equivalent

@@ -75,6 +75,7 @@ from ..passes.instrument import CTL_MAP, SAMPLES_MAP, Instrument, layout_for
 from ..passes.pipeline import PassContext
 from ..passes.tailcalls import Redirect, RedirectTailCalls
 from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, AttachType, ProgType
+from ..world import Write
 from . import chain as chains
 from . import faults
 from .check import (
@@ -1064,9 +1065,9 @@ class Agent:
         """What this cycle asks the optimizer for: every candidate map guarded (the control
         plane and outside writers change them too), sampling kept in the new version, and
         tail calls through `redirects`' arrays sent to the agent's own copies."""
-        final = tuple(self.options.final_passes)
-        if redirects:
-            final += (RedirectTailCalls(dict(redirects)),)
+        # The redirect first: the options' final passes see the finished candidate.
+        final = (RedirectTailCalls(dict(redirects)),) if redirects else ()
+        final += tuple(self.options.final_passes)
         return SpecializeRequest(
             self.target, snapshots, heat, self.options.plan,
             guards=Guards(self.guard_slots, self.bump_slots, versions),
@@ -1118,8 +1119,11 @@ class Agent:
                   **{chains.own_array_name(a): self.maps[a] for a in self.own_arrays}}
         with self._in_netns():
             inputs = self.check_inputs(result)
+            # Last, the user empties the slots the agent's copies stand in for.
+            emptied = [Write(0, array, key, None, guard=(GUARD_MAP, 8 * self.guard_slots[array]))
+                       for array, held in version.chain_slots.items() for key in held]
             plan = chain_plan(inputs, [(self.callees[n].facts, c.result)
-                                       for n, c in version.callees.items()]) \
+                                       for n, c in version.callees.items()], emptied) \
                 if version.callees else candidate_plan(inputs)
             outcome = check_candidate(source, inputs, pair, plan)
         self.last_check, self.last_check_writes = outcome, len(plan.writes)

@@ -23,8 +23,15 @@ from ..analysis import ProgramFacts
 from ..ir import Program
 from ..kernel import FD, Map
 from ..obj import ObjectSpec, ProgramSpec
-from ..world import CheckRequest, CheckResult, Side, check
-from ..world.traces import HELD_BACK, CheckPlan, check_plan, frames_trace, joined_plans
+from ..world import CheckRequest, CheckResult, Side, Write, check
+from ..world.traces import (
+    AFTER_WRITES,
+    HELD_BACK,
+    CheckPlan,
+    check_plan,
+    frames_trace,
+    joined_plans,
+)
 
 __all__ = [
     "CandidatePair",
@@ -83,15 +90,20 @@ def candidate_plan(inputs: CheckInputs) -> CheckPlan:
                       held_back=inputs.held_back)
 
 
-def chain_plan(inputs: CheckInputs, callees: Sequence[tuple[ProgramFacts, Any]]
-               ) -> CheckPlan:
+def chain_plan(inputs: CheckInputs, callees: Sequence[tuple[ProgramFacts, Any]],
+               emptied: Sequence[Write] = ()) -> CheckPlan:
     """The root's check plan followed by one for each program it tail-calls ((facts,
     specialization) of each specialized callee): their near-miss keys and guarded writes
-    come from their own inlined sites."""
+    come from their own inlined sites. Then the `emptied` writes (deletes of the slots of
+    the user's prog arrays, moving their guards) and the check packets again: the root
+    must follow the user's array from then on, not keep running the agent's callees."""
     plans = [candidate_plan(inputs)]
     for facts, specialization in callees:
         plans.append(candidate_plan(replace(inputs, facts=facts,
                                             specialization=specialization)))
+    if emptied and inputs.frames:
+        again = frames_trace(inputs.frames[:AFTER_WRITES], inputs.ingress)
+        plans.append(CheckPlan(again, [replace(w, after=-1) for w in emptied]))
     return joined_plans(plans)
 
 

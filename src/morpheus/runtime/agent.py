@@ -75,7 +75,7 @@ from ..passes.instrument import CTL_MAP, SAMPLES_MAP, Instrument, layout_for
 from ..passes.pipeline import PassContext
 from ..passes.tailcalls import Redirect, RedirectTailCalls
 from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, AttachType, ProgType
-from ..world import Write
+from ..world import WorldError, Write
 from . import chain as chains
 from . import faults
 from .check import (
@@ -942,7 +942,12 @@ class Agent:
             # does not exist: no ingress port.
             request = chains.ProfileRequest(self.callees[name], self.options.check_frames,
                                             0, self.options.plan, self.spec.btf)
-            self._callee_heat[key] = chains.profile_callee(self.maps, request)
+            try:
+                self._callee_heat[key] = chains.profile_callee(self.maps, request)
+            except (KernelError, VerifierError, OSError, WorldError) as exc:
+                # Without hot keys the callee still gets its small tables inlined whole.
+                self.errors.append(f"profile of {name} failed: {exc}")
+                self._callee_heat[key] = {}
         return self._callee_heat[key]
 
     def _callee_requests(self, chain: chains.ChainRead, versions: Mapping[str, int]

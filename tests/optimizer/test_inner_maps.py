@@ -71,3 +71,31 @@ def test_a_wrong_inlined_inner_value_is_caught(pinned: tuple[Path, Path]) -> Non
                              passes=[ForwardNothing()])
     assert not report["equivalent"]
     assert report["mismatch"]["mismatches"] > 0, report["mismatch"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardsNeverFire:
+    """A miscompile: every version guard compares its register with itself (the verifier
+    still sees both edges), so an inlined inner value is served after the map changed."""
+
+    name: ClassVar[str] = "guards-never-fire"
+
+    def run(self, program: Program, ctx: PassContext) -> Program:
+        from morpheus.ir import asm
+        from morpheus.ir.asm import R0
+
+        return Program(program.name, tuple(
+            asm.jne(R0, R0, str(i.reference), label=i.label, note="guard")
+            if i.meta.note == "guard" and i.is_conditional_jump else i
+            for i in program.insns))
+
+
+def test_control_plane_writes_reach_the_resolved_inner_maps(pinned: tuple[Path, Path]
+                                                            ) -> None:
+    """The check writes inlined entries of the inner maps (through a clone of each inner
+    map, inside a clone of its outer map), so specialized code whose guards ignore those
+    writes is caught; with the guards intact it is equivalent."""
+    report = optimize_pinned(*pinned, program="xdp_policy", rounds=1,
+                             passes=[GuardsNeverFire()])
+    assert not report["equivalent"], report.get("check")
+    assert report["mismatch"]["mismatches"] > 0, report["mismatch"]

@@ -73,9 +73,19 @@ from ..passes.guards import GuardBumps
 from ..passes.inline import GUARD_MAP
 from ..passes.instrument import CTL_MAP, SAMPLES_MAP, Instrument, layout_for
 from ..passes.pipeline import PassContext
+from ..passes.tailcalls import Redirect, RedirectTailCalls
 from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, AttachType, ProgType
+from ..world import WorldError, Write
+from . import chain as chains
 from . import faults
-from .check import CandidatePair, CheckInputs, CheckResult, candidate_plan, check_candidate
+from .check import (
+    CandidatePair,
+    CheckInputs,
+    CheckResult,
+    candidate_plan,
+    chain_plan,
+    check_candidate,
+)
 from .guard import GuardMap
 from .lifecycle import (
     AgentError,
@@ -191,6 +201,15 @@ class Version:
     source: Program | None = None  # the instructions it was loaded from
     guard_versions: dict[str, int] = field(default_factory=dict)  # of the maps it inlines
     fingerprint: tuple[object, ...] | None = None  # of the plan it was made from
+    # The specialized programs it tail-calls through the agent's own prog arrays, and
+    # what the user's arrays held when they were made (array -> slot -> program id).
+    callees: dict[str, chains.CalleeVersion] = field(default_factory=dict)
+    chain_slots: chains.Slots = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.program.close()
+        for callee in self.callees.values():
+            callee.close()
 
 
 @dataclass
@@ -276,6 +295,11 @@ class Agent:
         self.snapshot_deferrals = 0  # cycles deferred because no snapshot was consistent
         self._deferred_in_a_row = 0
         self._adopted: dict[str, Any] = {}
+        # The agent's own prog arrays (user array -> its copy), where specialized callees
+        # live; empty when the program tail-calls through none of the object's arrays.
+        self.own_arrays: dict[str, Map] = {}
+        self._callee_heat: dict[tuple[str, int], Mapping[int, Any]] = {}
+        self._callee_cost: dict[str, int | None] = {}
         # The last pre-swap check: its result and how many packets and writes it ran.
         self.last_check: CheckResult | None = None
         self.last_check_writes = 0
@@ -337,12 +361,18 @@ class Agent:
         t0 = time.perf_counter()
         self.target = Target.analyze(self.spec, self.prog)
         self.program, self.facts = self.target.program, self.target.facts
+        # The object's prog arrays the program tail-calls through, and the object's
+        # programs their slots may hold (specialized with it: runtime.chain).
+        self.chain = chains.chain_arrays(self.target)
+        self.callees = chains.callee_targets(self.spec, self.prog) if self.chain else {}
+        self.identify = chains.Identifier(self.spec, self.callees)
         self.analysis_ms = (time.perf_counter() - t0) * 1000
-        candidates = sorted({s.map for s in self.facts.lookups() if s.specializable})
+        lookups = [s for t in (self.target, *self.callees.values()) for s in t.facts.lookups()]
+        candidates = sorted({s.map for s in lookups if s.specializable})
         # Inner maps resolved through an outer map (`outer[key]`): one slot per outer map,
         # shared by its resolved slots, which the watcher moves on writes to the outer map
         # and to each inner map read (it maps a map id to one slot).
-        self.resolved_outer = {s.map: s.inner_of[0] for s in self.facts.lookups()
+        self.resolved_outer = {s.map: s.inner_of[0] for s in lookups
                                if s.specializable and s.inner_of is not None}
         self.guard_slots = {}
         outer_slot: dict[str, int] = {}
@@ -354,6 +384,13 @@ class Agent:
             self.guard_slots[name] = len(set(self.guard_slots.values()))
             if outer is not None:
                 outer_slot[outer] = self.guard_slots[name]
+        for array in self.chain:
+            # A write to the user's prog array moves it: a specialized root then tail-calls
+            # through the user's array again.
+            self.guard_slots[array] = len(set(self.guard_slots.values()))
+        # Maps the callees write: the user's own copies of them (running whenever the
+        # user's array is the one tail-called) write them without bumps.
+        self.chain_written = sorted({m for t in self.callees.values() for m in t.written_maps()})
         data_plane = sorted({s.map for s in self.facts.lookups()
                              if s.specializable and s.guarded})
         self.bump_slots = {m: self.guard_slots[m] for m in data_plane}
@@ -368,7 +405,8 @@ class Agent:
         # clean-up (detach, a failed start, crash recovery) can remove them.
         own_maps = () if self.maps_dir is not None else self.spec.maps
         return [*(f"maps/{_pin_name(n)}" for n in own_maps), *_FIXED_PINS, _ENTRY_PIN,
-                *(f"{_WATCHER_DIR}/{n}" for n in PIN_NAMES)]
+                *(f"{_WATCHER_DIR}/{n}" for n in PIN_NAMES),
+                *(f"{chains.PIN_DIR}/{_pin_name(a)}" for a in self.chain)]
 
     def _recover(self, state: dict[str, Any] | None) -> None:
         """Before a fresh start: remove what an earlier agent of this name recorded and left
@@ -484,6 +522,7 @@ class Agent:
             self._owned.append(m)
             m.pin(self.pin_dir / name)
         faults.reach("fresh.sampling")
+        self._open_own_arrays()
         base = self._base_program(instrumented=True)
         version = self._load_version(base, "base", self.layout.sites, sampling=self.layout)
         self.current = version  # closed by stop() if what follows fails
@@ -580,6 +619,7 @@ class Agent:
                 m.name = name
                 self.maps[name] = m
                 self._owned.append(m)
+        self._open_own_arrays()
         if self.options.attach:
             self.link = Link.from_pin(self.pin_dir / "link")
             link_info = self.link.info()
@@ -613,6 +653,25 @@ class Agent:
         self._set_current(Version(self._version_counter, running, "adopted", time.time()))
         self._dirty = True
         faults.reach("adopt.opened")
+
+    def _open_own_arrays(self) -> None:
+        """The agent's own copies of the user's prog arrays (pinned: a prog array empties
+        when its last user reference goes, and a running root must keep its callees when
+        the agent exits), adopted from their pins where an earlier agent left them."""
+        for array in self.chain:
+            pin = self.pin_dir / chains.PIN_DIR / _pin_name(array)
+            if pin.exists():
+                own = Map.from_pin(pin)
+                own.name = chains.own_array_name(array)
+            else:
+                own = chains.create_own_array(self.spec, array)
+                self._owned.append(own)
+                pin.parent.mkdir(parents=True, exist_ok=True)
+                own.pin(pin)
+            if own not in self._owned:
+                self._owned.append(own)
+            self.own_arrays[array] = own
+            self.maps[own.name] = own
 
     def _sampling_specs(self) -> dict[str, MapSpec]:
         ctx = PassContext(dict(self.spec.maps), self.prog.type)
@@ -657,7 +716,7 @@ class Agent:
             # Samples read from now on were taken at this version's rates.
             self.reader.layout = version.sampling
         if old is not None and old.program is not version.program:
-            old.program.close()
+            old.close()  # its callees stay alive in the own arrays while they hold them
 
     def _write_state(self, phase: str = "running") -> None:
         current = self.current
@@ -668,8 +727,14 @@ class Agent:
                  "attach": self.options.attach,
                  "version": self._version_counter,
                  "kind": current.kind if current is not None else None,
-                 "inlined": sorted({d["map"] for d in current.decisions if d["specialized"]})
+                 "inlined": sorted({d["map"] for d in current.decisions if d["specialized"]}
+                                   | {d["map"] for c in current.callees.values()
+                                      for d in c.decisions if d["specialized"]})
                  if current is not None else [],
+                 "chain": {a: {k.hex(): self.identify.known.get(pid) or pid
+                               for k, pid in held.items()}
+                           for a, held in current.chain_slots.items()}
+                 if current is not None else {},
                  **(self._adopted if current is not None and current.kind == "adopted"
                     else {}),
                  "pins": self._planned_pins()}
@@ -699,15 +764,21 @@ class Agent:
                 report.reason = "no new samples and no map changed since the last cycle"
                 return self._finish(report)
             t1 = time.perf_counter()
-            snapshots, versions = self._consistent_snapshot(heat)
+            snapshots, versions, chain = self._consistent_snapshot(heat)
             report.timings_ms["snapshot"] = _ms(t1)
             faults.reach("cycle.snapshot")
             self._update_stability(heat)
             self._follow_guards(versions)
             t2 = time.perf_counter()
-            request = self._request(snapshots, heat, versions)
+            callee_requests = self._callee_requests(chain, versions)
+            redirects = {a: Redirect(chains.own_array_name(a), self.guard_slots[a], versions[a])
+                         for a in self.own_arrays if chain.holds(a, callee_requests)}
+            request = self._request(snapshots, heat, versions, redirects)
             planned = plan_request(request)
-            fingerprint = planned.fingerprint(request)
+            fingerprint = (planned.fingerprint(request), chain.fingerprint(),
+                           tuple(versions[a] for a in redirects),
+                           tuple((n, plan_request(r).fingerprint(r))
+                                 for n, r in callee_requests.items()))
             report.timings_ms["plan"] = _ms(t2)
             running = self.current
             if running is not None and running.kind == "specialized":
@@ -743,8 +814,23 @@ class Agent:
             program = result.program
             self._ensure_extra_maps(result.extra_maps)
             t3 = time.perf_counter()
-            version, result = self._load_with_relief(program, result, request, signature)
+            # The callees first: the root is made only once they are verified.
+            callees = self._load_callees(callee_requests)
+            try:
+                version, result = self._load_with_relief(program, result, request, signature)
+            except BaseException:
+                for callee in callees.values():
+                    callee.close()
+                raise
             version.fingerprint = fingerprint
+            version.callees = callees
+            version.chain_slots = {a: chain.slots[a] for a in redirects}
+            for a in redirects:
+                version.guard_versions[a] = versions[a]
+            for callee in callees.values():
+                version.guard_versions.update(
+                    {p.map: p.guard_version for p in callee.result.plan.sites
+                     if p.guard_slot is not None})
             report.timings_ms["verify"] = _ms(t3)
             faults.reach("cycle.load")
             if self._check_wanted():
@@ -752,12 +838,12 @@ class Agent:
                 outcome = self._check_equivalence(version, result)
                 report.timings_ms["check"] = _ms(t_check)
                 if not outcome.equivalent:
-                    version.program.close()
+                    version.close()
                     raise AgentError(f"equivalence check failed: {outcome.describe()}")
             if self.options.check is not None:
                 problem = self.options.check(version.program)
                 if problem:
-                    version.program.close()
+                    version.close()
                     raise AgentError(f"check failed: {problem}")
             t4 = time.perf_counter()
             self._swap(version)
@@ -765,7 +851,9 @@ class Agent:
             report.timings_ms["swap_call"] = round((self.last_swap_us or 0.0) / 1000, 4)
             report.outcome = "swapped"
             report.reason = f"version {version.number}: " + ", ".join(
-                f"{d['map']}:{d['mode']}" for d in version.decisions if d["specialized"])
+                [f"{d['map']}:{d['mode']}" for d in version.decisions if d["specialized"]]
+                + [f"{name}/{d['map']}:{d['mode']}" for name, c in version.callees.items()
+                   for d in c.decisions if d["specialized"]])
             self.swaps.append((time.time(), version.number, report.reason))
             self._dirty = False
         except SnapshotConflict as exc:
@@ -815,13 +903,125 @@ class Agent:
             before = self.guard.versions()
             snapshots = snapshot_maps(self.maps, self.facts, self.spec.maps, heat,
                                       self.options.plan)
+            chain = self._read_chain()
             after = self.guard.versions()
-            if not self._watch_inner_maps(snapshots):
+            watched = [self._watch_inner_maps(s) for s in (snapshots, *chain.snapshots.values())]
+            if not all(watched):
                 continue  # an inner map read was not watched yet: read it again, watched
             if before == after:
-                return snapshots, {m: before[s] for m, s in self.guard_slots.items()}
+                return snapshots, {m: before[s] for m, s in self.guard_slots.items()}, chain
         raise SnapshotConflict(f"maps kept changing while taking a snapshot "
                                f"({SNAPSHOT_ATTEMPTS} attempts)")
+
+    def _read_chain(self) -> chains.ChainRead:
+        """What the user's prog arrays hold, and the heat and map snapshots of the object's
+        programs among them (taken between the snapshot's two reads of the versions)."""
+        if not self.own_arrays or self._watcher is None:
+            # Without the watcher a user's write to the prog array (its control plane
+            # writes it directly, as Katran's does) would not move the array's guard: the
+            # root would keep running the agent's copy of what the slot used to hold.
+            return chains.ChainRead()
+        read = chains.ChainRead(chains.read_slots(self.maps, self.own_arrays))
+        for held in read.slots.values():
+            for prog_id in held.values():
+                read.names[prog_id] = self.identify(prog_id, self.maps, self.btf_fd)
+        for name in read.active:
+            read.heat[name] = self._heat_of_callee(name)
+            read.snapshots[name] = snapshot_maps(self.maps, self.callees[name].facts,
+                                                 self.spec.maps, read.heat[name],
+                                                 self.options.plan)
+        return read
+
+    def _heat_of_callee(self, name: str) -> Mapping[int, Any]:
+        """A callee's hot keys: an offline-style profile on the check frames (the root
+        hands its callees the packets it receives), taken once per set of frames; none
+        without check frames (small tables are still inlined whole)."""
+        key = (name, hash(self.options.check_frames))
+        if key not in self._callee_heat:
+            # The replay runs in a namespace of its own, where the agent's interface
+            # does not exist: no ingress port.
+            request = chains.ProfileRequest(self.callees[name], self.options.check_frames,
+                                            0, self.options.plan, self.spec.btf)
+            try:
+                self._callee_heat[key] = chains.profile_callee(self.maps, request)
+            except (KernelError, VerifierError, OSError, WorldError) as exc:
+                # Without hot keys the callee still gets its small tables inlined whole.
+                self.errors.append(f"profile of {name} failed: {exc}")
+                self._callee_heat[key] = {}
+        return self._callee_heat[key]
+
+    def _callee_requests(self, chain: chains.ChainRead, versions: Mapping[str, int]
+                         ) -> dict[str, SpecializeRequest]:
+        """A specialization request for each callee the user's arrays hold that has
+        something to inline, behind guards of its own (the agent's guard map)."""
+        out: dict[str, SpecializeRequest] = {}
+        for name in chain.active:
+            target = self.callees[name]
+            bumps = {s.map: self.guard_slots[s.map] for s in target.facts.lookups()
+                     if s.specializable and s.guarded and s.map in self.guard_slots}
+            request = SpecializeRequest(
+                target, chain.snapshots[name], chain.heat[name], self.options.plan,
+                guards=Guards(self.guard_slots, bumps, versions), passes=self._passes(),
+                skip_maps=self._skip_maps(), verifier_base=self._callee_cost_of(name),
+                final_passes=self.options.final_passes)
+            if plan_request(request).plan.sites:
+                out[name] = request
+        return out
+
+    def _callee_cost_of(self, name: str) -> int | None:
+        """Instructions the verifier processed for the callee as the object has it."""
+        if name not in self._callee_cost:
+            self._callee_cost[name] = None
+            with contextlib.suppress(KernelError, VerifierError), \
+                    load_program_spec(self.callees[name].prog, self.maps,
+                                      btf_fd=self.btf_fd) as prog:
+                self._callee_cost[name] = prog.info().verified_insns
+        return self._callee_cost[name]
+
+    def _load_callees(self, requests: Mapping[str, SpecializeRequest]
+                      ) -> dict[str, chains.CalleeVersion]:
+        out: dict[str, chains.CalleeVersion] = {}
+        try:
+            for name, request in requests.items():
+                out[name] = self._load_callee(name, request)
+        except BaseException:
+            for callee in out.values():
+                callee.close()
+            raise
+        return out
+
+    def _load_callee(self, name: str, request: SpecializeRequest) -> chains.CalleeVersion:
+        """Specialize and load one callee (relieved like the root when the verifier
+        refuses it); its inlined-value maps get names of their own."""
+        result = specialize(request)
+        converged: frozenset[int] = frozenset()
+        dropped: frozenset[int] = frozenset()
+        prog = self.callees[name].prog
+        for _attempt in range(8):
+            renames = {m: f"{m}@{name}" for m in result.extra_maps if m != GUARD_MAP}
+            own = {renames[m]: create_map(spec) for m, spec in result.extra_maps.items()
+                   if m in renames}
+            for new_name, m in own.items():
+                m.name = new_name
+            source = chains.with_map_names(result.program, renames)
+            try:
+                with self._in_netns():
+                    loaded = load_program_spec(prog, {**self.maps, **own}, program=source,
+                                               btf_fd=self.btf_fd)
+            except VerifierError as exc:
+                for m in own.values():
+                    m.close()
+                relief = next_relief(result, converged, dropped) \
+                    if is_complexity_error(str(exc)) else None
+                if relief is None:
+                    raise
+                converged, dropped = relief
+                result = specialize(request.relieved(converged, dropped))
+                continue
+            return chains.CalleeVersion(name, loaded, source, result, own,
+                                        insns=sum(i.width for i in source.insns),
+                                        decisions=[_decision(d) for d in result.decisions])
+        raise AgentError(f"the verifier refused every relieved version of {name}")
 
     def _watch_inner_maps(self, snapshots: dict[str, Any]) -> bool:
         """Have the watcher move the slot of each resolved inner map on writes to the maps
@@ -865,14 +1065,19 @@ class Agent:
                 old.close()
 
     def _request(self, snapshots: Mapping[str, Any], heat: Mapping[int, Any],
-                 versions: Mapping[str, int]) -> SpecializeRequest:
+                 versions: Mapping[str, int],
+                 redirects: Mapping[str, Redirect] | None = None) -> SpecializeRequest:
         """What this cycle asks the optimizer for: every candidate map guarded (the control
-        plane and outside writers change them too), sampling kept in the new version."""
+        plane and outside writers change them too), sampling kept in the new version, and
+        tail calls through `redirects`' arrays sent to the agent's own copies."""
+        # The redirect first: the options' final passes see the finished candidate.
+        final = (RedirectTailCalls(dict(redirects)),) if redirects else ()
+        final += tuple(self.options.final_passes)
         return SpecializeRequest(
             self.target, snapshots, heat, self.options.plan,
             guards=Guards(self.guard_slots, self.bump_slots, versions),
             passes=self._passes(), sampling=self._sampling(), skip_maps=self._skip_maps(),
-            verifier_base=self._verifier_base(), final_passes=self.options.final_passes)
+            verifier_base=self._verifier_base(), final_passes=final)
 
     def _load_with_relief(self, program: Program, result: Any, request: SpecializeRequest,
                           signature: tuple[object, ...]) -> tuple[Version, Any]:
@@ -910,11 +1115,22 @@ class Agent:
         packets and what `optimize`'s check adds to its trace (runtime.check)."""
         assert version.source is not None
         pair = CandidatePair(self.prog, self.spec, self._base_program(instrumented=False),
-                             version.source, self.btf_fd)
+                             version.source, self.btf_fd,
+                             {n: c.source for n, c in version.callees.items()})
+        # The own arrays are seen as the user's: the check's worlds reproduce them with
+        # the candidate's callees where the user's slots hold the object's programs.
+        source = {**self.maps, **{c: m for callee in version.callees.values()
+                                  for c, m in callee.maps.items()},
+                  **{chains.own_array_name(a): self.maps[a] for a in self.own_arrays}}
         with self._in_netns():
             inputs = self.check_inputs(result)
-            plan = candidate_plan(inputs)
-            outcome = check_candidate(self.maps, inputs, pair, plan)
+            # Last, the user empties the slots the agent's copies stand in for.
+            emptied = [Write(0, array, key, None, guard=(GUARD_MAP, 8 * self.guard_slots[array]))
+                       for array, held in version.chain_slots.items() for key in held]
+            plan = chain_plan(inputs, [(self.callees[n].facts, c.result)
+                                       for n, c in version.callees.items()], emptied) \
+                if version.callees else candidate_plan(inputs)
+            outcome = check_candidate(source, inputs, pair, plan)
         self.last_check, self.last_check_writes = outcome, len(plan.writes)
         return outcome
 
@@ -1064,6 +1280,9 @@ class Agent:
         skip = {name: (f"its guard moved in {self.options.churn_cycles} cycles in a row "
                        f"(written all the time): not inlined for {left + 1} more cycles")
                 for name, left in self._paused.items()}
+        for name in self.chain_written if self.own_arrays else ():
+            skip.setdefault(name, "written by a program the root tail-calls, whose copy in "
+                                  "the user's prog array writes it without moving its guard")
         if self.maps_dir is not None:
             # The owner's generic program (bpfman's, on any hook) writes these maps too, and
             # writes by BPF programs are the watcher's blind spot: only the agent's own
@@ -1102,6 +1321,11 @@ class Agent:
         assert self.current is not None
         with self.lock:
             faults.reach("swap.before")
+            # The callees first: an older root still running may tail-call them already
+            # (each callee version is equivalent to the original), the new root needs them.
+            for array, held in version.chain_slots.items():
+                chains.fill_own_array(self.own_arrays[array], held, self.identify.known,
+                                      version.callees)
             t0 = time.perf_counter()
             if self.trampoline is not None:
                 self.trampoline.swap(version.program)
@@ -1234,7 +1458,9 @@ class Agent:
         if current is not None:
             out["version"] = {"number": current.number, "kind": current.kind,
                               "insns": current.insns, "since": round(current.created, 3),
-                              "sites": current.decisions, "passes_ms": current.timings_ms}
+                              "sites": current.decisions, "passes_ms": current.timings_ms,
+                              "callees": {n: {"insns": c.insns, "sites": c.decisions}
+                                          for n, c in current.callees.items()}}
             out["version"].update(self._version_stats(current))
         heat = getattr(self.reader, "heat", {}) if hasattr(self, "reader") else {}
         if hasattr(self, "layout"):
@@ -1348,7 +1574,7 @@ class Agent:
             self.trampoline.close()
             self.trampoline = None
         if self.current is not None:
-            self.current.program.close()
+            self.current.close()
             self.current = None
         if self.guard is not None:
             self.guard.close()

@@ -16,34 +16,45 @@ program writes. Neither the live maps nor the other program's side effects are t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..analysis import ProgramFacts
 from ..ir import Program
 from ..kernel import FD, Map
 from ..obj import ObjectSpec, ProgramSpec
-from ..world import CheckRequest, CheckResult, Side, check
-from ..world.traces import HELD_BACK, CheckPlan, check_plan, frames_trace
+from ..world import CheckRequest, CheckResult, Side, Write, check
+from ..world.traces import (
+    AFTER_WRITES,
+    HELD_BACK,
+    CheckPlan,
+    check_plan,
+    frames_trace,
+    joined_plans,
+)
 
 __all__ = [
     "CandidatePair",
     "CheckInputs",
     "CheckResult",
     "candidate_plan",
+    "chain_plan",
     "check_candidate",
 ]
 
 
 @dataclass(frozen=True)
 class CandidatePair:
-    """The running program's spec and object, its unspecialized and its candidate code."""
+    """The running program's spec and object, its unspecialized and its candidate code;
+    `tail_programs`: the candidate's versions of the programs it reaches by tail calls (by
+    name; the base runs the object's)."""
 
     prog: ProgramSpec
     spec: ObjectSpec
     base: Program
     candidate: Program
     btf_fd: FD | None = None
+    tail_programs: Mapping[str, Program] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,15 +90,34 @@ def candidate_plan(inputs: CheckInputs) -> CheckPlan:
                       held_back=inputs.held_back)
 
 
+def chain_plan(inputs: CheckInputs, callees: Sequence[tuple[ProgramFacts, Any]],
+               emptied: Sequence[Write] = ()) -> CheckPlan:
+    """The root's check plan followed by one for each program it tail-calls ((facts,
+    specialization) of each specialized callee): their near-miss keys and guarded writes
+    come from their own inlined sites. Then the `emptied` writes (deletes of the slots of
+    the user's prog arrays, moving their guards) and the check packets again: the root
+    must follow the user's array from then on, not keep running the agent's callees."""
+    plans = [candidate_plan(inputs)]
+    for facts, specialization in callees:
+        plans.append(candidate_plan(replace(inputs, facts=facts,
+                                            specialization=specialization)))
+    if emptied and inputs.frames:
+        again = frames_trace(inputs.frames[:AFTER_WRITES], inputs.ingress)
+        plans.append(CheckPlan(again, [replace(w, after=-1) for w in emptied]))
+    return joined_plans(plans)
+
+
 def check_candidate(maps: Mapping[str, Map], inputs: CheckInputs, pair: CandidatePair,
                     plan: CheckPlan | None = None) -> CheckResult:
     """Run the base and the candidate on the check plan of `inputs` (`plan`, if the caller
     built it already), from a snapshot of the live `maps`; compare everything they did.
 
     Call it inside the network namespace of the interface `inputs.ingress` names."""
-    def side(label: str, program: Program) -> Side:
-        return Side(label, pair.prog, program, spec=pair.spec, btf_fd=pair.btf_fd)
+    def side(label: str, program: Program, tail: Mapping[str, Program]) -> Side:
+        return Side(label, pair.prog, program, spec=pair.spec, btf_fd=pair.btf_fd,
+                    tail_programs=tail)
 
     plan = plan if plan is not None else candidate_plan(inputs)
-    return check(CheckRequest(maps, side("base", pair.base), side("candidate", pair.candidate),
+    return check(CheckRequest(maps, side("base", pair.base, {}),
+                              side("candidate", pair.candidate, pair.tail_programs),
                               plan.packets, snapshot=True, writes=plan.writes))

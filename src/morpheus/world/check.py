@@ -47,6 +47,9 @@ class Side:
     fresh_maps: Mapping[str, MapSpec] = field(default_factory=dict)  # created empty
     btf_fd: FD | None = None
     spec: ObjectSpec | None = None  # where tail-called programs are found by name
+    # Instructions to run, by program name, where a prog array slot holds the object's
+    # program of that name (the specialized callees of a chain; default: the object's).
+    tail_programs: Mapping[str, Program] = field(default_factory=dict)
 
     @property
     def instructions(self) -> Program:
@@ -58,13 +61,16 @@ class Write:
     """A control-plane write made between two packets of the check (after packet `after`),
     in both programs' worlds, as the project's API makes it: the entry changes (or goes,
     with `value` None) and, where a world has the guard map, the map's version slot at byte
-    `guard[1]` of map `guard[0]` moves, as it does before any write through the agent."""
+    `guard[1]` of map `guard[0]` moves, as it does before any write through the agent.
+    With `inner`, the entry is one of the inner map that map of maps `map` holds at key
+    `inner` (each world writes its own clone of it)."""
 
     after: int
     map: str
     key: bytes
     value: bytes | None
     guard: tuple[str, int] | None = None
+    inner: bytes | None = None
 
 
 @dataclass
@@ -154,7 +160,8 @@ def check(request: CheckRequest) -> CheckResult:
     written |= written_maps([base.instructions], all_specs, base.prog.type)
     written |= written_maps([cand.instructions], cand_specs, cand.prog.type)
     written |= _tail_call_writes(request, written)
-    written |= {w.map for w in request.writes}  # written in both worlds: never shared
+    # Written in both worlds: never shared (inner maps: cloned inside a new outer map).
+    written |= {w.map if w.inner is None else f"{w.map}[inner]" for w in request.writes}
     written |= {w.guard[0] for w in request.writes if w.guard is not None}
     writes_after: dict[int, list[Write]] = {}
     for w in request.writes:
@@ -214,7 +221,7 @@ def _apply(world: World, write: Write) -> None:
         off = write.guard[1]
         version = int.from_bytes(raw[off:off + 8], "little") + 2  # even: no write in flight
         guard.update(0, raw[:off] + version.to_bytes(8, "little") + raw[off + 8:])
-    m = world.maps[write.map]
+    m = world.maps[write.map] if write.inner is None else world.inner[write.map][write.inner]
     if write.value is None:
         m.delete(write.key)
     else:
@@ -264,7 +271,8 @@ def _tail_call_loader(side: Side):  # type: ignore[no-untyped-def]
                 if plain.tag != held.tag:
                     return None
             add_harness_maps(world)
-            program = side.instructions if name == side.prog.name else prog.program
+            program = side.instructions if name == side.prog.name else \
+                side.tail_programs.get(name, prog.program)
             return load_program_spec(prog, world.maps,
                                      program=harness(program, prog.type).program,
                                      btf_fd=side.btf_fd)

@@ -131,12 +131,16 @@ class World:
 
     def _reproduce_outer(self, name: str, outer: Map) -> Map:
         clones: dict[bytes, Map] = {}
+        by_id: dict[int, Map] = {}  # an inner map held in several slots: one clone for all
         for key, value in _entries(outer):
             assert isinstance(value, bytes)
             inner_id = int.from_bytes(value[:4], "little")
+            if inner_id in by_id:
+                clones[key] = by_id[inner_id]
+                continue
             try:
                 with Map.from_id(inner_id) as inner:
-                    clones[key] = self._clone(f"{name}[{key.hex()}]", inner)
+                    clones[key] = by_id[inner_id] = self._clone(f"{name}[{key.hex()}]", inner)
             except KernelError as exc:
                 raise WorldError(f"map of maps {name!r}: cannot open inner map id "
                                  f"{inner_id}: {exc}") from exc
@@ -155,7 +159,7 @@ class World:
     def _new_prog_array(self, name: str, source: Map) -> Map:
         new = self.stack.enter_context(Map.create(
             MapType.PROG_ARRAY, source.key_size, source.value_size, source.max_entries,
-            flags=source.flags, name=source.name[:15]))
+            flags=source.flags, name=source.info.name[:15]))  # the kernel's: a valid name
         new.name = name
         return new
 

@@ -27,9 +27,10 @@ trace plus the control-plane writes between its packets (`guarded_writes`).
 from __future__ import annotations
 
 import random
+import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..analysis import ProgramFacts
@@ -92,6 +93,25 @@ def check_plan(trace: Trace, specialization: Any = None, *, nf: NetworkFunction 
     return CheckPlan(checked, writes)
 
 
+def joined_plans(plans: Sequence[CheckPlan]) -> CheckPlan:
+    """One plan running `plans` one after the other (each one's writes after its own
+    packets): the check of a root and the programs it tail-calls, each with its own sites."""
+    if len(plans) == 1:
+        return plans[0]
+    first = plans[0].trace
+    frames: list[bytes] = []
+    flow_ids: list[int] = []
+    ingress: list[int] = []
+    writes: list[Write] = []
+    for plan in plans:
+        writes += [replace(w, after=w.after + len(frames)) for w in plan.writes]
+        frames += plan.trace.frames
+        flow_ids += plan.trace.flow_ids
+        ingress += plan.trace.ingress
+    return CheckPlan(Trace(frames, flow_ids, ingress, first.nf, first.profile, first.seed,
+                           dict(first.meta), list(first.warmup)), writes)
+
+
 def inlined_key_packets(trace: Trace, decisions: Iterable[Any],
                         per_site: int = INLINED_KEYS_PER_SITE) -> list[tuple[bytes, int]]:
     """A packet for every inlined key (up to `per_site` a site): the first frame of the
@@ -150,15 +170,17 @@ def guarded_writes(decisions: Iterable[Any], after: int,
         plan = d.plan
         if plan is None or plan.guard_slot is None:
             continue
-        if getattr(d.site, "inner_of", None) is not None:
-            # An inner map resolved through its outer map: the check's worlds share it with
-            # the user's maps (the data plane only reads it), so it is not written here;
-            # the agent's tests write it and its outer slot under the write watcher.
-            continue
+        # An inner map resolved through its outer map (`outer[key]`, `outer[cpu]`) is
+        # written in the inner map the outer holds there (the check's worlds clone it);
+        # for the CPU's own, CPU 0's (resolved only where every CPU holds the same map).
+        inner_of = getattr(d.site, "inner_of", None)
+        target, inner = plan.map, None
+        if inner_of is not None:
+            target, inner = inner_of[0], inner_of[1] or struct.pack("<I", 0)
         for entry in [e for e in plan.entries if e.value][:per_site]:
             value = bytes([entry.value[0] ^ 1]) + entry.value[1:]
-            out.append(Write(max(after, 0), plan.map, entry.key, value,
-                             guard=(GUARD_MAP, 8 * plan.guard_slot)))
+            out.append(Write(max(after, 0), target, entry.key, value,
+                             guard=(GUARD_MAP, 8 * plan.guard_slot), inner=inner))
     return out
 
 

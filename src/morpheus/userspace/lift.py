@@ -156,6 +156,7 @@ class _Lifter:
         # register → what it is known to hold: a map (its name) or a stack pointer (offset
         # from r10), from the dataflow at the block's start on (see `block_facts`)
         self.known: dict[int, str | int] = {}
+        self.targets: dict[int, int] = {}  # branch → its target, checked once
 
     # --- module --------------------------------------------------------------------------
     def module(self) -> str:
@@ -250,6 +251,9 @@ class _Lifter:
         return out
 
     def target(self, index: int, start: int, end: int) -> int:
+        cached = self.targets.get(index)
+        if cached is not None:
+            return cached
         insn = self.program.insns[index]
         if insn.reference is not None:
             target = self.program.target(index)
@@ -260,6 +264,7 @@ class _Lifter:
         if not start <= target < end:
             raise LiftError(f"program {self.program.name}: instruction {index} jumps out of "
                             "its function")
+        self.targets[index] = target
         return target
 
     def track_maps(self, insn: Instruction) -> None:

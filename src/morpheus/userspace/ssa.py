@@ -67,6 +67,10 @@ class Registers:
         ends = [self.ends[p] for p in preds]
         state: dict[int, str] = {}
         for reg in range(REGISTERS):
+            distinct = {e[reg] for e in ends}
+            if len(distinct) == 1:
+                state[reg] = self.resolve(distinct.pop())
+                continue
             values = [self.resolve(e[reg]) for e in ends]
             v = values[0]
             if all(x == v for x in values):

@@ -199,6 +199,50 @@ def test_a_candidate_that_differs_on_the_sampled_frames_is_not_swapped_in(bed: B
         agent.stop()
 
 
+def test_the_check_plan_refuses_a_mutant_the_sampled_frames_miss(bed: Bed) -> None:
+    """The pre-swap check runs the kernel agent's check plan: a candidate that serves a key
+    absent from its inlined rt_ifaces table (a frame on another port) the table's first
+    entry is refused, although every sampled frame arrives on the one configured port, so
+    the sampled frames alone (the plan without enrichment) let it through."""
+    from tests.world import mutants as M
+    from tests.world.test_agent_check import Miscompile
+
+    nf = get("router")
+    mutation = next(m for m in M.SPECIALIZED if m.name == "absent key served the first entry")
+    agent = _agent(bed, f"ue{os.getpid()}")
+    agent.start()
+    try:
+        nf.control_plane(agent.control_maps()).apply(bed.config)
+        hot = [bed.frame(s % 3, h) for h in range(1, 9) for s in range(6)] * 2
+        bed.exchange(hot)
+        base = agent.current
+        inject = Miscompile(mutation, frozenset(agent.spec.maps))
+        options = AgentOptions(measure_instrumentation=False, final_passes=(inject,))
+        agent.options = options
+        report = agent.cycle()
+        assert inject.applied
+        assert report.outcome == "failed", report.reason
+        assert "equivalence check failed" in report.reason, report.reason
+        assert agent.current is base
+        assert agent.last_check is not None and not agent.last_check["equivalent"]
+        assert agent.last_check["packets"] > len(hot) and agent.last_check["writes"] > 0
+
+        agent.options = AgentOptions(measure_instrumentation=False, final_passes=(inject,),
+                                     check_enrich=False)
+        agent.force_respecialize()
+        assert agent.cycle().outcome == "swapped"  # what the sampled frames alone allow
+
+        agent.options = AgentOptions(measure_instrumentation=False)
+        agent.force_respecialize()
+        report = agent.cycle()  # the real candidate: no false alarm on the enriched plan
+        assert report.outcome == "swapped", report.reason
+        assert agent.last_check["equivalent"] and agent.last_check["writes"] > 0
+        back = bed.exchange(hot)
+        assert sorted(back) == sorted(_expected(bed.config, hot, bed.ifindex))
+    finally:
+        agent.stop()
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*MORPHEUS, *args], capture_output=True, text=True, timeout=60,
                           check=False)

@@ -43,7 +43,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1134,6 +1134,10 @@ class Agent:
         self.last_check, self.last_check_writes = outcome, len(plan.writes)
         return outcome
 
+    def _check_frames(self) -> Sequence[bytes]:
+        """The check packets the plan starts from (kernel: the --check-trace frames)."""
+        return self.options.check_frames
+
     def check_inputs(self, result: Any = None) -> CheckInputs:
         """What the pre-swap check of the candidate `result` (a Specialization) runs on:
         the check frames on this interface, the candidate's inlined sites and guarded
@@ -1147,7 +1151,7 @@ class Agent:
                 ports.append(socket.if_nametoindex(name))
             except OSError:
                 raise AgentError(f"check interface {name!r} does not exist") from None
-        return CheckInputs(self.options.check_frames, self._ifindex(), facts=self.facts,
+        return CheckInputs(self._check_frames(), self._ifindex(), facts=self.facts,
                            specialization=result, nf=self.options.check_nf,
                            config=self.options.check_config, ports=tuple(ports),
                            enrich=self.options.check_enrich)

@@ -12,9 +12,12 @@ the control-plane API and `status` are the kernel agent's own code.
   docs/userspace.md).
 - Versions. Every version is first loaded into the kernel against kernel maps of the same
   layout, so that the verifier judges it (it is never attached), then lifted and compiled.
-  Before a swap the candidate and the unspecialized program both run, JIT-compiled, on
-  frames the poller copied from the live traffic (and on `--check-trace` packets), from
-  the same state (`userspace.equivalence`); any difference keeps the running version.
+  Before a swap the candidate and the unspecialized program both run, JIT-compiled, from
+  the same state (`userspace.equivalence`), on the kernel agent's check plan
+  (`runtime.check.candidate_plan`) over the frames the poller copied from the live traffic
+  and the `--check-trace` packets: near misses of the inlined keys, a packet per inlined
+  key, unseen flows and edge cases, then the control-plane writes to guarded inlined
+  entries. Any difference keeps the running version.
 - Swap. The poller reads the program's entry once per batch; the swap stores the new one
   between two batches (`BatchGate`): an atomic pointer swap, no frame lost or run twice.
 - Consistency. The same guard versions as in the kernel: every inlined site checks its
@@ -33,7 +36,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,10 +50,11 @@ from ..passes.inline import GUARD_MAP
 from ..passes.instrument import CTL_MAP, SAMPLES_MAP
 from ..uapi import ProgType
 from .agent import Agent, AgentOptions, Version
+from .check import candidate_plan
 from .lifecycle import AgentError, remove_stale_tmp, write_state
 
 log = logging.getLogger("morpheus.agent")
-CHECK_PACKETS = 1000  # frames per pre-swap check (sampled live ones, then --check-trace)
+CHECK_PACKETS = 1000  # frames the check plan starts from (sampled live, then --check-trace)
 _REFERENCES = (MapType.PROG_ARRAY, MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS)
 
 
@@ -128,9 +131,12 @@ class UserspaceAgent(Agent):
         self._set_current(base)
         plain = self._base_program(instrumented=False)
         self._verify(plain)  # it runs check packets in this process: the kernel judges it
+        # The check plan's control-plane writes go to guarded maps: each check plane's own.
+        guarded = [n for n in self.guard_slots if n in self.plane.maps]
+        written = dict.fromkeys((*self.target.written_maps(), GUARD_MAP, *guarded))
         self.equivalence = Equivalence(CheckSetup(
-            self.spec, self.plane, (*self.target.written_maps(), GUARD_MAP), private,
-            self.gate.paused, self.lock), plain)
+            self.spec, self.plane, tuple(written), private, self.gate.paused, self.lock),
+            plain)
         self.poller.start()
         self.reader = HeatReader(self.layout, self.maps, decay=self.options.decay)
         self._start_throughput()
@@ -139,14 +145,6 @@ class UserspaceAgent(Agent):
                              "program": self.prog.name, "iface": self.iface,
                              "version": self.current.number if self.current else None,
                              "analysis_ms": round(self.analysis_ms, 2)}))
-
-    def _ifindex(self) -> int:
-        with self._in_netns():
-            try:
-                return socket.if_nametoindex(self.iface)
-            except OSError:
-                where = f" in netns {self.netns.name}" if self.netns else ""
-                raise AgentError(f"no interface {self.iface!r}{where}") from None
 
     def _planned_pins(self) -> list[str]:
         return []  # nothing outlives the process
@@ -244,13 +242,20 @@ class UserspaceAgent(Agent):
     def _check_wanted(self) -> bool:
         return bool(self.options.check_frames or (self.poller and self.poller.frames))
 
+    def _check_frames(self) -> list[bytes]:
+        return [*list(self.poller.frames), *self.options.check_frames][:CHECK_PACKETS]
+
     def _check_equivalence(self, version: Version, result: Any = None) -> Any:
+        """The kernel agent's check plan for the candidate `result`, run by the JIT."""
         assert version.source is not None
-        frames = [*list(self.poller.frames), *self.options.check_frames][:CHECK_PACKETS]
-        result = self.equivalence.check(version.source, frames, self.ifindex)
+        with self._in_netns():
+            plan = candidate_plan(self.check_inputs(result))
+        outcome = self.equivalence.check(version.source, plan.packets, plan.writes)
         self.last_check = {"at": round(time.time(), 3), "version": version.number,
-                           "packets": result.packets, "equivalent": result.equivalent}
-        return result
+                           "packets": outcome.packets, "writes": len(plan.writes),
+                           "equivalent": outcome.equivalent}
+        self.last_check_writes = len(plan.writes)
+        return outcome
 
     def _measure_instrumentation(self) -> None:
         """What sampling costs per packet on the live traffic: the plain and the instrumented

@@ -25,6 +25,7 @@ from .maps import ARRAYS, REFERENCE_TYPES, SUPPORTED, Env, UserMap, UserMapError
 FRAME_SLOT = 4096
 HEADROOM = 256
 TAILROOM = 320
+MAX_FRAME = FRAME_SLOT - HEADROOM - TAILROOM  # the longest frame a program here can get
 _MAP_32BIT = 0x40
 _PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
 _MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_32BIT
@@ -246,7 +247,7 @@ class UserDataPlane:
     def run(self, program: UserProgram, frame: bytes, ingress_ifindex: int = 1) -> FrameResult:
         """Run one frame through `program` (one native call; for tests and checks)."""
         assert self._frames is not None
-        if len(frame) > FRAME_SLOT - HEADROOM - TAILROOM:
+        if len(frame) > MAX_FRAME:
             raise UserspaceError(f"frame of {len(frame)} bytes does not fit a frame slot")
         ctx = self._ctx
         api = engine().api

@@ -11,6 +11,12 @@ and not compared: sampling is bookkeeping, not behaviour. Both planes get the sa
 and random seed, so nondeterministic helpers return the same values on both sides and
 nothing needs masking. Compared: verdict, output bytes, redirect target of every frame,
 then every entry of every map either program writes.
+
+The packets and control-plane writes are the kernel agent's check plan
+(`runtime.check.candidate_plan`: sampled and --check-trace frames, near misses, inlined
+keys, edge cases, then the writes that change guarded inlined entries, made in both check
+planes as the agent's API makes them). The maps those writes may touch (every guarded map)
+are among `CheckSetup.written`: copied per check, never the live plane's.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from typing import Any
 
 from ..ir import Program
 from ..obj import MapSpec, ObjectSpec
-from .dataplane import FrameResult, UserDataPlane, UserProgram
+from ..world.check import Write, apply_write
+from .dataplane import MAX_FRAME, FrameResult, UserDataPlane, UserProgram
 from .live import copy_map
 from .maps import UserMap
 
@@ -117,11 +124,17 @@ class Equivalence:
             self.close()
             raise
 
-    def check(self, candidate: Program, frames: Sequence[bytes], ingress: int
-              ) -> EquivalenceResult:
-        """Run `frames` through base and candidate from the live state of this moment."""
+    def check(self, candidate: Program, packets: Sequence[tuple[bytes, int]],
+              writes: Sequence[Write] = ()) -> EquivalenceResult:
+        """Run `packets` ((frame, ingress ifindex) pairs) through base and candidate from the
+        live state of this moment, making each of `writes` in both after its packet."""
         assert self.cand_plane is not None
         cand = self.cand_plane
+        for w in writes:
+            if w.map not in self.setup.written:
+                raise ValueError(f"the check plan writes map {w.map!r}, which the check "
+                                 "planes share with the live one: list it in "
+                                 "CheckSetup.written")
         # Maps the candidate references that are not the object's (its inlined values):
         # read-only, shared like the other read-only maps.
         for ref in {i.reference for i in candidate.insns if i.is_map_load}:
@@ -132,24 +145,33 @@ class Equivalence:
         program: UserProgram = cand.plane.compile(candidate, name=f"{candidate.name}_check")
         try:
             with self.setup.hold:
-                return self._compare(program, frames, ingress)
+                return self._compare(program, packets, writes)
         finally:
             program.close()
             cand.plane.programs.remove(program)
 
-    def _compare(self, program: UserProgram, frames: Sequence[bytes], ingress: int
-                 ) -> EquivalenceResult:
+    def _compare(self, program: UserProgram, packets: Sequence[tuple[bytes, int]],
+                 writes: Sequence[Write]) -> EquivalenceResult:
         cand = self.cand_plane
         assert cand is not None
         with self.setup.paused():
             self.base_plane.refresh(self.setup.live, self.own)
             cand.refresh(self.setup.live, self.own)
-        result = EquivalenceResult(len(frames))
-        for n, frame in enumerate(frames):
-            a = self.base_plane.plane.run(self.base, frame, ingress)
-            b = cand.plane.run(program, frame, ingress)
-            if _outcome(a) != _outcome(b):
-                result.mismatches.append(Mismatch(f"packet {n}", _outcome(a), _outcome(b)))
+        after: dict[int, list[Write]] = {}
+        for w in writes:
+            after.setdefault(w.after, []).append(w)
+        result = EquivalenceResult(0)
+        for n, (frame, ingress) in enumerate(packets):
+            if len(frame) <= MAX_FRAME:  # longer ones never reach a program in user space
+                result.packets += 1
+                a = self.base_plane.plane.run(self.base, frame, ingress)
+                b = cand.plane.run(program, frame, ingress)
+                if _outcome(a) != _outcome(b):
+                    result.mismatches.append(Mismatch(f"packet {n}", _outcome(a),
+                                                      _outcome(b)))
+            for w in after.get(n, ()):
+                apply_write(self.base_plane.plane.maps, w)
+                apply_write(cand.plane.maps, w)
         for name in self.setup.written:
             ma, mb = self.base_plane.plane.maps.get(name), cand.plane.maps.get(name)
             if ma is None or mb is None:

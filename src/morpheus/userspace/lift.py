@@ -1,8 +1,9 @@
 """Lifting a `Program` to LLVM IR (text), one eBPF instruction at a time.
 
 Each eBPF function (the entry and every bpf-to-bpf subprogram) becomes its own LLVM function
-`i64 (i64 r1, ..., i64 r5, i64 ctx)` with its own 512-byte stack; registers are allocas that
-LLVM's mem2reg turns into SSA values. `ctx` is the program's context, threaded through calls
+`i64 (i64 r1, ..., i64 r5, i64 ctx)` with its own 512-byte stack; registers are SSA values
+the lifter builds itself (phis at block joins, see `ssa`), so LLVM gets no register traffic
+through memory to promote. `ctx` is the program's context, threaded through calls
 so that helpers which need it (redirect, bpf_loop) get it whatever r1 holds by then. Pointers
 are plain 64-bit addresses: packet data, map values, the stack. Packet frames live below
 4 GiB, so the 32-bit `data`/`data_end` fields of `struct xdp_md` hold real addresses.
@@ -18,6 +19,7 @@ results are zero-extended.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -43,6 +45,7 @@ from ..ir.opcodes import (
     PSEUDO_NONE,
     AtomicOp,
 )
+from .ssa import UNDEF, Registers
 
 
 class LiftError(ValueError):
@@ -123,6 +126,9 @@ class _Function:
     name: str
     start: int
     end: int
+    regs: Registers
+    block: int  # the eBPF block being emitted (its first instruction's index)
+    label: str  # the LLVM block being emitted (a tail call splits an eBPF block)
     lines: list[str] = field(default_factory=list)
     tmp: int = 0
 
@@ -150,7 +156,7 @@ class _Lifter:
         # register → what it is known to hold: a map (its name) or a stack pointer (offset
         # from r10), from the dataflow at the block's start on (see `block_facts`)
         self.known: dict[int, str | int] = {}
-        self.values: dict[int, str] = {}  # register → SSA value holding it, current block
+        self.targets: dict[int, int] = {}  # branch → its target, checked once
 
     # --- module --------------------------------------------------------------------------
     def module(self) -> str:
@@ -178,38 +184,60 @@ class _Lifter:
 
     # --- functions -----------------------------------------------------------------------
     def function(self, name: str, start: int, end: int) -> str:
-        fn = _Function(name, start, end)
         insns = self.program.insns
         leaders = self.leaders(start, end)
-        facts = self.block_facts(start, end, leaders)
+        succs = self.successors(start, end, leaders)
+        facts = self.block_facts(start, end, succs)
+        preds: dict[int, list[int]] = {b: [] for b in succs}
+        preds[start].append(Registers.ENTRY)
+        for block, out in succs.items():
+            for succ in out:
+                preds[succ].append(block)
+        entry = {r: f"%a{r}" if 1 <= r <= 5 else UNDEF for r in range(10)}
+        fn = _Function(name, start, end, Registers(preds, entry), Registers.ENTRY, "entry")
         fn.lines.append(f"define internal i64 {_fn_symbol(name)}(i64 %a1, i64 %a2, i64 %a3, "
                         "i64 %a4, i64 %a5, i64 %ctx) {")
         fn.lines.append("entry:")
-        for r in range(11):
-            fn.emit(f"%r{r} = alloca i64, align 8")
         fn.emit("%stack = alloca [512 x i8], align 16")
-        for r in range(1, 6):
-            fn.emit(f"store i64 %a{r}, ptr %r{r}")
         fn.emit("%fp = getelementptr inbounds i8, ptr %stack, i64 512")
         fn.emit("%fpi = ptrtoint ptr %fp to i64")
-        fn.emit("store i64 %fpi, ptr %r10")
         fn.emit(f"br label %L{start}")
+        labels = {Registers.ENTRY: "entry"}
+        phis_at: dict[int, int] = {}  # block → where in fn.lines its phis go
         terminated = True
         for index in range(start, end):
             if index in leaders or terminated:
                 if not terminated:
                     fn.emit(f"br label %L{index}")
+                if fn.block != Registers.ENTRY:
+                    labels[fn.block] = fn.label
+                    fn.regs.end(fn.block, succs[fn.block])
                 fn.lines.append(f"L{index}:")
+                phis_at[index] = len(fn.lines)
+                fn.block, fn.label = index, f"L{index}"
+                fn.regs.begin(index)
                 terminated = False
                 self.known = dict(facts.get(index) or {})
-                self.values.clear()
             terminated = self.instruction(fn, index, insns[index])
             self.track_maps(insns[index])
         if not terminated:
             # The verifier forbids falling off the end; keep LLVM's IR well-formed anyway.
             fn.emit("unreachable")
-        fn.lines.append("}")
-        return "\n".join(fn.lines)
+        labels[fn.block] = fn.label
+        fn.regs.end(fn.block, succs[fn.block])
+        fn.regs.finish()
+        # One text per block (its phis go first), rewritten in one pass: per-line work in
+        # Python would cost more than the loads and stores the phis replace.
+        cuts = [*phis_at.values(), len(fn.lines)]
+        segments = ["\n".join(fn.lines[:cuts[0]])]
+        segments += ["\n".join(fn.lines[a:b]) for a, b in itertools.pairwise(cuts)]
+        phis = fn.regs.phi_lines(segments, labels)
+        out = [segments[0]]
+        for block, segment in zip(phis_at, segments[1:], strict=True):
+            out.extend(phis.get(block, ()))
+            out.append(segment)
+        out.append("}")
+        return fn.regs.substitute("\n".join(out))
 
     def leaders(self, start: int, end: int) -> set[int]:
         out = {start}
@@ -223,6 +251,9 @@ class _Lifter:
         return out
 
     def target(self, index: int, start: int, end: int) -> int:
+        cached = self.targets.get(index)
+        if cached is not None:
+            return cached
         insn = self.program.insns[index]
         if insn.reference is not None:
             target = self.program.target(index)
@@ -233,41 +264,49 @@ class _Lifter:
         if not start <= target < end:
             raise LiftError(f"program {self.program.name}: instruction {index} jumps out of "
                             "its function")
+        self.targets[index] = target
         return target
 
     def track_maps(self, insn: Instruction) -> None:
         _transfer(self.known, insn)
 
-    def block_facts(self, start: int, end: int, leaders: set[int]
-                    ) -> dict[int, dict[int, str | int]]:
-        """What `_transfer` knows at each block's start on every path into it (a forward
-        dataflow to a fixpoint; facts only ever get dropped, so it terminates): a map
-        loaded in one block and looked up in another (the specializer's guards split them)
-        still gets the typed lookup, a key built on the stack still gets a stack address."""
+    def successors(self, start: int, end: int, leaders: set[int]) -> dict[int, list[int]]:
+        """Each block's successors (one entry per CFG edge: a conditional jump to the next
+        instruction is two edges)."""
         insns = self.program.insns
-        order = sorted(leaders)
-        ends = {b: (order[i + 1] if i + 1 < len(order) else end) for i, b in enumerate(order)}
-        facts: dict[int, dict[int, str | int]] = {start: {}}
-        work = [start]
-        while work:
-            block = work.pop()
-            state = dict(facts[block])
-            last = ends[block] - 1
-            for index in range(block, ends[block]):
-                _transfer(state, insns[index])
+        order = sorted(b for b in leaders if b < end)  # the exit ending the function too
+        out: dict[int, list[int]] = {}
+        for i, block in enumerate(order):
+            last = (order[i + 1] if i + 1 < len(order) else end) - 1
             insn = insns[last]
-            succs: list[int] = []
             if insn.is_exit:
-                pass
+                succs = []
             elif insn.is_unconditional_jump:
                 succs = [self.target(last, start, end)]
             elif insn.is_conditional_jump:
                 succs = [self.target(last, start, end), last + 1]
             else:
                 succs = [last + 1]
-            for succ in succs:
-                if succ >= end:
-                    continue
+            out[block] = [s for s in succs if s < end]
+        return out
+
+    def block_facts(self, start: int, end: int, succs: Mapping[int, list[int]]
+                    ) -> dict[int, dict[int, str | int]]:
+        """What `_transfer` knows at each block's start on every path into it (a forward
+        dataflow to a fixpoint; facts only ever get dropped, so it terminates): a map
+        loaded in one block and looked up in another (the specializer's guards split them)
+        still gets the typed lookup, a key built on the stack still gets a stack address."""
+        insns = self.program.insns
+        order = sorted(succs)
+        ends = {b: order[i + 1] if i + 1 < len(order) else end for i, b in enumerate(order)}
+        facts: dict[int, dict[int, str | int]] = {start: {}}
+        work = [start]
+        while work:
+            block = work.pop()
+            state = dict(facts[block])
+            for insn in insns[block:ends[block]]:
+                _transfer(state, insn)
+            for succ in succs[block]:
                 old = facts.get(succ)
                 new = state if old is None else {r: v for r, v in old.items()
                                                  if state.get(r) == v}
@@ -277,20 +316,22 @@ class _Lifter:
         return facts
 
     # --- helpers for operands ------------------------------------------------------------
-    # Within a block, a register's current value is reused instead of loaded again: fewer
-    # instructions for LLVM to clean up, which is most of the JIT's time.
-    def load_reg(self, fn: _Function, reg: int) -> str:
-        cached = self.values.get(reg)
-        if cached is not None:
-            return cached
-        v = fn.v()
-        fn.emit(f"{v} = load i64, ptr %r{reg}")
-        self.values[reg] = v
-        return v
+    @staticmethod
+    def load_reg(fn: _Function, reg: int) -> str:
+        if reg == 10:  # read-only: the verifier refuses writes to the frame pointer
+            return "%fpi"
+        return fn.regs.read(reg)
 
-    def store_reg(self, fn: _Function, reg: int, value: str) -> None:
-        fn.emit(f"store i64 {value}, ptr %r{reg}")
-        self.values[reg] = value
+    @staticmethod
+    def store_reg(fn: _Function, reg: int, value: str) -> None:
+        fn.regs.write(reg, value)
+
+    @staticmethod
+    def clobber(fn: _Function) -> None:
+        """After a call r1-r5 are scratch: the verifier lets no program read them again
+        before writing them, so they need no value (and join no phi)."""
+        for reg in range(1, 6):
+            fn.regs.write(reg, UNDEF)
 
     def stack_offset(self, reg: int) -> int | None:
         """Offset from the frame pointer if `reg` holds a known stack pointer."""
@@ -636,6 +677,7 @@ class _Lifter:
             r = fn.v()
             fn.emit(f"{r} = call i64 {_fn_symbol(insn.reference)}("
                     + ", ".join(f"i64 {a}" for a in args) + ", i64 %ctx)")
+            self.clobber(fn)
             self.store_reg(fn, 0, r)
             return
         if not insn.is_helper_call:
@@ -649,24 +691,22 @@ class _Lifter:
         symbol = f"rt_helper_{name}"
         if not name or symbol not in self.req.helpers:
             raise UnsupportedHelper(self.program.name, index, helper)
-        args = [self.helper_arg(fn, r) for r in range(1, 6)]
-        if name in _CTX_ARG:
-            args[_CTX_ARG[name]] = "%ctx"
-        if name in _ENV_ARG:
-            args[_ENV_ARG[name]] = str(self.req.env_address)
         if helper == _MAP_LOOKUP and isinstance(self.known.get(1), str):
             typed = _TYPED_LOOKUP.get(self.req.maps[str(self.known[1])].type)
             if typed is not None:
-                symbol = typed
-                args = args[:2]
-                self.declares.add(f"declare i64 @{symbol}(i64, i64)")
+                args = [self.helper_arg(fn, r) for r in (1, 2)]
+                self.declares.add(f"declare i64 @{typed}(i64, i64)")
                 r = fn.v()
-                fn.emit(f"{r} = call i64 @{symbol}(i64 {args[0]}, i64 {args[1]})")
+                fn.emit(f"{r} = call i64 @{typed}(i64 {args[0]}, i64 {args[1]})")
+                self.clobber(fn)
                 self.store_reg(fn, 0, r)
                 return
+        fixed = {_CTX_ARG.get(name): "%ctx", _ENV_ARG.get(name): str(self.req.env_address)}
+        args = [fixed.get(slot) or self.helper_arg(fn, slot + 1) for slot in range(5)]
         self.declares.add(f"declare i64 @{symbol}(i64, i64, i64, i64, i64)")
         r = fn.v()
         fn.emit(f"{r} = call i64 @{symbol}(" + ", ".join(f"i64 {a}" for a in args) + ")")
+        self.clobber(fn)
         self.store_reg(fn, 0, r)
 
     def tail_call(self, fn: _Function, index: int) -> None:
@@ -684,7 +724,8 @@ class _Lifter:
         fn.emit(f"{r} = tail call i64 {target}(i64 {ctx})")
         fn.emit(f"ret i64 {r}")
         fn.lines.append(f"tc{index}.miss:")
-        self.values.clear()
+        fn.label = f"tc{index}.miss"
+        self.clobber(fn)
 
 
 def lift(request: LiftRequest) -> str:

@@ -201,7 +201,7 @@ def check(request: CheckRequest) -> CheckResult:
                     result.first = (index, what)
             for w in writes_after.get(index, ()):
                 for world in worlds:
-                    _apply(world, w)
+                    apply_write(world.maps, w, world.inner)
             if index in checkpoints and result.first_table is None:
                 differing = _tables_differing(worlds, compare, clocks, index + 1)
                 if differing:
@@ -213,15 +213,25 @@ def check(request: CheckRequest) -> CheckResult:
     return result
 
 
-def _apply(world: World, write: Write) -> None:
-    if write.guard is not None and write.guard[0] in world.maps:
-        guard = world.maps[write.guard[0]]
+def apply_write(maps: Mapping[str, Any], write: Write,
+                inner: Mapping[str, Mapping[bytes, Any]] | None = None) -> None:
+    """Make `write` in a world of `maps` (kernel maps, or the user-space backend's: anything
+    with `lookup`, `update` and `delete` by key): the guard's version first, as the agent's
+    API moves it, then the entry. A write to an inner map of a map of maps (`write.inner`,
+    its outer key) goes to `inner[outer name][outer key]`."""
+    if write.guard is not None and write.guard[0] in maps:
+        guard = maps[write.guard[0]]
         raw = guard.lookup(0)
         assert isinstance(raw, bytes)
         off = write.guard[1]
         version = int.from_bytes(raw[off:off + 8], "little") + 2  # even: no write in flight
         guard.update(0, raw[:off] + version.to_bytes(8, "little") + raw[off + 8:])
-    m = world.maps[write.map] if write.inner is None else world.inner[write.map][write.inner]
+    if write.inner is None:
+        m = maps[write.map]
+    elif inner is None:
+        raise ValueError(f"a write to an inner map of {write.map!r} needs the world's inner maps")
+    else:
+        m = inner[write.map][write.inner]
     if write.value is None:
         m.delete(write.key)
     else:

@@ -40,7 +40,7 @@ def mutation_report() -> Iterator[list[dict[str, Any]]]:
           f"{summary['rejected_by_verifier']} refused by the verifier), report in {REPORT}")
     for r in rows:
         state = "refused" if r.get("rejected") else "equiv" if r.get("equivalent") else \
-            "caught" if r["caught"] else "MISSED"
+            "caught" if r["caught"] else "known" if r.get("known_miss") else "MISSED"
         where = f"@{r['placement']}:{r.get('site')}" if "placement" in r else ""
         print(f"  {r['target']:<10} {r['entry']:<9} {r['mutant'] + where:<58} {state:<8} "
               f"packets {r.get('packets_to_catch')}")

@@ -12,11 +12,13 @@ own bytecode, that no input tells it from the program:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 
 from morpheus.analysis.values import K_PKT, K_PKT_END, analyze_values
 from morpheus.ir import Program
 from morpheus.ir.helpers import HELPER_IDS
 from morpheus.ir.opcodes import C_JMP, SRC_X, JmpOp
+from tests.world import mutants as M
 
 ETH_HLEN = 14
 _MOVES_PACKET = {HELPER_IDS[n] for n in ("xdp_adjust_head", "xdp_adjust_tail",
@@ -84,11 +86,44 @@ def runt_edges(program: Program) -> set[tuple[int, int]]:
     return out
 
 
+def only_through(program: Program, index: int, edges: set[tuple[int, int]]) -> bool:
+    """Whether every path from the entry to instruction `index` takes one of `edges`: with
+    them removed the instruction is unreachable, and it is reachable with them (it is not
+    simply dead code)."""
+    return bool(edges) and index in _reachable(program, [0], set()) and \
+        index not in _reachable(program, [0], edges)
+
+
 def only_on_runts(program: Program, index: int) -> bool:
-    """Whether every path from the entry to instruction `index` goes through a runt edge
-    (`runt_edges`): with those edges removed the instruction is unreachable, and it is
-    reachable with them (it is not simply dead code)."""
-    cut = runt_edges(program)
-    return bool(cut) and index in _reachable(program, [0], set()) and \
-        index not in _reachable(program, [0], cut)
+    """Whether every path to instruction `index` goes through a runt edge (`runt_edges`)."""
+    return only_through(program, index, runt_edges(program))
+
+
+def miss_edges(program: Program, maps: Collection[str]) -> set[tuple[int, int]]:
+    """Edges taken when an inlined lookup on one of `maps` found nothing: the NULL test at
+    the site's `.cont`, where r0 is a leaf's value pointer (never NULL) or the result of
+    the original lookup on a miss of the tree."""
+    out: set[tuple[int, int]] = set()
+    for i, insn in enumerate(program.insns):
+        label = insn.label or ""
+        if not (label.startswith("mph") and label.endswith(".cont")):
+            continue
+        if not insn.is_conditional_jump or insn.opcode & 0x07 != C_JMP or \
+                insn.opcode & SRC_X or insn.dst != 0 or insn.imm != 0:
+            continue
+        if M.inlined_map_at_site(program, label[:-len(".cont")]) not in maps:
+            continue
+        target = program.labels.get(str(insn.reference))
+        op = insn.opcode & 0xF0
+        if op == JmpOp.JEQ and target is not None:
+            out.add((i, target))
+        elif op == JmpOp.JNE:
+            out.add((i, i + 1))
+    return out
+
+
+def only_on_misses(program: Program, index: int, maps: Collection[str]) -> bool:
+    """Whether every path to instruction `index` goes through a miss of an inlined lookup
+    on one of `maps` (`miss_edges`)."""
+    return only_through(program, index, miss_edges(program, maps))
 

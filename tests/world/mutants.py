@@ -645,6 +645,12 @@ def _inlined_name(insn: Instruction) -> str:
     return _note(insn)[len("inlined "):]
 
 
+def inlined_map_at_site(program: Program, site: str) -> str | None:
+    """The map the inlined site `site` (`mphN`) inlines, named by its leaves."""
+    own = [i for i in _leaves(program) if _site_of(program, i) == site]
+    return _inlined_name(program.insns[own[0]]) if own else None
+
+
 def inlined_map_at(program: Program, mutant: Mutant, extra: Mapping[str, MapSpec]
                    ) -> str | None:
     """The inlined map a mutant changes: the one named by the leaf nearest the first

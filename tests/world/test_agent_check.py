@@ -33,6 +33,7 @@ from morpheus.passes.pipeline import PassContext
 from morpheus.runtime.agent import Agent, AgentOptions
 from morpheus.runtime.check import CandidatePair, CheckInputs, check_candidate
 from morpheus.traffic.generate import generate
+from morpheus.uapi import MapType
 from tests.world import equivalent as EQ
 from tests.world import mutants as M
 from tests.world.checked_env import checked_env, packets
@@ -61,10 +62,6 @@ KNOWN_AGENT_MISSES = {
     ("firewall", "inlined leaf points at another entry", "fw_config", 0): _FW_CONFIG,
     ("router", "absent key served the first entry", "rt_ifaces", 1):
         _EGRESS.format(source="rt_routes"),
-    ("router", "branch on an inlined field swapped", "rt_routes", 2):
-        "equivalent on this configuration (argued): the swapped branch (on rt_config's "
-        "flags) is on the path of a route lookup that found nothing, and the table holds a "
-        "default route (0.0.0.0/0): every lookup finds one",
     ("switch", "absent key served the first entry", "sw_ports", 1):
         _EGRESS.format(source="sw_fdb"),
     ("switch", "absent key served the first entry", "sw_vlans", 3):
@@ -116,15 +113,36 @@ class Miscompile:
         return mutant
 
 
-def equivalence_shown(inject: Miscompile) -> str | None:
-    """Why the placement is equivalent, when its bytecode shows it; else None."""
+def never_missing(agent: Agent) -> set[str]:
+    """LPM tries that cannot miss: they hold a /0 entry and the data plane never writes
+    them (and the check's control-plane writes only change values)."""
+    out = set()
+    for name, m in agent.maps.items():
+        facts = agent.facts.maps.get(name)
+        if m.type != MapType.LPM_TRIE or facts is None or facts.written_by_data_plane:
+            continue
+        if any(int.from_bytes(key[:4], "little") == 0 for key in m):
+            out.add(name)
+    return out
+
+
+def equivalence_shown(inject: Miscompile, agent: Agent) -> str | None:
+    """Why the placement is equivalent, when its bytecode (and the maps) show it; else
+    None."""
     if inject.before is None or inject.mutant is None:
         return None
     index = M.first_change(inject.before, inject.mutant)
-    if index is not None and EQ.only_on_runts(inject.mutant, index):
+    if index is None:
+        return None
+    if EQ.only_on_runts(inject.mutant, index):
         return (f"instruction {index} is reached only through a bounds check that found "
                 "the frame shorter than 14 bytes (every path to it, shown on the CFG); "
                 "XDP never runs on such frames")
+    tables = never_missing(agent)
+    if EQ.only_on_misses(inject.mutant, index, tables):
+        return (f"instruction {index} is reached only when an inlined lookup in "
+                f"{', '.join(sorted(tables))} finds nothing (every path to it, shown on the "
+                "CFG), and that LPM trie holds a /0 entry the data plane never deletes")
     return None
 
 
@@ -204,7 +222,7 @@ def test_the_agents_pre_swap_check_refuses_every_mutant(
                     caught = report.outcome == "failed" and \
                         "equivalence check failed" in report.reason
                     assert caught <= (agent.current is real)  # refused: the running one stays
-                    shown = equivalence_shown(inject) if not caught else None
+                    shown = equivalence_shown(inject, agent) if not caught else None
                     known = None if caught or shown else KNOWN_AGENT_MISSES.get(
                         (name, mutation.name, inject.where, n))
                     mutation_report.append({

@@ -9,7 +9,7 @@ import errno
 import pytest
 
 from morpheus.ir import Program, asm
-from morpheus.ir.asm import R0, R1, R2, R6, R7, R8
+from morpheus.ir.asm import R0, R1, R2, R6, R7, R8, R10
 from morpheus.ir.opcodes import JmpOp
 from morpheus.kernel import KernelError
 from tests.world import equivalent as EQ
@@ -69,3 +69,25 @@ def test_xdp_test_runs_refuse_frames_shorter_than_an_ethernet_header(test_object
             with pytest.raises(KernelError) as refused:
                 prog.test_run(bytes(size))
             assert refused.value.errno == errno.EINVAL
+
+
+def _inlined_site() -> Program:
+    """An inlined lookup of map `t`: a leaf or the original lookup, then the NULL test."""
+    return Program("t", (
+        asm.ldx(4, R6, R1, 12), asm.st(4, R10, -4, 0), asm.mov64(R2, R10),
+        asm.add64(R2, -4), asm.ld_map_fd(R1, "t"),
+        asm.jne(R6, 2, "mph1.miss"),
+        asm.ld_map_value(R0, "mph_values", 0, note="inlined t"), asm.ja("mph1.cont"),
+        asm.call_helper("map_lookup_elem", label="mph1.miss"),
+        asm.jne(R0, 0, "found", label="mph1.cont"),
+        asm.mov64(R0, 1), asm.jeq(R6, 3, "out"), asm.exit_(),
+        asm.mov64(R0, 2, label="found"), asm.exit_(),
+        asm.mov64(R0, 3, label="out"), asm.exit_()))
+
+
+def test_code_after_a_miss_is_miss_only_for_a_table_that_cannot_miss() -> None:
+    program = _inlined_site()
+    after_miss = program.labels["mph1.cont"] + 2  # the test of r6 on the NULL path
+    assert EQ.only_on_misses(program, after_miss, {"t"})
+    assert not EQ.only_on_misses(program, after_miss, {"other"})
+    assert not EQ.only_on_misses(program, program.labels["found"], {"t"})

@@ -46,12 +46,23 @@ _INVERSE = {J_JEQ: J_JNE, J_JNE: J_JEQ, J_JGT: J_JLE, J_JLE: J_JGT, J_JGE: J_JLT
 
 @dataclass(frozen=True)
 class Mutation:
+    """A miscompile: `operator` applies it at its usual place; `placed(n)`, where given,
+    at the n-th inlined site that has a place for it (in program order), so a suite can
+    try every site rather than the first one."""
+
     name: str
     operator: Operator
+    placed: Callable[[int], Operator] | None = None
 
     def apply(self, program: Program, extra: Mapping[str, MapSpec] | None = None
               ) -> Mutant | None:
         return self.operator(program, extra or {})
+
+    def placements(self, limit: int = 8) -> list[Operator]:
+        """Operators applying the mutation at each of its places, the usual one first, up
+        to `limit` (a placement past the last site finds nothing to mutate)."""
+        later = [self.placed(n) for n in range(1, limit)] if self.placed is not None else []
+        return [self.operator, *later]
 
 
 def _states(program: Program):  # type: ignore[no-untyped-def]
@@ -65,6 +76,26 @@ def _note(insn: Instruction) -> str:
 def _leaves(program: Program) -> list[int]:
     return [i for i, insn in enumerate(program.insns)
             if insn.is_map_load and _note(insn).startswith("inlined")]
+
+
+def _site_of(program: Program, index: int) -> str | None:
+    """The inlined site an instruction of a key tree belongs to: the `mphN.cont` label its
+    leaves jump to, the first one at or after it."""
+    for insn in program.insns[index:]:
+        if insn.label and insn.label.startswith("mph") and insn.label.endswith(".cont"):
+            return insn.label[:-len(".cont")]
+    return None
+
+
+def _per_site(program: Program, candidates: list[int]) -> list[int]:
+    """The first candidate of each inlined site, in program order."""
+    out, seen = [], set()
+    for i in candidates:
+        site = _site_of(program, i)
+        if site not in seen:
+            seen.add(site)
+            out.append(i)
+    return out
 
 
 def _stores_into(program: Program, kind: int) -> list[int]:
@@ -112,6 +143,38 @@ def _first_leaf_is_converged(program: Program, extra: Mapping[str, MapSpec]) -> 
 
 def inlined_value_flipped(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
     """Every byte of the first inlined entry one bit off (a wrong constant)."""
+    return inlined_value_flipped_at(0)(program, extra)
+
+
+def _flip_leaf(program: Program, extra: Mapping[str, MapSpec], leaf: int) -> Mutant | None:
+    leaves = _leaves(program)
+    first = program.insns[leaf]
+    spec = extra.get(str(first.reference))
+    if spec is None or spec.data is None:
+        return None
+    offsets = sorted({program.insns[i].imm for i in leaves
+                      if program.insns[i].reference == first.reference})
+    bigger = [o for o in offsets if o > first.imm]
+    end = bigger[0] if bigger else len(spec.data)
+    data = bytearray(spec.data)
+    for i in range(first.imm, end):
+        data[i] ^= 0x01
+    return program, {**extra, spec.name: dataclasses.replace(spec, data=bytes(data))}
+
+
+def inlined_value_flipped_at(nth: int) -> Operator:
+    """`inlined_value_flipped` at the first entry of the `nth` inlined site (for n > 0, a
+    site with plain leaves: converged trees keep their first placement)."""
+    def op(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
+        if nth == 0:
+            return _inlined_value_flipped_first(program, extra)
+        leaf = _pick(_per_site(program, _leaves(program)), nth)
+        return _flip_leaf(program, extra, leaf) if leaf is not None else None
+    return op
+
+
+def _inlined_value_flipped_first(program: Program, extra: Mapping[str, MapSpec]
+                                 ) -> Mutant | None:
     if _first_leaf_is_converged(program, extra):
         _, slot, _, values, table = _converged_leaf(program, extra)  # type: ignore[misc]
         start = table[slot]
@@ -122,27 +185,60 @@ def inlined_value_flipped(program: Program, extra: Mapping[str, MapSpec]) -> Mut
             data[i] ^= 0x01
         return program, {**extra, values.name: dataclasses.replace(values, data=bytes(data))}
     leaves = _leaves(program)
-    if not leaves:
-        return None
-    first = program.insns[leaves[0]]
-    spec = extra.get(str(first.reference))
-    if spec is None or spec.data is None:
-        return None
-    offsets = sorted({program.insns[i].imm for i in leaves
-                      if program.insns[i].reference == first.reference})
-    start = first.imm
-    bigger = [o for o in offsets if o > start]
-    end = bigger[0] if bigger else len(spec.data)
-    data = bytearray(spec.data)
-    for i in range(start, end):
-        data[i] ^= 0x01
-    changed = dict(extra)
-    changed[spec.name] = dataclasses.replace(spec, data=bytes(data))
-    return program, changed
+    return _flip_leaf(program, extra, leaves[0]) if leaves else None
 
 
 def inlined_wrong_entry(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
     """A leaf of the key tree points at another key's value."""
+    return inlined_wrong_entry_at(0)(program, extra)
+
+
+def _value_size(insn: Instruction, extra: Mapping[str, MapSpec]) -> int | None:
+    """The value size of the map a leaf inlines (its note names it), where `extra` holds
+    that map's spec too."""
+    note = _note(insn)
+    spec = extra.get(note[len("inlined "):]) if note.startswith("inlined ") else None
+    return spec.value_size if spec is not None else None
+
+
+def _retargets(program: Program, extra: Mapping[str, MapSpec]) -> list[tuple[int, int]]:
+    """(leaf, another entry's offset) for leaves with another entry in their values map.
+    Where the inlined map's value size is known, only an entry whose bytes differ over it
+    (a leaf pointed at equal bytes reads the same constants: no miscompile)."""
+    leaves = _leaves(program)
+    out = []
+    for i in leaves:
+        insn = program.insns[i]
+        others = [program.insns[j].imm for j in leaves if program.insns[j].reference ==
+                  insn.reference and program.insns[j].imm != insn.imm]
+        size = _value_size(insn, extra)
+        values = extra.get(str(insn.reference))
+        if size is not None and values is not None and values.data is not None:
+            data = values.data
+            others = [o for o in others
+                      if data[o:o + size] != data[insn.imm:insn.imm + size]]
+        if others:
+            out.append((i, others[0]))
+    return out
+
+
+def inlined_wrong_entry_at(nth: int) -> Operator:
+    """`inlined_wrong_entry` at the first leaf of the `nth` inlined site that has another
+    entry to point at (for n > 0, plain leaves only)."""
+    def op(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
+        if nth == 0:
+            return _inlined_wrong_entry_first(program, extra)
+        retargets = dict(_retargets(program, extra))
+        leaf = _pick(_per_site(program, list(retargets)), nth)
+        if leaf is None:
+            return None
+        insn = program.insns[leaf]
+        return rewrite(program, {leaf: [insn._replace(imm=retargets[leaf])]})
+    return op
+
+
+def _inlined_wrong_entry_first(program: Program, extra: Mapping[str, MapSpec]
+                               ) -> Mutant | None:
     if _first_leaf_is_converged(program, extra):
         # A converged tree's first leaf is its lowest range, which traffic may never reach:
         # every slot of its table points at the next slot's entry instead.
@@ -150,13 +246,8 @@ def inlined_wrong_entry(program: Program, extra: Mapping[str, MapSpec]) -> Mutan
         if len(set(table)) > 1:
             data = b"".join(o.to_bytes(4, "little") for o in [*table[1:], table[0]])
             return program, {**extra, offsets.name: dataclasses.replace(offsets, data=data)}
-    leaves = _leaves(program)
-    for i in leaves:
-        insn = program.insns[i]
-        others = [program.insns[j].imm for j in leaves if program.insns[j].reference ==
-                  insn.reference and program.insns[j].imm != insn.imm]
-        if others:
-            return rewrite(program, {i: [insn._replace(imm=others[0])]})
+    for i, other in _retargets(program, extra):
+        return rewrite(program, {i: [program.insns[i]._replace(imm=other)]})
     return None
 
 
@@ -172,23 +263,42 @@ def _leaf_compares(program: Program) -> list[int]:
     return out
 
 
+def _compare_at(nth: int, program: Program) -> int | None:
+    """The first key compare of the `nth` inlined site that has one."""
+    return _pick(_per_site(program, _leaf_compares(program)), nth)
+
+
 def key_compare_short(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
     """A 64-bit key compare done on 32 bits: half the key is never compared."""
-    compares = _leaf_compares(program)
-    if not compares:
-        return None
-    i = compares[0]
-    insn = program.insns[i]
-    return rewrite(program, {i: [insn._replace(opcode=(insn.opcode & ~0x07) | C_JMP32)]})
+    return key_compare_short_at(0)(program, extra)
+
+
+def key_compare_short_at(nth: int) -> Operator:
+    """`key_compare_short` on the first compare of the `nth` site's tree."""
+    def op(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
+        i = _compare_at(nth, program)
+        if i is None:
+            return None
+        insn = program.insns[i]
+        return rewrite(program, {i: [insn._replace(opcode=(insn.opcode & ~0x07) | C_JMP32)]})
+    return op
 
 
 def key_compare_byte_short(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
     """A key compare that ignores the key's first byte (the low byte of the loaded word):
     `if r3 != r4` becomes `r3 ^= r4; r3 >>= 8; if r3 != 0`."""
-    compares = _leaf_compares(program)
-    if not compares:
-        return None
-    i = compares[0]
+    return key_compare_byte_short_at(0)(program, extra)
+
+
+def key_compare_byte_short_at(nth: int) -> Operator:
+    """`key_compare_byte_short` on the first compare of the `nth` site's tree."""
+    def op(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
+        i = _compare_at(nth, program)
+        return _skip_first_key_byte(program, i) if i is not None else None
+    return op
+
+
+def _skip_first_key_byte(program: Program, i: int) -> Program:
     insn = program.insns[i]
     key, const = Reg(insn.dst), Reg(insn.src)
     return rewrite(program, {i: [
@@ -208,19 +318,28 @@ def key_constant_bit_off(program: Program, extra: Mapping[str, MapSpec]) -> Muta
 
 def table_miss_as_hit(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
     """A key absent from an inlined whole table gets the table's first leaf's value."""
-    leaves = _leaves(program)
-    start = 0
-    for i, insn in enumerate(program.insns):
-        if insn.label and insn.label.endswith(".cont"):
-            start = i
-        if _note(insn) == "not in the table":
-            before = [j for j in leaves if start < j < i]
-            if not before:
-                return None
-            leaf = program.insns[before[0]]
-            return rewrite(program, {i: [asm.ld_map_value(R0, str(leaf.reference), leaf.imm,
-                                                          label=insn.label)]})
-    return None
+    return table_miss_as_hit_at(0)(program, extra)
+
+
+def table_miss_as_hit_at(nth: int) -> Operator:
+    """`table_miss_as_hit` in the `nth` whole table (in program order)."""
+    def op(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
+        leaves = _leaves(program)
+        start, found = 0, []
+        for i, insn in enumerate(program.insns):
+            if insn.label and insn.label.endswith(".cont"):
+                start = i
+            if _note(insn) == "not in the table":
+                before = [j for j in leaves if start < j < i]
+                found.append((i, before[0] if before else None))
+        picked = _pick(found, nth)
+        if picked is None or picked[1] is None:
+            return None
+        i, first = picked
+        insn, leaf = program.insns[i], program.insns[first]
+        return rewrite(program, {i: [asm.ld_map_value(R0, str(leaf.reference), leaf.imm,
+                                                      label=insn.label)]})
+    return op
 
 
 def guard_never_fires(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
@@ -468,12 +587,14 @@ def compare_constant_changed(value: int, by: int) -> Operator:
 
 
 SPECIALIZED = (
-    Mutation("inlined value one bit off", inlined_value_flipped),
-    Mutation("inlined leaf points at another entry", inlined_wrong_entry),
-    Mutation("key compare one word short", key_compare_short),
-    Mutation("key compare one byte short", key_compare_byte_short),
-    Mutation("absent key served the first entry", table_miss_as_hit),
-    Mutation("branch on an inlined field swapped", branch_after_inlined_value_swapped),
+    Mutation("inlined value one bit off", inlined_value_flipped, inlined_value_flipped_at),
+    Mutation("inlined leaf points at another entry", inlined_wrong_entry,
+             inlined_wrong_entry_at),
+    Mutation("key compare one word short", key_compare_short, key_compare_short_at),
+    Mutation("key compare one byte short", key_compare_byte_short, key_compare_byte_short_at),
+    Mutation("absent key served the first entry", table_miss_as_hit, table_miss_as_hit_at),
+    Mutation("branch on an inlined field swapped", branch_after_inlined_value_swapped,
+             branch_after_inlined_value_swapped_at),
 )
 GUARD = Mutation("guard that never fires", guard_never_fires)
 
@@ -508,3 +629,60 @@ CHECKED = (
     Mutation("LPM lookup with prefix length 24", stack_constant_changed(32, 24)),
     Mutation("TTL bound off by one", compare_constant_changed(2, 1)),
 )
+
+
+def first_change(program: Program, mutant: Program) -> int | None:
+    """The first instruction where `mutant` differs from `program` (None: the same)."""
+    for i, (a, b) in enumerate(zip(program.insns, mutant.insns, strict=False)):
+        if a != b:
+            return i
+    if len(program.insns) == len(mutant.insns):
+        return None
+    return min(len(program.insns), len(mutant.insns))
+
+
+def _inlined_name(insn: Instruction) -> str:
+    return _note(insn)[len("inlined "):]
+
+
+def inlined_map_at_site(program: Program, site: str) -> str | None:
+    """The map the inlined site `site` (`mphN`) inlines, named by its leaves."""
+    own = [i for i in _leaves(program) if _site_of(program, i) == site]
+    return _inlined_name(program.insns[own[0]]) if own else None
+
+
+def inlined_map_at(program: Program, mutant: Mutant, extra: Mapping[str, MapSpec]
+                   ) -> str | None:
+    """The inlined map a mutant changes: the one named by the leaf nearest the first
+    changed instruction (at or after it inside a key tree, before it past a `.cont`), or,
+    for changed values, by the leaf of the first changed byte."""
+    if isinstance(mutant, tuple):
+        changed, maps = mutant
+        for name, spec in maps.items():
+            old = extra.get(name)
+            if old is None or spec.data is None or old.data == spec.data:
+                continue
+            first = next(i for i, (a, b) in enumerate(zip(old.data or b"", spec.data,
+                                                          strict=False)) if a != b)
+            owners = [changed.insns[i] for i in _leaves(changed)
+                      if str(changed.insns[i].reference) == name
+                      and changed.insns[i].imm <= first]
+            return _inlined_name(max(owners, key=lambda insn: insn.imm)) if owners else name
+        mutant = changed
+    index = first_change(program, mutant)
+    if index is None:
+        return None
+    leaves = _leaves(mutant)
+    # Past a `.cont` (a test of the value, within the window the branch operator looks at)
+    # the site is that label's; otherwise the tree the instruction is in.
+    for j in range(index, max(index - 12, -1), -1):
+        label = mutant.insns[j].label or ""
+        if j in leaves:
+            break
+        if label.startswith("mph") and label.endswith(".cont"):
+            site = label[:-len(".cont")]
+            own = [i for i in leaves if i < j and _site_of(mutant, i) == site]
+            return _inlined_name(mutant.insns[own[0]]) if own else None
+    site = _site_of(mutant, index)
+    own = [i for i in leaves if _site_of(mutant, i) == site]
+    return _inlined_name(mutant.insns[own[0]]) if own and site is not None else None

@@ -8,6 +8,10 @@ taken) and a real cycle runs: the candidate must be refused by the equivalence c
 the running version kept. The real candidate, before and after, is swapped in (no false
 alarm). tests/progs/checked.c's mutants go through `runtime.check.check_candidate`, the
 function the agent calls, with the inputs an agent running that program has.
+
+The mutations of inlined code are tried at every inlined site that has a place for them
+(`Mutation.placements`), not only the first: a mutant counts as caught when every
+placement is caught, or shown equivalent from its bytecode (`tests.world.equivalent`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from morpheus.passes.pipeline import PassContext
 from morpheus.runtime.agent import Agent, AgentOptions
 from morpheus.runtime.check import CandidatePair, CheckInputs, check_candidate
 from morpheus.traffic.generate import generate
+from morpheus.uapi import MapType
+from tests.world import equivalent as EQ
 from tests.world import mutants as M
 from tests.world.checked_env import checked_env, packets
 from tests.world.test_mutants import KEY_MUTANTS, NF_MUTANTS
@@ -37,51 +43,107 @@ pytestmark = pytest.mark.kernel
 
 CHECK_FRAMES = 400
 
-# Mutants the agent's check does not catch yet, each with what is known about why. The
-# test fails on any other miss; these are reported (mutation report, "known_miss").
-UNEXPLAINED = "not analysed yet"
-# Seen: the analysis records sw_fdb's MAC key bytes as ("pkt", None, 0), packet bytes at an
-# offset it does not know, so the plan cannot write the inlined MACs into check frames (it
-# does for the ingress-keyed sw_ports/sw_vlans). Not yet proven to be these misses' cause.
-_SWITCH_FDB = ("still missed with a packet per inlined key; sw_fdb's key bytes have no "
-               "known packet offset, so its inlined MACs get no check packet (suspected)")
+# Placements (NF, mutant, inlined map, placement) the agent's check does not catch, each
+# with what was found: all but the last are equivalent on the configuration the check
+# runs (argued from the program and its maps, not shown by a test), the last is a limit
+# of the check. The test fails on any other miss; these are reported ("known_miss").
+_FW_CONFIG = ("equivalent on this configuration (argued): fw_config's fields keep their "
+              "meaning, default action 0 and the mutant's are both 'not accept', conntrack "
+              "and stats stay non-zero, and rule_words above 5 only makes the rule loop AND "
+              "words 5.. of the bit vectors, which every table holds as zero")
+_EGRESS = ("equivalent on this configuration (argued): the key is the egress port (and "
+           "VLAN) taken from the {source} entry, and every port {source} can name is in "
+           "the inlined table, so no key reaching this site is absent")
+_VLAN_BIT = ("equivalent (argued): the program reads a sw_vlans value only as "
+             "`value & SW_VLAN_MEMBER` (bit 0), and the entry the leaf now points at "
+             "(sw_config's inlined value, 7) has bit 0 set like every sw_vlans value (1)")
 KNOWN_AGENT_MISSES = {
-    ("router", "branch on an inlined field swapped"):
-        "equivalent in practice: on the agent's candidate (rt_config guarded, not folded) "
-        "the first test of an inlined field is on the path of frames shorter than 14 bytes, "
-        "which BPF_PROG_TEST_RUN refuses and Ethernet never delivers",
-    ("firewall", "inlined value one bit off"):
-        "equivalent on this configuration: the agent's first inlined value is fw_config, "
-        "whose flipped fields keep their meaning (default action 0 and 0x01010101 are both "
-        "'not accept', conntrack and stats stay non-zero)",
-    ("firewall", "inlined leaf points at another entry"):
-        "still missed with a packet per inlined key in the plan; cause not found yet",
-    ("switch", "inlined leaf points at another entry"): _SWITCH_FDB,
-    ("switch", "key compare one word short"): _SWITCH_FDB,
-    ("switch", "branch on an inlined field swapped"): _SWITCH_FDB,
+    ("firewall", "inlined value one bit off", "fw_config", 0): _FW_CONFIG,
+    ("firewall", "inlined leaf points at another entry", "fw_config", 0): _FW_CONFIG,
+    ("router", "absent key served the first entry", "rt_ifaces", 1):
+        _EGRESS.format(source="rt_routes"),
+    ("switch", "absent key served the first entry", "sw_ports", 1):
+        _EGRESS.format(source="sw_fdb"),
+    ("switch", "absent key served the first entry", "sw_vlans", 3):
+        _EGRESS.format(source="sw_fdb") + " (an egress trunk lists every tagged VLAN; "
+        "its native VLAN returns before the lookup)",
+    ("switch", "key compare one word short", "sw_vlans", 2):
+        _EGRESS.format(source="sw_fdb") + "; a key that reaches the shortened compare "
+        "wrongly is present itself, and every sw_vlans value is the same (member)",
+    ("switch", "inlined leaf points at another entry", "sw_vlans", 3): _VLAN_BIT,
+    ("switch", "inlined leaf points at another entry", "sw_vlans", 4): _VLAN_BIT,
+    ("lb", "key compare one byte short", "lb_conn", 1):
+        "a limit of the check, not an equivalence: lb_conn is an LRU map the data plane "
+        "inserts into, so the first near miss that opens a connection moves its guard "
+        "and every later packet takes the generic lookup; the near miss that would reach "
+        "the shortened compare comes after it",
 }
+PLACEMENTS = 8  # inlined sites each mutation of inlined code is tried at, at most
 
 
 @dataclass
 class Miscompile:
-    """A final pass applying one mutation to the candidate (its inlined values included);
-    `applied` says whether the mutation found its site."""
+    """A final pass applying one placement of a mutation to the candidate (its inlined
+    values included); `applied` says whether it found its place in the candidate the
+    cycle loaded last (a candidate the verifier refused is relieved of sites and built
+    again: `tried` says whether any build had the place), `where` names the inlined map
+    it changed, `before`/`mutant` the candidate and its mutant."""
 
-    mutation: M.Mutation
-    base_maps: frozenset[str]
+    operator: M.Operator
     applied: bool = field(default=False)
+    tried: bool = field(default=False)
+    where: str | None = None
+    before: Program | None = None
+    mutant: Program | None = None
     name: ClassVar[str] = "miscompile"
 
     def run(self, program: Program, ctx: PassContext) -> Program:
-        extra = {k: v for k, v in ctx.maps.items() if k not in self.base_maps}
-        mutant = self.mutation.apply(program, extra)
+        # Every map's spec: the operators read the value size of the map a leaf inlines.
+        maps = dict(ctx.maps)
+        mutant = self.operator(program, maps)
+        self.applied, self.where, self.before, self.mutant = False, None, None, None
         if mutant is None:
             return program
-        self.applied = True
+        self.applied = self.tried = True
+        self.where = M.inlined_map_at(program, mutant, maps)
         if isinstance(mutant, tuple):
             mutant, changed = mutant
             ctx.maps.update(changed)
+        self.before, self.mutant = program, mutant
         return mutant
+
+
+def never_missing(agent: Agent) -> set[str]:
+    """LPM tries that cannot miss: they hold a /0 entry and the data plane never writes
+    them (and the check's control-plane writes only change values)."""
+    out = set()
+    for name, m in agent.maps.items():
+        facts = agent.facts.maps.get(name)
+        if m.type != MapType.LPM_TRIE or facts is None or facts.written_by_data_plane:
+            continue
+        if any(int.from_bytes(key[:4], "little") == 0 for key in m):
+            out.add(name)
+    return out
+
+
+def equivalence_shown(inject: Miscompile, agent: Agent) -> str | None:
+    """Why the placement is equivalent, when its bytecode (and the maps) show it; else
+    None."""
+    if inject.before is None or inject.mutant is None:
+        return None
+    index = M.first_change(inject.before, inject.mutant)
+    if index is None:
+        return None
+    if EQ.only_on_runts(inject.mutant, index):
+        return (f"instruction {index} is reached only through a bounds check that found "
+                "the frame shorter than 14 bytes (every path to it, shown on the CFG); "
+                "XDP never runs on such frames")
+    tables = never_missing(agent)
+    if EQ.only_on_misses(inject.mutant, index, tables):
+        return (f"instruction {index} is reached only when an inlined lookup in "
+                f"{', '.join(sorted(tables))} finds nothing (every path to it, shown on the "
+                "CFG), and that LPM trie holds a /0 entry the data plane never deletes")
+    return None
 
 
 def _peer(ifindex: int) -> str:
@@ -106,7 +168,6 @@ def test_the_agents_pre_swap_check_refuses_every_mutant(
     frames = tuple(f for f, port in zip(trace.frames, trace.ingress, strict=True)
                    if port == trace.main_ingress)[:CHECK_FRAMES]
     with NFEnv.start(nf, config=config, configure=False) as env:
-        base_maps = frozenset(env.spec.maps)
         # decay 1: the samples of the one replay keep the plan the same from cycle to cycle.
         options = AgentOptions(check_frames=frames, check_nf=nf, check_config=config,
                                decay=1.0, measure_instrumentation=False, watch_external=False)
@@ -131,36 +192,52 @@ def test_the_agents_pre_swap_check_refuses_every_mutant(
             assert agent.last_check_writes > 0 or name == "lb"
             missed, applied = [], 0
             for mutation in _nf_mutations(name):
-                inject = Miscompile(mutation, base_maps)
-                agent.options = dataclasses.replace(options, final_passes=(inject,))
-                agent.force_respecialize()
-                t0 = time.perf_counter()
-                report = agent.cycle()
-                elapsed = time.perf_counter() - t0
-                if not inject.applied:  # nothing to mutate: the real candidate went in
-                    real = agent.current
-                    continue
-                row: dict[str, Any] = {"target": name, "entry": "agent",
-                                       "mutant": mutation.name}
-                if "VerifierError" in report.reason or "verifier refused" in report.reason:
-                    mutation_report.append({**row, "rejected": report.reason[:200]})
-                    continue
-                applied += 1
-                result = agent.last_check
-                caught = report.outcome == "failed" and \
-                    "equivalence check failed" in report.reason
-                assert caught <= (agent.current is real)  # refused: the running one stays
-                known = KNOWN_AGENT_MISSES.get((name, mutation.name)) if not caught else None
-                mutation_report.append({
-                    **row, "caught": caught, "what": report.reason[:300],
-                    **({"known_miss": known} if known else {}),
-                    "packets_to_catch": result.packets_to_catch if caught and result else None,
-                    "packets_checked": result.packets if result else None,
-                    "cycle_s": round(elapsed, 3)})
-                if not caught and known is None:
-                    missed.append((mutation.name, report.outcome, report.reason[:400]))
-                if not caught:
-                    real = agent.current
+                for n, operator in enumerate(mutation.placements(PLACEMENTS)):
+                    inject = Miscompile(operator)
+                    agent.options = dataclasses.replace(options, final_passes=(inject,))
+                    agent.force_respecialize()
+                    t0 = time.perf_counter()
+                    report = agent.cycle()
+                    elapsed = time.perf_counter() - t0
+                    if not inject.tried:  # nothing (more) to mutate: the real one went in
+                        real = agent.current
+                        break
+                    row: dict[str, Any] = {"target": name, "entry": "agent",
+                                           "mutant": mutation.name, "placement": n,
+                                           "site": inject.where}
+                    if not inject.applied:
+                        # The verifier refused the mutant; the relieved candidate went in
+                        # without the place (checked like any candidate: no false alarm).
+                        mutation_report.append({**row, "rejected": "relieved of its place "
+                                                f"by the verifier: {report.reason[:160]}"})
+                        if "equivalence check failed" in report.reason:
+                            missed.append((mutation.name, n, "false alarm", report.reason))
+                        real = agent.current
+                        continue
+                    if "VerifierError" in report.reason or "verifier refused" in report.reason:
+                        mutation_report.append({**row, "rejected": report.reason[:200]})
+                        continue
+                    applied += 1
+                    result = agent.last_check
+                    caught = report.outcome == "failed" and \
+                        "equivalence check failed" in report.reason
+                    assert caught <= (agent.current is real)  # refused: the running one stays
+                    shown = equivalence_shown(inject, agent) if not caught else None
+                    known = None if caught or shown else KNOWN_AGENT_MISSES.get(
+                        (name, mutation.name, inject.where, n))
+                    mutation_report.append({
+                        **row, "caught": caught, "what": report.reason[:300],
+                        **({"equivalent": shown} if shown else {}),
+                        **({"known_miss": known} if known else {}),
+                        "packets_to_catch": result.packets_to_catch if caught and result
+                        else None,
+                        "packets_checked": result.packets if result else None,
+                        "cycle_s": round(elapsed, 3)})
+                    if not caught and not shown and known is None:
+                        missed.append((mutation.name, n, inject.where, report.outcome,
+                                       report.reason[:400]))
+                    if not caught:
+                        real = agent.current
             # The real candidate still goes through.
             agent.options = options
             agent.force_respecialize()

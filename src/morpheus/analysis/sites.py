@@ -19,6 +19,7 @@ from ..ir.helpers import helper_name
 from ..ir.opcodes import C_LDX, C_ST, C_STX, CALL, EXIT, M_MEM, M_MEMSX, SRC_X
 from ..obj import MapSpec
 from ..uapi import MapType, ProgType
+from . import pktbytes
 from .values import (
     CPU_ID_ORIGIN,
     DELETE,
@@ -298,10 +299,22 @@ def _key_bytes(state: State, key: Value, spec: MapSpec | None) -> tuple[KeyByte,
             byte = (value.const >> (8 * (off - slot_off))) & 0xFF
             out.append(KeyByte("const", byte))
         elif value.kind == K_SCALAR and value.origin:
-            out.append(KeyByte(str(value.origin[0]), None, value.origin, off - slot_off))
+            out.append(_origin_byte(value.origin, off - slot_off))
         else:
             out.append(KeyByte("unknown"))
     return tuple(out)
+
+
+def _origin_byte(origin: tuple[object, ...], byte: int) -> KeyByte:
+    """Key byte `byte` of a scalar from `origin`. A byte of assembled packet bytes that is
+    one known packet byte is told as that byte alone, ("pkt", offset, 1); the others keep
+    the scalar's origin."""
+    if len(origin) == 4 and origin[0] == "pkt":
+        offset = pktbytes.byte_offsets(origin[3])[byte]  # type: ignore[arg-type]
+        if offset is not None:
+            return KeyByte("pkt", None, ("pkt", offset, 1), 0)
+        return KeyByte("pkt", None, ("pkt", None, 0), byte)
+    return KeyByte(str(origin[0]), None, origin, byte)
 
 
 def _collect_value_uses(program: Program, analysis: Analysis, sites: dict[int, Site],

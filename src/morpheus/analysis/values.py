@@ -46,7 +46,7 @@ from ..ir.opcodes import (
     Mode,
 )
 from ..uapi import MapType, ProgType
-from . import alu
+from . import alu, pktbytes
 from .cfg import CFG, build_cfg
 
 
@@ -75,7 +75,10 @@ class Value(NamedTuple):
 
     For scalars `const` is the value (unsigned 64-bit) or None; for pointers it is the
     offset, or None when unknown. `origin` says where an unknown scalar was loaded from:
-    ("pkt", off, size), ("ctx", off, size), ("value", map, off, size) or ("stack", off, size).
+    ("pkt", off, size), ("ctx", off, size), ("value", map, off, size) or ("stack", off, size);
+    ("pkt", None, 0, bytes) for packet bytes assembled by arithmetic, where `bytes` says which
+    packet byte each byte of the scalar holds (`pktbytes`), and ("pkt", None, 0) where even
+    that is lost.
     """
 
     kind: Kind
@@ -148,7 +151,7 @@ def join_values(a: Value, b: Value, nested: frozenset[str] = frozenset()) -> Val
                      value_refs(a) | value_refs(b))
     if a.kind == b.kind:
         if a.kind == K_SCALAR:
-            return Value(K_SCALAR, None, None, a.origin if a.origin == b.origin else None)
+            return Value(K_SCALAR, None, None, _join_origins(a.origin, b.origin))
         if a.ref == b.ref:
             return Value(a.kind, None, a.ref)
     kinds = {a.kind, b.kind}
@@ -160,6 +163,20 @@ def join_values(a: Value, b: Value, nested: frozenset[str] = frozenset()) -> Val
         if nullish.const == 0:
             return other
     return UNKNOWN
+
+
+def _join_origins(a: tuple[object, ...] | None, b: tuple[object, ...] | None
+                  ) -> tuple[object, ...] | None:
+    if a == b:
+        return a
+    left, right = pktbytes.of_origin(a), pktbytes.of_origin(b)
+    if left is not None and right is not None:
+        joined = pktbytes.as_origin(pktbytes.join(left, right))
+        if joined is not None:
+            return joined
+    if a and b and a[0] == b[0] == "pkt" and a[1] is None and b[1] is None:
+        return ("pkt", None, 0)  # both assembled from packet bytes, no longer the same ones
+    return None
 
 
 def join_states(a: State, b: State, nested: frozenset[str] = frozenset()) -> State:
@@ -363,7 +380,13 @@ def _step_alu(insn: Instruction, state: State) -> None:
             regs[insn.dst] = const(alu.endian(dst.const, insn.imm,
                                               to_be=bool(insn.opcode & SRC_X), bswap=wide))
         else:
-            regs[insn.dst] = Value(K_SCALAR, None, None, dst.origin)
+            bytes_ = pktbytes.of_origin(dst.origin)
+            origin = dst.origin
+            if bytes_ is not None:
+                origin = pktbytes.as_origin(pktbytes.endian(
+                    bytes_, insn.imm, to_be=bool(insn.opcode & SRC_X), bswap=wide)) \
+                    or ("pkt", None, 0)
+            regs[insn.dst] = Value(K_SCALAR, None, None, origin)
         return
     src = _operand(insn, state)
     if op == OP_MOV:
@@ -373,6 +396,12 @@ def _step_alu(insn: Instruction, state: State) -> None:
             regs[insn.dst] = const(alu.alu(op, 0, src.const, wide=wide, off=insn.off))
         else:
             origin = src.origin if src.kind == K_SCALAR else None
+            bytes_ = pktbytes.of_origin(origin)
+            if bytes_ is not None and (insn.off or not wide):
+                # movsx: the high bytes are copies of a sign bit; mov32: zero-extended.
+                composed = (None,) * pktbytes.WIDTH if insn.off else \
+                    pktbytes.truncated(bytes_, 4)
+                origin = pktbytes.as_origin(composed) or ("pkt", None, 0)
             regs[insn.dst] = Value(K_SCALAR, None, None, origin)
         return
     if op == OP_NEG:
@@ -402,12 +431,30 @@ def _step_alu(insn: Instruction, state: State) -> None:
         except ValueError:
             pass
     if dst.kind == K_SCALAR and src.kind == K_SCALAR:
-        # Arithmetic on packet fields is still "from the packet" (a MAC assembled from
-        # byte loads); the exact field is lost.
-        origin = _derived_origin(dst, src)
+        # Arithmetic on packet fields is still "from the packet"; where it moves whole bytes
+        # (a MAC assembled from byte loads with shifts and ors) it says which ones.
+        origin = _assembled_origin(op, dst, src, wide=wide) or _derived_origin(dst, src)
         regs[insn.dst] = Value(K_SCALAR, None, None, origin) if origin else UNKNOWN
         return
     regs[insn.dst] = UNKNOWN
+
+
+def _bytes_of(value: Value) -> pktbytes.ByteMap | None:
+    if value.const is not None:
+        return pktbytes.of_constant(value.const)
+    return pktbytes.of_origin(value.origin)
+
+
+def _assembled_origin(op: int, dst: Value, src: Value, *, wide: bool
+                      ) -> tuple[object, ...] | None:
+    """The origin of `dst op src` when it is a known arrangement of packet bytes."""
+    left, right = _bytes_of(dst), _bytes_of(src)
+    if left is None or right is None:
+        return None
+    if dst.const is not None and src.const is not None:
+        return None
+    bytes_ = pktbytes.alu(op, left, right, src.const, wide=wide)
+    return pktbytes.as_origin(bytes_)
 
 
 def _derived_origin(a: Value, b: Value) -> tuple[object, ...] | None:
@@ -450,6 +497,9 @@ def _load(insn: Instruction, state: State, ctx_layout: Mapping[int, Kind]) -> Va
             return value if (size == 8 or value.kind == K_SCALAR) else UNKNOWN
         return Value(K_SCALAR, None, None, ("stack", off, size))
     if base.kind == K_PKT:
+        if insn.mode == M_MEMSX and off is not None:
+            return Value(K_SCALAR, None, None, pktbytes.as_origin(
+                pktbytes.of_load(off, size, sign_extended=True)))
         return Value(K_SCALAR, None, None, ("pkt", off, size))
     if base.kind == K_VALUE:
         return Value(K_SCALAR, None, None, ("value", base.ref, off, size))
@@ -492,6 +542,11 @@ def _store(insn: Instruction, state: State) -> None:
                 value = const(value.const & ((1 << (8 * size)) - 1))
             elif value.kind != K_SCALAR:
                 value = UNKNOWN
+            elif pktbytes.of_origin(value.origin) is not None:
+                # What a load of the slot gives back: the low bytes, zero-extended.
+                bytes_ = pktbytes.truncated(pktbytes.of_origin(value.origin), size)  # type: ignore[arg-type]
+                value = Value(K_SCALAR, None, None,
+                              pktbytes.as_origin(bytes_) or ("pkt", None, 0))
     state.own_stack()[off] = (size, value)
 
 

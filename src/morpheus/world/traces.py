@@ -49,6 +49,7 @@ GUARDED_WRITES_PER_SITE = 3  # inlined entries changed per guarded site
 AFTER_WRITES = 400  # packets of the trace replayed after the control-plane writes
 INLINED_KEYS_PER_SITE = 64  # inlined keys of each site written into a check frame
 XDP_MD_INGRESS_IFINDEX = 12  # offset of ingress_ifindex in struct xdp_md
+TEMPLATE_SHAPES = 8  # L2 header shapes an inlined key is written into (untraced key bytes)
 
 
 @dataclass(frozen=True)
@@ -114,48 +115,109 @@ def joined_plans(plans: Sequence[CheckPlan]) -> CheckPlan:
 
 def inlined_key_packets(trace: Trace, decisions: Iterable[Any],
                         per_site: int = INLINED_KEYS_PER_SITE) -> list[tuple[bytes, int]]:
-    """A packet for every inlined key (up to `per_site` a site): the first frame of the
-    trace long enough to hold the key's packet fields, with the key's bytes written at the
-    offsets the site builds its key from (and the ingress port, where the key holds it).
-    The hot keys come from live traffic a check trace may not contain, and an inlined
-    entry no check packet reaches is never checked."""
-    out: list[tuple[bytes, int]] = []
+    """A packet for every inlined key (up to `per_site` a site), then its near misses: a
+    frame of the trace long enough to hold the key's packet fields, with the key's bytes
+    written at the offsets the site builds its key from (and the ingress port, where the
+    key holds it); then the same packets with one bit flipped in each of those bytes.
+
+    The hot keys come from live traffic a check trace may not contain, and an inlined entry
+    no check packet reaches is never checked; a compare that skips bytes of one key is seen
+    only by a packet that differs from that key in those bytes alone. Where part of the key
+    comes from the packet in a way the analysis did not trace (a VLAN id that is the tag's
+    or the port's), the key is written into one frame of each L2 header shape the trace
+    holds (`l2_shape`), one of which supplies the rest of the key."""
     if not trace.frames:
-        return out
+        return []
+    # Sent in batches: on the template's port before on another port, packets that change
+    # destination fields before the others before those that change source fields
+    # (`_source_rank`), exact keys before near misses. A packet on another port than its
+    # template's moves the template's station in a learning switch, and one with a new
+    # VLAN id or source address is learned: data-plane writes that move guards, after
+    # which no packet reaches the inlined code.
+    batches: dict[tuple[int, int, int], list[tuple[bytes, int]]] = {}
     for d in decisions:
         plan, key_bytes = d.plan, getattr(d.site, "key_bytes", None)
         if plan is None or not key_bytes or getattr(d.site, "inner_of", None) is not None:
             continue
-        places: list[tuple[int, int]] = []  # (key byte, packet offset)
-        port_bytes: list[tuple[int, int]] = []  # (key byte, byte of ingress_ifindex)
-        for n, b in enumerate(key_bytes):
-            origin = b.field
-            if not origin or len(origin) < 3 or b.byte is None:
-                continue
-            off, size = origin[1], origin[2]
-            if not isinstance(off, int) or not isinstance(size, int) or b.byte >= size:
-                continue
-            if b.kind == "pkt":
-                places.append((n, off + b.byte))  # a load: least significant byte first
-            elif b.kind == "ctx" and off == XDP_MD_INGRESS_IFINDEX and size == 4:
-                port_bytes.append((n, b.byte))
+        places, port_bytes, untraced = _key_places(key_bytes)
         if not places:
             continue
         reach = max(o for _, o in places)
-        template = next((i for i, f in enumerate(trace.frames) if len(f) > reach), None)
-        if template is None:
-            continue
-        for entry in plan.entries[:per_site]:
+        templates = _templates(trace, reach, every_shape=untraced)
+        for k, entry in enumerate(plan.entries[:per_site]):
             key = entry.key
             if len(key) < len(key_bytes):
                 continue
-            frame = bytearray(trace.frames[template])
-            for n, off in places:
-                frame[off] = key[n]
-            port = trace.ingress[template]
-            if port_bytes:
-                port = sum(key[n] << (8 * byte) for n, byte in port_bytes)
-            out.append((_fix_ipv4_checksum(bytes(frame), -1), port))
+            for template in templates:
+                frame = bytearray(trace.frames[template])
+                for n, off in places:
+                    frame[off] = key[n]
+                port = trace.ingress[template]
+                if port_bytes:
+                    port = sum(key[n] << (8 * byte) for n, byte in port_bytes)
+                moved = int(port != trace.ingress[template])
+                rank = max(_source_rank(frame, off) for _, off in places)
+                batches.setdefault((moved, rank, 0), []).append(
+                    (_fix_ipv4_checksum(bytes(frame), -1), port))
+                for _, off in places:
+                    # Never bit 0: in a MAC's first byte it would make a group address.
+                    flipped = bytearray(frame)
+                    flipped[off] ^= 1 << ((k + off + 1) % 8 or 1)
+                    batches.setdefault((moved, rank, 1), []).append(
+                        (_fix_ipv4_checksum(bytes(flipped), -1), port))
+    return [packet for _, batch in sorted(batches.items()) for packet in batch]
+
+
+def _key_places(key_bytes: Sequence[Any]
+                ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], bool]:
+    """(key byte, packet offset) for the key bytes that are one packet byte, (key byte,
+    byte of ingress_ifindex) for those of the ingress port, and whether some other byte
+    is neither a constant nor one of those."""
+    places: list[tuple[int, int]] = []
+    port_bytes: list[tuple[int, int]] = []
+    untraced = False
+    for n, b in enumerate(key_bytes):
+        origin = b.field
+        if b.kind == "const":
+            continue
+        off = origin[1] if origin and len(origin) >= 3 else None
+        size = origin[2] if origin and len(origin) >= 3 else None
+        if not isinstance(off, int) or not isinstance(size, int) or b.byte is None or \
+                b.byte >= size:
+            untraced = True
+        elif b.kind == "pkt":
+            places.append((n, off + b.byte))  # a load: least significant byte first
+        elif b.kind == "ctx" and off == XDP_MD_INGRESS_IFINDEX and size == 4:
+            port_bytes.append((n, b.byte))
+        else:
+            untraced = True
+    return places, port_bytes, untraced
+
+
+def l2_shape(frame: bytes) -> bytes:
+    """The EtherType and, for an 802.1Q frame, its tag and inner EtherType."""
+    if frame[12:14] == b"\x81\x00":
+        return frame[12:18]
+    return frame[12:14]
+
+
+def _templates(trace: Trace, reach: int, *, every_shape: bool,
+               limit: int = TEMPLATE_SHAPES) -> list[int]:
+    """Frames of the trace longer than `reach`: the first, or the first of each L2 shape
+    (up to `limit`)."""
+    out: list[int] = []
+    shapes: set[bytes] = set()
+    for i, frame in enumerate(trace.frames):
+        if len(frame) <= reach:
+            continue
+        if not every_shape:
+            return [i]
+        shape = l2_shape(frame)
+        if shape not in shapes:
+            shapes.add(shape)
+            out.append(i)
+            if len(out) >= limit:
+                break
     return out
 
 

@@ -189,3 +189,29 @@ def test_direct_tables_forward_like_the_trie(routes: list[tuple[int, int, int]],
             for m in extras.values():
                 m.close()
 
+
+@pytest.mark.kernel
+def test_a_trie_read_whole_is_kept_while_its_version_stays(test_objects: dict[str, Path]
+                                                          ) -> None:
+    """`WholeReads`: the agent reads a trie whole once per guard version; the ranges the
+    plan derives are computed once per version too."""
+    from morpheus.optimizer import WholeReads
+
+    spec = read_object(test_objects["lpm.v3"])
+    target = Target.analyze(spec, spec.program("xdp_router"))
+    with load_collection(spec, programs=[]) as coll:
+        routes = coll.maps["routes_v4"]
+        routes.update(trie_key(8, 10, 32), struct.pack("<I", 1))
+        cache: dict = {}
+
+        def read(version: int) -> dict[bytes, bytes | None]:
+            snaps = snapshot_maps(coll.maps, target.facts, spec.maps, {}, PlanOptions(),
+                                  WholeReads({"routes_v4": version}, cache))
+            assert snaps["routes_v4"].complete
+            return snaps["routes_v4"].entries
+
+        first = read(4)
+        routes.update(trie_key(16, 0x0A01, 32), struct.pack("<I", 2))  # no version moved
+        assert read(4) == first  # kept: the version says nothing changed
+        assert trie_key(16, 0x0A01, 32) in read(6)  # the version moved: read again
+        assert cache["routes_v4"][0] == 6

@@ -60,6 +60,7 @@ from ..optimizer import (
     PlanOptions,
     SpecializeRequest,
     Target,
+    WholeReads,
     all_read_ranges,
     cleanup_passes,
     is_complexity_error,
@@ -273,6 +274,8 @@ class Agent:
         self.throughput: Any = None  # a ThroughputMeter once started
         self.throughput_error: str | None = None
         self.snapshot_retries = 0  # snapshots retaken because a write landed meanwhile
+        # Tries read whole, by the guard version they were read at (optimizer.WholeReads).
+        self._whole_reads: dict[str, tuple[int, dict[bytes, bytes], dict[str, object]]] = {}
         self.snapshot_deferrals = 0  # cycles deferred because no snapshot was consistent
         self._deferred_in_a_row = 0
         self._adopted: dict[str, Any] = {}
@@ -813,8 +816,12 @@ class Agent:
             # good when the versions did not move while it was taken: a write in flight
             # will move them again when it ends, past what this snapshot records.
             before = self.guard.versions()
+            # Kept whole reads need every writer to move a version: without the watcher,
+            # writes that bypass the agent would not, so every cycle reads again.
+            whole = WholeReads({m: before[s] for m, s in self.guard_slots.items()},
+                               self._whole_reads) if self._watcher is not None else None
             snapshots = snapshot_maps(self.maps, self.facts, self.spec.maps, heat,
-                                      self.options.plan)
+                                      self.options.plan, whole)
             after = self.guard.versions()
             if not self._watch_inner_maps(snapshots):
                 continue  # an inner map read was not watched yet: read it again, watched

@@ -24,6 +24,7 @@ from morpheus.kernel import Link, LoadedProgram, Map, MapType, ProgType, load_pr
 from morpheus.nf import get
 from morpheus.nf.env import NFEnv
 from morpheus.nf.router import STATS, NextHop, Route, encode_lpm_key, encode_route
+from morpheus.optimizer import PlanOptions
 from morpheus.passes.pipeline import PassContext
 from morpheus.runtime.agent import Agent, AgentOptions
 from morpheus.traffic import packet as pkt
@@ -146,12 +147,14 @@ def _bpftool_update(pin: Path, key: bytes, value: bytes) -> None:
                    check=True, capture_output=True)
 
 
-def _specialize(bed: Bed) -> None:
+def _specialize(bed: Bed, mode: str = "table") -> None:
+    """Traffic, one cycle, a swap; the routes inlined as `mode`: by default the whole trie
+    as direct tables (optimizer.lpm), every route behind a guard."""
     bed.send(bed.trace.frames)
     report = bed.agent.cycle()
     assert report.outcome == "swapped", report.reason
     sites = {d["map"]: d for d in bed.agent.current.decisions}  # type: ignore[union-attr]
-    assert sites["rt_routes"]["mode"] == "hot", sites["rt_routes"]
+    assert sites["rt_routes"]["mode"] == mode, sites["rt_routes"]
 
 
 def test_route_update_through_the_agent_is_never_stale(testbed: Bed) -> None:
@@ -224,7 +227,7 @@ def test_an_outside_write_is_detected_and_honoured(testbed: Bed) -> None:
     report = bed.agent.cycle()
     assert report.outcome == "swapped", report.reason
     sites = {d["map"]: d for d in bed.agent.current.decisions}  # type: ignore[union-attr]
-    assert sites["rt_routes"]["mode"] == "hot"
+    assert sites["rt_routes"]["mode"] == "table"
     before = _per_packet_counts(bed.counters)
     sent = bed.send([frame] * 2000)
     assert _per_packet_counts(bed.counters).get(egress + 1, 0) - before.get(egress + 1, 0) == sent
@@ -446,7 +449,17 @@ def _unused(*_: Any) -> None:
 
 def test_sampling_backs_off_on_stable_sites_and_returns_on_a_shift(testbed: Bed) -> None:
     bed = testbed
-    _specialize(bed)
+    # Routes as hot keys (no trie read whole), so that a shift of the traffic matters.
+    name, netns = bed.agent.name, bed.env.namespace.name
+    bed.agent.stop(detach=True)
+    bed.agent = Agent(get("router").object_path, iface=f"port{bed.trace.main_ingress}",
+                      netns=netns, name=name,
+                      options=AgentOptions(plan=PlanOptions(lpm_max=0)))
+    bed.agent.start()
+    with bed.env.entered():
+        get("router").control_plane(bed.agent.control_maps()).apply(
+            get("router").module.default_config(1, PORTS))
+    _specialize(bed, "hot")
     routes = next(s for s in bed.agent.layout.sites if s.map == "rt_routes")
 
     def rate() -> int:

@@ -1015,9 +1015,16 @@ class Agent:
         answered most of the lookups sampled since the last cycle; a drop resets the count
         (and re-plans the site). Only fresh samples count: decayed history would hide a shift
         for cycles, the more so as a backed-off site takes few samples."""
+        decisions = self.current.decisions if self.current else []
         running = {d["instruction"]: {bytes.fromhex(k) for k in d.get("keys_inlined", ())}
-                   for d in (self.current.decisions if self.current else [])}
+                   for d in decisions}
+        # A site inlined whole (an LPM trie as ranges) answers every lookup whatever the
+        # traffic: stable from the start, its sampling backs off.
+        whole = {d["instruction"] for d in decisions if d.get("mode") == "table"}
         for site in self.layout.sites:
+            if site.site in whole:
+                self._stable_for[site.site] = self._stable_for.get(site.site, 0) + 1
+                continue
             h = heat.get(site.site)
             keys = running.get(site.site)
             if h is None or not keys or sum(h.recent.values()) < _MIN_STABILITY_SAMPLES:

@@ -177,6 +177,43 @@ def test_route_update_through_the_agent_is_never_stale(testbed: Bed) -> None:
     assert _per_packet_counts(bed.counters).get(egress + 1, 0) - after.get(egress + 1, 0) == sent
 
 
+def test_a_trie_read_whole_follows_writes_through_the_agent(testbed: Bed) -> None:
+    """The trie the running version inlines whole is kept between cycles (its guard version
+    says nothing changed); a route written through the agent is applied to the kept read,
+    which stays what a fresh read gives, and the next cycle serves the route without
+    reading the trie again. A write from outside drops the kept read."""
+    bed = testbed
+    if bed.agent._watcher is None:
+        pytest.fail(f"the write watcher did not start: {list(bed.agent.errors)}")
+    _specialize(bed)
+    slot = bed.agent.guard_slots["rt_routes"]
+    assert bed.agent._whole_reads["rt_routes"][0] == bed.agent.guard.version(slot)
+    frame, dst = _hottest(bed.trace)
+    egress = _other_port(bed, frame)
+    before = _per_packet_counts(bed.counters)
+    cp = get("router").control_plane(bed.agent.control_maps())
+    with bed.env.entered():
+        cp.set_nexthop(NextHop(902, egress, bytes.fromhex("02aa00000003")))
+        cp.add_route(Route(dst & 0xFFFFFF00, 24, 902))
+        cp.add_route(Route(dst, 32, 902))
+    version, kept, _ = bed.agent._whole_reads["rt_routes"]
+    assert version == bed.agent.guard.version(slot)
+    with bed.env.entered():
+        fresh = dict(bed.agent.maps["rt_routes"].items())
+    assert kept == fresh
+    report = bed.agent.cycle()
+    assert report.outcome == "swapped", report.reason
+    assert report.timings_ms["snapshot"] < 20  # not 5,000 prefixes read again
+    sent = bed.send([frame] * 1000)
+    assert _per_packet_counts(bed.counters).get(egress + 1, 0) - before.get(egress + 1, 0) \
+        == sent
+    pin = bed.agent.pin_dir / "maps" / "rt_routes"
+    _bpftool_update(pin, encode_lpm_key(dst, 32), encode_route(Route(dst, 32, 1)))
+    with bed.env.entered():
+        cp.add_route(Route(dst & ~1, 31, 902))  # the version moved by more than its bumps
+    assert "rt_routes" not in bed.agent._whole_reads
+
+
 def test_a_cycle_with_no_new_samples_and_no_map_change_does_no_work(testbed: Bed) -> None:
     bed = testbed
     _specialize(bed)

@@ -74,7 +74,7 @@ from ..passes.guards import GuardBumps
 from ..passes.inline import GUARD_MAP
 from ..passes.instrument import CTL_MAP, SAMPLES_MAP, Instrument, layout_for
 from ..passes.pipeline import PassContext
-from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, AttachType, ProgType
+from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, AttachType, MapType, ProgType
 from . import faults
 from .check import CandidatePair, CheckInputs, CheckResult, candidate_plan, check_candidate
 from .guard import GuardMap
@@ -1166,21 +1166,68 @@ class Agent:
         if isinstance(value, (bytes, bytearray)):
             _check_size(m, "value", value, m.value_size)
         with self.lock:
+            kept = self._kept_read(map_name)
             self._bump(map_name)
+            done = False
             try:
                 faults.reach("write.bumped")
                 with self._in_netns():
                     m.update(key, value, flags)
+                done = True
                 faults.reach("write.done")
             finally:
                 self._bump(map_name)
                 self._dirty = True
+                self._follow_write(map_name, kept, key, value if done else _FAILED)
+
+    def _kept_read(self, map_name: str) -> int | None:
+        """Before a write through the agent: the version of the map's kept whole read,
+        if it is the current one (else the read is dropped)."""
+        kept = self._whole_reads.get(map_name)
+        slot = self.guard_slots.get(map_name)
+        if kept is None or slot is None or self.guard is None:
+            return None
+        if self.guard.version(slot) != kept[0]:
+            del self._whole_reads[map_name]
+            return None
+        return kept[0]
+
+    def _follow_write(self, map_name: str, kept: int | None, key: bytes | int,
+                      value: Any) -> None:
+        """After a write through the agent (its two bumps done): apply it to the map's kept
+        whole read, which then belongs to the new version, so that the next cycle does not
+        read the trie again. Only when the version moved by exactly this write's bumps (no
+        other writer came in between) and the write was an update with plain bytes;
+        otherwise the kept read is dropped."""
+        if kept is None or map_name not in self._whole_reads:
+            return
+        version, entries, _ = self._whole_reads.pop(map_name)
+        slot = self.guard_slots[map_name]
+        # Two bumps of ours, and two of the watcher around the update syscall if it
+        # watches the map (it exempts no process).
+        watcher = self._watcher
+        own = 2 + (2 if watcher is not None and
+                   watcher.watched.get(self.maps[map_name].id) == slot else 0)
+        if version != kept or self.guard is None or self.guard.version(slot) != kept + own or \
+                not isinstance(key, (bytes, bytearray)) or \
+                not isinstance(value, (bytes, bytearray)):
+            return
+        written = bytes(key)
+        if self.spec.maps[map_name].type == MapType.LPM_TRIE:
+            # One node per prefix: a key with other host bits is the same entry.
+            prefix = _lpm_prefix(written)
+            entries = {k: v for k, v in entries.items() if _lpm_prefix(k) != prefix}
+        else:
+            entries = dict(entries)
+        entries[written] = bytes(value)
+        self._whole_reads[map_name] = (kept + own, entries, {})
 
     def delete(self, map_name: str, key: bytes | int) -> None:
         """Remove an entry; KeyError (naming the key in hex) if it is absent."""
         m = self._map(map_name)
         _check_size(m, "key", key, m.key_size)
         with self.lock:
+            self._whole_reads.pop(map_name, None)  # read whole again: deletes are rare
             self._bump(map_name)
             try:
                 m.delete(key)
@@ -1194,6 +1241,7 @@ class Agent:
     def update_batch(self, map_name: str, entries: list[tuple[bytes | int, Any]]) -> int:
         m = self._map(map_name)
         with self.lock:
+            self._whole_reads.pop(map_name, None)
             self._bump(map_name)
             try:
                 with self._in_netns():
@@ -1377,6 +1425,17 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_FAILED = object()  # an update that did not happen
+
+
+def _lpm_prefix(key: bytes) -> tuple[int, int]:
+    """(prefix length, the prefix's bits) of an LPM trie key: its host bits do not count."""
+    length = int.from_bytes(key[:4], "little")
+    data = key[4:]
+    bits = 8 * len(data)
+    return length, int.from_bytes(data, "big") >> (bits - min(length, bits))
 
 
 def _cycle_stats(history: deque[CycleReport]) -> dict[str, float | None]:

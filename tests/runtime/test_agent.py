@@ -157,16 +157,26 @@ def _specialize(bed: Bed, mode: str = "table") -> None:
     assert sites["rt_routes"]["mode"] == mode, sites["rt_routes"]
 
 
-def test_route_update_through_the_agent_is_never_stale(testbed: Bed) -> None:
-    bed = testbed
-    _specialize(bed)
+def _reroute_hottest(bed: Bed, nexthop: int, lengths: tuple[int, ...]
+                     ) -> tuple[bytes, int, int, dict[int, int]]:
+    """Through the agent, send the hottest destination (its prefixes of `lengths`) to a new
+    next hop on another port: (its frame, its address, that port, the counts before)."""
     frame, dst = _hottest(bed.trace)
     egress = _other_port(bed, frame)
     before = _per_packet_counts(bed.counters)
     cp = get("router").control_plane(bed.agent.control_maps())
     with bed.env.entered():
-        cp.set_nexthop(NextHop(900, egress, bytes.fromhex("02aa00000001")))
-        cp.add_route(Route(dst, 32, 900))
+        cp.set_nexthop(NextHop(nexthop, egress, bytes.fromhex(f"02aa0000{nexthop:04x}")))
+        for length in lengths:
+            cp.add_route(Route(dst & (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF, length,
+                               nexthop))
+    return frame, dst, egress, before
+
+
+def test_route_update_through_the_agent_is_never_stale(testbed: Bed) -> None:
+    bed = testbed
+    _specialize(bed)
+    frame, _, egress, before = _reroute_hottest(bed, 900, (32,))
     # Every packet for that destination from now on must leave through `egress`.
     sent = bed.send([frame] * 2000, passes=3)
     after = _per_packet_counts(bed.counters)
@@ -188,14 +198,7 @@ def test_a_trie_read_whole_follows_writes_through_the_agent(testbed: Bed) -> Non
     _specialize(bed)
     slot = bed.agent.guard_slots["rt_routes"]
     assert bed.agent._whole_reads["rt_routes"][0] == bed.agent.guard.version(slot)
-    frame, dst = _hottest(bed.trace)
-    egress = _other_port(bed, frame)
-    before = _per_packet_counts(bed.counters)
-    cp = get("router").control_plane(bed.agent.control_maps())
-    with bed.env.entered():
-        cp.set_nexthop(NextHop(902, egress, bytes.fromhex("02aa00000003")))
-        cp.add_route(Route(dst & 0xFFFFFF00, 24, 902))
-        cp.add_route(Route(dst, 32, 902))
+    frame, dst, egress, before = _reroute_hottest(bed, 902, (24, 32))
     version, kept, _ = bed.agent._whole_reads["rt_routes"]
     assert version == bed.agent.guard.version(slot)
     with bed.env.entered():
@@ -209,6 +212,7 @@ def test_a_trie_read_whole_follows_writes_through_the_agent(testbed: Bed) -> Non
         == sent
     pin = bed.agent.pin_dir / "maps" / "rt_routes"
     _bpftool_update(pin, encode_lpm_key(dst, 32), encode_route(Route(dst, 32, 1)))
+    cp = get("router").control_plane(bed.agent.control_maps())
     with bed.env.entered():
         cp.add_route(Route(dst & ~1, 31, 902))  # the version moved by more than its bumps
     assert "rt_routes" not in bed.agent._whole_reads

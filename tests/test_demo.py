@@ -28,6 +28,9 @@ def test_quick_demo_reports_every_phase_with_no_stale_verdict_and_no_loss(
     assert report["lost_packets"] == 0 and report["sent_packets"] > 0, report
     assert report["ring_dropped"] >= 0 and report["baseline_lost_packets"] == 0
     assert report["swaps"] >= 1
-    assert report["adaptation_s"] is not None and report["adaptation_s"] < 5
+    # A version with hot-key sites adapts to the new hot set; one without (the router's
+    # whole trie as direct tables) serves it as it is.
+    if report["hot_key_sites"]:
+        assert report["adaptation_s"] is not None and report["adaptation_s"] < 5
     assert report["plot"] and Path(report["plot"]).stat().st_size > 1000
     assert "netlink" in report["throughput_source"]  # the source status and metrics use

@@ -162,11 +162,16 @@ def run_demo(*, seconds_per_phase: float = 4.0, packets: int = 20_000,
             if swap["at"] >= wall_origin:
                 morpheus.swaps.append((swap["at"] - wall_origin, swap["reason"]))
         cycle_ms = status.get("cycle_ms", {}).get("total")
+        # Sites of the last version inlined by heat: with none (the whole routing table is
+        # inlined), a new hot set needs no new version, and there is no adaptation to time.
+        hot_sites = sum(1 for d in (status.get("version") or {}).get("sites", [])
+                        if d.get("mode") == "hot")
         source = counters["morpheus"].source
     report: dict[str, Any] = {"phases": [
         {"name": name, "baseline_mpps": round(_phase_mpps(baseline, name), 3),
          "morpheus_mpps": round(_phase_mpps(morpheus, name), 3)} for name, _ in PHASES]}
     report["adaptation_s"] = _adaptation(morpheus)
+    report["hot_key_sites"] = hot_sites
     report["stale_verdicts"] = agent.stale
     report["probes"] = agent.probes
     # Frames the veth could not queue because the router's ring was full never reached the

@@ -222,7 +222,8 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         env_maps: dict[str, Map] = dict(environment.maps)
         base, extra_specs = with_guard_bumps(target, guard_slots)
         sites = sampled_sites(facts, spec.maps, options)
-        instrumented, inst_specs, layout = instrument(base, spec, prog, sites)
+        instrumented, inst_specs, layout = instrument(base, spec, prog, sites,
+                                                      slots=profile_slots(len(trace)))
         extra_specs.update(inst_specs)
         with environment.namespace.entered():
             for name, mspec in extra_specs.items():
@@ -362,6 +363,21 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
         for m in saved.values():
             m.close()
         saved_outers.close()
+
+
+PROFILE_RATE = 16  # instrument()'s default sampling rate
+PROFILE_SLOTS_MAX = 4096
+
+
+def profile_slots(packets: int, rate: int = PROFILE_RATE) -> int:
+    """Sample slots per site for a profile of `packets` read once at the end: enough for
+    every sample (a power of two, at least the agent's 256, at most 4,096). With 256, a
+    10,000-packet trace's profile saw only its last 256 of ~625 samples: the load
+    balancer's 64 hot flows covered 74% of the trace's packets, not the 90% they could."""
+    slots = 256
+    while slots < min(PROFILE_SLOTS_MAX, -(-packets // rate)):
+        slots *= 2
+    return slots
 
 
 def _same_code(a: Program, b: Program) -> bool:

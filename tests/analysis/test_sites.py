@@ -17,6 +17,7 @@ MAPS = {
     "other": MapSpec("other", MapType.HASH, 4, 8, 16),
     "lru": MapSpec("lru", MapType.LRU_HASH, 4, 8, 16),
     "arr": MapSpec("arr", MapType.ARRAY, 4, 8, 4),
+    "m8": MapSpec("m8", MapType.HASH, 8, 8, 16),
 }
 
 
@@ -75,6 +76,22 @@ def test_a_key_half_constant_half_unknown() -> None:
     kinds = [b.kind for b in site.key_bytes]
     assert kinds[:2] == ["const", "const"] and kinds[2:] == ["unknown", "unknown"]
     assert site.constant_key is None
+
+
+def test_a_wide_constant_partly_overwritten_keeps_the_bytes_left_alone() -> None:
+    """`struct k = { .prefixlen = 32 }; k.addr = pkt->daddr` is one 8-byte constant store,
+    then a 4-byte store over its upper half: the prefix length stays a known constant."""
+    facts = _facts(
+        asm.ldx(4, R2, R1, 0), asm.ldx(4, R3, R1, 4),
+        asm.mov64(R4, R2), asm.add64(R4, 34), asm.jgt(R4, R3, "out"),
+        asm.ld_imm64(R4, 0x1122334455667788), asm.stx(8, R10, -8, R4),
+        asm.ldx(2, R4, R2, 30), asm.stx(2, R10, -6, R4),  # bytes 2-3 of the 8
+        *_lookup("m8", None, off=-8), *_null_check(), *_tail())
+    site = _site(facts)
+    kinds = [b.kind for b in site.key_bytes]
+    assert kinds == ["const", "const", "pkt", "pkt", "const", "const", "const", "const"]
+    assert [b.value for b in site.key_bytes if b.kind == "const"] == [
+        0x88, 0x77, 0x44, 0x33, 0x22, 0x11]
 
 
 def test_a_store_through_the_value_pointer_is_a_data_plane_write() -> None:

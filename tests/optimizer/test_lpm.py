@@ -131,3 +131,87 @@ def test_range_search_forwards_like_the_trie(routes: list[tuple[int, int, int]],
         finally:
             for m in extras.values():
                 m.close()
+
+
+@pytest.mark.kernel
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(routes=st.lists(st.tuples(st.integers(0, 32), st.integers(0, 2**32 - 1),
+                                 st.integers(0, 3)), min_size=1, max_size=80),
+       probes=st.lists(st.integers(0, 2**32 - 1), max_size=40))
+def test_direct_tables_forward_like_the_trie(routes: list[tuple[int, int, int]],
+                                             probes: list[int],
+                                             test_objects: dict[str, Path]) -> None:
+    """Above `lpm_tree_max` ranges the trie becomes direct-indexed tables
+    (passes.lpmtable): original and specialized on the same trie, same verdicts and
+    bytes; then, behind a guard, a route written after specialization is served too."""
+    spec = read_object(test_objects["lpm.v3"])
+    prog = spec.program("xdp_router")
+    target = Target.analyze(spec, prog)
+    options = PlanOptions(lpm_tree_max=0)
+    with load_collection(spec, programs=[]) as coll:
+        for n in range(4):
+            coll.maps["nexthops"].update(n, struct.pack("<I6s6s", n and 10 + n, bytes([n] * 6),
+                                                        bytes([9] * 6)))
+        for length, addr, nexthop in routes:
+            coll.maps["routes_v4"].update(trie_key(length, addr >> (32 - length), 32),
+                                          struct.pack("<I", nexthop))
+        snaps = snapshot_maps(coll.maps, target.facts, spec.maps, {}, options)
+        result = specialize(SpecializeRequest(
+            target, snaps, {}, options,
+            guards=Guards(slots={"routes_v4": 0}, bumps={}, versions={"routes_v4": 0})))
+        (decision,) = [d for d in result.decisions if d.site.map == "routes_v4"]
+        assert decision.plan is not None and decision.plan.direct
+        assert any(n.startswith("mph_lpt") for n in result.extra_maps)
+        extras = {n: create_map(m) for n, m in result.extra_maps.items()}
+        try:
+            maps = {**coll.maps, **extras}
+            edges = [((addr >> (32 - length)) << (32 - length)) + d
+                     for length, addr, _ in routes for d in (-1, 0, 1, 255, 256)]
+            addresses = [a % 2**32 for a in [*probes, *edges, 0, 2**32 - 1]]
+            with load_program_spec(prog, maps, btf_fd=coll.btf_fd) as original, \
+                    load_program_spec(prog, maps, program=result.program,
+                                      btf_fd=coll.btf_fd) as special:
+                def same(what: str) -> None:
+                    for address in addresses:
+                        f = ip_frame(address)
+                        a, b = original.test_run(f), special.test_run(f)
+                        assert (b.retval, b.data) == (a.retval, a.data), (what, hex(address))
+
+                same("as specialized")
+                # A write the inlined tables do not hold; the guard moves as the API moves it.
+                length, addr, nexthop = routes[0]
+                coll.maps["routes_v4"].update(trie_key(length, addr >> (32 - length), 32),
+                                              struct.pack("<I", (nexthop + 1) % 4))
+                extras["mph_guard"].update(0, (1).to_bytes(8, "little")
+                                           + bytes(len(extras["mph_guard"].lookup(0)) - 8))
+                same("after a guarded write")
+        finally:
+            for m in extras.values():
+                m.close()
+
+
+@pytest.mark.kernel
+def test_a_trie_read_whole_is_kept_while_its_version_stays(test_objects: dict[str, Path]
+                                                          ) -> None:
+    """`WholeReads`: the agent reads a trie whole once per guard version; the ranges the
+    plan derives are computed once per version too."""
+    from morpheus.optimizer import WholeReads
+
+    spec = read_object(test_objects["lpm.v3"])
+    target = Target.analyze(spec, spec.program("xdp_router"))
+    with load_collection(spec, programs=[]) as coll:
+        routes = coll.maps["routes_v4"]
+        routes.update(trie_key(8, 10, 32), struct.pack("<I", 1))
+        cache: dict = {}
+
+        def read(version: int) -> dict[bytes, bytes | None]:
+            snaps = snapshot_maps(coll.maps, target.facts, spec.maps, {}, PlanOptions(),
+                                  WholeReads({"routes_v4": version}, cache))
+            assert snaps["routes_v4"].complete
+            return snaps["routes_v4"].entries
+
+        first = read(4)
+        routes.update(trie_key(16, 0x0A01, 32), struct.pack("<I", 2))  # no version moved
+        assert read(4) == first  # kept: the version says nothing changed
+        assert trie_key(16, 0x0A01, 32) in read(6)  # the version moved: read again
+        assert cache["routes_v4"][0] == 6

@@ -24,6 +24,7 @@ from morpheus.kernel import Link, LoadedProgram, Map, MapType, ProgType, load_pr
 from morpheus.nf import get
 from morpheus.nf.env import NFEnv
 from morpheus.nf.router import STATS, NextHop, Route, encode_lpm_key, encode_route
+from morpheus.optimizer import PlanOptions
 from morpheus.passes.pipeline import PassContext
 from morpheus.runtime.agent import Agent, AgentOptions
 from morpheus.traffic import packet as pkt
@@ -146,24 +147,36 @@ def _bpftool_update(pin: Path, key: bytes, value: bytes) -> None:
                    check=True, capture_output=True)
 
 
-def _specialize(bed: Bed) -> None:
+def _specialize(bed: Bed, mode: str = "table") -> None:
+    """Traffic, one cycle, a swap; the routes inlined as `mode`: by default the whole trie
+    as direct tables (optimizer.lpm), every route behind a guard."""
     bed.send(bed.trace.frames)
     report = bed.agent.cycle()
     assert report.outcome == "swapped", report.reason
     sites = {d["map"]: d for d in bed.agent.current.decisions}  # type: ignore[union-attr]
-    assert sites["rt_routes"]["mode"] == "hot", sites["rt_routes"]
+    assert sites["rt_routes"]["mode"] == mode, sites["rt_routes"]
 
 
-def test_route_update_through_the_agent_is_never_stale(testbed: Bed) -> None:
-    bed = testbed
-    _specialize(bed)
+def _reroute_hottest(bed: Bed, nexthop: int, lengths: tuple[int, ...]
+                     ) -> tuple[bytes, int, int, dict[int, int]]:
+    """Through the agent, send the hottest destination (its prefixes of `lengths`) to a new
+    next hop on another port: (its frame, its address, that port, the counts before)."""
     frame, dst = _hottest(bed.trace)
     egress = _other_port(bed, frame)
     before = _per_packet_counts(bed.counters)
     cp = get("router").control_plane(bed.agent.control_maps())
     with bed.env.entered():
-        cp.set_nexthop(NextHop(900, egress, bytes.fromhex("02aa00000001")))
-        cp.add_route(Route(dst, 32, 900))
+        cp.set_nexthop(NextHop(nexthop, egress, bytes.fromhex(f"02aa0000{nexthop:04x}")))
+        for length in lengths:
+            cp.add_route(Route(dst & (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF, length,
+                               nexthop))
+    return frame, dst, egress, before
+
+
+def test_route_update_through_the_agent_is_never_stale(testbed: Bed) -> None:
+    bed = testbed
+    _specialize(bed)
+    frame, _, egress, before = _reroute_hottest(bed, 900, (32,))
     # Every packet for that destination from now on must leave through `egress`.
     sent = bed.send([frame] * 2000, passes=3)
     after = _per_packet_counts(bed.counters)
@@ -172,6 +185,37 @@ def test_route_update_through_the_agent_is_never_stale(testbed: Bed) -> None:
     assert bed.agent.cycle().outcome == "swapped"
     sent = bed.send([frame] * 1000)
     assert _per_packet_counts(bed.counters).get(egress + 1, 0) - after.get(egress + 1, 0) == sent
+
+
+def test_a_trie_read_whole_follows_writes_through_the_agent(testbed: Bed) -> None:
+    """The trie the running version inlines whole is kept between cycles (its guard version
+    says nothing changed); a route written through the agent is applied to the kept read,
+    which stays what a fresh read gives, and the next cycle serves the route without
+    reading the trie again. A write from outside drops the kept read."""
+    bed = testbed
+    if bed.agent._watcher is None:
+        pytest.fail(f"the write watcher did not start: {list(bed.agent.errors)}")
+    _specialize(bed)
+    slot = bed.agent.guard_slots["rt_routes"]
+    assert bed.agent._whole_reads["rt_routes"][0] == bed.agent.guard.version(slot)
+    frame, dst, egress, before = _reroute_hottest(bed, 902, (24, 32))
+    version, kept, _ = bed.agent._whole_reads["rt_routes"]
+    assert version == bed.agent.guard.version(slot)
+    with bed.env.entered():
+        fresh = dict(bed.agent.maps["rt_routes"].items())
+    assert kept == fresh
+    report = bed.agent.cycle()
+    assert report.outcome == "swapped", report.reason
+    assert report.timings_ms["snapshot"] < 20  # not 5,000 prefixes read again
+    sent = bed.send([frame] * 1000)
+    assert _per_packet_counts(bed.counters).get(egress + 1, 0) - before.get(egress + 1, 0) \
+        == sent
+    pin = bed.agent.pin_dir / "maps" / "rt_routes"
+    _bpftool_update(pin, encode_lpm_key(dst, 32), encode_route(Route(dst, 32, 1)))
+    cp = get("router").control_plane(bed.agent.control_maps())
+    with bed.env.entered():
+        cp.add_route(Route(dst & ~1, 31, 902))  # the version moved by more than its bumps
+    assert "rt_routes" not in bed.agent._whole_reads
 
 
 def test_a_cycle_with_no_new_samples_and_no_map_change_does_no_work(testbed: Bed) -> None:
@@ -224,7 +268,7 @@ def test_an_outside_write_is_detected_and_honoured(testbed: Bed) -> None:
     report = bed.agent.cycle()
     assert report.outcome == "swapped", report.reason
     sites = {d["map"]: d for d in bed.agent.current.decisions}  # type: ignore[union-attr]
-    assert sites["rt_routes"]["mode"] == "hot"
+    assert sites["rt_routes"]["mode"] == "table"
     before = _per_packet_counts(bed.counters)
     sent = bed.send([frame] * 2000)
     assert _per_packet_counts(bed.counters).get(egress + 1, 0) - before.get(egress + 1, 0) == sent
@@ -446,7 +490,17 @@ def _unused(*_: Any) -> None:
 
 def test_sampling_backs_off_on_stable_sites_and_returns_on_a_shift(testbed: Bed) -> None:
     bed = testbed
-    _specialize(bed)
+    # Routes as hot keys (no trie read whole), so that a shift of the traffic matters.
+    name, netns = bed.agent.name, bed.env.namespace.name
+    bed.agent.stop(detach=True)
+    bed.agent = Agent(get("router").object_path, iface=f"port{bed.trace.main_ingress}",
+                      netns=netns, name=name,
+                      options=AgentOptions(plan=PlanOptions(lpm_max=0)))
+    bed.agent.start()
+    with bed.env.entered():
+        get("router").control_plane(bed.agent.control_maps()).apply(
+            get("router").module.default_config(1, PORTS))
+    _specialize(bed, "hot")
     routes = next(s for s in bed.agent.layout.sites if s.map == "rt_routes")
 
     def rate() -> int:

@@ -135,7 +135,7 @@ def _specialize_on_owner_maps(bed: Bed, agent: Agent) -> None:
     assert report.outcome == "swapped", report.reason
     assert agent.current is not None and agent.current.kind == "specialized"
     sites = {d["map"]: d for d in agent.current.decisions}
-    assert sites["rt_routes"]["mode"] == "hot", sites["rt_routes"]
+    assert sites["rt_routes"]["mode"] == "table", sites["rt_routes"]  # the whole trie
     # The specialized version reads the owner's maps, not copies.
     used = set(agent.current.program.info().map_ids)
     assert bed.owner.map_ids["rt_routes"] in used and bed.owner.map_ids["rt_nexthops"] in used

@@ -34,6 +34,7 @@ from morpheus.nf.router import (
     encode_route,
     encode_u32,
 )
+from morpheus.optimizer import PlanOptions
 from morpheus.runtime.agent import STATE_DIR, AgentOptions
 from morpheus.runtime.server import socket_path
 from morpheus.runtime.useragent import UserspaceAgent
@@ -119,9 +120,11 @@ def _expected(config: Config, frames: list[bytes], ifindex: int) -> list[bytes]:
 
 
 def _agent(bed: Bed, name: str) -> UserspaceAgent:
+    """Routes as hot keys (no trie read whole): these tests follow the hot set."""
     nf = get("router")
     return UserspaceAgent(nf.object_path, iface="ua", netns=bed.ns.name, name=name,
-                          options=AgentOptions(measure_instrumentation=False))
+                          options=AgentOptions(measure_instrumentation=False,
+                                               plan=PlanOptions(lpm_max=0)))
 
 
 def test_the_router_specialized_in_user_space_and_a_write_never_served_stale(bed: Bed) -> None:
@@ -181,7 +184,7 @@ def test_a_candidate_that_differs_on_the_sampled_frames_is_not_swapped_in(bed: B
 
     nf = get("router")
     agent = _agent(bed, f"ub{os.getpid()}")
-    agent.options = AgentOptions(measure_instrumentation=False,
+    agent.options = AgentOptions(measure_instrumentation=False, plan=PlanOptions(lpm_max=0),
                                  extra_passes=(PassEverything(),))
     agent.start()
     try:

@@ -10,6 +10,8 @@ counter bumped twice, a timestamp taken from the wrong clock.
 from __future__ import annotations
 
 import dataclasses
+import struct
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -34,8 +36,10 @@ from morpheus.ir.opcodes import (
     J_JSLE,
     J_JSLT,
     SRC_X,
+    AluOp,
 )
 from morpheus.obj import MapSpec
+from morpheus.passes.lpmtable import VALUES_NOTE
 
 Mutant = Program | tuple[Program, Mapping[str, MapSpec]]
 Operator = Callable[[Program, Mapping[str, MapSpec]], Mutant | None]
@@ -141,6 +145,85 @@ def _first_leaf_is_converged(program: Program, extra: Mapping[str, MapSpec]) -> 
     return converged is not None and (not leaves or converged[0] < leaves[0])
 
 
+@dataclass(frozen=True)
+class _DirectTable:
+    """A trie's direct tables (passes.lpmtable) ahead of every other leaf: where the
+    values load is, the values map, how many slots and how far apart."""
+
+    index: int
+    values: MapSpec
+    slots: int
+    stride: int
+    table: MapSpec | None = None
+
+    def widest_slot(self) -> int:
+        """The slot the most table entries answer (most addresses, most traffic)."""
+        data = self.table.data if self.table is not None else None
+        if not data:
+            return 1
+        counts = Counter(e for (e,) in struct.iter_unpack("<H", data) if 0 < e < 0x8000)
+        return counts.most_common(1)[0][0] if counts else 1
+
+
+def _direct_table(program: Program, extra: Mapping[str, MapSpec], *, first: bool = True
+                  ) -> _DirectTable | None:
+    """The first direct table; with `first`, only if no other leaf comes before it."""
+    leaves = _leaves(program)
+    for i, insn in enumerate(program.insns):
+        if not (insn.is_map_load and _note(insn) == VALUES_NOTE):
+            continue
+        if first and leaves and leaves[0] < i:
+            return None
+        values = extra.get(str(insn.reference))
+        before = program.insns[max(0, i - 4):i]
+        stride = next((b.imm for b in before if b.opcode == 0x27), None)  # r0 *= stride
+        slots = next((b.imm for b in before if b.opcode == 0x35), None)  # if r0 >= slots
+        if values is None or values.data is None or stride is None or slots is None:
+            return None
+        table = next((extra.get(str(b.reference)) for b in reversed(program.insns[:i])
+                      if b.is_map_load and _note(b) == "lpm table"), None)
+        return _DirectTable(i, values, slots, stride, table)
+    return None
+
+
+def _with_values(extra: Mapping[str, MapSpec], spec: MapSpec, data: bytes
+                 ) -> Mapping[str, MapSpec]:
+    return {**extra, spec.name: dataclasses.replace(spec, data=data)}
+
+
+def _direct_value_flipped(program: Program, extra: Mapping[str, MapSpec], direct: _DirectTable
+                          ) -> Mutant:
+    data = bytearray(direct.values.data or b"")
+    slot = direct.widest_slot()
+    for i in range(slot * direct.stride, (slot + 1) * direct.stride):
+        data[i] ^= 0x01
+    return program, _with_values(extra, direct.values, bytes(data))
+
+
+def _direct_slots_rotated(program: Program, extra: Mapping[str, MapSpec],
+                          direct: _DirectTable) -> Mutant | None:
+    if direct.slots <= 2:
+        return None
+    data = direct.values.data or b""
+    slots = [data[k * direct.stride:(k + 1) * direct.stride] for k in range(direct.slots)]
+    rotated = slots[:1] + slots[2:] + slots[1:2]  # every slot holds the next slot's value
+    return program, _with_values(extra, direct.values, b"".join(rotated))
+
+
+def direct_table_value_flipped(program: Program, extra: Mapping[str, MapSpec]
+                               ) -> Mutant | None:
+    """The value a trie's direct tables give the most addresses, one bit off."""
+    direct = _direct_table(program, extra, first=False)
+    return _direct_value_flipped(program, extra, direct) if direct is not None else None
+
+
+def direct_table_slots_rotated(program: Program, extra: Mapping[str, MapSpec]
+                               ) -> Mutant | None:
+    """A trie's direct tables answer each range with another range's value."""
+    direct = _direct_table(program, extra, first=False)
+    return _direct_slots_rotated(program, extra, direct) if direct is not None else None
+
+
 def inlined_value_flipped(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
     """Every byte of the first inlined entry one bit off (a wrong constant)."""
     return inlined_value_flipped_at(0)(program, extra)
@@ -175,6 +258,9 @@ def inlined_value_flipped_at(nth: int) -> Operator:
 
 def _inlined_value_flipped_first(program: Program, extra: Mapping[str, MapSpec]
                                  ) -> Mutant | None:
+    direct = _direct_table(program, extra)
+    if direct is not None:
+        return _direct_value_flipped(program, extra, direct)
     if _first_leaf_is_converged(program, extra):
         _, slot, _, values, table = _converged_leaf(program, extra)  # type: ignore[misc]
         start = table[slot]
@@ -239,6 +325,9 @@ def inlined_wrong_entry_at(nth: int) -> Operator:
 
 def _inlined_wrong_entry_first(program: Program, extra: Mapping[str, MapSpec]
                                ) -> Mutant | None:
+    direct = _direct_table(program, extra)
+    if direct is not None and direct.slots > 2:
+        return _direct_slots_rotated(program, extra, direct)
     if _first_leaf_is_converged(program, extra):
         # A converged tree's first leaf is its lowest range, which traffic may never reach:
         # every slot of its table points at the next slot's entry instead.
@@ -284,26 +373,47 @@ def key_compare_short_at(nth: int) -> Operator:
     return op
 
 
+def _key_compares(program: Program) -> list[int]:
+    """Equality compares of a loaded key chunk in r3 with a constant: with a 64-bit
+    constant in r4 (`_leaf_compares`), or with an immediate (chunks of up to 4 bytes)."""
+    wide = set(_leaf_compares(program))
+    out = []
+    for i, insn in enumerate(program.insns):
+        if i in wide or (insn.is_conditional_jump and insn.dst == 3 and not _note(insn)
+                         and insn.opcode & 0x07 in (C_JMP, C_JMP32)
+                         and not insn.opcode & SRC_X and insn.opcode & 0xF0 in (J_JNE, J_JEQ)):
+            out.append(i)
+    return out
+
+
 def key_compare_byte_short(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
     """A key compare that ignores the key's first byte (the low byte of the loaded word):
-    `if r3 != r4` becomes `r3 ^= r4; r3 >>= 8; if r3 != 0`."""
+    `if r3 != r4` becomes `r3 ^= r4; r3 >>= 8; if r3 != 0` (`if w3 != K`: `w3 ^= K`...)."""
     return key_compare_byte_short_at(0)(program, extra)
 
 
 def key_compare_byte_short_at(nth: int) -> Operator:
-    """`key_compare_byte_short` on the first compare of the `nth` site's tree."""
+    """`key_compare_byte_short` on the first key compare (with a 64-bit constant or an
+    immediate) of the `nth` site's tree."""
     def op(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
-        i = _compare_at(nth, program)
+        i = _pick(_per_site(program, _key_compares(program)), nth)
         return _skip_first_key_byte(program, i) if i is not None else None
     return op
 
 
 def _skip_first_key_byte(program: Program, i: int) -> Program:
     insn = program.insns[i]
-    key, const = Reg(insn.dst), Reg(insn.src)
+    key = Reg(insn.dst)
+    if insn.opcode & SRC_X:
+        const = Reg(insn.src)
+        return rewrite(program, {i: [
+            asm.xor64(key, const), asm.rsh64(key, 8),
+            insn._replace(opcode=(insn.opcode & ~SRC_X), src=0, imm=0, label=None)]})
+    narrow = insn.opcode & 0x07 == C_JMP32
+    xor, shift = ((asm.alu32, asm.alu32) if narrow else (asm.alu64, asm.alu64))
     return rewrite(program, {i: [
-        asm.xor64(key, const), asm.rsh64(key, 8),
-        insn._replace(opcode=(insn.opcode & ~SRC_X), src=0, imm=0, label=None)]})
+        xor(AluOp.XOR, key, insn.imm & 0xFFFFFFFF if narrow else insn.imm),
+        shift(AluOp.RSH, key, 8), insn._replace(imm=0, label=None)]})
 
 
 def key_constant_bit_off(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
@@ -595,6 +705,8 @@ SPECIALIZED = (
     Mutation("absent key served the first entry", table_miss_as_hit, table_miss_as_hit_at),
     Mutation("branch on an inlined field swapped", branch_after_inlined_value_swapped,
              branch_after_inlined_value_swapped_at),
+    Mutation("direct LPM table value one bit off", direct_table_value_flipped),
+    Mutation("direct LPM table slots rotated", direct_table_slots_rotated),
 )
 GUARD = Mutation("guard that never fires", guard_never_fires)
 

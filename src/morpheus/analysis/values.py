@@ -551,8 +551,21 @@ def _store(insn: Instruction, state: State) -> None:
 
 
 def _invalidate(stack: Stack, off: int, size: int) -> None:
+    """Forget the slots [off, off + size) overlaps. A constant slot keeps the bytes the
+    store leaves alone: `struct key k = { .prefixlen = 32 }` is one 8-byte constant store,
+    then the address overwrites its upper half, and the prefix length must stay known."""
     for other in [o for o, (s, _) in stack.items() if o < off + size and off < o + s]:
-        del stack[other]
+        width, value = stack.pop(other)
+        if value.kind != K_SCALAR or value.const is None:
+            continue
+        if other < off:
+            keep = off - other
+            stack[other] = (keep, const(value.const & ((1 << (8 * keep)) - 1)))
+        end = off + size
+        if end < other + width:
+            keep = other + width - end
+            stack[end] = (keep, const((value.const >> (8 * (end - other)))
+                                      & ((1 << (8 * keep)) - 1)))
 
 
 def _call(insn: Instruction, state: State, index: int) -> None:

@@ -11,7 +11,7 @@ neither. One entry point, `specialize(SpecializeRequest(...))`:
 from .budget import is_complexity_error, next_relief, relieve_for_budget, verifier_estimate
 from .heat import HeatReader, SiteHeat
 from .plan import MapSnapshot, PlanOptions, SiteDecision, plan_sites
-from .snapshot import snapshot_maps
+from .snapshot import WholeReads, snapshot_maps
 from .specialize import (
     HOT_OFFSETS_MAP,
     HOT_VALUES_MAP,
@@ -48,6 +48,7 @@ __all__ = [
     "Specialization",
     "SpecializeRequest",
     "Target",
+    "WholeReads",
     "all_read_ranges",
     "analyze_program",
     "cleanup_passes",

@@ -36,10 +36,12 @@ def lpm_ranges(entries: Mapping[bytes, bytes | None], key_size: int
     `entries` maps trie keys (prefix length, then the data in network order) to values;
     None values (keys looked up and found absent) are ignored. Host bits beyond a key's
     prefix length are ignored, as the kernel's match does.
+
+    Prefixes nest or are disjoint: one sweep over them sorted by first address, shortest
+    first, with a stack of the prefixes holding the current address (O(N log N)).
     """
     bits = 8 * (key_size - PREFIXLEN_BYTES)
-    by_length: dict[int, dict[int, bytes]] = {}
-    starts = {0}
+    prefixes: dict[tuple[int, int], bytes] = {}
     for key, value in entries.items():
         if value is None:
             continue
@@ -47,26 +49,35 @@ def lpm_ranges(entries: Mapping[bytes, bytes | None], key_size: int
         if length > bits:
             raise ValueError(f"prefix length {length} exceeds the key's {bits} bits")
         net = int.from_bytes(key[PREFIXLEN_BYTES:], "big") >> (bits - length)
-        by_length.setdefault(length, {})[net] = value
-        low = net << (bits - length)
-        starts.add(low)
-        high = low + (1 << (bits - length))
-        if high < 1 << bits:
-            starts.add(high)
-    lengths = sorted(by_length, reverse=True)
-    out: list[tuple[int, bytes | None]] = []
-    for start in sorted(starts):
-        # Every point of [start, next start) is covered by the same prefixes (all their
-        # edges are starts): the longest one covering `start` answers the whole range.
-        found: bytes | None = None
-        for length in lengths:
-            found = by_length[length].get(start >> (bits - length))
-            if found is not None:
-                break
-        if out and out[-1][1] == found:
-            continue
-        out.append((start, found))
+        prefixes[length, net] = value  # the same prefix twice: one node in the trie
+    spans = sorted((net << (bits - length), length, value)
+                   for (length, net), value in prefixes.items())
+    out: list[tuple[int, bytes | None]] = [(0, None)]
+    stack: list[tuple[int, bytes]] = []  # (end, value) of the prefixes holding the address
+
+    def close_until(address: int) -> None:
+        while stack and stack[-1][0] <= address:
+            end = stack.pop()[0]
+            _emit(out, end, stack[-1][1] if stack else None)
+
+    for low, length, value in spans:
+        close_until(low)
+        _emit(out, low, value)
+        stack.append((low + (1 << (bits - length)), value))
+    close_until((1 << bits) - 1)
+    if out and out[-1][0] >= 1 << bits:
+        out.pop()  # a prefix ending at the top of the space opens no range after it
     return out
+
+
+def _emit(out: list[tuple[int, bytes | None]], start: int, value: bytes | None) -> None:
+    """Start a range at `start` answering `value` (replacing one that starts there too,
+    merging with the range before when they answer the same)."""
+    if out and out[-1][0] == start:
+        out.pop()
+    if out and out[-1][1] == value:
+        return
+    out.append((start, value))
 
 
 def range_of(ranges: list[tuple[int, bytes | None]], address: int) -> int:

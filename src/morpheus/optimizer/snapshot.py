@@ -7,6 +7,7 @@ import dataclasses
 import os
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from ..analysis import ProgramFacts
 from ..analysis.sites import site_spec
@@ -18,6 +19,42 @@ from .heat import SiteHeat
 from .plan import MapSnapshot, PlanOptions
 
 PATH_ARRAY_MAX = 4096  # arrays up to this size are snapshotted whole for path specialization
+
+
+@dataclass
+class WholeReads:
+    """LPM tries read whole in earlier cycles, kept while their version stays put.
+
+    `versions` are the maps' versions now (the agent's guard versions, which every write
+    moves: through the API, from outside via the write watcher); `cache` outlives the
+    cycle: map → (version, contents, what planning derived from them). Reading the
+    router's 5,000 prefixes one syscall pair each took 60-190 ms a cycle."""
+
+    versions: Mapping[str, int]
+    cache: dict[str, tuple[int, dict[bytes, bytes], dict[str, object]]] = field(
+        default_factory=dict)
+
+    def get(self, name: str) -> tuple[dict[bytes, bytes], dict[str, object]] | None:
+        kept = self.cache.get(name)
+        if kept is None or name not in self.versions or kept[0] != self.versions[name]:
+            return None
+        return kept[1], kept[2]
+
+    def keep(self, name: str, entries: dict[bytes, bytes], derived: dict[str, object]
+             ) -> None:
+        if name in self.versions:
+            self.cache[name] = (self.versions[name], entries, derived)
+
+
+def _read_trie(live: Map, limit: int) -> dict[bytes, bytes] | None:
+    """Every prefix of a trie, or None past `limit` of them (one walk: tries have no batch
+    operations, and counting first walked the keys twice)."""
+    out: dict[bytes, bytes] = {}
+    for k, v in live.items():
+        if len(out) >= limit:
+            return None
+        out[k] = v  # type: ignore[assignment]
+    return out
 
 
 def _array_entries(live: Map, spec: MapSpec) -> dict[bytes, bytes]:
@@ -43,9 +80,11 @@ def _path_array(name: str, facts: ProgramFacts, specs: Mapping[str, MapSpec],
 
 
 def snapshot_maps(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[str, MapSpec],
-                  heat: Mapping[int, SiteHeat], options: PlanOptions) -> dict[str, MapSnapshot]:
+                  heat: Mapping[int, SiteHeat], options: PlanOptions,
+                  whole: WholeReads | None = None) -> dict[str, MapSnapshot]:
     """Read what the plan needs: small tables whole, large ones at their hot keys. Inner
-    maps resolved through an outer map (`Site.inner_of`) are read through its slot."""
+    maps resolved through an outer map (`Site.inner_of`) are read through its slot. LPM
+    tries read whole are taken from `whole` while their version has not moved."""
     resolved: dict[str, tuple[Map, MapSpec]] = {}
     unavailable: dict[str, MapSnapshot] = {}
     opened: list[Map] = []
@@ -62,7 +101,7 @@ def snapshot_maps(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[s
                 continue
             opened.append(found)
             resolved[site.map] = (found, _live_spec(site.map, found, inner_spec))
-        out = _snapshot(maps, facts, specs, heat, options, resolved)
+        out = _snapshot(maps, facts, specs, heat, options, resolved, whole)
         out.update(unavailable)
         return out
     finally:
@@ -100,7 +139,8 @@ def _live_spec(name: str, live: Map, template: MapSpec) -> MapSpec:
 
 def _snapshot(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[str, MapSpec],
               heat: Mapping[int, SiteHeat], options: PlanOptions,
-              resolved: Mapping[str, tuple[Map, MapSpec]]) -> dict[str, MapSnapshot]:
+              resolved: Mapping[str, tuple[Map, MapSpec]], whole: WholeReads | None
+              ) -> dict[str, MapSnapshot]:
     maps = {**maps, **{n: m for n, (m, _) in resolved.items()}}
     specs = {**specs, **{n: s for n, (_, s) in resolved.items()}}
     wanted: dict[str, set[bytes]] = {}
@@ -135,12 +175,18 @@ def _snapshot(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[str, 
                 for k, v in live.items():
                     snap.entries[k] = v  # type: ignore[assignment]
             snap.complete = True
-        elif spec.type == MapType.LPM_TRIE and options.lpm_max and live.count(
-                limit=options.lpm_max + 1) <= options.lpm_max:
-            # Read whole, a trie becomes a search over its address ranges (optimizer.lpm).
-            for k, v in live.items():
-                snap.entries[k] = v  # type: ignore[assignment]
+        elif spec.type == MapType.LPM_TRIE and options.lpm_max and whole is not None \
+                and name not in resolved and (kept := whole.get(name)) is not None:
+            snap.entries.update(kept[0])
+            snap.derived = kept[1]
             snap.complete = True
+        elif spec.type == MapType.LPM_TRIE and options.lpm_max and \
+                (read := _read_trie(live, options.lpm_max)) is not None:
+            # Read whole, a trie becomes a search over its address ranges (optimizer.lpm).
+            snap.entries.update(read)
+            snap.complete = True
+            if whole is not None and name not in resolved:
+                whole.keep(name, read, snap.derived)
         elif spec.type == MapType.HASH and live.count(limit=options.whole_max + 1) \
                 <= options.whole_max:
             # A hash map may hold few entries although it could hold many.

@@ -143,7 +143,7 @@ class PlannedRequest:
         requests with one fingerprint make the same program (weights only order the
         comparison trees), so a runtime can skip specializing and checking again."""
         sites = tuple((p.site, p.map, p.complete, p.constant_key, p.guard_slot,
-                       p.guard_version, p.converge, p.known_bytes,
+                       p.guard_version, p.converge, p.direct, p.known_bytes,
                        tuple((e.key, e.value) for e in p.entries)) for p in self.plan.sites)
         rates = request.sampling.rates if request.sampling is not None else ()
         return (sites, self.plan.guard_slots, tuple(rates), tuple(sorted(request.skip_maps)),
@@ -219,10 +219,10 @@ def _specialize(request: SpecializeRequest) -> Specialization:
     # Constant keys and whole tables first, then the cleanup passes fold what they made
     # constant; comparison trees over hot keys have nothing to fold, so they come last and
     # the cleanup passes do not have to walk them.
-    # Converged address-range searches fold nothing either (their values sit behind a
-    # variable offset), and they are large: they come last too.
+    # Converged address-range searches and direct tables fold nothing either (their values
+    # sit behind a variable offset), and trees are large: they come last too.
     def folds(p: SitePlan) -> bool:
-        return p.constant_key or (p.complete and not (p.ranges and p.converge))
+        return p.constant_key or (p.complete and not (p.ranges and (p.converge or p.direct)))
 
     early = InlinePlan(tuple(p for p in plan.sites if folds(p)), plan.guard_slots)
     late = InlinePlan(tuple(p for p in plan.sites if not folds(p)), plan.guard_slots)

@@ -20,7 +20,7 @@ the range starts, and every address finds its range (no miss path).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -31,6 +31,7 @@ from ..ir.opcodes import C_ALU, OP_END, SRC_X, JmpOp
 from ..ir.program import index_by_origin
 from ..obj import MapSpec
 from ..uapi import MapFlags, MapType
+from .lpmtable import build_table, table_code
 from .pipeline import PassContext, register
 
 VALUES_MAP = "mph_values"
@@ -75,6 +76,9 @@ class SitePlan:
     # The map is an LPM trie read whole: `entries` are its ranges, sorted, each keyed by the
     # range's first address at full prefix length (see the module docstring).
     ranges: bool = False
+    # With `ranges`: searched through direct-indexed tables (`passes.lpmtable`) instead of
+    # a comparison tree (IPv4 only).
+    direct: bool = False
 
 
 LPM_PREFIXLEN_BYTES = 4
@@ -136,7 +140,8 @@ class InlineTables:
                     raise ValueError(f"site {plan.site}: value of {len(entry.value)} bytes for "
                                      f"map {plan.map!r} with {spec.value_size}-byte values")
             edits[index] = _site_code(program, plan, call, place, self.values_map,
-                                      self.guard_map, offsets_table, self.offsets_map)
+                                      self.guard_map, offsets_table, self.offsets_map,
+                                      lambda m: ctx.maps.__setitem__(m.name, m))
         if not blob:
             blob.extend(bytes(8))
         # Continuation labels are attached in the same rewrite: the instruction after each
@@ -217,7 +222,7 @@ def _mask_for(size: int) -> int:
 
 def _site_code(program: Program, plan: SitePlan, call: Instruction, place: object,
                values_map: str, guard_map: str, offsets_table: list[int],
-               offsets_map: str) -> list[Instruction]:
+               offsets_map: str, add_map: Callable[[MapSpec], None]) -> list[Instruction]:
     base = f"mph{plan.site}"
     cont = _cont_label(plan.site)
     miss = f"{base}.miss"
@@ -244,9 +249,13 @@ def _site_code(program: Program, plan: SitePlan, call: Instruction, place: objec
         return [asm.ld_map_value(R0, values_map, offset, note=inlined),
                 asm.ja(cont)]
 
-    needs_call = plan.guard_slot is not None or not plan.complete
+    # A direct table sends entries out of bounds (which a correct table never holds) to
+    # the map's own lookup.
+    needs_call = plan.guard_slot is not None or not plan.complete or plan.direct
     if plan.constant_key:
         code += leaf(plan.entries[0])
+    elif plan.direct:
+        code += _direct_code(plan, base, cont, miss, add_map)
     elif plan.ranges:
         width = len(plan.entries[0].key) - LPM_PREFIXLEN_BYTES
         code.append(asm.ldx(width, R3, R2, LPM_PREFIXLEN_BYTES, note="address"))
@@ -289,6 +298,28 @@ def _site_code(program: Program, plan: SitePlan, call: Instruction, place: objec
     elif code and any(i.reference == miss for i in code):
         code += [asm.mov64(R0, 0, label=miss), asm.ja(cont)]
     return code
+
+
+def _direct_code(plan: SitePlan, base: str, cont: str, miss: str,
+                 add_map: Callable[[MapSpec], None]) -> list[Instruction]:
+    """The ranges of an IPv4 trie as direct-indexed tables in maps of their own."""
+    width = len(plan.entries[0].key) - LPM_PREFIXLEN_BYTES
+    if width != 4:
+        raise ValueError(f"site {plan.site}: direct tables take 4-byte addresses, not {width}")
+    value_size = next((len(e.value) for e in plan.entries if e.value is not None), 8)
+    ranges = [(int.from_bytes(e.key[LPM_PREFIXLEN_BYTES:], "big"), e.value)
+              for e in plan.entries]
+    table = build_table(ranges, value_size)
+    if table is None:
+        raise ValueError(f"site {plan.site}: the ranges do not fit a direct table")
+    table_map, table_values = f"mph_lpt{plan.site}", f"mph_lpv{plan.site}"
+    for name, data in ((table_map, table.table), (table_values, table.values)):
+        add_map(MapSpec(name=name, type=MapType.ARRAY, key_size=4, value_size=len(data),
+                        max_entries=1, flags=int(MapFlags.RDONLY_PROG), data=data,
+                        freeze=True))
+    return [asm.ldx(width, R3, R2, LPM_PREFIXLEN_BYTES, note="address"),
+            _to_big_endian(R3, 8 * width),
+            *table_code(table, table_map, table_values, base, cont, miss)]
 
 
 Item = tuple[tuple[int, ...], InlineEntry]  # (the key's chunks, the entry)

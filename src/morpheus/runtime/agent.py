@@ -60,6 +60,7 @@ from ..optimizer import (
     PlanOptions,
     SpecializeRequest,
     Target,
+    WholeReads,
     all_read_ranges,
     cleanup_passes,
     is_complexity_error,
@@ -74,7 +75,7 @@ from ..passes.inline import GUARD_MAP
 from ..passes.instrument import CTL_MAP, SAMPLES_MAP, Instrument, layout_for
 from ..passes.pipeline import PassContext
 from ..passes.tailcalls import Redirect, RedirectTailCalls
-from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, AttachType, ProgType
+from ..uapi import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, AttachType, MapType, ProgType
 from ..world import WorldError, Write
 from . import chain as chains
 from . import faults
@@ -292,6 +293,8 @@ class Agent:
         self.throughput: Any = None  # a ThroughputMeter once started
         self.throughput_error: str | None = None
         self.snapshot_retries = 0  # snapshots retaken because a write landed meanwhile
+        # Tries read whole, by the guard version they were read at (optimizer.WholeReads).
+        self._whole_reads: dict[str, tuple[int, dict[bytes, bytes], dict[str, object]]] = {}
         self.snapshot_deferrals = 0  # cycles deferred because no snapshot was consistent
         self._deferred_in_a_row = 0
         self._adopted: dict[str, Any] = {}
@@ -901,8 +904,12 @@ class Agent:
             # good when the versions did not move while it was taken: a write in flight
             # will move them again when it ends, past what this snapshot records.
             before = self.guard.versions()
+            # Kept whole reads need every writer to move a version: without the watcher,
+            # writes that bypass the agent would not, so every cycle reads again.
+            whole = WholeReads({m: before[s] for m, s in self.guard_slots.items()},
+                               self._whole_reads) if self._watcher is not None else None
             snapshots = snapshot_maps(self.maps, self.facts, self.spec.maps, heat,
-                                      self.options.plan)
+                                      self.options.plan, whole)
             chain = self._read_chain()
             after = self.guard.versions()
             watched = [self._watch_inner_maps(s) for s in (snapshots, *chain.snapshots.values())]
@@ -1228,9 +1235,16 @@ class Agent:
         answered most of the lookups sampled since the last cycle; a drop resets the count
         (and re-plans the site). Only fresh samples count: decayed history would hide a shift
         for cycles, the more so as a backed-off site takes few samples."""
+        decisions = self.current.decisions if self.current else []
         running = {d["instruction"]: {bytes.fromhex(k) for k in d.get("keys_inlined", ())}
-                   for d in (self.current.decisions if self.current else [])}
+                   for d in decisions}
+        # A site inlined whole (an LPM trie as ranges) answers every lookup whatever the
+        # traffic: stable from the start, its sampling backs off.
+        whole = {d["instruction"] for d in decisions if d.get("mode") == "table"}
         for site in self.layout.sites:
+            if site.site in whole:
+                self._stable_for[site.site] = self._stable_for.get(site.site, 0) + 1
+                continue
             h = heat.get(site.site)
             keys = running.get(site.site)
             if h is None or not keys or sum(h.recent.values()) < _MIN_STABILITY_SAMPLES:
@@ -1380,21 +1394,68 @@ class Agent:
         if isinstance(value, (bytes, bytearray)):
             _check_size(m, "value", value, m.value_size)
         with self.lock:
+            kept = self._kept_read(map_name)
             self._bump(map_name)
+            done = False
             try:
                 faults.reach("write.bumped")
                 with self._in_netns():
                     m.update(key, value, flags)
+                done = True
                 faults.reach("write.done")
             finally:
                 self._bump(map_name)
                 self._dirty = True
+                self._follow_write(map_name, kept, key, value if done else _FAILED)
+
+    def _kept_read(self, map_name: str) -> int | None:
+        """Before a write through the agent: the version of the map's kept whole read,
+        if it is the current one (else the read is dropped)."""
+        kept = self._whole_reads.get(map_name)
+        slot = self.guard_slots.get(map_name)
+        if kept is None or slot is None or self.guard is None:
+            return None
+        if self.guard.version(slot) != kept[0]:
+            del self._whole_reads[map_name]
+            return None
+        return kept[0]
+
+    def _follow_write(self, map_name: str, kept: int | None, key: bytes | int,
+                      value: Any) -> None:
+        """After a write through the agent (its two bumps done): apply it to the map's kept
+        whole read, which then belongs to the new version, so that the next cycle does not
+        read the trie again. Only when the version moved by exactly this write's bumps (no
+        other writer came in between) and the write was an update with plain bytes;
+        otherwise the kept read is dropped."""
+        if kept is None or map_name not in self._whole_reads:
+            return
+        version, entries, _ = self._whole_reads.pop(map_name)
+        slot = self.guard_slots[map_name]
+        # Two bumps of ours, and two of the watcher around the update syscall if it
+        # watches the map (it exempts no process).
+        watcher = self._watcher
+        own = 2 + (2 if watcher is not None and
+                   watcher.watched.get(self.maps[map_name].id) == slot else 0)
+        if version != kept or self.guard is None or self.guard.version(slot) != kept + own or \
+                not isinstance(key, (bytes, bytearray)) or \
+                not isinstance(value, (bytes, bytearray)):
+            return
+        written = bytes(key)
+        if self.spec.maps[map_name].type == MapType.LPM_TRIE:
+            # One node per prefix: a key with other host bits is the same entry.
+            prefix = _lpm_prefix(written)
+            entries = {k: v for k, v in entries.items() if _lpm_prefix(k) != prefix}
+        else:
+            entries = dict(entries)
+        entries[written] = bytes(value)
+        self._whole_reads[map_name] = (kept + own, entries, {})
 
     def delete(self, map_name: str, key: bytes | int) -> None:
         """Remove an entry; KeyError (naming the key in hex) if it is absent."""
         m = self._map(map_name)
         _check_size(m, "key", key, m.key_size)
         with self.lock:
+            self._whole_reads.pop(map_name, None)  # read whole again: deletes are rare
             self._bump(map_name)
             try:
                 m.delete(key)
@@ -1408,6 +1469,7 @@ class Agent:
     def update_batch(self, map_name: str, entries: list[tuple[bytes | int, Any]]) -> int:
         m = self._map(map_name)
         with self.lock:
+            self._whole_reads.pop(map_name, None)
             self._bump(map_name)
             try:
                 with self._in_netns():
@@ -1593,6 +1655,17 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_FAILED = object()  # an update that did not happen
+
+
+def _lpm_prefix(key: bytes) -> tuple[int, int]:
+    """(prefix length, the prefix's bits) of an LPM trie key: its host bits do not count."""
+    length = int.from_bytes(key[:4], "little")
+    data = key[4:]
+    bits = 8 * len(data)
+    return length, int.from_bytes(data, "big") >> (bits - min(length, bits))
 
 
 def _cycle_stats(history: deque[CycleReport]) -> dict[str, float | None]:

@@ -228,7 +228,7 @@ def test_the_pre_swap_check_catches_a_miscompiled_callee(
         running = agent.current
         applied = []
         for mutation in (*M.SPECIALIZED, M.GUARD):
-            inject = Miscompile(mutation, frozenset(agent.spec.maps))
+            inject = Miscompile(mutation.operator)
             agent.options = replace(options, final_passes=(inject,))
             agent.force_respecialize()
             report = agent.cycle()

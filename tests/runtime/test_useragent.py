@@ -219,7 +219,7 @@ def test_the_check_plan_refuses_a_mutant_the_sampled_frames_miss(bed: Bed) -> No
         hot = [bed.frame(s % 3, h) for h in range(1, 9) for s in range(6)] * 2
         bed.exchange(hot)
         base = agent.current
-        inject = Miscompile(mutation, frozenset(agent.spec.maps))
+        inject = Miscompile(mutation.operator)
         options = AgentOptions(measure_instrumentation=False, final_passes=(inject,))
         agent.options = options
         report = agent.cycle()

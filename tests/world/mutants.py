@@ -35,6 +35,7 @@ from morpheus.ir.opcodes import (
     J_JSGT,
     J_JSLE,
     J_JSLT,
+    PSEUDO_MAP_FD,
     SRC_X,
     AluOp,
 )
@@ -758,9 +759,19 @@ def _inlined_name(insn: Instruction) -> str:
 
 
 def inlined_map_at_site(program: Program, site: str) -> str | None:
-    """The map the inlined site `site` (`mphN`) inlines, named by its leaves."""
+    """The map the inlined site `site` (`mphN`) inlines, named by its leaves; for a trie's
+    direct tables (no leaves), by the map the site's fallback lookup (`mphN.miss`) is
+    called with: the nearest load of a map into r1 before it."""
     own = [i for i in _leaves(program) if _site_of(program, i) == site]
-    return _inlined_name(program.insns[own[0]]) if own else None
+    if own:
+        return _inlined_name(program.insns[own[0]])
+    miss = program.labels.get(f"{site}.miss")
+    if miss is None:
+        return None
+    for insn in reversed(program.insns[:miss]):
+        if insn.is_map_load and insn.dst == 1 and insn.src == PSEUDO_MAP_FD:
+            return str(insn.reference)
+    return None
 
 
 def inlined_map_at(program: Program, mutant: Mutant, extra: Mapping[str, MapSpec]

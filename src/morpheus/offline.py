@@ -196,7 +196,7 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
     target = Target.analyze(spec, prog)
     facts = target.facts
     analysis_ms = (time.perf_counter() - t0) * 1000
-    guarded = target.guarded_maps()
+    guarded = target.guarded_maps(shadow=options.shadow)
     guard_slots = {name: n for n, name in enumerate(guarded)}
     may_write = written_maps([target.program], spec.maps, prog.type)  # conservative on lost maps
     written = sorted(n for n in may_write if n in spec.maps)

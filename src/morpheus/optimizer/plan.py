@@ -46,6 +46,9 @@ class PlanOptions:
     # slower (270-660 ms against 19-38 ms), past the 300 ms cycle.
     path_budget: int = 0
     coalesce_stores: bool = True  # runs of constant byte stores become wide stores
+    # Hot keys of lookups whose value the program writes (a switch's learning lookup) are
+    # answered from shadow slots the program keeps equal to the map (`passes.shadow`).
+    shadow: bool = True
     # LPM tries with at most this many prefixes are read whole and searched by address
     # range (2N+1 ranges at most, ~log2 of that in compares, no trie walk and no miss);
     # 0 turns it off (hot keys only).

@@ -49,6 +49,9 @@ class PlanOptions:
     # Hot keys of lookups whose value the program writes (a switch's learning lookup) are
     # answered from shadow slots the program keeps equal to the map (`passes.shadow`).
     shadow: bool = True
+    # Byte-wise packet copies (MAC addresses into keys, a VLAN tag's move) become wide
+    # loads and stores (`passes.widen`).
+    widen: bool = True
     # LPM tries with at most this many prefixes are read whole and searched by address
     # range (2N+1 ranges at most, ~log2 of that in compares, no trie walk and no miss);
     # 0 turns it off (hot keys only).

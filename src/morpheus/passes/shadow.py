@@ -52,6 +52,7 @@ from .inline import GUARD_MAP, InlineEntry, SitePlan, _chunks, _tree
 from .pipeline import PassContext, register
 
 SHADOW_MAP = "mph_shadow"
+SHADOW_KEY = "shadow key"  # note on the key compares of a shadow site's tree
 LOOKUP = HELPER_IDS["map_lookup_elem"]
 # Helpers the speculative copy may call: they read a clock and change nothing. During one
 # packet a second call is indistinguishable from the original's one call made a little
@@ -184,8 +185,12 @@ def _shadow_site(program: Program, plan: SitePlan, spec: MapSpec, base: int,
                 if all(b is None or e.key[i] == b for i, b in enumerate(known))]
     items = [(tuple(int.from_bytes(e.key[o:o + w], "little") for o, w in chunks), e)
              for e in matching]
-    site_code += _tree(items, 0, chunks, f"{tag}.miss", leaf,
-                       lambda: f"{tag}.t{next(counter)}")
+    # The tree's compares say where they come from: the check's near misses reach a
+    # learning site's tree with one unknown key only (learning it moves the guard), and
+    # the mutation suite tells its compares from the other sites'.
+    site_code += [i.with_meta(note=SHADOW_KEY) if i.is_conditional_jump else i
+                  for i in _tree(items, 0, chunks, f"{tag}.miss", leaf,
+                                 lambda: f"{tag}.t{next(counter)}")]
     site_code.append(call.with_label(f"{tag}.miss").with_reference(None))
     insns = list(program.insns)
     out: list[Instruction] = []

@@ -87,3 +87,17 @@ def is_shadow_site(plan: SitePlan, facts: ProgramFacts) -> bool:
     """Whether a planned site is a shadow site (the analysis left it a map lookup)."""
     site = facts.sites.get(plan.site)
     return site is not None and not site.specializable
+
+
+def stable_value(plan: SitePlan, value: bytes | None, facts: ProgramFacts) -> bytes | None:
+    """`value` with the bytes a shadow site's stores write zeroed: a program built from an
+    older copy of them is the same program (its slots resync from the map), so a runtime
+    need not specialize again each time a timestamp moves."""
+    if value is None or not is_shadow_site(plan, facts):
+        return value
+    out = bytearray(value)
+    for use in facts.sites[plan.site].value_writes:
+        if use.offset is not None:
+            end = min(len(out), use.offset + use.size)
+            out[use.offset:end] = bytes(max(0, end - use.offset))
+    return bytes(out)

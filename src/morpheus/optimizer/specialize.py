@@ -26,7 +26,7 @@ from ..uapi import MapType
 from .budget import relieve_for_budget
 from .heat import SiteHeat
 from .plan import MapSnapshot, PlanOptions, SiteDecision, plan_sites
-from .shadow import is_shadow_site, plan_shadow_sites, shadow_maps
+from .shadow import is_shadow_site, plan_shadow_sites, shadow_maps, stable_value
 from .target import Target
 
 HOT_VALUES_MAP = "mph_hot"  # values of hot keys (the first inline pass uses mph_values)
@@ -144,9 +144,11 @@ class PlannedRequest:
         values, guard slots and versions, the sampling rates, the sites given up. Two
         requests with one fingerprint make the same program (weights only order the
         comparison trees), so a runtime can skip specializing and checking again."""
+        facts = request.target.facts
         sites = tuple((p.site, p.map, p.complete, p.constant_key, p.guard_slot,
                        p.guard_version, p.converge, p.known_bytes,
-                       tuple((e.key, e.value) for e in p.entries)) for p in self.plan.sites)
+                       tuple((e.key, stable_value(p, e.value, facts)) for e in p.entries))
+                      for p in self.plan.sites)
         rates = request.sampling.rates if request.sampling is not None else ()
         return (sites, self.plan.guard_slots, tuple(rates), tuple(sorted(request.skip_maps)),
                 tuple(sorted(request.converge)), tuple(sorted(request.drop)),

@@ -27,6 +27,9 @@ older than the map until the next store through the pointer resyncs it (a learni
 switch's refresh: due once the *slot's* timestamp is a second old, at which point the
 real entry's decision is taken on the real value).
 
+Slots are shared by all CPUs, as the map's entries are: two CPUs refreshing one entry at
+once race on the slot as they race on the entry in the original.
+
 Registers: the speculative copy may only overwrite r6-r9 where the original code after
 the site does not read them before writing them, so that ending the speculation can
 resume the original path with the state the lookup left. Where that, the pointer's flow

@@ -136,7 +136,7 @@ def _shadow_site(program: Program, plan: SitePlan, spec: MapSpec, base: int,
     end = functions[0].end if functions else len(program.insns)
     if call_at + 1 >= end:
         raise Refused("the lookup is not in the entry function")
-    live = _live_in(program, end)
+    live = live_in(program, end)
     kpad = _align8(spec.key_size)
     slot = kpad + _align8(spec.value_size)
     spill = _spill_offset(program, end)
@@ -243,7 +243,7 @@ def _successors(program: Program, i: int, end: int) -> list[int]:
     return [i + 1] if i + 1 < end else []
 
 
-def _live_in(program: Program, end: int) -> list[int]:
+def live_in(program: Program, end: int) -> list[int]:
     """Registers live on entry to each instruction of the entry function (bit n: rn)."""
     effects = [register_effects(program.insns[i]) for i in range(end)]
     succs = [_successors(program, i, end) for i in range(end)]

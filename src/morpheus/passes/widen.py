@@ -45,7 +45,9 @@ from ..ir.opcodes import (
     OP_RSH,
     SRC_X,
 )
+from .dce import register_effects
 from .pipeline import PassContext, register
+from .shadow import live_in
 
 WIDTHS = (2, 4, 8)
 _ZERO = 0  # a byte known to be zero
@@ -67,11 +69,13 @@ class WidenBytes:
         analysis = analyze_values(program, ctx.prog_type,
                                   {n: s.type for n, s in ctx.maps.items()})
         cfg = build_cfg(program, functions[0])
+        live = live_in(program, functions[0].end)
         edits: dict[int, list[Instruction]] = {}
         counts = {"loads": 0, "stores": 0}
         for start in sorted(cfg.reachable()):
             block = cfg.blocks[start]
-            _Block(program, analysis.states, block.start, block.end, edits, counts).run()
+            _Block(program, analysis.states, block.start, block.end, edits, counts,
+                   live).run()
         stats = ctx.stats.setdefault(self.name, {})
         for key, value in counts.items():
             stats[key] = stats.get(key, 0) + value
@@ -92,9 +96,13 @@ class _Scatter:
 
 class _Block:
     def __init__(self, program: Program, states: list, start: int, end: int,  # type: ignore[type-arg]
-                 edits: dict[int, list[Instruction]], counts: dict[str, int]) -> None:
+                 edits: dict[int, list[Instruction]], counts: dict[str, int],
+                 live: list[int]) -> None:
         self.program, self.states, self.start, self.end = program, states, start, end
-        self.edits, self.counts = edits, counts
+        self.edits, self.counts, self.live = edits, counts, live
+        # Pointer definitions whose last holder was overwritten: where, by which register,
+        # at which offset it held it.
+        self.lost: dict[int, tuple[int, int, int]] = {}
         self.next_token = 0
         # Per register: its definition (token), pointer (definition, offset) if it is one,
         # its bytes if known, and (definition, shift in bytes, width in bytes) if it is a
@@ -111,7 +119,12 @@ class _Block:
         self.next_token += 1
         return self.next_token
 
-    def _define(self, r: int) -> None:
+    def _define(self, r: int, at: int | None = None) -> None:
+        old = self.ptr[r]
+        if at is not None and old is not None and not any(
+                self.ptr[o] is not None and self.ptr[o][0] == old[0]  # type: ignore[index]
+                for o in range(11) if o != r):
+            self.lost[old[0]] = (at, r, old[1])
         self.token[r] = self._new()
         self.ptr[r] = (self.token[r], 0)
         self.bytes[r] = None
@@ -133,6 +146,7 @@ class _Block:
         return None if state is None else state.regs[r].kind
 
     def _step(self, i: int) -> None:
+        self._at = i
         insn = self.program.insns[i]
         op = insn.opcode
         cls = op & 0x07
@@ -153,7 +167,7 @@ class _Block:
                 self.barriers.append(i)
             src_ptr = self.ptr[insn.src]
             dst = insn.dst
-            self._define(dst)
+            self._define(dst, i)
             if kind == K_PKT and src_ptr is not None:
                 size = insn.size_bytes
                 root, off = src_ptr
@@ -197,7 +211,7 @@ class _Block:
                     self.bytes[d] = (_ZERO,) * 8
             return
         old_bytes, old_ptr, old_shr, built = self.bytes[d], self.ptr[d], self.shr[d], self.built[d]
-        self._define(d)
+        self._define(d, self._at)
         if not x and aop == OP_ADD and wide and old_ptr is not None:
             self.ptr[d] = (old_ptr[0], old_ptr[1] + insn.imm)
             return
@@ -283,6 +297,7 @@ class _Block:
         base = next((r for r in range(10) if self.ptr[r] is not None and self.ptr[r][0] == root
                      and self._kind(i, r) == K_PKT), None)
         if base is None:
+            self._gather_early(i, insn, root, k, n)
             return
         off = k - self.ptr[base][1]  # type: ignore[index]
         if not -0x8000 <= off < 0x8000:
@@ -290,6 +305,30 @@ class _Block:
         load = asm.ldx(n, Reg(insn.src), Reg(base), off, note="widened load")
         self.edits[i] = [load, *self.edits.get(i, [insn])]
         self.built[insn.src] = False
+        self.counts["loads"] += 1
+
+    def _gather_early(self, i: int, insn: Instruction, root: int, k: int, n: int) -> None:
+        """The pointer was overwritten (often by the last byte load itself, `r1 = *(u8 *)(r1
+        + 7)`): load the bytes just before that, into a register nothing touches from
+        there to the store, and store that register instead."""
+        if root not in self.lost:
+            return
+        at, reg, held = self.lost[root]
+        if at in self.edits or self._kind(at, reg) != K_PKT:
+            return
+        off = k - held
+        if not -0x8000 <= off < 0x8000:
+            return
+        busy = self.live[at] | (1 << 10)
+        for j in range(at, i + 1):
+            reads, writes = register_effects(self.program.insns[j])
+            busy |= reads | writes
+        free = next((r for r in range(10) if not busy >> r & 1), None)
+        if free is None:
+            return
+        at_insn = self.program.insns[at]
+        self.edits[at] = [asm.ldx(n, Reg(free), Reg(reg), off, note="widened load"), at_insn]
+        self.edits[i] = [insn._replace(src=free)]
         self.counts["loads"] += 1
 
     def _scatter(self) -> None:

@@ -60,6 +60,31 @@ def test_no_register_left_pointing_at_the_bytes_leaves_them_alone() -> None:
     assert WidenBytes().run(program, ctx) is program
 
 
+def test_a_pointer_the_last_byte_load_overwrites_is_read_before_it() -> None:
+    program = Program("p", (
+        asm.ldx(4, R6, R1, 0),
+        asm.ldx(4, R2, R1, 4),
+        asm.mov64(R3, R6),
+        asm.add64(R3, 8),
+        asm.jgt(R3, R2, "out"),
+        asm.ldx(1, R4, R6, 5),
+        asm.lsh64(R4, 8),
+        asm.ldx(1, R6, R6, 4),  # the last holder of the packet pointer is overwritten
+        asm.alu64(OP_OR, R6, R4),
+        asm.stx(2, R10, -8, R6),
+        asm.ldx(2, R0, R10, -8),
+        asm.exit_(),
+        asm.mov64(R0, 0, label="out"),
+        asm.exit_(),
+    ))
+    ctx = PassContext({}, ProgType.XDP)
+    out = widened(program, ctx)
+    (wide,) = [i for i in out.insns if i.meta.note == "widened load"]
+    (store,) = [i for i in out.insns if i.is_store]
+    assert (wide.size_bytes, wide.off, wide.src) == (2, 4, R6) and store.src == wide.dst
+    assert not [i for i in out.insns if i.is_load and i.size_bytes == 1]
+
+
 def frames() -> st.SearchStrategy[bytes]:
     return st.binary(min_size=14, max_size=80)
 

@@ -243,14 +243,18 @@ def _specialize(request: SpecializeRequest) -> Specialization:
     early = InlinePlan(tuple(p for p in inlined if folds(p)), plan.guard_slots)
     late = InlinePlan(tuple(p for p in inlined if not folds(p)), plan.guard_slots)
     pipeline_passes.append(InlineTables(early))
-    pipeline_passes += list(request.passes) if request.passes is not None else cleanup_passes()
+    cleanup = list(request.passes) if request.passes is not None else cleanup_passes()
+    if options.widen and any(p.name == "dce" for p in cleanup):
+        # Before the cleanup, whose dce drops the byte chains the wide accesses replace.
+        from ..passes.widen import WidenBytes
+
+        pipeline_passes.append(WidenBytes())
+    pipeline_passes += cleanup
     if late.sites:
         pipeline_passes.append(InlineTables(late, values_map=HOT_VALUES_MAP,
                                             offsets_map=HOT_OFFSETS_MAP, missing_ok=True))
     if shadowed:
         pipeline_passes.append(ShadowValues(shadowed))
-    if options.widen:
-        pipeline_passes += widen_passes(request.passes)
     pipeline = Pipeline(pipeline_passes, validate=request.validate)
     out = pipeline.run(program, ctx)
     finished = False
@@ -269,16 +273,6 @@ def _specialize(request: SpecializeRequest) -> Specialization:
                             {t.name: round(t.ms, 3) for t in pipeline.timings}, dict(ctx.stats))
     result.timings_ms["total"] = round((time.perf_counter() - start) * 1000, 3)
     return result
-
-
-def widen_passes(passes: Sequence[Pass] | None) -> list[Pass]:
-    """Wide packet loads and stores for byte-wise copies, then DCE for the chains they
-    leave dead (none when the request runs without the cleanup passes)."""
-    from ..passes.widen import WidenBytes
-
-    dce = [p for p in (list(passes) if passes is not None else cleanup_passes())
-           if p.name == "dce"]
-    return [WidenBytes(), *dce] if dce else []
 
 
 def _second_round(out: Program, ctx: PassContext, late: InlinePlan,

@@ -55,10 +55,14 @@ def test_too_little_coverage_leaves_the_site_to_the_map(test_objects: dict[str, 
     assert not planned.plan.sites
 
 
-def test_the_fingerprint_ignores_the_bytes_the_site_writes(test_objects: dict[str, Path]) -> None:
-    def fingerprint(value: tuple[int, int, int]) -> tuple[object, ...]:
+def test_the_fingerprint_ignores_the_values_but_not_the_keys_present(
+        test_objects: dict[str, Path]) -> None:
+    """Slots fill from the map, so no value byte is in the program; which keys the map
+    holds is."""
+    def fingerprint(value: tuple[int, int, int] | None) -> tuple[object, ...]:
         req = request(test_objects, {1: value}, {1: 50}, min_samples=1)
         return plan_request(req).fingerprint(req)
 
     assert fingerprint((2, 0, 5)) == fingerprint((2, 0, 7_000_000_000))
-    assert fingerprint((2, 0, 5)) != fingerprint((3, 0, 5))
+    assert fingerprint((2, 0, 5)) == fingerprint((3, 2, 5))
+    assert fingerprint((2, 0, 5)) != fingerprint(None)

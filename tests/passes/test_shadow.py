@@ -62,7 +62,10 @@ def test_a_store_ends_the_speculation_in_a_resync_and_the_writing_copy_mirrors_i
     assert notes.count("shadow resync") >= 7  # the real lookup and the copy of the value
     mirrors = [i for i in out.insns if i.meta.note == "shadow mirror"]
     assert len(mirrors) == 2 and mirrors[1].is_store and mirrors[1].off == 4
-    assert ctx.maps[SHADOW_MAP].data == struct.pack("<I", 7) + bytes(4) + bytes(8)
+    # The key, its padding, the valid word (0: not filled yet) and room for the value.
+    assert ctx.maps[SHADOW_MAP].data == struct.pack("<I", 7) + bytes(4) + bytes(8) + bytes(8)
+    valid = [i for i in out.insns if i.meta.note == "shadow valid"]
+    assert valid[0].is_load and valid[0].off == -8 and valid[1].is_conditional_jump
     assert ctx.stats["shadow_sites"] == [4]
 
 
@@ -142,6 +145,48 @@ def test_shadowed_hot_keys_write_what_the_map_would(seed: int, stations: int,
                        for _ in range(4) for k in rng.sample(keys, len(keys))]
             packets += [(frame(k, rng.randrange(4), rng.random() < 0.3), 0)
                         for k in rng.sample(keys + absent, len(keys + absent))]
+            request = CheckRequest(
+                {**coll.maps, **extras},
+                Side("original", prog, btf_fd=coll.btf_fd, spec=spec),
+                Side("shadowed", prog, result.program, btf_fd=coll.btf_fd, spec=spec),
+                packets)
+            outcome = check(request)
+            assert outcome.equivalent, outcome.to_json()
+        finally:
+            for m in extras.values():
+                m.close()
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("marked_after", [True, False])
+def test_a_store_made_after_the_snapshot_is_read_from_the_map(
+        marked_after: bool, test_objects: dict[str, Path]) -> None:
+    """The previous version flips a station's mark after the snapshot (a store through its
+    pointer: no guard bump), then the new version runs: a hit must not answer from the
+    snapshot's state, and every later frame (no flip, no refresh due) answers by the mark
+    the map holds, as the original does."""
+    spec = read_object(test_objects["refresh.v3"])
+    prog = spec.program("xdp_refresh")
+    target = Target.analyze(spec, prog)
+    (site,) = [s for s in target.facts.lookups() if s.map == "stations"]
+    now = time.monotonic_ns()
+    keys = [11, 12, 13]
+    heat = {site.index: SiteHeat(Counter({struct.pack("<I", k): 100 for k in keys}))}
+    with load_collection(spec, programs=[]) as coll:
+        table = coll.maps["stations"]
+        for k in keys:
+            table.update(k, STATION.pack(1, 0 if marked_after else 2, now))
+        snap = MapSnapshot(spec.maps["stations"], {struct.pack("<I", k): table.lookup(k)
+                                                   for k in keys})
+        result = specialize(SpecializeRequest(target, {"stations": snap}, heat,
+                                              PlanOptions(min_samples=1, min_coverage=0.0),
+                                              guards=Guards(versions={"stations": 0})))
+        assert result.stats.get("shadow_sites") == [site.index]
+        for k in keys:  # the old version's stores, after the snapshot, guard untouched
+            table.update(k, STATION.pack(1, 2 if marked_after else 0, now))
+        extras = {n: create_map(m) for n, m in result.extra_maps.items()}
+        try:
+            packets = [(frame(k, 1), 0) for _ in range(3) for k in keys]
             request = CheckRequest(
                 {**coll.maps, **extras},
                 Side("original", prog, btf_fd=coll.btf_fd, spec=spec),

@@ -90,14 +90,10 @@ def is_shadow_site(plan: SitePlan, facts: ProgramFacts) -> bool:
 
 
 def stable_value(plan: SitePlan, value: bytes | None, facts: ProgramFacts) -> bytes | None:
-    """`value` with the bytes a shadow site's stores write zeroed: a program built from an
-    older copy of them is the same program (its slots resync from the map), so a runtime
-    need not specialize again each time a timestamp moves."""
+    """`value` as a shadow site's program depends on it: not at all (its slots start
+    invalid and fill from the map), only on the key being present. So a runtime need not
+    specialize again each time a timestamp moves; anything else that changes the entry
+    moves the guard, whose version the fingerprint holds."""
     if value is None or not is_shadow_site(plan, facts):
         return value
-    out = bytearray(value)
-    for use in facts.sites[plan.site].value_writes:
-        if use.offset is not None:
-            end = min(len(out), use.offset + use.size)
-            out[use.offset:end] = bytes(max(0, end - use.offset))
-    return bytes(out)
+    return bytes(len(value))

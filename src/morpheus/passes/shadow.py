@@ -4,28 +4,33 @@ A lookup whose value pointer is written (a learning switch refreshing an entry's
 timestamp) must keep a pointer into the real map, so table inlining leaves it alone. This
 pass answers its hot keys anyway, behind the map's version guard and an exact key match:
 
-- every hot key has a slot in a writable side array (`shadow`): the key, then a copy of
-  its value. A hit points the value register into that copy instead of the map;
+- every hot key has a slot in a writable side array (`shadow`): the key, a valid word,
+  then a copy of its value. A hit on a valid slot points the value register into that
+  copy instead of the map;
 - the code after the site runs as a copy (the *speculative copy*) in which the pointer is
   the shadow. It may read the copy, compute and branch, and call the clock; it goes back
   to the original code at the first instruction where the pointer is dead. The first
   store (to anything), or any other helper call, ends the speculation: nothing observable
   has happened yet, so the program looks the key up in the real map (with the key kept in
-  the slot), copies the real value into the slot, and runs a second copy of the code after
-  the site (the *writing copy*) with the real pointer, in which every store through the
-  pointer is also made to the slot. A key the real map no longer holds takes the original
-  code with NULL, as the original would;
+  the slot), copies the real value into the slot, marks it valid, and runs a second copy
+  of the code after the site (the *writing copy*) with the real pointer, in which every
+  store through the pointer is also made to the slot. A key the real map no longer holds
+  marks the slot invalid and takes the original code with NULL, as the original would;
+- slots start invalid: a version's slots are only ever filled by that version's own real
+  lookup (a hit on an invalid slot resyncs before anything reads it), never from the
+  agent's snapshot, which the previous version may have written after (a station's state
+  flipped between the snapshot and the swap would otherwise be read stale). Every version
+  gets a fresh side array (the agent creates extra maps per version), so no other
+  version's mirrored stores reach it;
 - the guard covers everything else that changes the map: inserts, deletes and moves by
   the data plane (version bumps at those helpers) and by the control plane (the agent and
   its write watcher). Stores through this site's pointer do not move it: the writing copy
   keeps the slot equal to the map.
 
-So the slot always holds what the real entry holds when a hit reads it, but for one
-window: an agent's snapshot is taken while the previous version runs, and a store that
-version makes between the snapshot and the swap is not in the slot. The slot is then
-older than the map until the next store through the pointer resyncs it (a learning
-switch's refresh: due once the *slot's* timestamp is a second old, at which point the
-real entry's decision is taken on the real value).
+So a valid slot holds what the real entry holds when a hit reads it, but for stores of
+the previous version still running on another CPU while the swap takes effect (a packet
+it started before the swap that stores after this version filled the slot): such a slot
+stays older than the map until the next store through the pointer resyncs it.
 
 Slots are shared by all CPUs, as the map's entries are: two CPUs refreshing one entry at
 once race on the slot as they race on the entry in the original.
@@ -64,6 +69,9 @@ PURE_HELPERS = frozenset(HELPER_IDS[n] for n in ("ktime_get_ns", "ktime_get_boot
                                                  "ktime_get_coarse_ns") if n in HELPER_IDS)
 CALLEE_SAVED = 0b1111000000  # r6-r9
 STACK_LIMIT = 512
+VALID_SIZE = 8  # a slot's valid word, just before its value copy
+VALID_NOTE = "shadow valid"  # the hit's test of the slot's valid word
+FILL = "fill"  # the resync stub a hit on a slot not yet valid takes
 
 
 class Refused(ValueError):
@@ -112,11 +120,12 @@ def _align8(n: int) -> int:
 
 
 def _slots(entries: Sequence[InlineEntry], key_size: int, value_size: int) -> bytes:
-    """Each entry as key (padded to 8 bytes) then value (padded to 8 bytes)."""
+    """Each entry as key (padded to 8 bytes), a valid word, then room for the value
+    (padded to 8 bytes). Slots start invalid: only this version's own real lookup fills
+    them (a snapshot's copy may miss a store the previous version made after it)."""
     out = bytearray()
     for e in entries:
-        assert e.value is not None
-        out += e.key.ljust(_align8(key_size), b"\0") + e.value.ljust(_align8(value_size), b"\0")
+        out += e.key.ljust(_align8(key_size), b"\0") + bytes(VALID_SIZE + _align8(value_size))
     return bytes(out)
 
 
@@ -138,7 +147,7 @@ def _shadow_site(program: Program, plan: SitePlan, spec: MapSpec, base: int,
         raise Refused("the lookup is not in the entry function")
     live = live_in(program, end)
     kpad = _align8(spec.key_size)
-    slot = kpad + _align8(spec.value_size)
+    slot = kpad + VALID_SIZE + _align8(spec.value_size)
     spill = _spill_offset(program, end)
     tag = f"sh{plan.site}"
     entry = program.insns[call_at + 1]
@@ -161,9 +170,12 @@ def _shadow_site(program: Program, plan: SitePlan, spec: MapSpec, base: int,
     spec_code, stubs = speculative.emit(f"{tag}.s", labels, bail=f"{tag}.bail")
     tail += spec_code
     write_entry = f"{tag}.w"
-    for n, (index, reg) in enumerate(stubs):
+    # A slot this version has not filled yet (its valid word is 0) is resynced before
+    # anything reads it, as a store would resync it.
+    ends: list[tuple[int | str, int]] = [(FILL, R0), *stubs]
+    for index, reg in ends:
         tail += _stub(f"{tag}.bail{index}", reg, kpad, spec, plan.map, spill, resume,
-                      f"{write_entry}{call_at + 1}", n)
+                      f"{write_entry}{call_at + 1}")
     write_code, _ = writing.emit(f"{tag}.w", labels, spill=spill)
     tail += write_code
     # The site: guard, exact-match tree over the key at r2, hits point r0 into a slot.
@@ -173,12 +185,14 @@ def _shadow_site(program: Program, plan: SitePlan, spec: MapSpec, base: int,
         asm.ld_imm64(R4, plan.guard_version, note="guard"),
         asm.jne(R0, R4, f"{tag}.miss", note="guard"),
     ]
-    offsets = {e.key: base + n * slot + kpad for n, e in enumerate(entries)}
+    offsets = {e.key: base + n * slot + kpad + VALID_SIZE for n, e in enumerate(entries)}
     spec_entry = (f"{tag}.bail{call_at + 1}" if call_at + 1 in speculative.bails
                   else f"{tag}.s{call_at + 1}")
 
     def leaf(e: InlineEntry) -> list[Instruction]:
         return [asm.ld_map_value(R0, shadow_map, offsets[e.key], note=f"shadow {plan.map}"),
+                asm.ldx(8, R1, R0, -VALID_SIZE, note=VALID_NOTE),
+                asm.jeq(R1, 0, f"{tag}.bail{FILL}", note=VALID_NOTE),
                 asm.ja(spec_entry)]
 
     counter = iter(range(1 << 30))
@@ -191,7 +205,8 @@ def _shadow_site(program: Program, plan: SitePlan, spec: MapSpec, base: int,
     # The tree's compares say where they come from: the check's near misses reach a
     # learning site's tree with one unknown key only (learning it moves the guard), and
     # the mutation suite tells its compares from the other sites'.
-    site_code += [i.with_meta(note=SHADOW_KEY) if i.is_conditional_jump else i
+    site_code += [i.with_meta(note=SHADOW_KEY)
+                  if i.is_conditional_jump and i.meta.note != VALID_NOTE else i
                   for i in _tree(items, 0, chunks, f"{tag}.miss", leaf,
                                  lambda: f"{tag}.t{next(counter)}")]
     site_code.append(call.with_label(f"{tag}.miss").with_reference(None))
@@ -214,22 +229,30 @@ def _shadow_site(program: Program, plan: SitePlan, spec: MapSpec, base: int,
 
 
 def _stub(label: str, reg: int, kpad: int, spec: MapSpec, map_name: str, spill: int,
-          resume: str, write_entry: str, n: int) -> list[Instruction]:
+          resume: str, write_entry: str) -> list[Instruction]:
     """End of speculation with the shadow pointer in `reg`: look the key up for real,
-    resync the slot, go on in the writing copy (or the original code on NULL)."""
+    resync the slot and mark it valid, go on in the writing copy; on NULL mark the slot
+    invalid and take the original code, as the original would."""
     note = "shadow resync"
     code = [
         asm.stx(8, R10, spill, reg, label=label, note=note),
         asm.mov64(R2, asm.Reg(reg), note=note),
-        asm.add64(R2, -kpad, note=note),
+        asm.add64(R2, -(kpad + VALID_SIZE), note=note),
         asm.ld_map_fd(R1, map_name, note=note),
         asm.call_helper("map_lookup_elem", note=note),
-        asm.jeq(R0, 0, resume, note=note),
+        asm.jeq(R0, 0, f"{label}.gone", note=note),
         asm.ldx(8, R1, R10, spill, note=note),
     ]
     for off, width in _chunks(spec.value_size):
         code += [asm.ldx(width, R2, R0, off, note=note), asm.stx(width, R1, off, R2, note=note)]
-    code.append(asm.ja(write_entry, note=note))
+    code += [
+        asm.st(8, R1, -VALID_SIZE, 1, note=note),
+        asm.ja(write_entry, note=note),
+        # r1-r5 are dead after the original's lookup, r0 is NULL as it would be there.
+        asm.ldx(8, R1, R10, spill, label=f"{label}.gone", note=note),
+        asm.st(8, R1, -VALID_SIZE, 0, note=note),
+        asm.ja(resume, note=note),
+    ]
     return code
 
 

@@ -490,9 +490,9 @@ SPECIALIZED = (
     Mutation("branch on an inlined field swapped", branch_after_inlined_value_swapped),
 )
 GUARD = Mutation("guard that never fires", guard_never_fires)
-# Known miss: the check's near misses reach a learning lookup's tree with one unknown key
-# per run (learning it moves the guard, and no later packet reaches the tree), so a wrong
-# hit on the few keys that share a hot key's low half goes unseen.
+# Caught only because near misses of a learning map's keys run each from the state before
+# them (`CheckRequest.isolated`): learning one moves the guard, and a later wrong hit on a
+# key sharing a hot key's low half would otherwise go unseen.
 SHADOW_KEY_SHORT = Mutation("learning key compare one word short", shadow_key_compare_short)
 
 def generic(stores: int = -1, verdict: int | None = 0) -> tuple[Mutation, ...]:

@@ -59,9 +59,6 @@ KNOWN_AGENT_MISSES = {
     ("switch", "inlined leaf points at another entry"): _SWITCH_FDB,
     ("switch", "key compare one word short"): _SWITCH_FDB,
     ("switch", "branch on an inlined field swapped"): _SWITCH_FDB,
-    ("switch", "learning key compare one word short"):
-        "near misses reach the learning lookup's tree with one unknown source address per "
-        "check (learning it moves the guard), as for optimize's check (docs/checking.md)",
 }
 
 

@@ -202,9 +202,8 @@ def _shadow_site(program: Program, plan: SitePlan, spec: MapSpec, base: int,
                 if all(b is None or e.key[i] == b for i, b in enumerate(known))]
     items = [(tuple(int.from_bytes(e.key[o:o + w], "little") for o, w in chunks), e)
              for e in matching]
-    # The tree's compares say where they come from: the check's near misses reach a
-    # learning site's tree with one unknown key only (learning it moves the guard), and
-    # the mutation suite tells its compares from the other sites'.
+    # The tree's compares say where they come from: the mutation suite tells a learning
+    # site's compares (reached by the check's isolated near misses) from the other sites'.
     site_code += [i.with_meta(note=SHADOW_KEY)
                   if i.is_conditional_jump and i.meta.note != VALID_NOTE else i
                   for i in _tree(items, 0, chunks, f"{tag}.miss", leaf,

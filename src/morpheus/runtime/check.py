@@ -24,7 +24,7 @@ from ..ir import Program
 from ..kernel import FD, Map
 from ..obj import ObjectSpec, ProgramSpec
 from ..world import CheckRequest, CheckResult, Side, check
-from ..world.traces import HELD_BACK, CheckPlan, check_plan, frames_trace
+from ..world.traces import HELD_BACK, CheckPlan, check_plan, frames_trace, isolated_packets
 
 __all__ = [
     "CandidatePair",
@@ -90,4 +90,5 @@ def check_candidate(maps: Mapping[str, Map], inputs: CheckInputs, pair: Candidat
 
     plan = plan if plan is not None else candidate_plan(inputs)
     return check(CheckRequest(maps, side("base", pair.base), side("candidate", pair.candidate),
-                              plan.packets, snapshot=True, writes=plan.writes))
+                              plan.packets, snapshot=True, writes=plan.writes,
+                              isolated=isolated_packets(plan.trace)))

@@ -165,25 +165,48 @@ def test_a_store_made_after_the_snapshot_is_read_from_the_map(
     pointer: no guard bump), then the new version runs: a hit must not answer from the
     snapshot's state, and every later frame (no flip, no refresh due) answers by the mark
     the map holds, as the original does."""
+    now = time.monotonic_ns()
+    before = {k: STATION.pack(1, 0 if marked_after else 2, now) for k in (11, 12, 13)}
+    after = {k: STATION.pack(1, 2 if marked_after else 0, now) for k in before}
+    check_after_snapshot(test_objects, before, after)
+
+
+@pytest.mark.kernel
+def test_an_entry_gone_after_the_snapshot_takes_the_original_null_path(
+        test_objects: dict[str, Path]) -> None:
+    """A hot station the real map no longer holds (the guard left alone): the resync's real
+    lookup misses, and the frame takes the original path for a new station (inserted)."""
+    now = time.monotonic_ns()
+    before = {k: STATION.pack(1, 0, now) for k in (11, 12, 13)}
+    check_after_snapshot(test_objects, before, {12: None})
+
+
+def check_after_snapshot(test_objects: dict[str, Path], before: dict[int, bytes],
+                         after: dict[int, bytes | None]) -> None:
+    """Specialize on a snapshot of `before`, change the real map to `after` (None: the
+    entry goes) without moving the guard, then frames of every station on port 1: the same
+    verdicts and tables as the original."""
     spec = read_object(test_objects["refresh.v3"])
     prog = spec.program("xdp_refresh")
     target = Target.analyze(spec, prog)
     (site,) = [s for s in target.facts.lookups() if s.map == "stations"]
-    now = time.monotonic_ns()
-    keys = [11, 12, 13]
+    keys = sorted(before)
     heat = {site.index: SiteHeat(Counter({struct.pack("<I", k): 100 for k in keys}))}
     with load_collection(spec, programs=[]) as coll:
         table = coll.maps["stations"]
-        for k in keys:
-            table.update(k, STATION.pack(1, 0 if marked_after else 2, now))
+        for k, value in before.items():
+            table.update(k, value)
         snap = MapSnapshot(spec.maps["stations"], {struct.pack("<I", k): table.lookup(k)
                                                    for k in keys})
         result = specialize(SpecializeRequest(target, {"stations": snap}, heat,
                                               PlanOptions(min_samples=1, min_coverage=0.0),
                                               guards=Guards(versions={"stations": 0})))
         assert result.stats.get("shadow_sites") == [site.index]
-        for k in keys:  # the old version's stores, after the snapshot, guard untouched
-            table.update(k, STATION.pack(1, 2 if marked_after else 0, now))
+        for k, changed in after.items():  # after the snapshot, guard untouched
+            if changed is None:
+                table.delete(k)
+            else:
+                table.update(k, changed)
         extras = {n: create_map(m) for n, m in result.extra_maps.items()}
         try:
             packets = [(frame(k, 1), 0) for _ in range(3) for k in keys]

@@ -33,7 +33,8 @@ it started before the swap that stores after this version filled the slot): such
 stays older than the map until the next store through the pointer resyncs it.
 
 Slots are shared by all CPUs, as the map's entries are: two CPUs refreshing one entry at
-once race on the slot as they race on the entry in the original.
+once race on the slot as they race on the entry in the original (the slot may then keep
+the other CPU's copy until the next resync).
 
 Registers: the speculative copy may only overwrite r6-r9 where the original code after
 the site does not read them before writing them, so that ending the speculation can

@@ -47,7 +47,7 @@ from .traffic.generate import Trace, generate
 from .uapi import MapType
 from .world import CheckRequest, CheckResult, Side, World, Write, check, written_maps
 from .world.environment import Environment, Subject, add_extra_maps, open_environment, warm_up
-from .world.traces import check_plan
+from .world.traces import check_plan, isolated_packets
 
 
 def state_copier(source: Mapping[str, Map], names: list[str],
@@ -117,7 +117,7 @@ def _check_in(environment: Environment, nf: NetworkFunction | None, original: Su
              spec=original.load_spec(), btf_fd=environment.btf_fd),
         Side(specialized.label, specialized.program_spec(), specialized.program,
              spec=specialized.load_spec(), btf_fd=environment.btf_fd, fresh_maps=own),
-        packets, written=written, writes=writes)
+        packets, written=written, writes=writes, isolated=isolated_packets(trace))
     with environment.namespace.entered():
         return check(request)
 
@@ -196,7 +196,7 @@ def optimize_program(subject: Subject, trace: Trace, *, nf: NetworkFunction | No
     target = Target.analyze(spec, prog)
     facts = target.facts
     analysis_ms = (time.perf_counter() - t0) * 1000
-    guarded = target.guarded_maps()
+    guarded = target.guarded_maps(shadow=options.shadow)
     guard_slots = {name: n for n, name in enumerate(guarded)}
     may_write = written_maps([target.program], spec.maps, prog.type)  # conservative on lost maps
     written = sorted(n for n in may_write if n in spec.maps)

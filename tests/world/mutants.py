@@ -41,6 +41,7 @@ from morpheus.ir.opcodes import (
 )
 from morpheus.obj import MapSpec
 from morpheus.passes.lpmtable import VALUES_NOTE
+from morpheus.passes.shadow import SHADOW_KEY
 
 Mutant = Program | tuple[Program, Mapping[str, MapSpec]]
 Operator = Callable[[Program, Mapping[str, MapSpec]], Mutant | None]
@@ -387,6 +388,19 @@ def _key_compares(program: Program) -> list[int]:
     return out
 
 
+def shadow_key_compare_short(program: Program, extra: Mapping[str, MapSpec]
+                             ) -> Mutant | None:
+    """`key_compare_short` on the tree of a shadow-value site (a learning lookup)."""
+    compares = [i for i, insn in enumerate(program.insns)
+                if _note(insn) == SHADOW_KEY and insn.opcode & SRC_X
+                and insn.opcode & 0x07 == C_JMP and insn.opcode & 0xF0 in (J_JNE, J_JEQ)]
+    if not compares:
+        return None
+    i = compares[0]
+    insn = program.insns[i]
+    return rewrite(program, {i: [insn._replace(opcode=(insn.opcode & ~0x07) | C_JMP32)]})
+
+
 def key_compare_byte_short(program: Program, extra: Mapping[str, MapSpec]) -> Mutant | None:
     """A key compare that ignores the key's first byte (the low byte of the loaded word):
     `if r3 != r4` becomes `r3 ^= r4; r3 >>= 8; if r3 != 0` (`if w3 != K`: `w3 ^= K`...)."""
@@ -710,6 +724,10 @@ SPECIALIZED = (
     Mutation("direct LPM table slots rotated", direct_table_slots_rotated),
 )
 GUARD = Mutation("guard that never fires", guard_never_fires)
+# Caught only because near misses of a learning map's keys run each from the state before
+# them (`CheckRequest.isolated`): learning one moves the guard, and a later wrong hit on a
+# key sharing a hot key's low half would otherwise go unseen.
+SHADOW_KEY_SHORT = Mutation("learning key compare one word short", shadow_key_compare_short)
 
 def generic(stores: int = -1, verdict: int | None = 0) -> tuple[Mutation, ...]:
     """Operators for any program; `stores` and `verdict` pick which candidate site (first

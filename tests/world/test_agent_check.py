@@ -72,11 +72,6 @@ KNOWN_AGENT_MISSES = {
         "wrongly is present itself, and every sw_vlans value is the same (member)",
     ("switch", "inlined leaf points at another entry", "sw_vlans", 3): _VLAN_BIT,
     ("switch", "inlined leaf points at another entry", "sw_vlans", 4): _VLAN_BIT,
-    ("lb", "key compare one byte short", "lb_conn", 1):
-        "a limit of the check, not an equivalence: lb_conn is an LRU map the data plane "
-        "inserts into, so the first near miss that opens a connection moves its guard "
-        "and every later packet takes the generic lookup; the near miss that would reach "
-        "the shortened compare comes after it",
 }
 PLACEMENTS = 8  # inlined sites each mutation of inlined code is tried at, at most
 

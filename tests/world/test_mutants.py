@@ -29,11 +29,14 @@ pytestmark = pytest.mark.kernel
 # bytes every inlined key shares is no miscompile).
 NF_MUTANTS = {
     "router": (M.generic(stores=-1, verdict=0), "key compare one word short"),
-    "switch": ((*M.generic(stores=0, verdict=None), M.GUARD), "key compare one word short"),
+    "switch": ((*M.generic(stores=0, verdict=None), M.GUARD, M.SHADOW_KEY_SHORT),
+               "key compare one word short"),
     "firewall": (M.generic(stores=-1, verdict=None), "key compare one word short"),
     "lb": (M.generic(stores=-1, verdict=None), "key compare one byte short"),
 }
 KEY_MUTANTS = {"key compare one word short", "key compare one byte short"}
+# Misses the check is known to have (none at present; docs/checking.md).
+KNOWN_MISSES: dict[str, set[str]] = {}
 
 
 def test_mutants_of_a_program_storing_time_and_random_numbers_are_caught(
@@ -101,4 +104,4 @@ def test_mutants_of_a_specialized_nf_are_caught_by_optimizes_check(
                                 "what": (outcome["first_mismatch"] or {}).get("what")})
         if outcome["equivalent"]:
             missed.append(mutant)
-    assert accepted >= 6 and not missed, missed
+    assert accepted >= 6 and not set(missed) - KNOWN_MISSES.get(name, set()), missed

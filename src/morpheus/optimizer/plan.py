@@ -47,6 +47,12 @@ class PlanOptions:
     # slower (270-660 ms against 19-38 ms), past the 300 ms cycle.
     path_budget: int = 0
     coalesce_stores: bool = True  # runs of constant byte stores become wide stores
+    # Hot keys of lookups whose value the program writes (a switch's learning lookup) are
+    # answered from shadow slots the program keeps equal to the map (`passes.shadow`).
+    shadow: bool = True
+    # Byte-wise packet copies (MAC addresses into keys, a VLAN tag's move) become wide
+    # loads and stores (`passes.widen`).
+    widen: bool = True
     # LPM tries with at most this many prefixes are read whole and searched by address
     # range (2N+1 ranges at most, no trie walk and no miss); 0 turns it off (hot keys
     # only). Reading a trie costs ~3 µs a prefix (the router's 5,000: ~15 ms).

@@ -17,6 +17,7 @@ from ..obj import MapSpec
 from ..uapi import MapFlags, MapType
 from .heat import SiteHeat
 from .plan import MapSnapshot, PlanOptions
+from .shadow import shadow_eligible
 
 PATH_ARRAY_MAX = 4096  # arrays up to this size are snapshotted whole for path specialization
 
@@ -147,7 +148,8 @@ def _snapshot(maps: Mapping[str, Map], facts: ProgramFacts, specs: Mapping[str, 
     for site in facts.lookups():
         if site.map not in maps or (site.inner_of is not None and site.map not in resolved):
             continue
-        if not site.specializable:
+        if not site.specializable and not (options.shadow
+                                           and shadow_eligible(site, facts, specs)):
             if _path_array(site.map, facts, specs, options):
                 wanted.setdefault(site.map, set())  # read whole for path specialization
             continue

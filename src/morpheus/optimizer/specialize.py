@@ -21,10 +21,12 @@ from ..passes.guards import GuardBumps
 from ..passes.inline import GUARD_MAP, InlinePlan, InlineTables, SitePlan
 from ..passes.instrument import Instrument, SamplingLayout
 from ..passes.pipeline import Pass, PassContext, Pipeline
+from ..passes.shadow import ShadowValues
 from ..uapi import MapType
 from .budget import relieve_for_budget
 from .heat import SiteHeat
 from .plan import MapSnapshot, PlanOptions, SiteDecision, plan_sites
+from .shadow import is_shadow_site, plan_shadow_sites, shadow_maps, stable_value
 from .target import Target
 
 HOT_VALUES_MAP = "mph_hot"  # values of hot keys (the first inline pass uses mph_values)
@@ -142,9 +144,11 @@ class PlannedRequest:
         values, guard slots and versions, the sampling rates, the sites given up. Two
         requests with one fingerprint make the same program (weights only order the
         comparison trees), so a runtime can skip specializing and checking again."""
+        facts = request.target.facts
         sites = tuple((p.site, p.map, p.complete, p.constant_key, p.guard_slot,
                        p.guard_version, p.converge, p.direct, p.known_bytes,
-                       tuple((e.key, e.value) for e in p.entries)) for p in self.plan.sites)
+                       tuple((e.key, stable_value(p, e.value, facts)) for e in p.entries))
+                      for p in self.plan.sites)
         rates = request.sampling.rates if request.sampling is not None else ()
         return (sites, self.plan.guard_slots, tuple(rates), tuple(sorted(request.skip_maps)),
                 tuple(sorted(request.converge)), tuple(sorted(request.drop)),
@@ -154,7 +158,9 @@ class PlannedRequest:
 def plan_request(request: SpecializeRequest) -> PlannedRequest:
     """Plan the sites of `request` (cheap: no code is made); `specialize` starts here."""
     facts = request.target.facts
-    data_plane = sorted({s.map for s in facts.lookups() if s.specializable and s.guarded})
+    data_plane = sorted({s.map for s in facts.lookups() if s.specializable and s.guarded}
+                        | (shadow_maps(facts, request.target.spec.maps)
+                           if request.options.shadow else set()))
     guard_slots = request.guards.slots
     if guard_slots is None:
         guard_slots = {name: n for n, name in enumerate(data_plane)}
@@ -164,6 +170,10 @@ def plan_request(request: SpecializeRequest) -> PlannedRequest:
     plan, decisions = plan_sites(facts, request.snapshots, request.heat, request.options,
                                  guard_slots=guard_slots,
                                  guard_versions=request.guards.versions, guard_all=True)
+    if request.options.shadow:
+        shadow = plan_shadow_sites(facts, request.snapshots, request.heat, request.options,
+                                   guard_slots, request.guards.versions, decisions)
+        plan = InlinePlan(plan.sites + tuple(shadow), plan.guard_slots)
     skip_maps = request.skip_maps
     if skip_maps:
         plan = InlinePlan(tuple(p for p in plan.sites if p.map not in skip_maps),
@@ -186,7 +196,11 @@ def _specialize(request: SpecializeRequest) -> Specialization:
     if request.verifier_base is not None:
         costs = {name: (3.0 if m.type == MapType.LPM_TRIE else 1.0)
                  for name, m in spec.maps.items()}
-        extra_converge, extra_drop = relieve_for_budget(plan, request.verifier_base,
+        # Shadow hits rejoin the original code as soon as their pointer is dead: their
+        # states multiply only the short copy after the site, not the program.
+        trees = InlinePlan(tuple(p for p in plan.sites if not is_shadow_site(p, facts)),
+                           plan.guard_slots)
+        extra_converge, extra_drop = relieve_for_budget(trees, request.verifier_base,
                                                         options.verifier_budget,
                                                         lookup_costs=costs)
         converge, drop = converge | extra_converge, drop | extra_drop
@@ -224,13 +238,23 @@ def _specialize(request: SpecializeRequest) -> Specialization:
     def folds(p: SitePlan) -> bool:
         return p.constant_key or (p.complete and not (p.ranges and (p.converge or p.direct)))
 
-    early = InlinePlan(tuple(p for p in plan.sites if folds(p)), plan.guard_slots)
-    late = InlinePlan(tuple(p for p in plan.sites if not folds(p)), plan.guard_slots)
+    shadowed = tuple(p for p in plan.sites if is_shadow_site(p, facts))
+    inlined = [p for p in plan.sites if p not in shadowed]
+    early = InlinePlan(tuple(p for p in inlined if folds(p)), plan.guard_slots)
+    late = InlinePlan(tuple(p for p in inlined if not folds(p)), plan.guard_slots)
     pipeline_passes.append(InlineTables(early))
-    pipeline_passes += list(request.passes) if request.passes is not None else cleanup_passes()
+    cleanup = list(request.passes) if request.passes is not None else cleanup_passes()
+    if options.widen and any(p.name == "dce" for p in cleanup):
+        # Before the cleanup, whose dce drops the byte chains the wide accesses replace.
+        from ..passes.widen import WidenBytes
+
+        pipeline_passes.append(WidenBytes())
+    pipeline_passes += cleanup
     if late.sites:
         pipeline_passes.append(InlineTables(late, values_map=HOT_VALUES_MAP,
                                             offsets_map=HOT_OFFSETS_MAP, missing_ok=True))
+    if shadowed:
+        pipeline_passes.append(ShadowValues(shadowed))
     pipeline = Pipeline(pipeline_passes, validate=request.validate)
     out = pipeline.run(program, ctx)
     finished = False
@@ -312,6 +336,11 @@ def _read_ranges(facts: ProgramFacts, plan: InlinePlan
         site = facts.sites.get(p.site)
         if site is None:
             out[p.map] = None
+            continue
+        if is_shadow_site(p, facts):
+            # Its hits read shadow slots that its own stores keep in step: those stores
+            # need no bump (they would send every hit back to the map).
+            out.setdefault(p.map, [])
             continue
         ranges = out.setdefault(p.map, [])
         for use in site.uses:

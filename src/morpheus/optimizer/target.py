@@ -18,6 +18,7 @@ from ..passes.instrument import Instrument, SampledSite, SamplingLayout, layout_
 from ..passes.pipeline import PassContext
 from ..uapi import MapType
 from .plan import PlanOptions
+from .shadow import shadow_eligible, shadow_maps
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,11 @@ class Target:
         program, facts = analyze_program(prog, spec.maps)
         return cls(spec, prog, program, facts)
 
-    def guarded_maps(self) -> list[str]:
-        """Maps with specializable sites that the data plane writes (they need guards)."""
-        return guarded_maps(self.facts)
+    def guarded_maps(self, *, shadow: bool = True) -> list[str]:
+        """Maps with specializable sites that the data plane writes (they need guards),
+        and with `shadow`, the maps of lookups shadow values may answer."""
+        return sorted(set(guarded_maps(self.facts)) | (
+            shadow_maps(self.facts, self.spec.maps) if shadow else set()))
 
     def written_maps(self) -> list[str]:
         """Maps the data plane writes, in the object."""
@@ -75,7 +78,8 @@ def sampled_sites(facts: ProgramFacts, maps: Mapping[str, MapSpec],
     out = []
     for site in facts.lookups():
         spec = site_spec(site, maps)
-        if not site.specializable or spec is None or site.constant_key is not None:
+        wanted = site.specializable or (options.shadow and shadow_eligible(site, facts, maps))
+        if not wanted or spec is None or site.constant_key is not None:
             continue
         if spec.max_entries <= options.whole_max:
             continue  # inlined whole

@@ -30,6 +30,7 @@ from ..world.traces import (
     CheckPlan,
     check_plan,
     frames_trace,
+    isolated_packets,
     joined_plans,
 )
 
@@ -120,4 +121,5 @@ def check_candidate(maps: Mapping[str, Map], inputs: CheckInputs, pair: Candidat
     plan = plan if plan is not None else candidate_plan(inputs)
     return check(CheckRequest(maps, side("base", pair.base, {}),
                               side("candidate", pair.candidate, pair.tail_programs),
-                              plan.packets, snapshot=True, writes=plan.writes))
+                              plan.packets, snapshot=True, writes=plan.writes,
+                              isolated=isolated_packets(plan.trace)))

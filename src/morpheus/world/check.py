@@ -26,15 +26,17 @@ from ..kernel import FD, LoadedProgram, Map
 from ..kernel.cpu import pinned_cpu
 from ..loader import load_program_spec
 from ..obj import MapSpec, ObjectSpec, ProgramSpec
+from ..passes.inline import GUARD_MAP
 from .harness import Clocks, harness
 from .run import Outcome, Runner, add_harness_maps
-from .state import World, written_maps
+from .state import World, table_contents, written_maps
 
 # Read the written maps after every doubling of the packet count only while they hold at
 # most this many entries in total (reading them costs ~1 us per entry).
 CHECKPOINT_ENTRIES = 1 << 16
 EVERY_PACKET = 64
 EVERY_PACKET_ENTRIES = 4096
+ISOLATED_ENTRIES = 4096  # most entries the written maps may hold for `isolated` packets
 
 
 @dataclass
@@ -91,6 +93,10 @@ class CheckRequest:
     # between the two copies would read as a difference.
     snapshot: bool = False
     writes: Sequence[Write] = ()  # control-plane writes between packets
+    # Packets [start, stop) each run from the state before packet `start` (after each, the
+    # written maps are compared and both worlds put back): a data plane that learns a key
+    # (and moves a guard) on one of them keeps its inlined code reachable for the others.
+    isolated: tuple[int, int] | None = None
 
 
 @dataclass
@@ -188,7 +194,9 @@ def check(request: CheckRequest) -> CheckResult:
             result.notes.extend(world.notes)
         checkpoints = _checkpoints(len(request.packets), [worlds[0].maps[n] for n in compare
                                                            if n in worlds[0].maps])
+        isolated = _Isolation(request.isolated, compare, result, clocks)
         for index, (frame, ingress) in enumerate(request.packets):
+            isolated.before(index, worlds)
             a = runners[0].run(index, frame, ingress)
             b = runners[1].run(index, frame, ingress)
             result.base_verdicts.append(a.verdict)
@@ -199,6 +207,7 @@ def check(request: CheckRequest) -> CheckResult:
                     result.redirects_differing += 1
                 if result.first is None:
                     result.first = (index, what)
+            isolated.after(index, worlds)
             for w in writes_after.get(index, ()):
                 for world in worlds:
                     apply_write(world.maps, w, world.inner)
@@ -207,10 +216,59 @@ def check(request: CheckRequest) -> CheckResult:
                 if differing:
                     result.first_table = (index, differing[0][1])
         final = _tables_differing(worlds, compare, clocks, len(request.packets))
-        result.tables_differing = [name for name, _ in final]
+        result.tables_differing = sorted({name for name, _ in final} | isolated.differing)
         if final and result.first_table is None:
             result.first_table = (len(request.packets) - 1, final[0][1])
     return result
+
+
+@dataclass
+class _Isolation:
+    """`CheckRequest.isolated` at work: both worlds' private maps saved before the first
+    packet of the range and put back after each packet that moved a guard (in a world with
+    a guard map; after every packet where neither has one). What the packet left is
+    compared first, so no effect of an isolated packet goes unchecked. Skipped, with a
+    note, where the maps hold more than ISOLATED_ENTRIES entries (reading them after every
+    packet would cost more than the check)."""
+
+    span: tuple[int, int] | None
+    compare: Sequence[str]
+    result: CheckResult
+    clocks: Clocks
+    saved: list[dict[str, Any]] = field(default_factory=list)
+    differing: set[str] = field(default_factory=set)  # maps that differed after a packet
+
+    def before(self, index: int, worlds: list[World]) -> None:
+        if self.span is None or index != self.span[0] or self.span[1] <= self.span[0]:
+            return
+        self.saved = [world.saved() for world in worlds]
+        entries = sum(_size(t) for t in self.saved[0].values())
+        if entries > ISOLATED_ENTRIES:
+            self.result.notes.append(
+                f"packets {self.span[0]}-{self.span[1] - 1} not isolated: the written maps "
+                f"hold {entries} entries (more than {ISOLATED_ENTRIES})")
+            self.saved = []
+
+    def after(self, index: int, worlds: list[World]) -> None:
+        if not self.saved or self.span is None or not self.span[0] <= index < self.span[1]:
+            return
+        guards = [(w.maps[GUARD_MAP], s[GUARD_MAP]) for w, s in zip(worlds, self.saved,
+                                                                    strict=True)
+                  if GUARD_MAP in w.maps and GUARD_MAP in s]
+        if guards and all(table_contents(m) == saved for m, saved in guards):
+            return  # the inlined code is still reachable: nothing to undo
+        left = [world.restore(saved) for world, saved in zip(worlds, self.saved, strict=True)]
+        for name in self.compare:
+            if name in left[0] and name in left[1] and left[0][name] != left[1][name]:
+                self.differing.add(name)
+                if self.result.first_table is None:
+                    what = _describe_table_difference(name, left[0][name], left[1][name],
+                                                      self.clocks, index + 1)
+                    self.result.first_table = (index, what)
+
+
+def _size(table: Any) -> int:
+    return sum(_size(v) if isinstance(v, dict) else 1 for v in table.values())
 
 
 def apply_write(maps: Mapping[str, Any], write: Write,

@@ -191,6 +191,33 @@ class World:
             return {key: table_contents(m) for key, m in self.inner[name].items()}
         return table_contents(self.maps[name])
 
+    def saved(self) -> dict[str, Any]:
+        """What `restore` puts back: the contents of every private map holding data (not
+        prog arrays, not fd maps), by name (`table`'s form)."""
+        out: dict[str, Any] = {}
+        for name in sorted(self.private):
+            if name not in self.inner and self.maps[name].type.holds_fds:
+                continue
+            with contextlib.suppress(KernelError):  # a ring buffer: nothing to look up
+                out[name] = self.table(name)
+        return out
+
+    def restore(self, saved: Mapping[str, Any]) -> dict[str, Any]:
+        """Put the private maps back to `saved` (from `saved()`), writing only the entries
+        that changed; returns what they held before."""
+        before: dict[str, Any] = {}
+        for name, contents in saved.items():
+            now = self.table(name)
+            before[name] = now
+            if now == contents:
+                continue
+            if name in self.inner:
+                for key, inner in self.inner[name].items():
+                    _put_back(inner, now.get(key, {}), contents.get(key, {}))
+            else:
+                _put_back(self.maps[name], now, contents)
+        return before
+
     def close(self) -> None:
         self.stack.close()
 
@@ -199,6 +226,14 @@ class World:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _put_back(m: Map, now: Mapping[bytes, Any], contents: Mapping[bytes, Any]) -> None:
+    for key in now.keys() - contents.keys():
+        m.delete(key)
+    for key, value in contents.items():
+        if now.get(key) != value:
+            m.update(key, value if isinstance(value, bytes) else list(value))
 
 
 def _entries(m: Map) -> list[tuple[bytes, Any]]:
@@ -210,7 +245,9 @@ def table_contents(m: Map) -> dict[bytes, Any]:
     if m.type.holds_fds and m.type not in (MapType.DEVMAP, MapType.DEVMAP_HASH):
         return {}
     with contextlib.suppress(KernelError):
-        return {k: _canonical(v) for k, v in m.lookup_batch(4096)}
+        # No larger than the map: the buffers are allocated (and zeroed) at every call.
+        batch = max(1, min(4096, m.max_entries))
+        return {k: _canonical(v) for k, v in m.lookup_batch(batch)}
     return {k: _canonical(v) for k, v in m.items()}
 
 

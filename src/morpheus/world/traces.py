@@ -18,7 +18,10 @@ not see. `check_trace` extends a profiling trace with, in this order:
   addresses, VLAN id, IPv4 addresses and protocol, L4 ports) where the analysis lost the
   offset (a VLAN tag or IP options move the headers). The IPv4 header checksum is fixed up
   so the packet is not simply dropped as malformed. A key compare that checks one byte too
-  few, or a key constant one bit off, is caught by exactly these.
+  few, or a key constant one bit off, is caught by exactly these. Where the data plane
+  inserts into a specialized site's map (a switch learning a source address), each near
+  miss runs from the state before the first of them (`CheckRequest.isolated`): learning
+  one moves the guard, and without that the later ones would all take the generic path.
 
 `check_plan` is what `optimize`'s check and the agent's pre-swap check both run: that
 trace plus the control-plane writes between its packets (`guarded_writes`).
@@ -50,6 +53,7 @@ AFTER_WRITES = 400  # packets of the trace replayed after the control-plane writ
 INLINED_KEYS_PER_SITE = 64  # inlined keys of each site written into a check frame
 XDP_MD_INGRESS_IFINDEX = 12  # offset of ingress_ifindex in struct xdp_md
 TEMPLATE_SHAPES = 8  # L2 header shapes an inlined key is written into (untraced key bytes)
+ISOLATED = "isolated"  # trace meta: the packets (start, stop) each run from one state
 
 
 @dataclass(frozen=True)
@@ -278,12 +282,17 @@ def check_trace(trace: Trace, *, nf: NetworkFunction | None = None,
         frames.append(frame)
         ingress.append(port)
     near = 0
+    near_start = len(frames)
+    isolated: tuple[int, int] | None = None
     if facts is not None:
+        sites = list(sites)
         offsets = key_packet_offsets(facts, sites)
         for frame, port in near_misses(trace, offsets):
             frames.append(frame)
             ingress.append(port)
             near += 1
+        if near and learns(facts, sites):
+            isolated = (near_start, near_start + near)
     edge: list[tuple[bytes, int]] = []
     extra: list[tuple[bytes, int]] = []
     if nf is not None:
@@ -317,8 +326,23 @@ def check_trace(trace: Trace, *, nf: NetworkFunction | None = None,
     flow_ids = list(trace.flow_ids) + [-1] * (len(frames) - len(trace.frames))
     return Trace(frames, flow_ids, ingress, trace.nf, trace.profile, trace.seed,
                  {**trace.meta, "check_extra": len(frames) - len(trace.frames),
-                  "near_misses": near},
+                  "near_misses": near, **({ISOLATED: isolated} if isolated else {})},
                  list(trace.warmup))
+
+
+def learns(facts: ProgramFacts, sites: Iterable[int]) -> bool:
+    """Whether the data plane inserts into the map of one of `sites` (a learning switch's
+    table): a near miss of its key is then learned, which moves the map's guard, and no
+    later packet would reach the inlined code."""
+    maps = {facts.sites[i].map for i in sites if i in facts.sites}
+    return any(s.kind == "update" and s.map in maps for s in facts.sites.values())
+
+
+def isolated_packets(trace: Trace) -> tuple[int, int] | None:
+    """The packets of a check trace that each run from the state before the first of them
+    (`CheckRequest.isolated`): the near misses, where the data plane learns."""
+    span = trace.meta.get(ISOLATED)
+    return (int(span[0]), int(span[1])) if span else None
 
 
 def strangers(packets: Sequence[tuple[bytes, int]], served: Sequence[int],

@@ -16,6 +16,8 @@ from .console import plain, show, table, working
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    from ..optimizer import PlanOptions
+
     p = sub.add_parser(name, help="profile, specialize, verify and benchmark a program")
     p.add_argument("pinned", nargs="?", metavar="DIR",
                    help="a program loaded with `morpheus load OBJ --pin DIR`, or with "
@@ -38,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--hot-max", type=int, default=64, help="hot keys inlined per site")
     p.add_argument("--whole-max", type=int, default=64,
                    help="tables up to this many entries are inlined whole")
+    p.add_argument("--lpm-max", type=int, default=PlanOptions.lpm_max,
+                   help="LPM tries with at most this many prefixes are inlined whole, as "
+                        "address ranges (default %(default)s; 0: hot keys only)")
     p.add_argument("--path-budget", type=int, default=0,
                    help="instructions path specialization may add after hot hits "
                         "(0, the default, turns it off)")
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..optimizer import PlanOptions
 
     options = PlanOptions(hot_max=args.hot_max, whole_max=args.whole_max,
-                          path_budget=args.path_budget)
+                          path_budget=args.path_budget, lpm_max=args.lpm_max)
     measure = None
     if args.backend == "userspace":
         if args.pinned:

@@ -63,6 +63,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="instructions the verifier may process per version (a pessimistic "
                         "estimate; default %(default)s); over it, comparison trees converge "
                         "their hits, then the least used are dropped")
+    p.add_argument("--lpm-max", type=int, default=PlanOptions.lpm_max,
+                   help="LPM tries with at most this many prefixes are inlined whole, as "
+                        "address ranges (default %(default)s; 0: hot keys only)")
     p.add_argument("--no-measure-sampling-cost", action="store_true",
                    help="do not measure what sampling costs on the live traffic (the "
                         "measurement alternates the unspecialized programs for ~1.2 s once)")
@@ -129,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
                            swap="prog-array" if args.no_attach else args.swap,
                            maps_dir=args.maps, attach=not args.no_attach,
                            measure_instrumentation=not args.no_measure_sampling_cost,
-                           plan=PlanOptions(verifier_budget=args.verifier_budget))
+                           plan=PlanOptions(verifier_budget=args.verifier_budget,
+                                            lpm_max=args.lpm_max))
     if backend == "userspace":
         from ..runtime.useragent import UserspaceAgent
 

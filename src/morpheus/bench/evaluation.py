@@ -210,7 +210,13 @@ def write_evaluation_markdown(result: dict[str, Any], out_dir: Path, command: st
             ratio = ph["morpheus_mpps"] / ph["baseline_mpps"] if ph["baseline_mpps"] else 0
             lines.append(f"| {ph['name']} | {ph['baseline_mpps']:.3f} | "
                          f"{ph['morpheus_mpps']:.3f} | {ratio:.2f}x |")
-        lines += ["", f"Adaptation after the hot set moved: {dyn.get('adaptation_s')} s; "
+        adapted = dyn.get("adaptation_s")
+        # None when the running version has no hot-key site (the route table inlined whole):
+        # a moved hot set changes nothing it serves.
+        adaptation = (f"Adaptation after the hot set moved: {adapted} s" if adapted is not None
+                      else "Adaptation after the hot set moved: none needed (no hot-key site: "
+                      "the route table is inlined whole)")
+        lines += ["", f"{adaptation}; "
                   f"swaps: {dyn.get('swaps')}; stale verdicts: {dyn.get('stale_verdicts')}; "
                   f"packets lost by the program's side: {dyn.get('lost_packets')}."]
     lines += ["", "## Figures", ""]

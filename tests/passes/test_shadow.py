@@ -99,6 +99,23 @@ def frame(key: int, port: int, flip: bool = False) -> bytes:
     return struct.pack("<I", key) + bytes([port, int(flip)]) + bytes(58)
 
 
+
+def _assert_equivalent(coll, prog, spec, result, packets) -> None:  # type: ignore[no-untyped-def]
+    """The shadowed program against the original on `packets`, from the same maps (the
+    shadow's side maps created fresh): verdicts, bytes and every written map equal."""
+    extras = {n: create_map(m) for n, m in result.extra_maps.items()}
+    try:
+        request = CheckRequest(
+            {**coll.maps, **extras},
+            Side("original", prog, btf_fd=coll.btf_fd, spec=spec),
+            Side("shadowed", prog, result.program, btf_fd=coll.btf_fd, spec=spec),
+            packets)
+        outcome = check(request)
+        assert outcome.equivalent, outcome.to_json()
+    finally:
+        for m in extras.values():
+            m.close()
+
 @pytest.mark.kernel
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 2**32 - 1), stations=st.integers(1, 60),
@@ -137,24 +154,13 @@ def test_shadowed_hot_keys_write_what_the_map_would(seed: int, stations: int,
                                               PlanOptions(min_samples=1, min_coverage=0.0),
                                               guards=Guards(versions={"stations": 0})))
         assert result.stats.get("shadow_sites") == [site.index]
-        extras = {n: create_map(m) for n, m in result.extra_maps.items()}
-        try:
-            # Known stations on their ports first (inserts and moves move the guard, and
-            # every later packet takes the map), then moves and new stations.
-            packets = [(frame(k, contents[k][0], rng.random() < 0.3), 0)
-                       for _ in range(4) for k in rng.sample(keys, len(keys))]
-            packets += [(frame(k, rng.randrange(4), rng.random() < 0.3), 0)
-                        for k in rng.sample(keys + absent, len(keys + absent))]
-            request = CheckRequest(
-                {**coll.maps, **extras},
-                Side("original", prog, btf_fd=coll.btf_fd, spec=spec),
-                Side("shadowed", prog, result.program, btf_fd=coll.btf_fd, spec=spec),
-                packets)
-            outcome = check(request)
-            assert outcome.equivalent, outcome.to_json()
-        finally:
-            for m in extras.values():
-                m.close()
+        # Known stations on their ports first (inserts and moves move the guard, and every
+        # later packet takes the map), then moves and new stations.
+        packets = [(frame(k, contents[k][0], rng.random() < 0.3), 0)
+                   for _ in range(4) for k in rng.sample(keys, len(keys))]
+        packets += [(frame(k, rng.randrange(4), rng.random() < 0.3), 0)
+                    for k in rng.sample(keys + absent, len(keys + absent))]
+        _assert_equivalent(coll, prog, spec, result, packets)
 
 
 @pytest.mark.kernel
@@ -207,16 +213,5 @@ def check_after_snapshot(test_objects: dict[str, Path], before: dict[int, bytes]
                 table.delete(k)
             else:
                 table.update(k, changed)
-        extras = {n: create_map(m) for n, m in result.extra_maps.items()}
-        try:
-            packets = [(frame(k, 1), 0) for _ in range(3) for k in keys]
-            request = CheckRequest(
-                {**coll.maps, **extras},
-                Side("original", prog, btf_fd=coll.btf_fd, spec=spec),
-                Side("shadowed", prog, result.program, btf_fd=coll.btf_fd, spec=spec),
-                packets)
-            outcome = check(request)
-            assert outcome.equivalent, outcome.to_json()
-        finally:
-            for m in extras.values():
-                m.close()
+        _assert_equivalent(coll, prog, spec, result, [(frame(k, 1), 0)
+                                                      for _ in range(3) for k in keys])
